@@ -1,0 +1,1 @@
+"""The HTTP API: TRS v2 and the aggregator's own endpoints."""

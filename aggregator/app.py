@@ -1,0 +1,29 @@
+"""The aiohttp application factory and its cleanup contexts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from aggregator.api.handlers import add_routes
+from aggregator.api.middleware import request_context, trs_errors
+from aggregator.config import Config
+from aggregator.db.pool import create_pool
+from aggregator.keys import CONFIG, DB_POOL
+
+
+async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the database pool for the app's lifetime."""
+    app[DB_POOL] = pool = await create_pool(app[CONFIG].database)
+    yield
+    await pool.close()
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the API application for *config*."""
+    app = web.Application(middlewares=[request_context, trs_errors])
+    app[CONFIG] = config
+    app.cleanup_ctx.append(db_pool_ctx)
+    add_routes(app)
+    return app

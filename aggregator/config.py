@@ -1,0 +1,274 @@
+"""Configuration: frozen dataclasses loaded from TOML and validated once, at startup."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from aggregator.errors import ConfigError
+
+DEFAULT_CONFIG_PATH: Final = Path("config/aggregator.toml")
+DATABASE_URL_ENV: Final = "AGGREGATOR_DATABASE_URL"
+
+UPSTREAM_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+KINDS: Final = ("trs", "static", "aggregator")
+MODES: Final = ("mirror", "index")
+_SCHEDULE_EVERY_RE: Final = re.compile(r"^every\s+(\d+)\s*(s|m|h|d)$")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """Where the catalogue lives.
+
+    Attributes:
+        url: A PostgreSQL DSN; ``None`` means not configured (``demo`` then starts its own).
+        pool_min: Smallest number of pooled connections.
+        pool_max: Largest number of pooled connections.
+    """
+
+    url: str | None = None
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The HTTP API.
+
+    Attributes:
+        host: Address to bind.
+        port: Port to bind.
+        public_url: Base URL clients reach us at; empty means derived from each request.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HarvestConfig:
+    """Settings shared by every harvest.
+
+    Attributes:
+        tombstone_after: Consecutive complete listings a tool may be missing from before the
+            API stops serving it.
+        user_agent: The User-Agent sent upstream.
+    """
+
+    tombstone_after: int = 3
+    user_agent: str = "trs-aggregator/0.1 (+https://github.com/trs-aggregator)"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """One upstream registry.
+
+    Attributes:
+        name: Short unique name, ``[a-z0-9-]``; appears in provenance and qualified ids.
+        url: The TRS base URL (``…/ga4gh/trs/v2``).
+        kind: ``trs`` (live API), ``static`` (a static TRS tree) or ``aggregator``.
+        mode: ``mirror`` stores every file; ``index`` stores metadata only.
+        priority: Lower wins when records disagree.
+        schedule: ``every 6h`` style interval or a five-field cron expression.
+        page_size: The ``limit`` asked for when listing tools.
+        concurrency: Requests in flight to this upstream at once.
+        timeout_s: Total time allowed for one request.
+        connect_timeout_s: Time allowed to connect.
+        max_body_bytes: Largest response body accepted.
+        retries: Attempts after the first for timeouts, 429 and 5xx.
+        allow_http: Permit plain http to a non-loopback host.
+        token_env: Name of an environment variable holding a bearer token.
+        enabled: Harvest on schedule.
+    """
+
+    name: str
+    url: str
+    kind: str = "trs"
+    mode: str = "mirror"
+    priority: int = 100
+    schedule: str = "every 6h"
+    page_size: int = 100
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    max_body_bytes: int = 20 * 1024 * 1024
+    retries: int = 3
+    allow_http: bool = False
+    token_env: str = ""
+    enabled: bool = True
+
+    def interval_seconds(self) -> int | None:
+        """Return the schedule as seconds when it is an ``every N<unit>`` interval."""
+        m = _SCHEDULE_EVERY_RE.match(self.schedule.strip())
+        return int(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration."""
+
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    source: str = "<defaults>"
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        """Return the upstream called *name*; raise ConfigError if there is none."""
+        for u in self.upstreams:
+            if u.name == name:
+                return u
+        known = ", ".join(u.name for u in self.upstreams) or "none configured"
+        raise ConfigError("upstreams", f"no upstream named {name!r} (known: {known})")
+
+
+def load(path: Path | None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Load *path* (or the default file if it exists, else built-in defaults).
+
+    *environ* may override the database URL with ``AGGREGATOR_DATABASE_URL``. Raises
+    ConfigError naming the offending key.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("", f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError("", f"{path}: cannot read: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("", f"{path}: not valid TOML: {e}") from None
+    return from_dict(data, environ, source=source)
+
+
+def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, *,
+              source: str = "<dict>") -> Config:
+    """Validate a parsed TOML document into a Config."""
+    _no_unknown(data, "", ("database", "server", "harvest", "upstreams"))
+    database = _section(DatabaseConfig, data.get("database", {}), "database")
+    if environ.get(DATABASE_URL_ENV):
+        database = dataclasses.replace(database, url=environ[DATABASE_URL_ENV])
+    if database.url is not None and not database.url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("database.url", "must be a postgresql:// URL")
+    if not 1 <= database.pool_min <= database.pool_max:
+        raise ConfigError("database.pool_max", "must be at least pool_min, and pool_min at least 1")
+    server = _section(ServerConfig, data.get("server", {}), "server")
+    if not 0 <= server.port <= 65535:
+        raise ConfigError("server.port", "must be between 0 and 65535")
+    if server.public_url and not _is_http_url(server.public_url):
+        raise ConfigError("server.public_url", "must be an http(s) URL")
+    harvest = _section(HarvestConfig, data.get("harvest", {}), "harvest")
+    if harvest.tombstone_after < 1:
+        raise ConfigError("harvest.tombstone_after", "must be at least 1")
+    raw_upstreams = data.get("upstreams", [])
+    if not isinstance(raw_upstreams, list):
+        raise ConfigError("upstreams", "must be an array of tables ([[upstreams]])")
+    upstreams = tuple(_upstream(u, f"upstreams[{i}]") for i, u in enumerate(raw_upstreams))
+    seen: set[str] = set()
+    for i, u in enumerate(upstreams):
+        if u.name in seen:
+            raise ConfigError(f"upstreams[{i}].name", f"duplicate upstream name {u.name!r}")
+        seen.add(u.name)
+    return Config(database=database, server=server, harvest=harvest, upstreams=upstreams,
+                  source=source)
+
+
+def _upstream(raw: Any, key: str) -> UpstreamConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(key, "must be a table")
+    for required in ("name", "url"):
+        if required not in raw:
+            raise ConfigError(f"{key}.{required}", "is required")
+    u = _section(UpstreamConfig, raw, key)
+    if not UPSTREAM_NAME_RE.match(u.name):
+        raise ConfigError(f"{key}.name", "must be 1-63 characters of a-z, 0-9 and '-', starting "
+                                         "with a letter or digit")
+    if u.kind not in KINDS:
+        raise ConfigError(f"{key}.kind", f"must be one of {', '.join(KINDS)}")
+    if u.mode not in MODES:
+        raise ConfigError(f"{key}.mode", f"must be one of {', '.join(MODES)}")
+    if not _is_http_url(u.url):
+        raise ConfigError(f"{key}.url", "must be an http(s) URL")
+    if urlsplit(u.url).scheme == "http" and not u.allow_http and not _is_loopback(u.url):
+        raise ConfigError(f"{key}.url", "plain http to a remote host; use https or set "
+                                        "allow_http = true")
+    if u.interval_seconds() is None and len(u.schedule.split()) != 5:
+        raise ConfigError(f"{key}.schedule", "must be 'every N<s|m|h|d>' or a five-field cron "
+                                             "expression")
+    for name, low in (("page_size", 1), ("concurrency", 1), ("retries", 0),
+                      ("max_body_bytes", 1024)):
+        if getattr(u, name) < low:
+            raise ConfigError(f"{key}.{name}", f"must be at least {low}")
+    for name in ("timeout_s", "connect_timeout_s"):
+        if getattr(u, name) <= 0:
+            raise ConfigError(f"{key}.{name}", "must be positive")
+    return dataclasses.replace(u, url=u.url.rstrip("/"))
+
+
+def _section(cls: type[Any], raw: Any, key: str) -> Any:
+    """Build dataclass *cls* from table *raw*, checking names and types."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(key, "must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _no_unknown(raw, key, tuple(fields))
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        expected = fields[name].type
+        if not _type_ok(value, str(expected)):
+            raise ConfigError(f"{key}.{name}", f"must be {_type_word(str(expected))}, "
+                                               f"not {type(value).__name__}")
+        values[name] = float(value) if str(expected) == "float" else value
+    return cls(**values)
+
+
+def _no_unknown(raw: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
+    for name in raw:
+        if name not in allowed:
+            where = f"{key}.{name}" if key else name
+            raise ConfigError(where, f"unknown key (expected one of {', '.join(allowed)})")
+
+
+def _type_ok(value: Any, expected: str) -> bool:
+    if expected == "bool":
+        return isinstance(value, bool)
+    if expected == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected in ("str", "str | None"):
+        return isinstance(value, str)
+    return True
+
+
+def _type_word(expected: str) -> str:
+    return {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
+        expected, "a string")
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

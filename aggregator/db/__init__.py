@@ -1,0 +1,1 @@
+"""The database layer: every SQL statement the aggregator runs lives below here."""

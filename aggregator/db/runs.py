@@ -1,0 +1,77 @@
+"""Harvest run records: one row per run, with its status, counts and sample errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import asyncpg
+
+MAX_ERROR_SAMPLES: Final = 20
+
+
+@dataclass(slots=True)
+class RunCounts:
+    """The counters of one run, as stored in harvest_runs."""
+
+    tools_seen: int = 0
+    tools_new: int = 0
+    tools_changed: int = 0
+    tools_unchanged: int = 0
+    tools_tombstoned: int = 0
+    versions_seen: int = 0
+    files_stored: int = 0
+    requests: int = 0
+    bytes_fetched: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+    def error(self, message: str) -> None:
+        """Count an error and keep the first few as samples."""
+        self.errors += 1
+        if len(self.error_samples) < MAX_ERROR_SAMPLES:
+            self.error_samples.append(message)
+
+
+async def insert_run(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
+    """Start a run record; return its id."""
+    run_id: int = await conn.fetchval(
+        "insert into harvest_runs (upstream_id) values ($1) returning id", upstream_id)
+    return run_id
+
+
+async def finish_run(conn: asyncpg.Connection[Any], run_id: int, *, status: str,
+                     counts: RunCounts, listing_complete: bool, error: str | None) -> None:
+    """Close a run record with its outcome."""
+    c = asdict(counts)
+    await conn.execute(
+        """update harvest_runs set status = $2, finished_at = now(), listing_complete = $3,
+               error = $4, tools_seen = $5, tools_new = $6, tools_changed = $7,
+               tools_unchanged = $8, tools_tombstoned = $9, versions_seen = $10,
+               files_stored = $11, requests = $12, bytes_fetched = $13, errors = $14,
+               error_samples = $15
+           where id = $1""",
+        run_id, status, listing_complete, error, c["tools_seen"], c["tools_new"],
+        c["tools_changed"], c["tools_unchanged"], c["tools_tombstoned"], c["versions_seen"],
+        c["files_stored"], c["requests"], c["bytes_fetched"], c["errors"], c["error_samples"])
+
+
+async def abandon_stale_runs(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
+    """Mark runs left 'running' by a dead process as abandoned and drop their staged rows.
+
+    Only call while holding the upstream's harvest lock: then no other run of it is alive.
+    """
+    stale = await conn.fetch(
+        """update harvest_runs set status = 'abandoned', finished_at = now(),
+               error = coalesce(error, 'the harvesting process stopped before the run ended')
+           where upstream_id = $1 and status = 'running' returning id""", upstream_id)
+    ids = [r["id"] for r in stale]
+    if ids:
+        await delete_staged(conn, ids)
+    return len(ids)
+
+
+async def delete_staged(conn: asyncpg.Connection[Any], run_ids: list[int]) -> None:
+    """Remove what the runs *run_ids* staged."""
+    for table in ("staged_files", "staged_versions", "staged_tools"):
+        await conn.execute(f"delete from {table} where run_id = any($1::bigint[])", run_ids)  # noqa: S608

@@ -1,0 +1,136 @@
+"""The long-running pieces the commands are made of: migrate, harvest, serve, worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from aggregator.app import create_app
+from aggregator.config import Config
+from aggregator.db.migrate import default_directory, load_migrations, migrate
+from aggregator.db.pool import create_pool
+from aggregator.db.upstreams import upsert_upstreams
+from aggregator.errors import ConfigError, MigrationError
+from aggregator.harvest.harvester import RunOutcome, harvest_upstreams, make_session
+from aggregator.harvest.scheduler import start_scheduler
+from aggregator.progress import NoProgress, TerminalProgress
+
+log = structlog.get_logger()
+
+
+async def cmd_migrate(config: Config) -> int:
+    """Apply pending migrations and say what was done."""
+    assert config.database.url is not None
+    applied = await migrate(config.database.url)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else
+                                                    "; the schema is up to date"))
+    return 0
+
+
+async def check_schema(pool: asyncpg.Pool[Any]) -> None:
+    """Refuse to start on a database the migrations have not (all) been applied to."""
+    names = {m.name for m in load_migrations(default_directory())}
+    try:
+        applied = {r["name"] for r in await pool.fetch("select name from schema_migrations")}
+    except asyncpg.UndefinedTableError:
+        applied = set()
+    missing = sorted(names - applied)
+    if missing:
+        raise MigrationError(f"the database lacks migrations {', '.join(missing)}; run "
+                             "'trs-aggregator migrate' first")
+
+
+async def cmd_harvest(config: Config, names: Sequence[str]) -> int:
+    """Harvest now, with a progress line on a terminal; 1 if any upstream failed."""
+    for name in names:
+        config.upstream(name)
+    if not names and not config.upstreams:
+        raise ConfigError("upstreams", "no upstreams configured")
+    progress = TerminalProgress() if sys.stderr.isatty() else NoProgress()
+    pool = await create_pool(config.database)
+    try:
+        await check_schema(pool)
+        async with make_session(config) as session:
+            outcomes = await harvest_upstreams(pool, session, config, names, progress=progress)
+    finally:
+        await pool.close()
+    print_outcomes(outcomes)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def print_outcomes(outcomes: Sequence[RunOutcome]) -> None:
+    """A summary line per upstream on stdout."""
+    for o in outcomes:
+        c = o.counts
+        line = (f"{o.upstream}: {o.status}" + (f" (run {o.run_id})" if o.run_id else "") +
+                f": {c.tools_seen} tools ({c.tools_new} new, {c.tools_changed} changed, "
+                f"{c.tools_unchanged} unchanged, {c.tools_tombstoned} missing), "
+                f"{c.versions_seen} versions, {c.files_stored} files, {c.requests} requests, "
+                f"{c.errors} errors, {o.duration_s:.1f}s")
+        print(line)
+        if o.error:
+            print(f"  error: {o.error}")
+        for sample in c.error_samples[:5]:
+            if sample != o.error:
+                print(f"  - {sample}")
+
+
+@contextlib.asynccontextmanager
+async def running_site(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
+    """Serve *app* on host:port until the block ends; yield the base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sockets = site._server.sockets if site._server else ()  # noqa: SLF001 - the bound port
+    bound = sockets[0].getsockname()[1] if sockets else port
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve_forever(config: Config, *, api: bool, worker: bool,
+                        on_ready: Callable[[str], None] | None = None) -> int:
+    """Run the API and/or the scheduler until SIGINT or SIGTERM."""
+    pool = await create_pool(config.database)
+    try:
+        await check_schema(pool)
+        async with contextlib.AsyncExitStack() as stack:
+            if worker:
+                session = await stack.enter_async_context(make_session(config))
+                async with pool.acquire() as conn:
+                    await upsert_upstreams(conn, config.upstreams)
+                scheduler = await start_scheduler(pool, session, config)
+                stack.callback(scheduler.shutdown, wait=False)
+            if api:
+                url = await stack.enter_async_context(
+                    running_site(create_app(config), config.server.host, config.server.port))
+                log.info("api_listening", url=url)
+                if on_ready is not None:
+                    on_ready(url)
+            await wait_for_signal()
+    finally:
+        await pool.close()
+    return 0

@@ -1,0 +1,1 @@
+"""Pure TRS logic: reading upstream documents and rendering ours (no I/O)."""
