@@ -102,3 +102,13 @@ async def db_dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
         yield dsn_with_db(pg_admin_dsn, name)
     finally:
         await _admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    """A pool on the test's own database, with the application's codecs."""
+    from aggregator.db.pool import create_pool
+
+    p = await create_pool(db_dsn)
+    yield p
+    await p.close()

@@ -8,7 +8,7 @@ import logging
 import posixpath
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import quote, unquote
@@ -63,9 +63,6 @@ class TRSError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-# ---------------------------------------------------------------- helpers
 
 
 def _q(value: str) -> str:
@@ -163,6 +160,13 @@ def _file_at(files: Sequence[Mapping[str, Any]], relative_path: str) -> Mapping[
     raise TRSError(404, f"File {relative_path!r} not found")
 
 
+def _primary(files: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    for f in files:
+        if f.get("file_type") == "PRIMARY_DESCRIPTOR":
+            return f
+    raise TRSError(404, "No primary descriptor")
+
+
 def _version_base(root: str, tool: Mapping[str, Any], version: Mapping[str, Any]) -> str:
     return f"{root}/tools/{_q(tool['id'])}/versions/{_q(version['id'])}"
 
@@ -204,7 +208,7 @@ def _int_param(request: web.Request, name: str, default: int, minimum: int) -> i
     return value
 
 
-_FILTERS: Final[Mapping[str, Any]] = {
+_FILTERS: Final[Mapping[str, Callable[[Mapping[str, Any], str], bool]]] = {
     "id": lambda t, v: t.get("id") == v,
     "alias": lambda t, v: v in (t.get("aliases") or ()),
     "name": lambda t, v: t.get("name") == v,
@@ -215,9 +219,6 @@ _FILTERS: Final[Mapping[str, Any]] = {
         for ver in t.get("versions") or ()
     ),
 }
-
-
-# ---------------------------------------------------------------- handlers
 
 
 async def _service_info(request: web.Request) -> web.Response:
@@ -273,13 +274,7 @@ async def _descriptor(request: web.Request) -> web.Response:
     dtype, plain = _parse_type(request.match_info["type"])
     files = _typed_files(version, dtype)
     relative_path = request.match_info.get("relative_path")
-    if relative_path is None:
-        primaries = [f for f in files if f.get("file_type") == "PRIMARY_DESCRIPTOR"]
-        if not primaries:
-            raise TRSError(404, f"No primary {dtype} descriptor")
-        found = primaries[0]
-    else:
-        found = _file_at(files, relative_path)
+    found = _primary(files) if relative_path is None else _file_at(files, relative_path)
     if plain:
         return _text(request, found["content"])
     url = _descriptor_url(_version_base(_root(request), tool, version), dtype, found["path"])
@@ -312,7 +307,8 @@ def _zip(request: web.Request, stem: str, entries: Sequence[Mapping[str, Any]]) 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in entries:  # fixed timestamps keep the archive (and its ETag) reproducible
-            zf.writestr(zipfile.ZipInfo(f["path"], date_time=(1980, 1, 1, 0, 0, 0)), f["content"])
+            info = zipfile.ZipInfo(f["path"], date_time=(1980, 1, 1, 0, 0, 0))
+            zf.writestr(info, f["content"], compress_type=zipfile.ZIP_DEFLATED)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") + ".zip"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     return _respond(request, buf.getvalue(), "application/zip", headers)
@@ -338,9 +334,6 @@ async def _containerfile(request: web.Request) -> web.Response:
     return _json(request, [_wrapper(c["content"], url) for c in containerfiles])
 
 
-# ---------------------------------------------------------------- middlewares and app
-
-
 @web.middleware
 async def _record_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: log every request with the status finally answered."""
@@ -356,9 +349,7 @@ async def _record_requests(request: web.Request, handler: Handler) -> web.Stream
         request.app[REQUESTS].append(f"{request.method} {request.raw_path} > {status}")
 
 
-def _error_response(
-    status: int, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     body = orjson.dumps({"code": status, "message": message})
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
@@ -369,15 +360,15 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         return await handler(request)
     except TRSError as exc:
-        return _error_response(exc.status, exc.message)
+        return _error(exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return _error_response(exc.status, exc.reason, keep)
+        return _error(exc.status, exc.reason, keep)
     except Exception:
         log.exception("demo registry handler failed for %s", request.raw_path)
-        return _error_response(500, "Internal Server Error")
+        return _error(500, "Internal Server Error")
 
 
 def make_registry_app(
@@ -404,20 +395,20 @@ def make_registry_app(
     app[REQUESTS] = []
     app[STATE] = RegistryState(catalogue)
     app[CONFIG] = RegistryConfig(base, page_size, offset_style)
-    version = base + "/tools/{id}/versions/{version_id}"
-    routes = [
-        (base + "/service-info", _service_info),
-        (base + "/toolClasses", _tool_classes),
-        (base + "/tools", _list_tools),
-        (base + "/tools/{id}", _get_tool),
-        (base + "/tools/{id}/versions", _list_versions),
-        (version, _get_version),
-        (version + "/containerfile", _containerfile),
-        (version + "/{type}/descriptor", _descriptor),
-        (version + "/{type}/descriptor/{relative_path:.+}", _descriptor),
-        (version + "/{type}/files", _files),
-        (version + "/{type}/tests", _tests),
-    ]
-    for path, handler in routes:
-        app.router.add_get(path, handler)
+    version = "/tools/{id}/versions/{version_id}"
+    routes = {
+        "/service-info": _service_info,
+        "/toolClasses": _tool_classes,
+        "/tools": _list_tools,
+        "/tools/{id}": _get_tool,
+        "/tools/{id}/versions": _list_versions,
+        version: _get_version,
+        version + "/containerfile": _containerfile,
+        version + "/{type}/descriptor": _descriptor,
+        version + "/{type}/descriptor/{relative_path:.+}": _descriptor,
+        version + "/{type}/files": _files,
+        version + "/{type}/tests": _tests,
+    }
+    for path, handler in routes.items():
+        app.router.add_get(base + path, handler)
     return app

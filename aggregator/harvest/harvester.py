@@ -13,6 +13,7 @@ from urllib.parse import quote, urljoin
 import aiohttp
 import asyncpg
 import structlog
+from yarl import URL
 
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db import runs as db_runs
@@ -242,7 +243,8 @@ class _Run:
         fetched: set[str] = set()
         ids_seen: set[str] = set()
         while url is not None:
-            signature = url + "?" + "&".join(f"{k}={v}" for k, v in sorted((params or {}).items()))
+            target = URL(url).update_query(params or {})
+            signature = str(target.with_query(sorted(target.query.items())))
             if signature in fetched:
                 raise InvalidUpstreamData(f"next_page leads back to a page already fetched: {url}",
                                           url=url)
