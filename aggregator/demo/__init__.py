@@ -1,0 +1,1 @@
+"""Bundled demo upstream registries and the `demo` command."""
