@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -164,8 +165,10 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, 
         database = dataclasses.replace(database, url=environ[DATABASE_URL_ENV])
     if database.url is not None and not database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url", "must be a postgresql:// URL")
-    if not 1 <= database.pool_min <= database.pool_max:
-        raise ConfigError("database.pool_max", "must be at least pool_min, and pool_min at least 1")
+    if database.pool_min < 1:
+        raise ConfigError("database.pool_min", "must be at least 1")
+    if database.pool_max < database.pool_min:
+        raise ConfigError("database.pool_max", "must be at least pool_min")
     server = _section(ServerConfig, data.get("server", {}), "server")
     if not 0 <= server.port <= 65535:
         raise ConfigError("server.port", "must be between 0 and 65535")
@@ -206,9 +209,10 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
     if urlsplit(u.url).scheme == "http" and not u.allow_http and not _is_loopback(u.url):
         raise ConfigError(f"{key}.url", "plain http to a remote host; use https or set "
                                         "allow_http = true")
-    if u.interval_seconds() is None and len(u.schedule.split()) != 5:
-        raise ConfigError(f"{key}.schedule", "must be 'every N<s|m|h|d>' or a five-field cron "
-                                             "expression")
+    seconds = u.interval_seconds()
+    if seconds == 0 or (seconds is None and not _is_crontab(u.schedule)):
+        raise ConfigError(f"{key}.schedule", "must be 'every N<s|m|h|d>' with N > 0 or a "
+                                             "valid five-field cron expression")
     for name, low in (("page_size", 1), ("concurrency", 1), ("retries", 0),
                       ("max_body_bytes", 1024)):
         if getattr(u, name) < low:
@@ -259,9 +263,23 @@ def _type_word(expected: str) -> str:
         expected, "a string")
 
 
+def _is_crontab(schedule: str) -> bool:
+    """Whether *schedule* is a five-field cron expression the scheduler accepts."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(schedule, timezone=dt.UTC)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
 
 
 def _is_loopback(url: str) -> bool:

@@ -16,6 +16,7 @@ from aggregator.db import catalogue as db
 from aggregator.errors import BadRequest, NotFound
 from aggregator.keys import CONFIG, DB_POOL
 from aggregator.trs import render
+from aggregator.trs.model import CatalogueVersion
 from aggregator.trs.parse import DescriptorType, parse_descriptor_type
 
 MOUNTS: Final = ("/ga4gh/trs/v2", "/api/ga4gh/trs/v2", "/api/ga4gh/v2")
@@ -84,15 +85,7 @@ async def list_tools(request: web.Request) -> web.Response:
 async def _render_tools(request: web.Request, ids: list[str]) -> list[dict[str, Any]]:
     found = await db.fetch_tools(request.app[DB_POOL], ids)
     base = base_url(request)
-    out = []
-    for tool_id in ids:
-        if tool_id not in found:
-            continue
-        members, versions = found[tool_id]
-        primary = next(m for m in members if m.is_primary)
-        out.append(render.render_tool(base, tool_id, primary.doc,
-                                      ((v.key, v.doc) for v in versions)))
-    return out
+    return [render.render_tool(base, found[i]) for i in ids if i in found]
 
 
 async def _resolve(request: web.Request) -> str:
@@ -117,14 +110,17 @@ async def list_tool_versions(request: web.Request) -> web.Response:
     return json_response(tool["versions"])
 
 
-async def _version(request: web.Request) -> tuple[str, db.VersionRow]:
+async def _version(request: web.Request) -> tuple[str, CatalogueVersion]:
+    """The requested version: by its key, else by an upstream version id of one of its sources."""
     tool_id = await _resolve(request)
     requested = request.match_info["version_id"]
-    _, versions = (await db.fetch_tools(request.app[DB_POOL], [tool_id]))[tool_id]
-    for match in (lambda v: v.key == requested, lambda v: v.external_id == requested):
-        for v in versions:
-            if match(v):
-                return tool_id, v
+    tool = (await db.fetch_tools(request.app[DB_POOL], [tool_id]))[tool_id]
+    for v in tool.versions:
+        if v.key == requested:
+            return tool_id, v
+    for v in tool.versions:
+        if any(s.upstream_id == requested for s in v.sources):
+            return tool_id, v
     raise NotFound(f"tool {tool_id!r} has no version {requested!r}")
 
 
@@ -143,10 +139,12 @@ def _type(request: web.Request) -> DescriptorType:
     return parsed
 
 
-def _upstream_redirect(request: web.Request, v: db.VersionRow, tail: str) -> web.HTTPException:
+def _upstream_redirect(request: web.Request, v: CatalogueVersion,
+                       tail: str) -> web.HTTPException:
     """In index mode, file endpoints send clients to the upstream's own URL."""
-    target = (f"{v.upstream_url}/tools/{quote(v.upstream_tool_id, safe='')}/versions/"
-              f"{quote(v.key, safe='')}/{tail}")
+    s = v.served
+    target = (f"{s.upstream_base}/tools/{quote(s.upstream_tool_id, safe='')}/versions/"
+              f"{quote(s.key, safe='')}/{tail}")
     if request.query_string:
         target += "?" + request.query_string
     return web.HTTPTemporaryRedirect(target)
@@ -157,20 +155,21 @@ async def get_descriptor(request: web.Request) -> web.StreamResponse:
     t = _type(request)
     tool_id, v = await _version(request)
     relative = request.match_info.get("relative_path")
-    if v.mode == "index":
+    if v.served.mode == "index":
         tail = f"{request.match_info['type']}/descriptor"
         if relative is not None:
             tail += "/" + quote(relative, safe="")
         raise _upstream_redirect(request, v, tail)
     pool = request.app[DB_POOL]
     if relative is None:
-        files = await db.fetch_files(pool, v.id, descriptor_type=t.name,
+        files = await db.fetch_files(pool, v.served.version_row_id, descriptor_type=t.name,
                                      file_types=["PRIMARY_DESCRIPTOR"])
         if not files:
             raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} descriptor")
     else:
         path = _clean_path(relative)
-        files = await db.fetch_files(pool, v.id, descriptor_type=t.name, path=path)
+        files = await db.fetch_files(pool, v.served.version_row_id,
+                                     descriptor_type=t.name, path=path)
         if not files:
             raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} file {path!r}")
     f = files[0]
@@ -197,13 +196,14 @@ async def list_files(request: web.Request) -> web.StreamResponse:
     """GET .../{type}/files (and ``?format=zip``)."""
     t = _type(request)
     tool_id, v = await _version(request)
-    if v.mode == "index":
+    if v.served.mode == "index":
         raise _upstream_redirect(request, v, f"{request.match_info['type']}/files")
     fmt = request.query.get("format")
     if fmt not in (None, "", "zip"):
         raise BadRequest(f"format must be 'zip', not {fmt!r}")
     want_zip = fmt == "zip" or "application/zip" in request.headers.get("Accept", "")
-    files = await db.fetch_files(request.app[DB_POOL], v.id, descriptor_type=t.name,
+    files = await db.fetch_files(request.app[DB_POOL], v.served.version_row_id,
+                                 descriptor_type=t.name,
                                  with_content=want_zip)
     if not files:
         raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} files")
@@ -223,9 +223,10 @@ async def list_tests(request: web.Request) -> web.StreamResponse:
     """GET .../{type}/tests."""
     t = _type(request)
     _, v = await _version(request)
-    if v.mode == "index":
+    if v.served.mode == "index":
         raise _upstream_redirect(request, v, f"{request.match_info['type']}/tests")
-    files = await db.fetch_files(request.app[DB_POOL], v.id, descriptor_type=t.name,
+    files = await db.fetch_files(request.app[DB_POOL], v.served.version_row_id,
+                                 descriptor_type=t.name,
                                  file_types=["TEST_FILE"])
     if t.plain:
         return web.Response(body=b"\n".join(f.content or b"" for f in files),
@@ -236,9 +237,10 @@ async def list_tests(request: web.Request) -> web.StreamResponse:
 async def get_containerfile(request: web.Request) -> web.StreamResponse:
     """GET .../containerfile."""
     tool_id, v = await _version(request)
-    if v.mode == "index":
+    if v.served.mode == "index":
         raise _upstream_redirect(request, v, "containerfile")
-    files = await db.fetch_files(request.app[DB_POOL], v.id, file_types=["CONTAINERFILE"])
+    files = await db.fetch_files(request.app[DB_POOL], v.served.version_row_id,
+                                 file_types=["CONTAINERFILE"])
     if not files:
         raise NotFound(f"version {v.key!r} of {tool_id!r} has no containerfile")
     unique = {f.sha256 or f.path: f for f in reversed(files)}

@@ -8,6 +8,8 @@ from typing import Any, Final
 
 import asyncpg
 
+from aggregator.trs.model import CatalogueTool, CatalogueVersion, Source, VersionSource
+
 # Qualified ids name one upstream record: "#upstream/<upstream name>/<upstream id>". A plain
 # upstream id that starts with this prefix is never published plain, so the two cannot collide.
 QUALIFIED_PREFIX: Final = "#upstream/"
@@ -15,20 +17,30 @@ QUALIFIED_PREFIX: Final = "#upstream/"
 _REBUILD: Final = (
     "delete from catalogue_tools",
     """
-    insert into catalogue_tools (id, primary_member_id)
-    select case when live.rank = 1 and left(live.external_id, 10) <> '#upstream/'
-                then live.external_id
-                else '#upstream/' || live.name || '/' || live.external_id end,
-           live.id
-    from (select t.id, t.external_id, u.name,
-                 row_number() over (partition by t.external_id
-                                    order by u.priority, u.name) as rank
-          from upstream_tools t join upstreams u on u.id = t.upstream_id
-          where t.missed_listings < $1) as live
+    insert into catalogue_tools (id, sort_key, primary_member_id)
+    select ids.id, ids.id, ids.member
+    from (select case when live.rank = 1 and left(live.external_id, 10) <> '#upstream/'
+                      then live.external_id
+                      else '#upstream/' || live.name || '/' || live.external_id end as id,
+                 live.id as member
+          from (select t.id, t.external_id, u.name,
+                       row_number() over (partition by t.external_id
+                                          order by u.priority, u.name) as rank
+                from upstream_tools t join upstreams u on u.id = t.upstream_id
+                where t.missed_listings < $1) as live) as ids
     """,
     """
     insert into catalogue_members (upstream_tool_id, tool_id)
     select primary_member_id, id from catalogue_tools
+    """,
+    """
+    insert into catalogue_versions (tool_id, key, position, upstream_version_id)
+    select m.tool_id, v.key, v.position, v.id
+    from catalogue_members m join upstream_versions v on v.upstream_tool_id = m.upstream_tool_id
+    """,
+    """
+    insert into catalogue_version_sources (tool_id, key, upstream_version_id)
+    select tool_id, key, upstream_version_id from catalogue_versions
     """,
     "insert into catalogue_ids (id, tool_id) select id, id from catalogue_tools",
     """
@@ -37,6 +49,11 @@ _REBUILD: Final = (
     from catalogue_members m
     join upstream_tools t on t.id = m.upstream_tool_id
     join upstreams u on u.id = t.upstream_id
+    on conflict (id) do nothing
+    """,
+    """
+    insert into catalogue_id_history (id, upstream_tool_id)
+    select c.id, c.primary_member_id from catalogue_tools c
     on conflict (id) do nothing
     """,
 )
@@ -112,89 +129,76 @@ async def list_tool_ids(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], f: To
     base = f"from catalogue_tools c join upstream_tools t on t.id = c.primary_member_id{where}"
     total: int = await conn.fetchval(f"select count(*) {base}", *args)  # noqa: S608
     rows = await conn.fetch(
-        f"select c.id {base} order by c.id collate \"C\" limit {int(limit)} offset {int(offset)}",  # noqa: S608
+        f"select c.id {base} order by c.sort_key limit {int(limit)} offset {int(offset)}",  # noqa: S608
         *args)
     return [r["id"] for r in rows], total
 
 
 async def resolve_tool_id(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
                           requested: str) -> str | None:
-    """The catalogue tool that *requested* (a plain or qualified id) names, if any."""
+    """The catalogue tool that *requested* names, if any.
+
+    Current ids (plain and qualified) first; then any id that once named an upstream record,
+    which resolves to the tool holding that record now.
+    """
     tool_id: str | None = await conn.fetchval(
-        "select tool_id from catalogue_ids where id = $1", requested)
+        """select coalesce(
+               (select tool_id from catalogue_ids where id = $1),
+               (select m.tool_id from catalogue_id_history h
+                join catalogue_members m on m.upstream_tool_id = h.upstream_tool_id
+                where h.id = $1))""", requested)
     return tool_id
 
 
-@dataclass(frozen=True, slots=True)
-class MemberRow:
-    """One upstream record behind a catalogue tool."""
-
-    tool_id: str
-    member_id: int
-    is_primary: bool
-    external_id: str
-    doc: dict[str, Any]
-    upstream: str
-    upstream_url: str
-    mode: str
-    first_seen: Any
-    last_confirmed: Any
-    tombstoned_at: Any
-
-
-@dataclass(frozen=True, slots=True)
-class VersionRow:
-    """One upstream version of a catalogue tool."""
-
-    id: int
-    member_id: int
-    key: str
-    external_id: str
-    doc: dict[str, Any]
-    mode: str
-    upstream: str
-    upstream_url: str
-    upstream_tool_id: str
-
-
-_MEMBERS: Final = """
-select c.id as tool_id, t.id as member_id, t.id = c.primary_member_id as is_primary,
-       t.external_id, t.doc, u.name as upstream, u.url as upstream_url, u.mode,
-       t.first_seen, t.last_confirmed, t.tombstoned_at
+_TOOLS: Final = """
+select c.id, c.conflicts, c.primary_member_id, t.id as member_id, t.external_id, t.doc,
+       u.name as upstream, u.url as upstream_base, u.mode, t.first_seen, t.last_confirmed,
+       t.tombstoned_at, m.joined_by
 from catalogue_tools c
 join catalogue_members m on m.tool_id = c.id
 join upstream_tools t on t.id = m.upstream_tool_id
 join upstreams u on u.id = t.upstream_id
 where c.id = any($1::text[])
-order by c.id, u.priority, u.name
+order by c.id, t.id <> c.primary_member_id, u.priority, u.name, t.external_id
 """
 
 _VERSIONS: Final = """
-select v.id, v.upstream_tool_id as member_id, v.key, v.external_id, v.doc, u.mode,
-       u.name as upstream, u.url as upstream_url, t.external_id as upstream_tool_id
-from catalogue_members m
-join upstream_tools t on t.id = m.upstream_tool_id
+select cv.tool_id, cv.key, cv.conflict, cv.upstream_version_id as served_id,
+       v.id as version_row_id, v.key as upstream_key, v.external_id, v.doc,
+       t.external_id as upstream_tool_id, u.name as upstream, u.url as upstream_base, u.mode
+from catalogue_versions cv
+join catalogue_version_sources s on s.tool_id = cv.tool_id and s.key = cv.key
+join upstream_versions v on v.id = s.upstream_version_id
+join upstream_tools t on t.id = v.upstream_tool_id
 join upstreams u on u.id = t.upstream_id
-join upstream_versions v on v.upstream_tool_id = m.upstream_tool_id
-where m.tool_id = any($1::text[])
-order by u.priority, u.name, v.position
+where cv.tool_id = any($1::text[])
+order by cv.tool_id, cv.position, cv.key, v.id <> cv.upstream_version_id, u.priority, u.name
 """
 
 
 async def fetch_tools(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
-                      tool_ids: Sequence[str]) -> dict[str, tuple[list[MemberRow],
-                                                                   list[VersionRow]]]:
-    """Members and versions of each of *tool_ids* (absent ids are left out)."""
+                      tool_ids: Sequence[str]) -> dict[str, CatalogueTool]:
+    """The catalogue tools *tool_ids* with their sources and versions (absent ids left out)."""
     ids = list(tool_ids)
-    members = [MemberRow(**dict(r)) for r in await conn.fetch(_MEMBERS, ids)]
-    out: dict[str, tuple[list[MemberRow], list[VersionRow]]] = {}
-    owner: dict[int, str] = {}
-    for m in members:
-        out.setdefault(m.tool_id, ([], []))[0].append(m)
-        owner[m.member_id] = m.tool_id
+    out: dict[str, CatalogueTool] = {}
+    for r in await conn.fetch(_TOOLS, ids):
+        tool = out.get(r["id"])
+        if tool is None:
+            tool = out[r["id"]] = CatalogueTool(r["id"], r["doc"], [], [], r["conflicts"])
+        tool.sources.append(Source(
+            r["member_id"], r["upstream"], r["external_id"], r["upstream_base"], r["mode"],
+            r["first_seen"], r["last_confirmed"], r["tombstoned_at"], r["joined_by"]))
+    current: CatalogueVersion | None = None
+    current_tool = ""
     for r in await conn.fetch(_VERSIONS, ids):
-        v = VersionRow(**dict(r))
-        out[owner[v.member_id]][1].append(v)
+        source = VersionSource(r["version_row_id"], r["upstream"], r["external_id"],
+                               r["upstream_tool_id"], r["upstream_base"], r["upstream_key"],
+                               r["mode"])
+        if current is None or (current.key, current_tool) != (r["key"], r["tool_id"]):
+            current = CatalogueVersion(r["key"], r["doc"], r["conflict"], source, [])
+            current_tool = r["tool_id"]
+            out[current_tool].versions.append(current)
+        current.sources.append(source)
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
+
+from aggregator.trs.model import CatalogueTool
 
 SHA256: Final = "sha-256"
 
@@ -28,25 +30,19 @@ def render_version(base: str, tool_id: str, key: str, doc: Mapping[str, Any]) ->
     return out
 
 
-def render_tool(base: str, tool_id: str, doc: Mapping[str, Any],
-                versions: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """A Tool: the primary upstream document with our id, url and the given versions.
-
-    *versions* are (key, document) pairs; a key already rendered is skipped, so the first
-    source of a version name wins.
-    """
-    out = dict(doc)
-    out["id"] = tool_id
-    out["url"] = tool_url(base, tool_id)
+def render_tool(base: str, tool: CatalogueTool) -> dict[str, Any]:
+    """A Tool: the primary member's document with our id and url, the members' aliases
+    joined, and the merged versions."""
+    out = dict(tool.doc)
+    out["id"] = tool.id
+    out["url"] = tool_url(base, tool.id)
     out.setdefault("organization", "")
-    out.setdefault("aliases", [])
-    rendered: list[dict[str, Any]] = []
-    keys: set[str] = set()
-    for key, vdoc in versions:
-        if key not in keys:
-            keys.add(key)
-            rendered.append(render_version(base, tool_id, key, vdoc))
-    out["versions"] = rendered
+    aliases: list[str] = []
+    for alias in out.get("aliases") or []:
+        if alias not in aliases:
+            aliases.append(alias)
+    out["aliases"] = aliases
+    out["versions"] = [render_version(base, tool.id, v.key, v.doc) for v in tool.versions]
     return out
 
 

@@ -1,0 +1,61 @@
+-- 0002_merged_catalogue.sql
+-- Purpose: the catalogue becomes a merge of upstream records: identity evidence per upstream
+--          tool, merged versions with their sources, explanations, and ids that keep resolving.
+-- Created: 2026-11-22
+
+-- What identifies an upstream tool across registries (computed when it is published).
+create table tool_evidence (
+    upstream_tool_id bigint not null
+        constraint tool_evidence_upstream_tool_id_fkey
+        references upstream_tools (id) on delete cascade,
+    kind text not null constraint tool_evidence_kind_check check (kind in ('id', 'sha256')),
+    value text not null,
+    constraint tool_evidence_pkey primary key (upstream_tool_id, kind, value)
+);
+create index tool_evidence_kind_value_idx on tool_evidence (kind, value);
+
+-- Why each member belongs to its tool, and what the merge refused or could not reconcile.
+alter table catalogue_members add column joined_by jsonb not null default '[]';
+alter table catalogue_tools add column conflicts jsonb not null default '[]';
+alter table catalogue_tools add column sort_key text collate "C";
+update catalogue_tools set sort_key = id;
+alter table catalogue_tools alter column sort_key set not null;
+create unique index catalogue_tools_sort_key_idx on catalogue_tools (sort_key);
+
+-- The versions a merged tool serves; each names the upstream version whose document and files
+-- are served, and every upstream version with the same content is a source of it.
+create table catalogue_versions (
+    tool_id text not null
+        constraint catalogue_versions_tool_id_fkey
+        references catalogue_tools (id) on delete cascade on update cascade,
+    key text not null,
+    position integer not null,
+    upstream_version_id bigint not null
+        constraint catalogue_versions_upstream_version_id_fkey
+        references upstream_versions (id) on delete cascade,
+    conflict boolean not null default false,
+    constraint catalogue_versions_pkey primary key (tool_id, key)
+);
+
+create table catalogue_version_sources (
+    tool_id text not null,
+    key text not null,
+    upstream_version_id bigint not null
+        constraint catalogue_version_sources_upstream_version_id_fkey
+        references upstream_versions (id) on delete cascade,
+    constraint catalogue_version_sources_pkey primary key (tool_id, key, upstream_version_id),
+    constraint catalogue_version_sources_version_fkey foreign key (tool_id, key)
+        references catalogue_versions (tool_id, key) on delete cascade on update cascade
+);
+create index catalogue_version_sources_upstream_version_id_idx
+    on catalogue_version_sources (upstream_version_id);
+
+-- Every id that ever named an upstream record; an id keeps resolving to whichever tool holds
+-- that record now, after members join or leave.
+create table catalogue_id_history (
+    id text primary key,
+    upstream_tool_id bigint not null
+        constraint catalogue_id_history_upstream_tool_id_fkey
+        references upstream_tools (id) on delete cascade,
+    first_published timestamptz not null default now()
+);
