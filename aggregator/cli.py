@@ -15,6 +15,7 @@ from aggregator import __version__
 from aggregator import config as config_mod
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.logs import configure_logging
+from aggregator.pgcluster import ClusterError, PgBinariesNotFound
 from aggregator.service import cmd_harvest, cmd_migrate, serve_forever
 
 COMMANDS = ("migrate", "harvest", "serve", "worker", "run", "demo")
@@ -84,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"trs-aggregator: config error: {e}", file=sys.stderr)
         return 2
-    except (AggregatorError, OSError, asyncpg.PostgresError) as e:
+    except (AggregatorError, OSError, asyncpg.PostgresError, ClusterError,
+            PgBinariesNotFound) as e:
         print(f"trs-aggregator: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
