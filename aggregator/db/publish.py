@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from aggregator.db.catalogue import rebuild_catalogue
+from aggregator.db.merge import remerge
 from aggregator.db.runs import RunCounts
 
 CATALOGUE_CHANNEL: Final = "trs_aggregator_catalogue"
@@ -91,11 +91,13 @@ on conflict (upstream_id, external_id) do update set
     last_changed = case when excluded.doc_hash = t.doc_hash then t.last_changed else now() end,
     doc_hash = excluded.doc_hash,
     last_confirmed = now(), last_run_id = excluded.last_run_id,
+    merge_dirty = t.merge_dirty or t.doc_hash <> excluded.doc_hash or t.missed_listings > 0,
     missed_listings = 0, tombstoned_at = null
 """
 
 _CONFIRM_ONLY: Final = """
 update upstream_tools t set last_confirmed = now(), last_run_id = $1,
+    merge_dirty = t.merge_dirty or t.missed_listings > 0,
     missed_listings = 0, tombstoned_at = null
 from staged_tools s
 where s.run_id = $1 and not s.detailed and t.upstream_id = $2 and t.external_id = s.external_id
@@ -151,7 +153,7 @@ on conflict (upstream_version_id, descriptor_type, path) do update set
 
 _MARK_MISSED: Final = """
 update upstream_tools t set missed_listings = missed_listings + 1,
-    tombstoned_at = coalesce(tombstoned_at, now())
+    tombstoned_at = coalesce(tombstoned_at, now()), merge_dirty = true
 where t.upstream_id = $2
   and not exists (select 1 from staged_tools s where s.run_id = $1 and s.external_id = t.external_id)
 """
@@ -180,6 +182,6 @@ async def publish_run(conn: asyncpg.Connection[Any], run_id: int, upstream_id: i
         if listing_complete:
             status = await conn.execute(_MARK_MISSED, run_id, upstream_id)
             counts.tools_tombstoned = int(status.split()[-1])
-        generation = await rebuild_catalogue(conn, tombstone_after=tombstone_after)
+        generation = (await remerge(conn, tombstone_after=tombstone_after)).generation
         await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL, str(generation))
     return generation

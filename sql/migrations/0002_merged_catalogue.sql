@@ -8,7 +8,7 @@ create table tool_evidence (
     upstream_tool_id bigint not null
         constraint tool_evidence_upstream_tool_id_fkey
         references upstream_tools (id) on delete cascade,
-    kind text not null constraint tool_evidence_kind_check check (kind in ('id', 'sha256')),
+    kind text not null constraint tool_evidence_kind_check check (kind in ('id', 'alias', 'sha256')),
     value text not null,
     constraint tool_evidence_pkey primary key (upstream_tool_id, kind, value)
 );
@@ -59,3 +59,9 @@ create table catalogue_id_history (
         references upstream_tools (id) on delete cascade,
     first_published timestamptz not null default now()
 );
+
+-- Upstream tools whose record or liveness changed since the last merge.
+alter table upstream_tools add column merge_dirty boolean not null default true;
+create index upstream_tools_merge_dirty_idx on upstream_tools (id) where merge_dirty;
+create index upstream_tools_external_id_idx on upstream_tools (external_id);
+create index catalogue_tools_primary_member_id_idx on catalogue_tools (primary_member_id);

@@ -1,0 +1,310 @@
+"""Running the merge against the database: evidence, affected components, the catalogue rows.
+
+After every publish, only the upstream tools marked ``merge_dirty`` (new, changed, or whose
+liveness changed) and everything their evidence reaches are re-merged; the result is the same
+as a full re-merge (tested), which ``full=True`` performs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+import orjson
+import structlog
+
+from aggregator.merge.engine import Component, Node, VersionNode, merge, merge_versions
+from aggregator.merge.identity import Key, evidence
+
+log = structlog.get_logger()
+
+QUALIFIED_PREFIX: Final = "#upstream/"
+
+
+@dataclass(frozen=True, slots=True)
+class MergeStats:
+    """What one merge touched."""
+
+    dirty: int
+    nodes: int
+    tools: int
+    generation: int
+
+
+def qualified_id(upstream: str, external_id: str) -> str:
+    """The id that names one upstream record and cannot collide with a plain one."""
+    return f"{QUALIFIED_PREFIX}{upstream}/{external_id}"
+
+
+async def remerge(conn: asyncpg.Connection[Any], *, tombstone_after: int,
+                  max_per_upstream: int = 1, full: bool = False) -> MergeStats:
+    """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
+    tools, and bump the generation. Call inside the publishing transaction."""
+    live = "t.missed_listings < $1"
+    if full:
+        dirty = [r["id"] for r in await conn.fetch("select id from upstream_tools")]
+    else:
+        dirty = [r["id"] for r in await conn.fetch(
+            "select id from upstream_tools where merge_dirty")]
+    old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
+    if dirty:
+        await conn.execute("update upstream_tools set merge_dirty = false "
+                           "where id = any($1::bigint[])", dirty)
+    affected = await _closure(conn, set(dirty), old_keys, max_per_upstream, tombstone_after)
+    nodes = await _load_nodes(conn, affected, live, tombstone_after)
+    keys = {k for n in nodes for k in n.keys}
+    identifying = await _identifying(conn, keys, max_per_upstream, tombstone_after)
+    components = merge(nodes, identifying=identifying)
+    versions = await _load_versions(conn, [n.id for n in nodes])
+    old_ids = await _drop_tools(conn, affected)
+    await _write(conn, components, versions, old_ids)
+    generation: int = await conn.fetchval(
+        """update catalogue_state set generation = generation + 1, published_at = now()
+           returning generation""")
+    stats = MergeStats(len(dirty), len(nodes), len(components), generation)
+    log.info("merge_finished", dirty=stats.dirty, nodes=stats.nodes, tools=stats.tools,
+             generation=generation, full=full)
+    return stats
+
+
+async def _refresh_evidence(conn: asyncpg.Connection[Any], ids: list[int],
+                            tombstone_after: int) -> set[Key]:
+    """Recompute the evidence of tools *ids* (none for tools no longer live); return the keys
+    they held before."""
+    if not ids:
+        return set()
+    old = await conn.fetch(
+        "delete from tool_evidence where upstream_tool_id = any($1::bigint[]) "
+        "returning kind, value", ids)
+    tools = await conn.fetch(
+        """select t.id, t.external_id, t.doc->'aliases' as aliases
+           from upstream_tools t where t.id = any($1::bigint[]) and t.missed_listings < $2""",
+        ids, tombstone_after)
+    descriptors: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
+    for r in await conn.fetch(
+            """select v.upstream_tool_id as id, f.sha256, fc.size,
+                      substring(fc.content from 1 for 64) as head
+               from upstream_versions v
+               join upstream_files f on f.upstream_version_id = v.id
+               join file_contents fc on fc.sha256 = f.sha256
+               where v.upstream_tool_id = any($1::bigint[])
+                 and f.file_type = 'PRIMARY_DESCRIPTOR'""", ids):
+        descriptors[r["id"]].append((r["sha256"], r["size"], bytes(r["head"])))
+    rows = []
+    for t in tools:
+        doc = {"aliases": t["aliases"] if isinstance(t["aliases"], list) else []}
+        for kind, value in evidence(t["external_id"], doc, descriptors.get(t["id"], ())):
+            rows.append((t["id"], kind, value))
+    if rows:
+        await conn.copy_records_to_table("tool_evidence", records=rows,
+                                         columns=["upstream_tool_id", "kind", "value"])
+    return {(r["kind"], r["value"]) for r in old}
+
+
+async def _identifying(conn: asyncpg.Connection[Any], keys: set[Key], max_per_upstream: int,
+                       tombstone_after: int) -> set[Key]:
+    """Which of *keys* identify: held by at most *max_per_upstream* live tools per upstream."""
+    if not keys:
+        return set()
+    kinds, values = zip(*keys, strict=True)
+    rows = await conn.fetch(
+        """select e.kind, e.value, max(c) as most
+           from (select e.kind, e.value, t.upstream_id, count(*) as c
+                 from unnest($1::text[], $2::text[]) as k(kind, value)
+                 join tool_evidence e on e.kind = k.kind and e.value = k.value
+                 join upstream_tools t on t.id = e.upstream_tool_id
+                 where t.missed_listings < $3
+                 group by e.kind, e.value, t.upstream_id) as e
+           group by e.kind, e.value""", list(kinds), list(values), tombstone_after)
+    return {(r["kind"], r["value"]) for r in rows if r["most"] <= max_per_upstream}
+
+
+async def _closure(conn: asyncpg.Connection[Any], seeds: set[int], old_keys: set[Key],
+                   max_per_upstream: int, tombstone_after: int) -> set[int]:
+    """Every upstream tool whose merge can change: the seeds, the tools sharing any key the
+    seeds hold or held, every member of a catalogue tool holding one of them, and so on
+    through identifying keys until nothing is added."""
+    affected = set(seeds)
+    frontier = set(seeds)
+    if old_keys or seeds:
+        seed_keys = old_keys | await _keys_of(conn, seeds)
+        extra = await _holders(conn, seed_keys) - affected
+        affected |= extra
+        frontier |= extra
+    while frontier:
+        mates = await _tool_mates(conn, frontier)
+        keys = await _identifying(conn, await _keys_of(conn, frontier), max_per_upstream,
+                                  tombstone_after)
+        reached = (mates | await _holders(conn, keys)) - affected
+        affected |= reached
+        frontier = reached
+    return affected
+
+
+async def _keys_of(conn: asyncpg.Connection[Any], ids: set[int]) -> set[Key]:
+    rows = await conn.fetch("select kind, value from tool_evidence "
+                            "where upstream_tool_id = any($1::bigint[])", list(ids))
+    return {(r["kind"], r["value"]) for r in rows}
+
+
+async def _holders(conn: asyncpg.Connection[Any], keys: set[Key]) -> set[int]:
+    if not keys:
+        return set()
+    kinds, values = zip(*keys, strict=True)
+    rows = await conn.fetch(
+        """select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
+           join tool_evidence e on e.kind = k.kind and e.value = k.value""",
+        list(kinds), list(values))
+    return {r["upstream_tool_id"] for r in rows}
+
+
+async def _tool_mates(conn: asyncpg.Connection[Any], ids: set[int]) -> set[int]:
+    """Members of the catalogue tools that hold any of *ids* now."""
+    rows = await conn.fetch(
+        """select m2.upstream_tool_id from catalogue_members m
+           join catalogue_members m2 on m2.tool_id = m.tool_id
+           where m.upstream_tool_id = any($1::bigint[])""", list(ids))
+    return {r["upstream_tool_id"] for r in rows}
+
+
+async def _load_nodes(conn: asyncpg.Connection[Any], ids: set[int], live: str,
+                      tombstone_after: int) -> list[Node]:
+    rows = await conn.fetch(
+        f"""select t.id, u.name, u.priority, t.external_id,
+                   coalesce(array_agg(e.kind) filter (where e.kind is not null), '{{}}') as kinds,
+                   coalesce(array_agg(e.value) filter (where e.kind is not null), '{{}}') as vals
+            from upstream_tools t
+            join upstreams u on u.id = t.upstream_id
+            left join tool_evidence e on e.upstream_tool_id = t.id
+            where t.id = any($2::bigint[]) and {live}
+            group by t.id, u.name, u.priority, t.external_id""",  # noqa: S608
+        tombstone_after, list(ids))
+    return [Node(r["id"], r["name"], r["priority"], r["external_id"],
+                 frozenset(zip(r["kinds"], r["vals"], strict=True))) for r in rows]
+
+
+async def _load_versions(conn: asyncpg.Connection[Any],
+                         member_ids: list[int]) -> dict[int, list[VersionNode]]:
+    rows = await conn.fetch(
+        """select v.id, v.upstream_tool_id, v.key, coalesce(v.doc->>'name', v.key) as name,
+                  v.position,
+                  (select md5(string_agg(f.descriptor_type || '/' || f.path || '=' || f.sha256,
+                                         ',' order by f.descriptor_type, f.path))
+                   from upstream_files f
+                   where f.upstream_version_id = v.id and f.sha256 is not null
+                     and f.file_type in ('PRIMARY_DESCRIPTOR', 'SECONDARY_DESCRIPTOR'))
+                  as fingerprint
+           from upstream_versions v where v.upstream_tool_id = any($1::bigint[])""",
+        member_ids)
+    out: dict[int, list[VersionNode]] = defaultdict(list)
+    for r in rows:
+        out[r["upstream_tool_id"]].append(VersionNode(
+            r["id"], r["upstream_tool_id"], r["key"], r["name"], r["position"],
+            r["fingerprint"]))
+    return out
+
+
+async def _drop_tools(conn: asyncpg.Connection[Any], affected: set[int]) -> list[str]:
+    """Delete the catalogue tools holding any affected upstream tool; return their ids."""
+    rows = await conn.fetch(
+        """delete from catalogue_tools c where c.id in (
+               select m.tool_id from catalogue_members m
+               where m.upstream_tool_id = any($1::bigint[]))
+           returning c.id""", list(affected))
+    return [r["id"] for r in rows]
+
+
+async def _write(conn: asyncpg.Connection[Any], components: list[Component],
+                 versions: dict[int, list[VersionNode]], released: list[str]) -> None:
+    """Insert the merged tools, settling plain-id claims against the rest of the catalogue."""
+    ids = await _assign_ids(conn, components, released)
+    tools, members, cat_versions, sources, aliases = [], [], [], [], []
+    for comp, tool_id in zip(components, ids, strict=True):
+        member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
+        merged, conflicts = merge_versions(comp, member_versions)
+        report = [{"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
+                  for c in conflicts]
+        report += [{"kind": "join_refused", "a": e.a, "b": e.b, "evidence": e.kind,
+                    "value": e.value, "reason": "both tools come from one upstream"}
+                   for e in comp.refused]
+        tools.append((tool_id, tool_id, comp.primary.id, orjson.dumps(report).decode()))
+        for m in comp.members:
+            joined = [{"with": e.b if e.a == m.id else e.a, "evidence": e.kind, "value": e.value}
+                      for e in comp.joins if m.id in (e.a, e.b)]
+            members.append((m.id, tool_id, orjson.dumps(joined).decode()))
+            aliases.append((qualified_id(m.upstream, m.external_id), tool_id, m.id))
+            if m is not comp.primary:
+                aliases.append((m.external_id, tool_id, m.id))
+        for mv in merged:
+            cat_versions.append((tool_id, mv.key, mv.position, mv.served.id, mv.conflict))
+            sources += [(tool_id, mv.key, s.id) for s in mv.sources]
+    await conn.executemany(
+        """insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
+           values ($1, $2, $3, $4::text::jsonb)""", tools)
+    await conn.executemany(
+        """insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
+           values ($1, $2, $3::text::jsonb)""", members)
+    await conn.copy_records_to_table(
+        "catalogue_versions", records=cat_versions,
+        columns=["tool_id", "key", "position", "upstream_version_id", "conflict"])
+    await conn.copy_records_to_table(
+        "catalogue_version_sources", records=sources,
+        columns=["tool_id", "key", "upstream_version_id"])
+    # A tool's own id wins over any alias; an alias never displaces another tool's id.
+    await conn.executemany(
+        """insert into catalogue_ids (id, tool_id) values ($1, $1)
+           on conflict (id) do update set tool_id = excluded.tool_id""",
+        [(t[0],) for t in tools])
+    await conn.executemany(
+        "insert into catalogue_ids (id, tool_id) values ($1, $2) on conflict (id) do nothing",
+        [(a, t) for a, t, _ in aliases])
+    await conn.executemany(
+        """insert into catalogue_id_history (id, upstream_tool_id) values ($1, $2)
+           on conflict (id) do nothing""",
+        [(t[0], t[2]) for t in tools] + [(a, m) for a, _, m in aliases])
+
+
+async def _assign_ids(conn: asyncpg.Connection[Any], components: list[Component],
+                      released: list[str]) -> list[str]:
+    """Each component's id: its primary's upstream id, unless a better-ranked tool claims
+    the same id (then the qualified id). Tools elsewhere in the catalogue that lose or regain
+    a plain id are renamed here."""
+    claims: dict[str, list[tuple[tuple[int, str, str], int | None]]] = defaultdict(list)
+    for i, comp in enumerate(components):
+        p = comp.primary
+        if not p.external_id.startswith(QUALIFIED_PREFIX):
+            claims[p.external_id].append((p.order, i))
+    contested = set(claims) | {r for r in released if not r.startswith(QUALIFIED_PREFIX)}
+    others = await conn.fetch(
+        """select c.id, t.external_id, u.name, u.priority
+           from upstream_tools t
+           join catalogue_tools c on c.primary_member_id = t.id
+           join upstreams u on u.id = t.upstream_id
+           where t.external_id = any($1::text[])""", list(contested))
+    outside: dict[str, tuple[str, str]] = {}
+    for r in others:
+        claims[r["external_id"]].append(((r["priority"], r["name"], r["external_id"]), None))
+        outside[f"{r['priority']}\0{r['name']}\0{r['external_id']}"] = (r["id"], r["name"])
+    ids = [qualified_id(c.primary.upstream, c.primary.external_id) for c in components]
+    renames: list[tuple[str, str]] = []
+    for plain, contenders in claims.items():
+        contenders.sort(key=lambda c: c[0])
+        for rank, (order, index) in enumerate(contenders):
+            wanted = plain if rank == 0 else qualified_id(order[1], plain)
+            if index is not None:
+                ids[index] = wanted
+                continue
+            current, _ = outside[f"{order[0]}\0{order[1]}\0{order[2]}"]
+            if current != wanted:
+                renames.append((current, wanted))
+    # Losers step aside to their qualified ids before winners take the plain ones.
+    renames.sort(key=lambda r: not r[1].startswith(QUALIFIED_PREFIX))
+    for current, wanted in renames:
+        await conn.execute("update catalogue_tools set id = $2, sort_key = $2 where id = $1",
+                           current, wanted)
+        await conn.execute(
+            """insert into catalogue_ids (id, tool_id) values ($1, $1)
+               on conflict (id) do update set tool_id = excluded.tool_id""", wanted)
+    return ids

@@ -1,0 +1,1 @@
+"""The merge: one tool per real tool across registries (pure: no I/O)."""
