@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from aggregator.api.handlers import add_routes
+from aggregator.api import provenance
 from aggregator.api.middleware import request_context, trs_errors
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
@@ -26,4 +27,5 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(db_pool_ctx)
     add_routes(app)
+    provenance.add_routes(app)
     return app

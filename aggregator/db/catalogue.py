@@ -79,7 +79,9 @@ async def resolve_tool_id(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
                (select tool_id from catalogue_ids where id = $1),
                (select m.tool_id from catalogue_id_history h
                 join catalogue_members m on m.upstream_tool_id = h.upstream_tool_id
-                where h.id = $1))""", requested)
+                where h.id = $1
+                order by h.was_primary desc, h.first_published, h.upstream_tool_id
+                limit 1))""", requested)
     return tool_id
 
 
@@ -117,7 +119,14 @@ async def fetch_tools(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
     for r in await conn.fetch(_TOOLS, ids):
         tool = out.get(r["id"])
         if tool is None:
-            tool = out[r["id"]] = CatalogueTool(r["id"], r["doc"], [], [], r["conflicts"])
+            doc = dict(r["doc"])
+            doc["aliases"] = []
+            tool = out[r["id"]] = CatalogueTool(r["id"], doc, [], [], r["conflicts"])
+        # Aliases are the union of the members', the primary's first.
+        aliases = tool.doc["aliases"]
+        for alias in r["doc"].get("aliases") or []:
+            if alias not in aliases:
+                aliases.append(alias)
         tool.sources.append(Source(
             r["member_id"], r["upstream"], r["external_id"], r["upstream_base"], r["mode"],
             r["first_seen"], r["last_confirmed"], r["tombstoned_at"], r["joined_by"]))

@@ -260,10 +260,12 @@ async def _write(conn: asyncpg.Connection[Any], components: list[Component],
     await conn.executemany(
         "insert into catalogue_ids (id, tool_id) values ($1, $2) on conflict (id) do nothing",
         [(a, t) for a, t, _ in aliases])
+    history = [(tool_id, m.id, m is comp.primary)
+               for comp, tool_id in zip(components, ids, strict=True) for m in comp.members]
+    history += [(a, m, True) for a, _, m in aliases]
     await conn.executemany(
-        """insert into catalogue_id_history (id, upstream_tool_id) values ($1, $2)
-           on conflict (id) do nothing""",
-        [(t[0], t[2]) for t in tools] + [(a, m) for a, _, m in aliases])
+        """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
+           values ($1, $2, $3) on conflict (id, upstream_tool_id) do nothing""", history)
 
 
 async def _assign_ids(conn: asyncpg.Connection[Any], components: list[Component],

@@ -109,6 +109,7 @@ def merge(nodes: Iterable[Node], *, identifying: set[Key] | None = None,
             edge = Edge(ordered[first].id, ordered[other].id, *key)
             if upstreams[ra] & upstreams[rb]:
                 refused[ra].append(edge)
+                refused[rb].append(edge)
                 continue
             keep, gone = min(ra, rb), max(ra, rb)
             parent[gone] = keep

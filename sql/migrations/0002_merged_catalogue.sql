@@ -50,15 +50,19 @@ create table catalogue_version_sources (
 create index catalogue_version_sources_upstream_version_id_idx
     on catalogue_version_sources (upstream_version_id);
 
--- Every id that ever named an upstream record; an id keeps resolving to whichever tool holds
--- that record now, after members join or leave.
+-- Every id that ever named a catalogue tool, with the upstream records that tool held: the id
+-- keeps resolving to whichever tool holds one of them now (its primary's first), after members
+-- join or leave.
 create table catalogue_id_history (
-    id text primary key,
+    id text not null,
     upstream_tool_id bigint not null
         constraint catalogue_id_history_upstream_tool_id_fkey
         references upstream_tools (id) on delete cascade,
-    first_published timestamptz not null default now()
+    was_primary boolean not null,
+    first_published timestamptz not null default now(),
+    constraint catalogue_id_history_pkey primary key (id, upstream_tool_id)
 );
+create index catalogue_id_history_upstream_tool_id_idx on catalogue_id_history (upstream_tool_id);
 
 -- Upstream tools whose record or liveness changed since the last merge.
 alter table upstream_tools add column merge_dirty boolean not null default true;

@@ -1,0 +1,212 @@
+"""The merge against PostgreSQL: real and synthetic upstreams, incremental equals full, ids."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from aggregator.app import create_app
+from aggregator.config import Config
+from aggregator.db.merge import remerge
+from aggregator.demo.registry import STATE, make_registry_app
+from tests.static_trs import make_static_app
+from tests.support import catalogue, config_for, cwl_tool, harvest, with_priority
+
+REALDATA = Path(__file__).parent / "data" / "realdata"
+SHARED_UUID = "324a6207-70bd-4a59-be2b-25001d1af9e3"
+TRS = "/ga4gh/trs/v2"
+
+
+def enc(value: str) -> str:
+    return quote(value, safe="")
+
+
+async def provenance(client: TestClient[Any, Any], tool_id: str) -> dict[str, Any]:
+    r = await client.get(f"/aggregator/v1/tools/{enc(tool_id)}/provenance")
+    assert r.status == 200, await r.text()
+    body: dict[str, Any] = await r.json()
+    return body
+
+
+async def snapshot(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[str, Any]:
+    """The published catalogue as comparable values (internal row ids replaced by names)."""
+    tools = await conn.fetch(
+        """select c.id, u.name || '/' || t.external_id as primary_member, c.conflicts::text
+           from catalogue_tools c join upstream_tools t on t.id = c.primary_member_id
+           join upstreams u on u.id = t.upstream_id order by c.id""")
+    members = await conn.fetch(
+        """select m.tool_id, u.name || '/' || t.external_id as member
+           from catalogue_members m join upstream_tools t on t.id = m.upstream_tool_id
+           join upstreams u on u.id = t.upstream_id order by 1, 2""")
+    versions = await conn.fetch(
+        """select s.tool_id, s.key, cv.conflict, u.name || '/' || t.external_id || '@' || v.key
+           from catalogue_version_sources s
+           join catalogue_versions cv on cv.tool_id = s.tool_id and cv.key = s.key
+           join upstream_versions v on v.id = s.upstream_version_id
+           join upstream_tools t on t.id = v.upstream_tool_id
+           join upstreams u on u.id = t.upstream_id order by 1, 2, 4""")
+    ids = await conn.fetch("select id, tool_id from catalogue_ids order by id")
+    return {"tools": [tuple(r) for r in tools], "members": [tuple(r) for r in members],
+            "versions": [tuple(r) for r in versions], "ids": [tuple(r) for r in ids]}
+
+
+async def full_merge_snapshot(pool: asyncpg.Pool[Any], config: Config) -> dict[str, Any]:
+    """What a full re-merge would publish, computed in a transaction that is rolled back."""
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("select 1 from catalogue_state for update")
+            await remerge(conn, tombstone_after=config.harvest.tombstone_after, full=True)
+            return await snapshot(conn)
+        finally:
+            await tx.rollback()
+
+
+async def test_real_static_registries_and_a_dockstore_style_one_merge_the_shared_tool(
+        aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    """The GATK tool both real Yevis trees publish, and a Dockstore entry aliasing it, are one."""
+    ddbj = await aiohttp_server(make_static_app(REALDATA / "ddbj+workflow-registry"))
+    mana = await aiohttp_server(make_static_app(REALDATA / "manabuishii+yevis-getting-started"))
+    dockstore_tool = cwl_tool("#workflow/github.com/broadinstitute/gatk-mutect2",
+                              aliases=[SHARED_UUID])
+    dockstore = await aiohttp_server(make_registry_app(catalogue([dockstore_tool])))
+    config = with_priority(config_for(db_dsn, {"ddbj": ddbj, "manabuishii": mana,
+                                               "dockstore": dockstore}), "dockstore", 10)
+    outcomes = await harvest(pool, config)
+    assert {o.status for o in outcomes.values()} <= {"succeeded", "partial"}
+    client = await aiohttp_client(create_app(config))
+
+    tools = await (await client.get(f"{TRS}/tools")).json()
+    # Besides the shared UUID, both trees publish the GATK mitochondria pipeline under
+    # different UUIDs with byte-identical descriptors: the checksum joins them.
+    assert len(tools) == 5 + 9 + 1 - 3
+    mito = await provenance(client, "68c32f9c-bdaa-420c-879c-90b40d8bc4d5")
+    assert sorted(m["upstream_id"] for m in mito["members"]) == [
+        "677a5fd8-fe70-48f7-adb4-8842c6427ab6", "68c32f9c-bdaa-420c-879c-90b40d8bc4d5"]
+    assert {j["evidence"] for m in mito["members"] for j in m["joined_by"]} == {"sha256"}
+    merged = await (await client.get(f"{TRS}/tools/{SHARED_UUID}")).json()
+    assert merged["id"] == dockstore_tool["id"]
+    record = await provenance(client, SHARED_UUID)
+    assert sorted(m["upstream"] for m in record["members"]) == ["ddbj", "dockstore",
+                                                                  "manabuishii"]
+    evidence = {(j["evidence"], j["value"]) for m in record["members"] for j in m["joined_by"]}
+    assert ("id", f"uuid:{SHARED_UUID}") in evidence
+    # Both trees publish version 1.0.0 with the same descriptor bytes: one version, two sources.
+    v100 = next(v for v in record["versions"] if v["key"] == "1.0.0")
+    assert sorted(s["upstream"] for s in v100["sources"]) == ["ddbj", "manabuishii"]
+    assert not v100["conflict"]
+    wdl = await client.get(f"{TRS}/tools/{SHARED_UUID}/versions/1.0.0/PLAIN_WDL/descriptor")
+    assert wdl.status == 200 and "workflow" in await wdl.text()
+    for name in ("ddbj", "manabuishii"):
+        qualified = f"#upstream/{name}/{SHARED_UUID}"
+        assert (await (await client.get(f"{TRS}/tools/{enc(qualified)}")).json())["id"] == \
+            merged["id"]
+
+
+async def test_ids_keep_resolving_when_a_better_member_joins(
+        aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    """A tool's old id still answers after a better-priority member takes over its id."""
+    hub = await aiohttp_server(make_registry_app(catalogue(
+        [cwl_tool("101", aliases=["#workflow/github.com/lab/align"], marker="hub")])))
+    dock = await aiohttp_server(make_registry_app(catalogue([])))
+    config = with_priority(config_for(db_dsn, {"hub": hub, "dock": dock}), "dock", 1)
+    await harvest(pool, config)
+    client = await aiohttp_client(create_app(config))
+    assert (await (await client.get(f"{TRS}/tools/101")).json())["id"] == "101"
+
+    dock.app[STATE].catalogue = catalogue([cwl_tool("#workflow/github.com/lab/align",
+                                                    marker="dock")])
+    await harvest(pool, config, ["dock"])
+    merged = await (await client.get(f"{TRS}/tools/101")).json()
+    assert merged["id"] == "#workflow/github.com/lab/align"
+    assert "#workflow/github.com/lab/align" in merged["aliases"]
+    assert (await client.get(f"{TRS}/tools/{enc('#upstream/hub/101')}")).status == 200
+    # Same version name, different content: both stay reachable, the conflict is reported.
+    keys = sorted(v["url"].rsplit("/", 1)[1] for v in merged["versions"])
+    assert keys == ["1.0", "1.0~hub"]
+    record = await provenance(client, "101")
+    assert record["conflicts"][0]["kind"] == "version"
+    text = await (await client.get(f"{TRS}/tools/101/versions/1.0~hub/PLAIN_CWL/descriptor")).text()
+    assert "hub" in text
+
+    dock.app[STATE].catalogue = catalogue([])
+    for _ in range(config.harvest.tombstone_after):
+        await harvest(pool, config, ["dock"])
+    alone = await (await client.get(f"{TRS}/tools/101")).json()
+    assert alone["id"] == "101"
+    assert (await client.get(f"{TRS}/tools/{enc('#workflow/github.com/lab/align')}")).status \
+        == 200
+
+
+async def test_one_upstream_is_never_merged_with_itself(
+        aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    """Evidence chaining two tools of one upstream is refused and reported, not applied."""
+    one = await aiohttp_server(make_registry_app(catalogue([
+        cwl_tool("a1", aliases=["shared-name-one"]), cwl_tool("a2", aliases=["shared-name-two"]),
+        cwl_tool("a3", aliases=["generic-workflow"]), cwl_tool("a4", aliases=["generic-workflow"]),
+    ])))
+    two = await aiohttp_server(make_registry_app(catalogue([
+        cwl_tool("b1", aliases=["shared-name-one", "shared-name-two"]),
+        cwl_tool("b2", aliases=["generic-workflow"]),
+    ])))
+    config = config_for(db_dsn, {"one": one, "two": two})
+    await harvest(pool, config)
+    client = await aiohttp_client(create_app(config))
+    ids = sorted(t["id"] for t in await (await client.get(f"{TRS}/tools")).json())
+    # a1+b1 joined; a2 refused (b1 already holds a tool of 'one'); the generic alias, held by
+    # two tools of 'one', joins nothing.
+    assert ids == ["a1", "a2", "a3", "a4", "b2"]
+    record = await provenance(client, "a1")
+    assert sorted(m["upstream_id"] for m in record["members"]) == ["a1", "b1"]
+    refused = [c for c in record["conflicts"] if c["kind"] == "join_refused"]
+    assert refused and refused[0]["value"] == "shared-name-two"
+
+
+async def test_incremental_merge_publishes_what_a_full_merge_would(
+        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    """After every harvest of random changes, the catalogue equals a full re-merge's."""
+    rng = random.Random(20261122)
+    aliases = [f"alias-{i}" for i in range(12)]
+    names = ("red", "green", "blue")
+
+    def random_catalogue(upstream: str) -> dict[str, Any]:
+        tools = []
+        for i in range(rng.randint(3, 8)):
+            picked = rng.sample(aliases, rng.randint(0, 2))
+            marker = rng.choice(["same", "same", upstream])
+            tools.append(cwl_tool(f"{upstream}-{i}", aliases=picked, marker=marker,
+                                  versions=rng.choice([("1.0",), ("1.0", "2.0")])))
+        return catalogue(tools)
+
+    servers = {n: await aiohttp_server(make_registry_app(random_catalogue(n))) for n in names}
+    config = with_priority(config_for(db_dsn, servers), "blue", 5)
+    for round_ in range(6):
+        changed = names if round_ == 0 else rng.sample(names, rng.randint(1, 2))
+        for n in changed:
+            servers[n].app[STATE].catalogue = random_catalogue(n)
+        await harvest(pool, config, list(changed))
+        assert await snapshot(pool) == await full_merge_snapshot(pool, config), round_
+
+
+@pytest.mark.parametrize("order", [("red", "blue"), ("blue", "red")])
+async def test_merge_does_not_depend_on_harvest_order(
+        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str,
+        order: tuple[str, str]) -> None:
+    """Harvesting the same upstreams in either order publishes the same catalogue."""
+    red = await aiohttp_server(make_registry_app(catalogue(
+        [cwl_tool("r1", aliases=["tool-x"]), cwl_tool("x", marker="red")])))
+    blue = await aiohttp_server(make_registry_app(catalogue(
+        [cwl_tool("b1", aliases=["tool-x"]), cwl_tool("x", marker="blue")])))
+    config = config_for(db_dsn, {"red": red, "blue": blue})
+    for name in order:
+        await harvest(pool, config, [name])
+    got = await snapshot(pool)
+    assert [t[0] for t in got["tools"]] == ["#upstream/red/x", "b1", "x"]
+    assert got == await full_merge_snapshot(pool, config)
