@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
-import orjson
 import structlog
 
 from aggregator.merge.engine import Component, Node, VersionNode, merge, merge_versions
@@ -52,7 +51,11 @@ async def remerge(conn: asyncpg.Connection[Any], *, tombstone_after: int,
     if dirty:
         await conn.execute("update upstream_tools set merge_dirty = false "
                            "where id = any($1::bigint[])", dirty)
-    affected = await _closure(conn, set(dirty), old_keys, max_per_upstream, tombstone_after)
+    if full:
+        affected = set(dirty)
+    else:
+        affected = await _closure(conn, set(dirty), old_keys, max_per_upstream,
+                                  tombstone_after)
     nodes = await _load_nodes(conn, affected, live, tombstone_after)
     keys = {k for n in nodes for k in n.keys}
     identifying = await _identifying(conn, keys, max_per_upstream, tombstone_after)
@@ -229,43 +232,49 @@ async def _write(conn: asyncpg.Connection[Any], components: list[Component],
         report += [{"kind": "join_refused", "a": e.a, "b": e.b, "evidence": e.kind,
                     "value": e.value, "reason": "both tools come from one upstream"}
                    for e in comp.refused]
-        tools.append((tool_id, tool_id, comp.primary.id, orjson.dumps(report).decode()))
+        tools.append((tool_id, tool_id, comp.primary.id, report))
         for m in comp.members:
             joined = [{"with": e.b if e.a == m.id else e.a, "evidence": e.kind, "value": e.value}
                       for e in comp.joins if m.id in (e.a, e.b)]
-            members.append((m.id, tool_id, orjson.dumps(joined).decode()))
+            members.append((m.id, tool_id, joined))
             aliases.append((qualified_id(m.upstream, m.external_id), tool_id, m.id))
             if m is not comp.primary:
                 aliases.append((m.external_id, tool_id, m.id))
         for mv in merged:
             cat_versions.append((tool_id, mv.key, mv.position, mv.served.id, mv.conflict))
             sources += [(tool_id, mv.key, s.id) for s in mv.sources]
-    await conn.executemany(
-        """insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
-           values ($1, $2, $3, $4::text::jsonb)""", tools)
-    await conn.executemany(
-        """insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
-           values ($1, $2, $3::text::jsonb)""", members)
+    await conn.copy_records_to_table(
+        "catalogue_tools", records=tools,
+        columns=["id", "sort_key", "primary_member_id", "conflicts"])
+    await conn.copy_records_to_table(
+        "catalogue_members", records=members, columns=["upstream_tool_id", "tool_id", "joined_by"])
     await conn.copy_records_to_table(
         "catalogue_versions", records=cat_versions,
         columns=["tool_id", "key", "position", "upstream_version_id", "conflict"])
     await conn.copy_records_to_table(
         "catalogue_version_sources", records=sources,
         columns=["tool_id", "key", "upstream_version_id"])
-    # A tool's own id wins over any alias; an alias never displaces another tool's id.
-    await conn.executemany(
-        """insert into catalogue_ids (id, tool_id) values ($1, $1)
-           on conflict (id) do update set tool_id = excluded.tool_id""",
-        [(t[0],) for t in tools])
-    await conn.executemany(
-        "insert into catalogue_ids (id, tool_id) values ($1, $2) on conflict (id) do nothing",
-        [(a, t) for a, t, _ in aliases])
-    history = [(tool_id, m.id, m is comp.primary)
+    await conn.execute(
+        """create temporary table if not exists merge_ids (id text, tool_id text,
+               upstream_tool_id bigint, own boolean, was_primary boolean);
+           truncate merge_ids""")
+    history = [(tool_id, tool_id, m.id, True, m is comp.primary)
                for comp, tool_id in zip(components, ids, strict=True) for m in comp.members]
-    history += [(a, m, True) for a, _, m in aliases]
-    await conn.executemany(
-        """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-           values ($1, $2, $3) on conflict (id, upstream_tool_id) do nothing""", history)
+    history += [(a, t, m, False, True) for a, t, m in aliases]
+    await conn.copy_records_to_table(
+        "merge_ids", records=history,
+        columns=["id", "tool_id", "upstream_tool_id", "own", "was_primary"])
+    # A tool's own id wins over any alias; an alias never displaces another tool's id.
+    await conn.execute(
+        """insert into catalogue_ids (id, tool_id)
+           select distinct id, tool_id from merge_ids where own
+           on conflict (id) do update set tool_id = excluded.tool_id;
+           insert into catalogue_ids (id, tool_id)
+           select id, tool_id from merge_ids where not own
+           on conflict (id) do nothing;
+           insert into catalogue_id_history (id, upstream_tool_id, was_primary)
+           select id, upstream_tool_id, was_primary from merge_ids
+           on conflict (id, upstream_tool_id) do nothing""")
 
 
 async def _assign_ids(conn: asyncpg.Connection[Any], components: list[Component],
