@@ -45,13 +45,19 @@ async def snapshot(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[st
            from catalogue_members m join upstream_tools t on t.id = m.upstream_tool_id
            join upstreams u on u.id = t.upstream_id order by 1, 2""")
     versions = await conn.fetch(
-        """select s.tool_id, s.key, cv.conflict, u.name || '/' || t.external_id || '@' || v.key
-           from catalogue_version_sources s
-           join catalogue_versions cv on cv.tool_id = s.tool_id and cv.key = s.key
-           join upstream_versions v on v.id = s.upstream_version_id
+        """select cv.tool_id, cv.key, cv.conflict, u.name || '/' || t.external_id || '@' || v.key
+           from catalogue_versions cv
+           cross join lateral unnest(cv.source_ids) as s(version_id)
+           join upstream_versions v on v.id = s.version_id
            join upstream_tools t on t.id = v.upstream_tool_id
            join upstreams u on u.id = t.upstream_id order by 1, 2, 4""")
-    ids = await conn.fetch("select id, tool_id from catalogue_ids order by id")
+    ids = await conn.fetch(
+        """select x.id, catalogue_resolve(x.id) from (
+               select c.id from catalogue_tools c
+               union select '#upstream/' || u.name || '/' || t.external_id
+               from upstream_tools t join upstreams u on u.id = t.upstream_id
+               union select external_id from upstream_tools
+               union select id from catalogue_id_history) as x order by 1""")
     return {"tools": [tuple(r) for r in tools], "members": [tuple(r) for r in members],
             "versions": [tuple(r) for r in versions], "ids": [tuple(r) for r in ids]}
 

@@ -20,7 +20,7 @@ from tests.conftest import dsn_with_db
 CORE_TABLES = {
     "upstreams", "harvest_runs", "file_contents", "upstream_tools", "upstream_versions",
     "upstream_files", "staged_tools", "staged_versions", "staged_files", "catalogue_tools",
-    "catalogue_members", "catalogue_ids", "catalogue_state", "schema_migrations",
+    "catalogue_members", "catalogue_state", "schema_migrations",
 }
 
 

@@ -37,7 +37,7 @@ def _where(f: ToolFilter) -> tuple[str, list[Any]]:
         return f"${len(args)}"
 
     if f.id is not None:
-        clauses.append(f"c.id in (select tool_id from catalogue_ids where id = {arg(f.id)})")
+        clauses.append(f"c.id = catalogue_resolve({arg(f.id)})")
     if f.alias is not None:
         clauses.append(f"t.doc->'aliases' ? {arg(f.alias)}")
     if f.toolclass is not None:
@@ -69,19 +69,9 @@ async def list_tool_ids(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], f: To
 
 async def resolve_tool_id(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
                           requested: str) -> str | None:
-    """The catalogue tool that *requested* names, if any.
-
-    Current ids (plain and qualified) first; then any id that once named an upstream record,
-    which resolves to the tool holding that record now.
-    """
-    tool_id: str | None = await conn.fetchval(
-        """select coalesce(
-               (select tool_id from catalogue_ids where id = $1),
-               (select m.tool_id from catalogue_id_history h
-                join catalogue_members m on m.upstream_tool_id = h.upstream_tool_id
-                where h.id = $1
-                order by h.was_primary desc, h.first_published, h.upstream_tool_id
-                limit 1))""", requested)
+    """The catalogue tool that *requested* names, if any: its own id, a member's qualified or
+    plain upstream id, or an id it once had (see ``catalogue_resolve`` in sql/)."""
+    tool_id: str | None = await conn.fetchval("select catalogue_resolve($1)", requested)
     return tool_id
 
 
@@ -98,16 +88,16 @@ order by c.id, t.id <> c.primary_member_id, u.priority, u.name, t.external_id
 """
 
 _VERSIONS: Final = """
-select cv.tool_id, cv.key, cv.conflict, cv.upstream_version_id as served_id,
-       v.id as version_row_id, v.key as upstream_key, v.external_id, v.doc,
-       t.external_id as upstream_tool_id, u.name as upstream, u.url as upstream_base, u.mode
+select cv.tool_id, cv.key, cv.conflict, v.id as version_row_id, v.key as upstream_key,
+       v.external_id, v.doc, t.external_id as upstream_tool_id, u.name as upstream,
+       u.url as upstream_base, u.mode
 from catalogue_versions cv
-join catalogue_version_sources s on s.tool_id = cv.tool_id and s.key = cv.key
-join upstream_versions v on v.id = s.upstream_version_id
+cross join lateral unnest(cv.source_ids) with ordinality as s(version_id, n)
+join upstream_versions v on v.id = s.version_id
 join upstream_tools t on t.id = v.upstream_tool_id
 join upstreams u on u.id = t.upstream_id
 where cv.tool_id = any($1::text[])
-order by cv.tool_id, cv.position, cv.key, v.id <> cv.upstream_version_id, u.priority, u.name
+order by cv.tool_id, cv.position, cv.key, s.n
 """
 
 

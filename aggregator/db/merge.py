@@ -50,7 +50,7 @@ async def remerge(conn: asyncpg.Connection[Any], *, tombstone_after: int,
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if dirty:
         await conn.execute("update upstream_tools set merge_dirty = false "
-                           "where id = any($1::bigint[])", dirty)
+                           "where id = any($1::bigint[]) and merge_dirty", dirty)
     if full:
         affected = set(dirty)
     else:
@@ -223,7 +223,7 @@ async def _write(conn: asyncpg.Connection[Any], components: list[Component],
                  versions: dict[int, list[VersionNode]], released: list[str]) -> None:
     """Insert the merged tools, settling plain-id claims against the rest of the catalogue."""
     ids = await _assign_ids(conn, components, released)
-    tools, members, cat_versions, sources, aliases = [], [], [], [], []
+    tools, members, cat_versions, history = [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
         merged, conflicts = merge_versions(comp, member_versions)
@@ -237,12 +237,9 @@ async def _write(conn: asyncpg.Connection[Any], components: list[Component],
             joined = [{"with": e.b if e.a == m.id else e.a, "evidence": e.kind, "value": e.value}
                       for e in comp.joins if m.id in (e.a, e.b)]
             members.append((m.id, tool_id, joined))
-            aliases.append((qualified_id(m.upstream, m.external_id), tool_id, m.id))
-            if m is not comp.primary:
-                aliases.append((m.external_id, tool_id, m.id))
-        for mv in merged:
-            cat_versions.append((tool_id, mv.key, mv.position, mv.served.id, mv.conflict))
-            sources += [(tool_id, mv.key, s.id) for s in mv.sources]
+            history.append((tool_id, m.id, m is comp.primary))
+        cat_versions += [(tool_id, mv.key, mv.position, mv.served.id,
+                          [s.id for s in mv.sources], mv.conflict) for mv in merged]
     await conn.copy_records_to_table(
         "catalogue_tools", records=tools,
         columns=["id", "sort_key", "primary_member_id", "conflicts"])
@@ -250,30 +247,17 @@ async def _write(conn: asyncpg.Connection[Any], components: list[Component],
         "catalogue_members", records=members, columns=["upstream_tool_id", "tool_id", "joined_by"])
     await conn.copy_records_to_table(
         "catalogue_versions", records=cat_versions,
-        columns=["tool_id", "key", "position", "upstream_version_id", "conflict"])
-    await conn.copy_records_to_table(
-        "catalogue_version_sources", records=sources,
-        columns=["tool_id", "key", "upstream_version_id"])
+        columns=["tool_id", "key", "position", "upstream_version_id", "source_ids", "conflict"])
+    # The ids each tool had, so they keep resolving after its members change.
     await conn.execute(
-        """create temporary table if not exists merge_ids (id text, tool_id text,
-               upstream_tool_id bigint, own boolean, was_primary boolean);
-           truncate merge_ids""")
-    history = [(tool_id, tool_id, m.id, True, m is comp.primary)
-               for comp, tool_id in zip(components, ids, strict=True) for m in comp.members]
-    history += [(a, t, m, False, True) for a, t, m in aliases]
-    await conn.copy_records_to_table(
-        "merge_ids", records=history,
-        columns=["id", "tool_id", "upstream_tool_id", "own", "was_primary"])
-    # A tool's own id wins over any alias; an alias never displaces another tool's id.
+        """create temporary table if not exists merge_history (
+               id text, upstream_tool_id bigint, was_primary boolean);
+           truncate merge_history""")
+    await conn.copy_records_to_table("merge_history", records=history,
+                                     columns=["id", "upstream_tool_id", "was_primary"])
     await conn.execute(
-        """insert into catalogue_ids (id, tool_id)
-           select distinct id, tool_id from merge_ids where own
-           on conflict (id) do update set tool_id = excluded.tool_id;
-           insert into catalogue_ids (id, tool_id)
-           select id, tool_id from merge_ids where not own
-           on conflict (id) do nothing;
-           insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-           select id, upstream_tool_id, was_primary from merge_ids
+        """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
+           select id, upstream_tool_id, was_primary from merge_history
            on conflict (id, upstream_tool_id) do nothing""")
 
 
@@ -315,7 +299,4 @@ async def _assign_ids(conn: asyncpg.Connection[Any], components: list[Component]
     for current, wanted in renames:
         await conn.execute("update catalogue_tools set id = $2, sort_key = $2 where id = $1",
                            current, wanted)
-        await conn.execute(
-            """insert into catalogue_ids (id, tool_id) values ($1, $1)
-               on conflict (id) do update set tool_id = excluded.tool_id""", wanted)
     return ids

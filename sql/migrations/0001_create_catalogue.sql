@@ -136,7 +136,7 @@ create unlogged table staged_files (
         primary key (run_id, tool_external_id, version_key, descriptor_type, path)
 );
 
--- The published catalogue: one row per tool the API serves, and every id that resolves to it.
+-- The published catalogue: one row per tool the API serves, and the upstream records behind it.
 create table catalogue_tools (
     id text primary key,
     primary_member_id bigint not null
@@ -153,14 +153,6 @@ create table catalogue_members (
         references catalogue_tools (id) on delete cascade on update cascade
 );
 create index catalogue_members_tool_id_idx on catalogue_members (tool_id);
-
-create table catalogue_ids (
-    id text primary key,
-    tool_id text not null
-        constraint catalogue_ids_tool_id_fkey
-        references catalogue_tools (id) on delete cascade on update cascade
-);
-create index catalogue_ids_tool_id_idx on catalogue_ids (tool_id);
 
 -- One row: the catalogue's generation, bumped by every publish (also the API's ETag seed).
 create table catalogue_state (

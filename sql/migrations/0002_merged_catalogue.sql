@@ -23,7 +23,7 @@ alter table catalogue_tools alter column sort_key set not null;
 create unique index catalogue_tools_sort_key_idx on catalogue_tools (sort_key);
 
 -- The versions a merged tool serves; each names the upstream version whose document and files
--- are served, and every upstream version with the same content is a source of it.
+-- are served, and every upstream version with the same content (the served one first).
 create table catalogue_versions (
     tool_id text not null
         constraint catalogue_versions_tool_id_fkey
@@ -33,22 +33,10 @@ create table catalogue_versions (
     upstream_version_id bigint not null
         constraint catalogue_versions_upstream_version_id_fkey
         references upstream_versions (id) on delete cascade,
+    source_ids bigint[] not null,
     conflict boolean not null default false,
     constraint catalogue_versions_pkey primary key (tool_id, key)
 );
-
-create table catalogue_version_sources (
-    tool_id text not null,
-    key text not null,
-    upstream_version_id bigint not null
-        constraint catalogue_version_sources_upstream_version_id_fkey
-        references upstream_versions (id) on delete cascade,
-    constraint catalogue_version_sources_pkey primary key (tool_id, key, upstream_version_id),
-    constraint catalogue_version_sources_version_fkey foreign key (tool_id, key)
-        references catalogue_versions (tool_id, key) on delete cascade on update cascade
-);
-create index catalogue_version_sources_upstream_version_id_idx
-    on catalogue_version_sources (upstream_version_id);
 
 -- Every id that ever named a catalogue tool, with the upstream records that tool held: the id
 -- keeps resolving to whichever tool holds one of them now (its primary's first), after members
@@ -69,3 +57,32 @@ alter table upstream_tools add column merge_dirty boolean not null default true;
 create index upstream_tools_merge_dirty_idx on upstream_tools (id) where merge_dirty;
 create index upstream_tools_external_id_idx on upstream_tools (external_id);
 create index catalogue_tools_primary_member_id_idx on catalogue_tools (primary_member_id);
+
+-- Ids are no longer stored one by one: a tool answers to its own id, to the qualified id of each
+-- member ("#upstream/<upstream>/<upstream id>"), to each member's plain upstream id (the
+-- best-priority member's tool when several), and to every id it once had.
+create function catalogue_resolve(requested text) returns text
+language sql stable as $$
+    select coalesce(
+        (select c.id from catalogue_tools c where c.id = requested),
+        (select m.tool_id
+         from upstream_tools t
+         join upstreams u on u.id = t.upstream_id
+         join catalogue_members m on m.upstream_tool_id = t.id
+         where left(requested, 10) = '#upstream/'
+           and u.name = split_part(substr(requested, 11), '/', 1)
+           and t.external_id = substr(requested, 12 + length(split_part(substr(requested, 11), '/', 1)))),
+        (select m.tool_id
+         from upstream_tools t
+         join upstreams u on u.id = t.upstream_id
+         join catalogue_members m on m.upstream_tool_id = t.id
+         where t.external_id = requested
+         order by u.priority, u.name
+         limit 1),
+        (select m.tool_id
+         from catalogue_id_history h
+         join catalogue_members m on m.upstream_tool_id = h.upstream_tool_id
+         where h.id = requested
+         order by h.was_primary desc, h.first_published, h.upstream_tool_id
+         limit 1))
+$$;

@@ -1,0 +1,144 @@
+"""Merge benchmark: the pure engine over synthetic records, and the database merge, full and
+incremental. Run by hand; results go to docs/benchmarks.md.
+
+    python bench/merge_bench.py pure --tools 1000000
+    python bench/merge_bench.py db --tools 1000000 --dsn postgresql://postgres@127.0.0.1/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import asyncpg  # noqa: E402
+
+from aggregator.db.merge import remerge  # noqa: E402
+from aggregator.db.migrate import migrate  # noqa: E402
+from aggregator.db.pool import connect  # noqa: E402
+from aggregator.merge.engine import Node, identifying_keys, merge  # noqa: E402
+
+UPSTREAMS = ("dockstore", "workflowhub", "biocontainers", "yevis", "private")
+
+
+def synthetic_nodes(n: int, seed: int = 1) -> list[Node]:
+    """*n* records of n/2 real tools spread over five upstreams: half carry a global id, half a
+    descriptor checksum, some an alias, and one alias in a hundred is a generic word."""
+    rng = random.Random(seed)
+    nodes = []
+    for i in range(n):
+        upstream = UPSTREAMS[i % len(UPSTREAMS)]
+        real = rng.randrange(n // 2)
+        keys: set[tuple[str, str]] = set()
+        if rng.random() < 0.5:
+            keys.add(("id", f"src:github.com/org{real % 997}/repo{real}"))
+        if rng.random() < 0.5:
+            keys.add(("sha256", f"{real:064x}"))
+        if rng.random() < 0.2:
+            keys.add(("alias", f"tool-{real}"))
+        if rng.random() < 0.01:
+            keys.add(("alias", "variant calling"))
+        nodes.append(Node(i, upstream, UPSTREAMS.index(upstream), f"t{i}", frozenset(keys)))
+    return nodes
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_pure(n: int) -> None:
+    base = rss_mb()
+    t0 = time.perf_counter()
+    nodes = synthetic_nodes(n)
+    t1 = time.perf_counter()
+    identifying = identifying_keys(nodes)
+    comps = merge(nodes, identifying=identifying)
+    t2 = time.perf_counter()
+    merged = sum(1 for c in comps if len(c.members) > 1)
+    print(f"pure n={n}: generate {t1 - t0:.1f}s, merge {t2 - t1:.1f}s, "
+          f"{len(comps)} tools ({merged} merged), peak RSS {rss_mb():.0f} MB "
+          f"(before {base:.0f} MB)")
+    # Incremental: 1% of records change; merge the closure of the changed records.
+    rng = random.Random(2)
+    changed = set(rng.sample(range(n), n // 100))
+    t3 = time.perf_counter()
+    holders: dict[tuple[str, str], list[int]] = {}
+    for node in nodes:
+        for k in node.keys & identifying:
+            holders.setdefault(k, []).append(node.id)
+    part, frontier = set(changed), set(changed)
+    while frontier:
+        reached = {h for i in frontier for k in nodes[i].keys & identifying
+                   for h in holders[k]} - part
+        part |= reached
+        frontier = reached
+    merge([nodes[i] for i in part], identifying=identifying)
+    print(f"pure incremental: {len(changed)} changed, closure {len(part)}, "
+          f"{time.perf_counter() - t3:.2f}s (index build included)")
+
+
+async def bench_db(n: int, dsn: str) -> None:
+    admin = await asyncpg.connect(dsn)
+    await admin.execute("drop database if exists trs_merge_bench")
+    await admin.execute("create database trs_merge_bench")
+    await admin.close()
+    db = dsn.rsplit("/", 1)[0] + "/trs_merge_bench"
+    await migrate(db)
+    conn = await connect(db)
+    t0 = time.perf_counter()
+    for i, name in enumerate(UPSTREAMS):
+        await conn.execute("insert into upstreams (name, url, kind, mode, priority) "
+                           "values ($1, $2, 'trs', 'index', $3)", name, f"https://{name}.test", i)
+    await conn.execute(
+        """insert into upstream_tools (upstream_id, external_id, doc, doc_hash)
+           select 1 + i % 5, 't' || i,
+                  jsonb_build_object('id', 't' || i, 'aliases',
+                      case when i % 3 = 0 then jsonb_build_array(
+                               '#workflow/github.com/org/repo' || (i / 7))
+                           when i % 3 = 1 then jsonb_build_array('tool-' || (i / 11))
+                           else '[]'::jsonb end),
+                  md5(i::text)
+           from generate_series(0, $1 - 1) as i""", n)
+    await conn.execute(
+        """insert into upstream_versions (upstream_tool_id, key, external_id, position, doc)
+           select id, '1.0', '1.0', 0, '{"id": "1.0", "name": "1.0"}' from upstream_tools""")
+    await conn.execute("vacuum analyze")
+    print(f"db n={n}: loaded in {time.perf_counter() - t0:.1f}s")
+    for label, full, change in (("full", True, 0), ("incremental 1%", False, n // 100)):
+        if change:
+            await conn.execute(
+                """update upstream_tools set merge_dirty = true,
+                       doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
+                   where id in (select id from upstream_tools order by random() limit $1)""",
+                change)
+        t = time.perf_counter()
+        async with conn.transaction():
+            await conn.execute("select 1 from catalogue_state for update")
+            stats = await remerge(conn, tombstone_after=3, full=full)
+        print(f"db {label}: {time.perf_counter() - t:.2f}s, dirty {stats.dirty}, "
+              f"re-merged {stats.nodes} records into {stats.tools} tools, "
+              f"peak RSS {rss_mb():.0f} MB")
+    await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["pure", "db"])
+    parser.add_argument("--tools", type=int, default=1_000_000)
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    if args.what == "pure":
+        bench_pure(args.tools)
+    else:
+        asyncio.run(bench_db(args.tools, args.dsn))
+
+
+if __name__ == "__main__":
+    main()
