@@ -16,7 +16,7 @@ from aggregator import config as config_mod
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.logs import configure_logging
 from aggregator.pgcluster import ClusterError, PgBinariesNotFound
-from aggregator.service import cmd_harvest, cmd_migrate, serve_forever
+from aggregator.service import cmd_harvest, cmd_migrate, cmd_request_harvest, serve_forever
 
 COMMANDS = ("migrate", "harvest", "serve", "worker", "run", "demo")
 
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="harvest upstreams now, in the foreground")
     harvest.add_argument("names", nargs="*", metavar="NAME",
                          help="upstreams to harvest (default: every enabled one)")
+    harvest.add_argument("--queue", action="store_true",
+                         help="ask the running workers to harvest now, through the database, "
+                              "instead of harvesting in this process")
     sub.add_parser("serve", parents=[common], help="serve the TRS API")
     sub.add_parser("worker", parents=[common], help="harvest upstreams on their schedules")
     sub.add_parser("run", parents=[common], help="serve and worker in one process")
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               f"{config_mod.DATABASE_URL_ENV}")
         if args.command == "migrate":
             return asyncio.run(cmd_migrate(config))
+        if args.command == "harvest" and args.queue:
+            return asyncio.run(cmd_request_harvest(config, args.names))
         if args.command == "harvest":
             return asyncio.run(cmd_harvest(config, args.names))
         if args.command == "serve":

@@ -22,8 +22,16 @@ DATABASE_URL_ENV: Final = "AGGREGATOR_DATABASE_URL"
 UPSTREAM_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 KINDS: Final = ("trs", "static", "aggregator")
 MODES: Final = ("mirror", "index")
+CHANGE_DETECTION: Final = ("auto", "listing", "fetch")
 _SCHEDULE_EVERY_RE: Final = re.compile(r"^every\s+(\d+)\s*(s|m|h|d)$")
+_DURATION_RE: Final = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a duration such as ``90s``, ``15m``, ``6h``, ``7d``; None if it is not one."""
+    m = _DURATION_RE.match(text.strip())
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +68,58 @@ class ServerConfig:
 class HarvestConfig:
     """Settings shared by every harvest.
 
+    Durations are strings such as ``90s``, ``15m``, ``6h`` or ``7d``; each has a ``*_s``
+    property giving seconds.
+
     Attributes:
         tombstone_after: Consecutive complete listings a tool may be missing from before the
             API stops serving it.
         user_agent: The User-Agent sent upstream.
+        stale_after: A record not confirmed by a harvest for this long is marked stale.
+        revalidate_after: A tool whose listing entry is unchanged is confirmed without
+            fetching its versions and files again, until this long after they were last
+            fetched; ``0s`` fetches every tool's details on every run.
+        circuit_failures: Consecutive failed runs that open an upstream's circuit: its
+            scheduled harvests are skipped until the circuit's pause ends.
+        circuit_open_for: The first pause; it doubles with each further failed run.
+        circuit_open_max: The longest pause.
+        request_poll: How often a worker looks for "harvest now" requests besides being
+            notified of them.
     """
 
     tombstone_after: int = 3
     user_agent: str = "trs-aggregator/0.1 (+https://github.com/trs-aggregator)"
+    stale_after: str = "7d"
+    revalidate_after: str = "7d"
+    circuit_failures: int = 3
+    circuit_open_for: str = "15m"
+    circuit_open_max: str = "1d"
+    request_poll: str = "10s"
+
+    @property
+    def stale_after_s(self) -> float:
+        """*stale_after* in seconds."""
+        return parse_duration(self.stale_after) or 0.0
+
+    @property
+    def revalidate_after_s(self) -> float:
+        """*revalidate_after* in seconds."""
+        return parse_duration(self.revalidate_after) or 0.0
+
+    @property
+    def circuit_open_for_s(self) -> float:
+        """*circuit_open_for* in seconds."""
+        return parse_duration(self.circuit_open_for) or 0.0
+
+    @property
+    def circuit_open_max_s(self) -> float:
+        """*circuit_open_max* in seconds."""
+        return parse_duration(self.circuit_open_max) or 0.0
+
+    @property
+    def request_poll_s(self) -> float:
+        """*request_poll* in seconds."""
+        return parse_duration(self.request_poll) or 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +138,23 @@ class UpstreamConfig:
         timeout_s: Total time allowed for one request.
         connect_timeout_s: Time allowed to connect.
         max_body_bytes: Largest response body accepted.
+        min_bytes_per_s: A body arriving slower than this, on average, once
+            *min_rate_after_s* have passed, is abandoned (and retried); 0 disables.
+        min_rate_after_s: How long a body may take before its rate is checked.
         retries: Attempts after the first for timeouts, 429 and 5xx.
+        backoff_s: The first retry's largest delay; it doubles with each attempt (full jitter).
+        max_retry_after_s: The longest ``Retry-After`` honoured; a longer one fails the
+            request at once.
+        rate_limit: Requests per second to this upstream; 0 for no limit.
+        abort_after_failures: Consecutive requests failing even after their retries that
+            stop the run (the upstream is down); 0 never stops.
+        run_budget_s: The longest a run may take. When it runs out, tools not yet fetched
+            keep what was published; a run whose listing did not finish publishes nothing.
+        redirect_hosts: Hosts (``name`` or ``name:port``) a redirect may lead to besides the
+            upstream's own.
+        change_detection: How a run tells that a tool is unchanged and need not be fetched:
+            ``listing`` trusts an unchanged listing entry, ``fetch`` fetches every tool's
+            details every run, ``auto`` trusts entries whose versions carry ``meta_version``.
         allow_http: Permit plain http to a non-loopback host.
         token_env: Name of an environment variable holding a bearer token.
         enabled: Harvest on schedule.
@@ -103,7 +171,16 @@ class UpstreamConfig:
     timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
     max_body_bytes: int = 20 * 1024 * 1024
+    min_bytes_per_s: int = 1024
+    min_rate_after_s: float = 10.0
     retries: int = 3
+    backoff_s: float = 0.5
+    max_retry_after_s: float = 60.0
+    rate_limit: float = 0.0
+    abort_after_failures: int = 5
+    run_budget_s: float = 6 * 3600.0
+    redirect_hosts: tuple[str, ...] = ()
+    change_detection: str = "auto"
     allow_http: bool = False
     token_env: str = ""
     enabled: bool = True
@@ -177,6 +254,16 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, 
     harvest = _section(HarvestConfig, data.get("harvest", {}), "harvest")
     if harvest.tombstone_after < 1:
         raise ConfigError("harvest.tombstone_after", "must be at least 1")
+    if harvest.circuit_failures < 1:
+        raise ConfigError("harvest.circuit_failures", "must be at least 1")
+    for name in ("stale_after", "revalidate_after", "circuit_open_for", "circuit_open_max",
+                 "request_poll"):
+        seconds = parse_duration(getattr(harvest, name))
+        if seconds is None:
+            raise ConfigError(f"harvest.{name}", "must be a duration such as '90s', '15m', "
+                                                 "'6h' or '7d'")
+        if seconds == 0 and name in ("stale_after", "request_poll"):
+            raise ConfigError(f"harvest.{name}", "must be longer than 0s")
     raw_upstreams = data.get("upstreams", [])
     if not isinstance(raw_upstreams, list):
         raise ConfigError("upstreams", "must be an array of tables ([[upstreams]])")
@@ -204,6 +291,9 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
         raise ConfigError(f"{key}.kind", f"must be one of {', '.join(KINDS)}")
     if u.mode not in MODES:
         raise ConfigError(f"{key}.mode", f"must be one of {', '.join(MODES)}")
+    if u.change_detection not in CHANGE_DETECTION:
+        raise ConfigError(f"{key}.change_detection",
+                          f"must be one of {', '.join(CHANGE_DETECTION)}")
     if not _is_http_url(u.url):
         raise ConfigError(f"{key}.url", "must be an http(s) URL")
     if urlsplit(u.url).scheme == "http" and not u.allow_http and not _is_loopback(u.url):
@@ -214,12 +304,18 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
         raise ConfigError(f"{key}.schedule", "must be 'every N<s|m|h|d>' with N > 0 or a "
                                              "valid five-field cron expression")
     for name, low in (("page_size", 1), ("concurrency", 1), ("retries", 0),
-                      ("max_body_bytes", 1024)):
+                      ("max_body_bytes", 1024), ("min_bytes_per_s", 0), ("backoff_s", 0),
+                      ("max_retry_after_s", 0), ("rate_limit", 0), ("abort_after_failures", 0),
+                      ("min_rate_after_s", 0)):
         if getattr(u, name) < low:
             raise ConfigError(f"{key}.{name}", f"must be at least {low}")
-    for name in ("timeout_s", "connect_timeout_s"):
+    for name in ("timeout_s", "connect_timeout_s", "run_budget_s"):
         if getattr(u, name) <= 0:
             raise ConfigError(f"{key}.{name}", "must be positive")
+    for i, host in enumerate(u.redirect_hosts):
+        if not host or "/" in host or host != host.strip():
+            raise ConfigError(f"{key}.redirect_hosts[{i}]", "must be a host name, optionally "
+                                                             "with ':port'")
     return dataclasses.replace(u, url=u.url.rstrip("/"))
 
 
@@ -235,7 +331,11 @@ def _section(cls: type[Any], raw: Any, key: str) -> Any:
         if not _type_ok(value, str(expected)):
             raise ConfigError(f"{key}.{name}", f"must be {_type_word(str(expected))}, "
                                                f"not {type(value).__name__}")
-        values[name] = float(value) if str(expected) == "float" else value
+        if str(expected) == "float":
+            value = float(value)
+        elif str(expected).startswith("tuple["):
+            value = tuple(value)
+        values[name] = value
     return cls(**values)
 
 
@@ -255,12 +355,14 @@ def _type_ok(value: Any, expected: str) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if expected in ("str", "str | None"):
         return isinstance(value, str)
+    if expected == "tuple[str, ...]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return True
 
 
 def _type_word(expected: str) -> str:
-    return {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
-        expected, "a string")
+    return {"bool": "true or false", "int": "an integer", "float": "a number",
+            "tuple[str, ...]": "an array of strings"}.get(expected, "a string")
 
 
 def _is_crontab(schedule: str) -> bool:

@@ -17,10 +17,15 @@ from aggregator.app import create_app
 from aggregator.config import Config
 from aggregator.db.migrate import default_directory, load_migrations, migrate
 from aggregator.db.pool import create_pool
-from aggregator.db.upstreams import upsert_upstreams
+from aggregator.db.upstreams import request_harvest, upsert_upstreams
 from aggregator.errors import ConfigError, MigrationError
-from aggregator.harvest.harvester import RunOutcome, harvest_upstreams, make_session
-from aggregator.harvest.scheduler import start_scheduler
+from aggregator.harvest.harvester import (
+    WORKER_ID,
+    RunOutcome,
+    harvest_upstreams,
+    make_session,
+)
+from aggregator.harvest.scheduler import Worker
 from aggregator.progress import NoProgress, TerminalProgress
 
 log = structlog.get_logger()
@@ -66,10 +71,33 @@ async def cmd_harvest(config: Config, names: Sequence[str]) -> int:
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
+async def cmd_request_harvest(config: Config, names: Sequence[str]) -> int:
+    """Ask running workers to harvest *names* (every enabled upstream when empty) now."""
+    chosen = [config.upstream(n).name for n in names] if names else [
+        u.name for u in config.upstreams if u.enabled]
+    if not chosen:
+        raise ConfigError("upstreams", "no upstreams configured")
+    pool = await create_pool(config.database)
+    try:
+        await check_schema(pool)
+        async with pool.acquire() as conn:
+            await upsert_upstreams(conn, config.upstreams)
+            ids = await request_harvest(conn, chosen, requested_by=f"cli:{WORKER_ID}")
+    finally:
+        await pool.close()
+    for name, request_id in ids.items():
+        print(f"{name}: harvest requested (request {request_id}); a running worker will "
+              "start it")
+    return 0
+
+
 def print_outcomes(outcomes: Sequence[RunOutcome]) -> None:
     """A summary line per upstream on stdout."""
     for o in outcomes:
         c = o.counts
+        if o.status == "skipped":
+            print(f"{o.upstream}: skipped ({o.error})")
+            continue
         line = (f"{o.upstream}: {o.status}" + (f" (run {o.run_id})" if o.run_id else "") +
                 f": {c.tools_seen} tools ({c.tools_new} new, {c.tools_changed} changed, "
                 f"{c.tools_unchanged} unchanged, {c.tools_tombstoned} missing), "
@@ -122,8 +150,9 @@ async def serve_forever(config: Config, *, api: bool, worker: bool,
                 session = await stack.enter_async_context(make_session(config))
                 async with pool.acquire() as conn:
                     await upsert_upstreams(conn, config.upstreams)
-                scheduler = await start_scheduler(pool, session, config)
-                stack.callback(scheduler.shutdown, wait=False)
+                harvest_worker = Worker(pool, session, config)
+                await harvest_worker.start()
+                stack.push_async_callback(harvest_worker.stop)
             if api:
                 url = await stack.enter_async_context(
                     running_site(create_app(config), config.server.host, config.server.port))

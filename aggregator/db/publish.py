@@ -39,33 +39,51 @@ class StagedVersion:
     files: list[StagedFile] = field(default_factory=list)
 
 
-async def stage_tool(conn: asyncpg.Connection[Any], run_id: int, external_id: str,
-                     doc: dict[str, Any], doc_hash: str, *, detailed: bool,
-                     versions: Sequence[StagedVersion] = ()) -> None:
-    """Stage one tool of run *run_id*: its document, versions, files and their contents."""
-    contents = {f.sha256: f.content for v in versions for f in v.files
+@dataclass(slots=True)
+class StagedTool:
+    """One listed tool of a run.
+
+    *detailed* False: the listing confirmed the tool, its versions and files were not fetched
+    (unchanged, or the fetch failed); publishing keeps what was there. *listing_hash* None
+    makes the next run fetch the tool's details again.
+    """
+
+    external_id: str
+    doc: dict[str, Any]
+    doc_hash: str
+    detailed: bool
+    listing_hash: str | None = None
+    versions: Sequence[StagedVersion] = ()
+
+
+async def stage_tools(conn: asyncpg.Connection[Any], run_id: int,
+                      tools: Sequence[StagedTool]) -> None:
+    """Stage *tools* of run *run_id*: documents, versions, files and their contents."""
+    contents = {f.sha256: f.content for t in tools for v in t.versions for f in v.files
                 if f.sha256 is not None and f.content is not None}
     async with conn.transaction():
         if contents:
+            # In key order, so that runs storing the same contents at once cannot deadlock.
+            shas = sorted(contents)
             await conn.execute(
                 """insert into file_contents (sha256, content, size)
                    select s, c, length(c) from unnest($1::text[], $2::bytea[]) as x(s, c)
                    on conflict (sha256) do nothing""",
-                list(contents), list(contents.values()))
-        await conn.execute(
-            """insert into staged_tools (run_id, external_id, doc, doc_hash, detailed)
-               values ($1, $2, $3, $4, $5)
-               on conflict (run_id, external_id) do nothing""",
-            run_id, external_id, doc, doc_hash, detailed)
+                shas, [contents[s] for s in shas])
+        await conn.copy_records_to_table(
+            "staged_tools",
+            records=[(run_id, t.external_id, t.doc, t.doc_hash, t.detailed, t.listing_hash)
+                     for t in tools],
+            columns=["run_id", "external_id", "doc", "doc_hash", "detailed", "listing_hash"])
+        versions = [(run_id, t.external_id, v.key, v.external_id, v.position, v.doc)
+                    for t in tools for v in t.versions]
         if versions:
             await conn.copy_records_to_table(
-                "staged_versions",
-                records=[(run_id, external_id, v.key, v.external_id, v.position, v.doc)
-                         for v in versions],
+                "staged_versions", records=versions,
                 columns=["run_id", "tool_external_id", "key", "external_id", "position", "doc"])
-        files = [(run_id, external_id, v.key, f.descriptor_type, f.path, f.file_type, f.sha256,
-                  f.declared_sha256, f.checksum_status, f.url)
-                 for v in versions for f in v.files]
+        files = [(run_id, t.external_id, v.key, f.descriptor_type, f.path, f.file_type,
+                  f.sha256, f.declared_sha256, f.checksum_status, f.url)
+                 for t in tools for v in t.versions for f in v.files]
         if files:
             await conn.copy_records_to_table(
                 "staged_files", records=files,
@@ -83,13 +101,15 @@ where s.run_id = $1
 """
 
 _UPSERT_TOOLS: Final = """
-insert into upstream_tools as t (upstream_id, external_id, doc, doc_hash, last_run_id)
-select $2, s.external_id, s.doc, s.doc_hash, $1
+insert into upstream_tools as t (upstream_id, external_id, doc, doc_hash, last_run_id,
+                               listing_hash, details_fetched_at)
+select $2, s.external_id, s.doc, s.doc_hash, $1, s.listing_hash, now()
 from staged_tools s where s.run_id = $1 and s.detailed
 on conflict (upstream_id, external_id) do update set
     doc = case when excluded.doc_hash = t.doc_hash then t.doc else excluded.doc end,
     last_changed = case when excluded.doc_hash = t.doc_hash then t.last_changed else now() end,
     doc_hash = excluded.doc_hash,
+    listing_hash = excluded.listing_hash, details_fetched_at = excluded.details_fetched_at,
     last_confirmed = now(), last_run_id = excluded.last_run_id,
     merge_dirty = t.merge_dirty or t.doc_hash <> excluded.doc_hash or t.missed_listings > 0,
     missed_listings = 0, tombstoned_at = null
@@ -145,7 +165,8 @@ join upstream_versions v on v.upstream_tool_id = t.id and v.key = sf.version_key
 where sf.run_id = $1
 on conflict (upstream_version_id, descriptor_type, path) do update set
     file_type = excluded.file_type, url = excluded.url,
-    declared_sha256 = excluded.declared_sha256,
+    declared_sha256 = case when excluded.sha256 is null and f.sha256 is not null
+                           then f.declared_sha256 else excluded.declared_sha256 end,
     sha256 = coalesce(excluded.sha256, f.sha256),
     checksum_status = case when excluded.sha256 is null and f.sha256 is not null
                            then f.checksum_status else excluded.checksum_status end

@@ -19,10 +19,12 @@ class RunCounts:
     tools_changed: int = 0
     tools_unchanged: int = 0
     tools_tombstoned: int = 0
+    tools_fetched: int = 0
     versions_seen: int = 0
     files_stored: int = 0
     requests: int = 0
     bytes_fetched: int = 0
+    not_modified: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
 
@@ -33,10 +35,19 @@ class RunCounts:
             self.error_samples.append(message)
 
 
-async def insert_run(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
-    """Start a run record; return its id."""
+async def insert_run(conn: asyncpg.Connection[Any], upstream_id: int, *,
+                     trigger: str = "manual", worker: str | None = None) -> int:
+    """Start a run record; return its id.
+
+    *trigger* is why it runs (``manual``, ``scheduled``, ``requested``), *worker* which
+    process runs it. Pending "harvest now" requests of the upstream are served by this run.
+    """
     run_id: int = await conn.fetchval(
-        "insert into harvest_runs (upstream_id) values ($1) returning id", upstream_id)
+        """insert into harvest_runs (upstream_id, trigger, worker) values ($1, $2, $3)
+           returning id""", upstream_id, trigger, worker)
+    await conn.execute(
+        """update harvest_requests set run_id = $2, served_at = now()
+           where upstream_id = $1 and served_at is null""", upstream_id, run_id)
     return run_id
 
 
@@ -49,11 +60,12 @@ async def finish_run(conn: asyncpg.Connection[Any], run_id: int, *, status: str,
                error = $4, tools_seen = $5, tools_new = $6, tools_changed = $7,
                tools_unchanged = $8, tools_tombstoned = $9, versions_seen = $10,
                files_stored = $11, requests = $12, bytes_fetched = $13, errors = $14,
-               error_samples = $15
+               error_samples = $15, tools_fetched = $16, not_modified = $17
            where id = $1""",
         run_id, status, listing_complete, error, c["tools_seen"], c["tools_new"],
         c["tools_changed"], c["tools_unchanged"], c["tools_tombstoned"], c["versions_seen"],
-        c["files_stored"], c["requests"], c["bytes_fetched"], c["errors"], c["error_samples"])
+        c["files_stored"], c["requests"], c["bytes_fetched"], c["errors"], c["error_samples"],
+        c["tools_fetched"], c["not_modified"])
 
 
 async def abandon_stale_runs(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
@@ -69,6 +81,23 @@ async def abandon_stale_runs(conn: asyncpg.Connection[Any], upstream_id: int) ->
     if ids:
         await delete_staged(conn, ids)
     return len(ids)
+
+
+async def abandon_run(conn: asyncpg.Connection[Any], run_id: int, reason: str) -> None:
+    """Close run *run_id* as abandoned (its process is stopping) and drop its staged rows."""
+    await conn.execute(
+        """update harvest_runs set status = 'abandoned', finished_at = now(), error = $2
+           where id = $1 and status = 'running'""", run_id, reason)
+    await delete_staged(conn, [run_id])
+
+
+async def list_runs(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], upstream_id: int, *,
+                    limit: int, before: int | None = None) -> list[asyncpg.Record]:
+    """Runs of *upstream_id*, newest first, older than run *before* when given."""
+    return await conn.fetch(
+        """select * from harvest_runs
+           where upstream_id = $1 and ($2::bigint is null or id < $2)
+           order by id desc limit $3""", upstream_id, before, limit)
 
 
 async def delete_staged(conn: asyncpg.Connection[Any], run_ids: list[int]) -> None:

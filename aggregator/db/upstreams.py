@@ -1,24 +1,35 @@
-"""Upstream rows: the configured registries, kept in step with the config file."""
+"""Upstream rows: the configured registries, their health, schedule state and harvest requests."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
 
 from aggregator.config import UpstreamConfig
 
+#: NOTIFY channel of "harvest now" requests; the payload is the upstream's name.
+HARVEST_REQUEST_CHANNEL: Final = "trs_aggregator_harvest"
+
+# A changed schedule makes the upstream due at once, so a shorter interval takes effect now.
 UPSERT_UPSTREAM: Final = """
-insert into upstreams (name, url, kind, mode, priority, schedule, source)
-values ($1, $2, $3, $4, $5, $6, 'config')
+insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source)
+values ($1, $2, $3, $4, $5, $6, $7, 'config')
 on conflict (name) do update set
     url = excluded.url, kind = excluded.kind, mode = excluded.mode,
-    priority = excluded.priority, schedule = excluded.schedule, source = 'config',
+    priority = excluded.priority, schedule = excluded.schedule, enabled = excluded.enabled,
+    source = 'config',
+    next_harvest_at = case when upstreams.schedule is distinct from excluded.schedule then null
+                           else upstreams.next_harvest_at end,
     updated_at = case
-        when (upstreams.url, upstreams.kind, upstreams.mode, upstreams.priority, upstreams.schedule)
+        when (upstreams.url, upstreams.kind, upstreams.mode, upstreams.priority,
+              upstreams.schedule, upstreams.enabled)
              is distinct from
-             (excluded.url, excluded.kind, excluded.mode, excluded.priority, excluded.schedule)
+             (excluded.url, excluded.kind, excluded.mode, excluded.priority, excluded.schedule,
+              excluded.enabled)
         then now() else upstreams.updated_at end
 returning id
 """
@@ -30,7 +41,7 @@ async def upsert_upstreams(conn: asyncpg.Connection[Any],
     ids: dict[str, int] = {}
     for u in upstreams:
         ids[u.name] = await conn.fetchval(
-            UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule)
+            UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled)
     return ids
 
 
@@ -42,3 +53,134 @@ async def save_service_info(conn: asyncpg.Connection[Any], upstream_id: int,
                                 tool_classes = coalesce($3, tool_classes)
            where id = $1""",
         upstream_id, service_info, tool_classes)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    """When failed runs open an upstream's circuit, and for how long.
+
+    Attributes:
+        failures: Consecutive failed runs that open it.
+        open_for_s: The first pause; doubled for each further failure.
+        open_max_s: The longest pause.
+    """
+
+    failures: int
+    open_for_s: float
+    open_max_s: float
+
+
+async def skip_reason(conn: asyncpg.Connection[Any], upstream_id: int, trigger: str, *,
+                      slack_s: float = 0.0) -> str | None:
+    """Why a run of *trigger* should not start now, or None when it should.
+
+    A scheduled run is skipped while the upstream's circuit is open, and when the upstream is
+    not due yet (*slack_s* allows for clocks that differ): another worker harvested this tick.
+    A requested run is skipped when no request is pending (another run served it).
+    """
+    row = await conn.fetchrow(
+        """select now() as now, next_harvest_at, circuit_open_until,
+                  exists (select 1 from harvest_requests r
+                          where r.upstream_id = u.id and r.served_at is null) as requested
+           from upstreams u where id = $1""", upstream_id)
+    if trigger == "scheduled":
+        if row["circuit_open_until"] is not None and row["circuit_open_until"] > row["now"]:
+            return f"circuit open until {row['circuit_open_until'].isoformat()}"
+        due = row["next_harvest_at"]
+        if due is not None and due > row["now"] + dt.timedelta(seconds=slack_s):
+            return f"not due until {due.isoformat()} (harvested by another worker)"
+    if trigger == "requested" and not row["requested"]:
+        return "no pending request"
+    return None
+
+
+async def record_result(conn: asyncpg.Connection[Any], upstream_id: int, *, failed: bool,
+                        policy: CircuitPolicy, next_due: dt.datetime | None) -> None:
+    """Update the upstream's health after a run, and when its next scheduled run is due.
+
+    A failure adds to the consecutive failures and opens the circuit once they reach
+    *policy.failures*; a success closes it. *next_due* None leaves the due time alone.
+    """
+    await conn.execute(
+        """update upstreams set
+               consecutive_failures = case when $2 then consecutive_failures + 1 else 0 end,
+               circuit_open_until = case
+                   when not $2 then null
+                   when consecutive_failures + 1 >= $3 then now() + make_interval(
+                       secs => least($5::float8,
+                                     $4::float8 * 2 ^ (consecutive_failures + 1 - $3)))
+                   else circuit_open_until end,
+               next_harvest_at = coalesce($6, next_harvest_at)
+           where id = $1""",
+        upstream_id, failed, policy.failures, policy.open_for_s, policy.open_max_s, next_due)
+
+
+async def request_harvest(conn: asyncpg.Connection[Any], names: Sequence[str], *,
+                          requested_by: str = "") -> dict[str, int]:
+    """Ask running workers to harvest *names* now; return the request ids by name.
+
+    Each request is served by the first run of its upstream that starts after it.
+    """
+    ids: dict[str, int] = {}
+    async with conn.transaction():
+        for name in names:
+            ids[name] = await conn.fetchval(
+                """insert into harvest_requests (upstream_id, requested_by)
+                   select id, $2 from upstreams where name = $1 returning id""",
+                name, requested_by)
+            await conn.execute("select pg_notify($1, $2)", HARVEST_REQUEST_CHANNEL, name)
+    return ids
+
+
+async def pending_requests(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[str]:
+    """Names of the upstreams with a "harvest now" request no run has served yet."""
+    rows = await conn.fetch(
+        """select distinct u.name from harvest_requests r join upstreams u on u.id = r.upstream_id
+           where r.served_at is null order by u.name""")
+    return [r["name"] for r in rows]
+
+
+_LIST_UPSTREAMS: Final = """
+select u.id, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled, u.source,
+       u.next_harvest_at, u.consecutive_failures, u.circuit_open_until, now() as now,
+       last.id as last_run_id, last.status as last_run_status,
+       last.started_at as last_run_started_at, last.finished_at as last_run_finished_at,
+       last.error as last_run_error,
+       ok.id as last_success_id, ok.started_at as last_success_started_at,
+       ok.finished_at as last_success_finished_at,
+       (select count(*) from upstream_tools t
+        where t.upstream_id = u.id and t.missed_listings < $2) as tools,
+       (select count(*) from upstream_tools t
+        where t.upstream_id = u.id and t.tombstoned_at is not null
+          and t.missed_listings < $2) as tools_tombstoned,
+       (select count(*) from upstream_tools t
+        where t.upstream_id = u.id and t.missed_listings < $2
+          and t.last_confirmed < now() - make_interval(secs => $3)) as tools_stale,
+       (select count(*) from upstream_versions v join upstream_tools t on t.id = v.upstream_tool_id
+        where t.upstream_id = u.id and t.missed_listings < $2) as versions,
+       (select count(*) from harvest_requests r
+        where r.upstream_id = u.id and r.served_at is null) as pending_requests
+from upstreams u
+left join lateral (select * from harvest_runs r where r.upstream_id = u.id
+                   order by r.id desc limit 1) last on true
+left join lateral (select * from harvest_runs r
+                   where r.upstream_id = u.id and r.status in ('succeeded', 'partial')
+                   order by r.id desc limit 1) ok on true
+where $1::text is null or u.name = $1
+order by u.priority, u.name
+"""
+
+
+async def list_upstreams(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], *,
+                         tombstone_after: int, stale_after_s: float,
+                         name: str | None = None) -> list[asyncpg.Record]:
+    """Every upstream (or the one called *name*) with its last runs and record counts."""
+    return await conn.fetch(_LIST_UPSTREAMS, name, tombstone_after, stale_after_s)
+
+
+async def fetch_upstream_id(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+                            name: str) -> int | None:
+    """The id of the upstream called *name*, if there is one."""
+    upstream_id: int | None = await conn.fetchval(
+        "select id from upstreams where name = $1", name)
+    return upstream_id

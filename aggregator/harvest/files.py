@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -39,13 +39,19 @@ def relative_to(url: str, base_dir: str | None) -> str:
 
 
 class VersionFiles:
-    """Collects the files of one version; fetch errors are reported through *on_error*."""
+    """Collects the files of one version; fetch errors are reported through *on_error*.
+
+    *previous* maps (descriptor type, path) to the sha256 published for that file: content
+    that fails its declared checksum does not replace it.
+    """
 
     def __init__(self, client: UpstreamClient, version_url: str,
-                 on_error: Callable[[str], None]) -> None:
+                 on_error: Callable[[str], None],
+                 previous: Mapping[tuple[str, str], str] | None = None) -> None:
         self.client = client
         self.version_url = version_url
         self.on_error = on_error
+        self.previous = previous or {}
         self.files: dict[tuple[str, str], StagedFile] = {}
         # Containerfiles listed by /{type}/files: their content comes from /containerfile.
         self.containerfile_entries: list[dict[str, Any]] = []
@@ -166,6 +172,13 @@ class VersionFiles:
         elif staged.declared_sha256 == staged.sha256:
             staged.checksum_status = "verified"
         else:
-            staged.checksum_status = "mismatch"
+            kept = self.previous.get((t, path))
             self.on_error(f"{t or 'containerfile'} {path}: checksum mismatch (declared "
-                          f"{staged.declared_sha256[:12]}…, content {staged.sha256[:12]}…)")
+                          f"{staged.declared_sha256[:12]}…, content {staged.sha256[:12]}…)"
+                          + ("; kept the content published before" if kept else ""))
+            if kept:
+                # Not trusted: publishing keeps the earlier content and its checksum status.
+                staged.content = staged.sha256 = None
+                staged.checksum_status = "not_fetched"
+            else:
+                staged.checksum_status = "mismatch"
