@@ -199,6 +199,16 @@ async def test_incremental_merge_publishes_what_a_full_merge_would(
             servers[n].app[STATE].catalogue = random_catalogue(n)
         await harvest(pool, config, list(changed))
         assert await snapshot(pool) == await full_merge_snapshot(pool, config), round_
+        # Every live upstream version is a source of exactly one served version.
+        assert await pool.fetchval(
+            """select count(*) filter (where n <> 1) from (
+                   select v.id, count(s.version_id) as n
+                   from upstream_versions v
+                   join upstream_tools t on t.id = v.upstream_tool_id
+                   left join (select unnest(source_ids) as version_id
+                              from catalogue_versions) s on s.version_id = v.id
+                   where t.missed_listings < $1 group by v.id) as x""",
+            config.harvest.tombstone_after) == 0
 
 
 @pytest.mark.parametrize("order", [("red", "blue"), ("blue", "red")])

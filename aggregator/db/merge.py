@@ -14,7 +14,14 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
-from aggregator.merge.engine import Component, Node, VersionNode, merge, merge_versions
+from aggregator.merge.engine import (
+    Component,
+    Node,
+    VersionNode,
+    identifying_keys,
+    merge,
+    merge_versions,
+)
 from aggregator.merge.identity import Key, evidence
 
 log = structlog.get_logger()
@@ -57,8 +64,11 @@ async def remerge(conn: asyncpg.Connection[Any], *, tombstone_after: int,
         affected = await _closure(conn, set(dirty), old_keys, max_per_upstream,
                                   tombstone_after)
     nodes = await _load_nodes(conn, affected, live, tombstone_after)
-    keys = {k for n in nodes for k in n.keys}
-    identifying = await _identifying(conn, keys, max_per_upstream, tombstone_after)
+    if full:
+        identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
+    else:
+        keys = {k for n in nodes for k in n.keys}
+        identifying = await _identifying(conn, keys, max_per_upstream, tombstone_after)
     components = merge(nodes, identifying=identifying)
     versions = await _load_versions(conn, [n.id for n in nodes])
     old_ids = await _drop_tools(conn, affected)
