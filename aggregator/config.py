@@ -148,8 +148,9 @@ class UpstreamConfig:
         rate_limit: Requests per second to this upstream; 0 for no limit.
         abort_after_failures: Consecutive requests failing even after their retries that
             stop the run (the upstream is down); 0 never stops.
-        run_budget_s: The longest a run may take. When it runs out, tools not yet fetched
-            keep what was published; a run whose listing did not finish publishes nothing.
+        run_budget_s: How long a run may fetch. When it runs out, tools not yet fetched keep
+            what was published; the listing may go on alone up to twice as long, and a run
+            whose listing did not finish publishes nothing.
         redirect_hosts: Hosts (``name`` or ``name:port``) a redirect may lead to besides the
             upstream's own.
         change_detection: How a run tells that a tool is unchanged and need not be fetched:
@@ -192,12 +193,25 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MergeConfig:
+    """How upstream tools are merged.
+
+    Attributes:
+        max_tools_per_upstream: A key (alias, global id, descriptor checksum) held by more
+            tools than this in any one upstream is not identifying and joins nothing.
+    """
+
+    max_tools_per_upstream: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
     upstreams: tuple[UpstreamConfig, ...] = ()
     source: str = "<defaults>"
 
@@ -236,7 +250,10 @@ def load(path: Path | None, environ: Mapping[str, str] = os.environ) -> Config:
 def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, *,
               source: str = "<dict>") -> Config:
     """Validate a parsed TOML document into a Config."""
-    _no_unknown(data, "", ("database", "server", "harvest", "upstreams"))
+    _no_unknown(data, "", ("database", "server", "harvest", "merge", "upstreams"))
+    merge = _section(MergeConfig, data.get("merge", {}), "merge")
+    if merge.max_tools_per_upstream < 1:
+        raise ConfigError("merge.max_tools_per_upstream", "must be at least 1")
     database = _section(DatabaseConfig, data.get("database", {}), "database")
     if environ.get(DATABASE_URL_ENV):
         database = dataclasses.replace(database, url=environ[DATABASE_URL_ENV])
@@ -273,8 +290,8 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, 
         if u.name in seen:
             raise ConfigError(f"upstreams[{i}].name", f"duplicate upstream name {u.name!r}")
         seen.add(u.name)
-    return Config(database=database, server=server, harvest=harvest, upstreams=upstreams,
-                  source=source)
+    return Config(database=database, server=server, harvest=harvest, merge=merge,
+                  upstreams=upstreams, source=source)
 
 
 def _upstream(raw: Any, key: str) -> UpstreamConfig:

@@ -15,17 +15,16 @@ from aggregator.errors import NotFound
 from aggregator.keys import CONFIG, DB_POOL
 from aggregator.trs.model import CatalogueTool, Source, VersionSource
 
-DEFAULT_STALE_AFTER_S: Final = 7 * 86400
 PREFIX: Final = "/aggregator/v1"
 
 
-def stale_after_s(request: web.Request) -> int:
+def stale_after_s(request: web.Request) -> float:
     """Seconds after its last confirmation that a record counts as stale."""
-    return int(getattr(request.app[CONFIG].harvest, "stale_after_s", DEFAULT_STALE_AFTER_S))
+    return request.app[CONFIG].harvest.stale_after_s()
 
 
 def provenance(tool: CatalogueTool, *, requested: str, now: dt.datetime,
-               stale_after: int) -> dict[str, Any]:
+               stale_after: float) -> dict[str, Any]:
     """The full provenance record of *tool*."""
     names = {s.member_id: qualified_id(s.upstream, s.upstream_id) for s in tool.sources}
 

@@ -181,7 +181,8 @@ where t.upstream_id = $2
 
 
 async def publish_run(conn: asyncpg.Connection[Any], run_id: int, upstream_id: int, *,
-                      listing_complete: bool, tombstone_after: int, counts: RunCounts) -> int:
+                      listing_complete: bool, tombstone_after: int, counts: RunCounts,
+                      max_per_upstream: int = 1) -> int:
     """Publish run *run_id* over the live records of *upstream_id*; return the new generation.
 
     Runs in one transaction: clients see the whole run or none of it. Tools absent from a
@@ -203,6 +204,7 @@ async def publish_run(conn: asyncpg.Connection[Any], run_id: int, upstream_id: i
         if listing_complete:
             status = await conn.execute(_MARK_MISSED, run_id, upstream_id)
             counts.tools_tombstoned = int(status.split()[-1])
-        generation = (await remerge(conn, tombstone_after=tombstone_after)).generation
+        generation = (await remerge(conn, tombstone_after=tombstone_after,
+                                    max_per_upstream=max_per_upstream)).generation
         await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL, str(generation))
     return generation

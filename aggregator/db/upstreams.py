@@ -40,8 +40,14 @@ async def upsert_upstreams(conn: asyncpg.Connection[Any],
     """Insert or update the configured *upstreams*; return their ids by name."""
     ids: dict[str, int] = {}
     for u in upstreams:
+        before = await conn.fetchval("select priority from upstreams where name = $1", u.name)
         ids[u.name] = await conn.fetchval(
             UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled)
+        if before is not None and before != u.priority:
+            # Priority decides merged records' primaries and plain-id claims: re-merge them at
+            # the next publish.
+            await conn.execute("update upstream_tools set merge_dirty = true "
+                               "where upstream_id = $1", ids[u.name])
     return ids
 
 

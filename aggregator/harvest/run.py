@@ -186,7 +186,8 @@ class HarvestRun:
             await save_service_info(conn, self.upstream_id, service_info, tool_classes)
             r.generation = await publish_run(
                 conn, self.run_id, self.upstream_id, listing_complete=r.listing_complete,
-                tombstone_after=self.config.harvest.tombstone_after, counts=self.counts)
+                tombstone_after=self.config.harvest.tombstone_after, counts=self.counts,
+                max_per_upstream=self.config.merge.max_tools_per_upstream)
             await self._save_pages(conn)
         for quirk in self.quirks.items:
             log.info("upstream_quirk_seen", quirk=quirk)
@@ -196,13 +197,18 @@ class HarvestRun:
         return r
 
     @contextlib.asynccontextmanager
-    async def _budget(self, before: str) -> AsyncIterator[None]:
-        """Raise RunBudgetExhausted if the block is still running when the budget runs out."""
+    async def _budget(self, before: str, *, listing: bool = False) -> AsyncIterator[None]:
+        """Raise RunBudgetExhausted if the block is still running when the budget runs out.
+
+        The *listing* may take twice the budget: once it is out, details are no longer fetched
+        and the listing goes on alone (a run publishes nothing without its listing).
+        """
+        deadline = self.deadline + (self.upstream.run_budget_s if listing else 0.0)
         try:
-            async with asyncio.timeout_at(self.deadline):
+            async with asyncio.timeout_at(deadline):
                 yield
         except TimeoutError:
-            if asyncio.get_running_loop().time() < self.deadline:
+            if asyncio.get_running_loop().time() < deadline:
                 raise
             raise RunBudgetExhausted(f"time budget of {self.upstream.run_budget_s:g}s ran out "
                                      f"before {before}") from None
@@ -276,8 +282,7 @@ class HarvestRun:
 
         workers = [asyncio.create_task(worker()) for _ in range(self.upstream.concurrency)]
         try:
-            async with self._budget("the listing finished"):
-                await self._list(queue, failures)
+            await self._list(queue, failures)
             await queue.join()
         finally:
             for w in workers:
@@ -357,8 +362,9 @@ class HarvestRun:
             # follows it (ETags cover bodies, not paging headers).
             conditional = stored is not None and stored.next_page is not None and \
                 self._replayable(stored)
-            response = await self.client.get(
-                url, params=params, validators=stored.validators if conditional else None)
+            async with self._budget("the listing finished", listing=True):
+                response = await self.client.get(
+                    url, params=params, validators=stored.validators if conditional else None)
             assert response is not None
             if response.not_modified and stored is not None:
                 next_page = response.headers.get("next_page")
