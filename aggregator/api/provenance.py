@@ -20,7 +20,7 @@ PREFIX: Final = "/aggregator/v1"
 
 def stale_after_s(request: web.Request) -> float:
     """Seconds after its last confirmation that a record counts as stale."""
-    return request.app[CONFIG].harvest.stale_after_s()
+    return request.app[CONFIG].harvest.stale_after_s
 
 
 def provenance(tool: CatalogueTool, *, requested: str, now: dt.datetime,
