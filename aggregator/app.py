@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from aggregator.api import openapi, provenance
+from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
-from aggregator.api import provenance
 from aggregator.api.middleware import request_context, trs_errors
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
@@ -25,7 +26,8 @@ def create_app(config: Config) -> web.Application:
     """Build the API application for *config*."""
     app = web.Application(middlewares=[request_context, trs_errors])
     app[CONFIG] = config
-    app.cleanup_ctx.append(db_pool_ctx)
+    app.cleanup_ctx.extend([db_pool_ctx, cache_ctx])  # the cache reads through the pool
     add_routes(app)
     provenance.add_routes(app)
+    openapi.add_routes(app)
     return app

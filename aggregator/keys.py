@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import asyncpg
 from aiohttp import web
 
 from aggregator.config import Config
 
+if TYPE_CHECKING:
+    from aggregator.api.cache import ResponseCache
+
 CONFIG: Final = web.AppKey("config", Config)
 DB_POOL: Final = web.AppKey("db_pool", asyncpg.Pool)
+RESPONSE_CACHE: Final = web.AppKey["ResponseCache"]("response_cache")
+OPENAPI: Final = web.AppKey("openapi", bytes)

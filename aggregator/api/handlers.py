@@ -1,9 +1,15 @@
-"""TRS v2 read handlers, named after the TRS operations, answering from the database."""
+"""TRS read handlers, named after the TRS operations, for one profile under one base path.
+
+Every response is rendered once per catalogue generation from one snapshot of the database
+and then served from the response cache (``api/cache.py``); /service-info alone is read fresh.
+"""
 
 from __future__ import annotations
 
-import io
-import zipfile
+import datetime as dt
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -11,255 +17,314 @@ import orjson
 from aiohttp import web
 
 from aggregator import __version__
+from aggregator.api import files
+from aggregator.api.cache import Entry, make_entry, respond
 from aggregator.api.paging import paging_headers, parse_page
+from aggregator.api.profiles import PROFILES, Profile
 from aggregator.db import catalogue as db
+from aggregator.db import queries
 from aggregator.errors import BadRequest, NotFound
-from aggregator.keys import CONFIG, DB_POOL
+from aggregator.keys import CONFIG, RESPONSE_CACHE
 from aggregator.trs import render
-from aggregator.trs.model import CatalogueVersion
+from aggregator.trs.model import CatalogueTool, CatalogueVersion
 from aggregator.trs.parse import DescriptorType, parse_descriptor_type
 
-MOUNTS: Final = ("/ga4gh/trs/v2", "/api/ga4gh/trs/v2", "/api/ga4gh/v2")
+DEFAULT_STALE_AFTER_S: Final = 7 * 86400
+_TYPES: Final = "CWL, WDL, NFL, GALAXY or SMK, optionally as PLAIN_<type>"
+
+Render = Callable[[Any, int], Awaitable[Entry]]
 
 
-def json_response(data: Any, *, status: int = 200,
-                  headers: dict[str, str] | None = None) -> web.Response:
-    """Serialise *data* with orjson."""
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
-                        content_type="application/json")
+def stale_after_s(request: web.Request) -> int:
+    """Seconds after its last confirmation that an upstream record counts as stale."""
+    return int(getattr(request.app[CONFIG].harvest, "stale_after_s", DEFAULT_STALE_AFTER_S))
 
 
-def base_url(request: web.Request) -> str:
-    """The TRS base URL this request came in on (public_url from config when set)."""
-    public = request.app[CONFIG].server.public_url.rstrip("/")
-    origin = public or f"{request.scheme}://{request.host}"
-    for mount in MOUNTS:
-        if request.path.startswith(mount + "/") or request.path == mount:
-            return origin + mount
-    return origin + MOUNTS[0]
+def error_entry(e: NotFound | BadRequest) -> Entry:
+    """An error rendered as TRS Error JSON."""
+    return make_entry(e.status, orjson.dumps(render.error(e.status, e.message)),
+                      "application/json", generation=None)
 
 
-async def get_service_info(request: web.Request) -> web.Response:
-    """GET /service-info: GA4GH service-info 1.0, type org.ga4gh:trs:2.0.1."""
-    pool = request.app[DB_POOL]
-    rows = await pool.fetch("select name from upstreams order by priority, name")
-    state = await pool.fetchrow("select generation, published_at from catalogue_state")
-    return json_response({
-        "id": "org.trs-aggregator",
-        "name": "trs-aggregator",
-        "type": {"group": "org.ga4gh", "artifact": "trs", "version": "2.0.1"},
-        "description": f"A federated TRS catalogue aggregating {len(rows)} upstream registries: "
-                       + ", ".join(r["name"] for r in rows),
-        "organization": {"name": "trs-aggregator", "url": base_url(request)},
-        "version": __version__,
-        "updatedAt": state["published_at"].isoformat(),
-    })
+def _want_zip(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/zip" in accept and "application/json" not in accept
 
 
-async def list_tool_classes(request: web.Request) -> web.Response:
-    """GET /toolClasses: the union of the upstreams' tool classes."""
-    rows = await request.app[DB_POOL].fetch(
-        "select tool_classes from upstreams order by priority, name")
-    return json_response(render.union_tool_classes([r["tool_classes"] for r in rows]))
+def _tool_query(q: Any) -> queries.ToolQuery:
+    """Read the /tools filters; empty values are "not filtered"."""
+    def get(name: str) -> str | None:
+        value = q.get(name)
+        return value if value else None
 
-
-async def list_tools(request: web.Request) -> web.Response:
-    """GET /tools with paging and filters."""
-    page = parse_page(request.query)
-    q = request.query
     descriptor_type = None
-    if q.get("descriptorType"):
+    if get("descriptorType"):
         parsed = parse_descriptor_type(q["descriptorType"])
-        if parsed is None or parsed.plain:
-            raise BadRequest(f"descriptorType: unknown type {q['descriptorType']!r}")
+        if parsed is None:
+            raise BadRequest(f"descriptorType must be {_TYPES}, not {q['descriptorType']!r}")
         descriptor_type = parsed.name
-    f = db.ToolFilter(id=q.get("id"), alias=q.get("alias"), toolclass=q.get("toolClass"),
-                      organization=q.get("organization"), name=q.get("name") or q.get("toolname"),
-                      descriptor_type=descriptor_type)
-    pool = request.app[DB_POOL]
-    ids, total = await db.list_tool_ids(pool, f, limit=page.limit, offset=page.offset)
-    tools = await _render_tools(request, ids)
-    return json_response(tools, headers=paging_headers(request.url, page, total))
+    checker = None
+    if get("checker"):
+        value = q["checker"].strip().lower()
+        if value not in ("true", "false"):
+            raise BadRequest(f"checker must be true or false, not {q['checker']!r}")
+        checker = value == "true"
+    return queries.ToolQuery(
+        id=get("id"), alias=get("alias"), toolclass=get("toolClass"),
+        descriptor_type=descriptor_type, registry=get("registry"),
+        organization=get("organization"), name=get("name"), toolname=get("toolname"),
+        description=get("description"), author=get("author"), checker=checker)
 
 
-async def _render_tools(request: web.Request, ids: list[str]) -> list[dict[str, Any]]:
-    found = await db.fetch_tools(request.app[DB_POOL], ids)
-    base = base_url(request)
-    return [render.render_tool(base, found[i]) for i in ids if i in found]
-
-
-async def _resolve(request: web.Request) -> str:
-    requested = request.match_info["id"]
-    tool_id = await db.resolve_tool_id(request.app[DB_POOL], requested)
-    if tool_id is None:
-        raise NotFound(f"no tool with id {requested!r}")
-    return tool_id
-
-
-async def get_tool(request: web.Request) -> web.Response:
-    """GET /tools/{id}."""
-    tool_id = await _resolve(request)
-    (tool,) = await _render_tools(request, [tool_id])
-    return json_response(tool)
-
-
-async def list_tool_versions(request: web.Request) -> web.Response:
-    """GET /tools/{id}/versions."""
-    tool_id = await _resolve(request)
-    (tool,) = await _render_tools(request, [tool_id])
-    return json_response(tool["versions"])
-
-
-async def _version(request: web.Request) -> tuple[str, CatalogueVersion]:
-    """The requested version: by its key, else by an upstream version id of one of its sources."""
-    tool_id = await _resolve(request)
-    requested = request.match_info["version_id"]
-    tool = (await db.fetch_tools(request.app[DB_POOL], [tool_id]))[tool_id]
+def find_version(tool: CatalogueTool, requested: str) -> CatalogueVersion:
+    """The version *requested* names: its key, an upstream id of one of its sources (Dockstore's
+    ``<tool>:<name>``), its name (Toil asks by name), or its key in another case when that is
+    unambiguous."""
     for v in tool.versions:
         if v.key == requested:
-            return tool_id, v
+            return v
     for v in tool.versions:
         if any(s.upstream_id == requested for s in v.sources):
-            return tool_id, v
-    raise NotFound(f"tool {tool_id!r} has no version {requested!r}")
+            return v
+    for candidates in ([v for v in tool.versions if v.doc.get("name") == requested],
+                       [v for v in tool.versions if v.key.lower() == requested.lower()]):
+        if len(candidates) == 1:
+            return candidates[0]
+    raise NotFound(f"tool {tool.id!r} has no version {requested!r}")
 
 
-async def get_tool_version(request: web.Request) -> web.Response:
-    """GET /tools/{id}/versions/{version_id}."""
-    tool_id, v = await _version(request)
-    return json_response(render.render_version(base_url(request), tool_id, v.key, v.doc))
+def _service_id(host: str) -> str:
+    """A reverse-domain service id from our host name."""
+    name = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 else host.strip("[]")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        if "." in name:
+            return ".".join(reversed(name.lower().split("."))) + ".trs-aggregator"
+    return "trs-aggregator"
 
 
-def _type(request: web.Request) -> DescriptorType:
-    raw = request.match_info["type"]
-    parsed = parse_descriptor_type(raw)
-    if parsed is None:
-        raise NotFound(f"unknown descriptor type {raw!r}; expected CWL, WDL, NFL, GALAXY or SMK, "
-                       "optionally PLAIN_")
-    return parsed
+class TrsApi:
+    """The TRS endpoints of *profile* mounted at *mount*."""
 
+    def __init__(self, profile: Profile, mount: str) -> None:
+        self.profile = profile
+        self.mount = mount
 
-def _upstream_redirect(request: web.Request, v: CatalogueVersion,
-                       tail: str) -> web.HTTPException:
-    """In index mode, file endpoints send clients to the upstream's own URL."""
-    s = v.served
-    target = (f"{s.upstream_base}/tools/{quote(s.upstream_tool_id, safe='')}/versions/"
-              f"{quote(s.key, safe='')}/{tail}")
-    if request.query_string:
-        target += "?" + request.query_string
-    return web.HTTPTemporaryRedirect(target)
+    def base_url(self, request: web.Request) -> str:
+        """Our TRS base URL for this request (``server.public_url`` when configured)."""
+        public = request.app[CONFIG].server.public_url.rstrip("/")
+        return (public or f"{request.scheme}://{request.host}") + self.mount
 
+    def _staleness(self, request: web.Request) -> render.Staleness | None:
+        if self.profile.strict:
+            return None
+        return render.Staleness(dt.datetime.now(dt.UTC),
+                                dt.timedelta(seconds=stale_after_s(request)))
 
-async def get_descriptor(request: web.Request) -> web.StreamResponse:
-    """GET .../{type}/descriptor and .../{type}/descriptor/{relative_path}."""
-    t = _type(request)
-    tool_id, v = await _version(request)
-    relative = request.match_info.get("relative_path")
-    if v.served.mode == "index":
-        tail = f"{request.match_info['type']}/descriptor"
-        if relative is not None:
-            tail += "/" + quote(relative, safe="")
-        raise _upstream_redirect(request, v, tail)
-    pool = request.app[DB_POOL]
-    if relative is None:
-        files = await db.fetch_files(pool, v.served.version_row_id, descriptor_type=t.name,
-                                     file_types=["PRIMARY_DESCRIPTOR"])
-        if not files:
-            raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} descriptor")
-    else:
-        path = _clean_path(relative)
-        files = await db.fetch_files(pool, v.served.version_row_id,
-                                     descriptor_type=t.name, path=path)
-        if not files:
-            raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} file {path!r}")
-    f = files[0]
-    if f.content is None:
-        raise NotFound(f"the content of {f.path!r} was not mirrored")
-    if t.plain:
-        return web.Response(body=f.content, content_type="text/plain", charset="utf-8")
-    return json_response(render.file_wrapper(f.content, f.sha256, f.url))
+    @staticmethod
+    def _expires(staleness: render.Staleness | None) -> float | None:
+        if staleness is None or staleness.next_change is None:
+            return None
+        return time.monotonic() + (staleness.next_change - staleness.now).total_seconds()
 
+    async def _serve(self, request: web.Request, render_entry: Render, *,
+                     cacheable: bool = True) -> web.Response:
+        cache = request.app[RESPONSE_CACHE]
+        key = (request.scheme, request.host, request.raw_path, _want_zip(request))
+        entry = cache.get(key) if cacheable else None
+        if entry is None:
+            async def guarded(conn: Any, generation: int) -> Entry:
+                try:
+                    return await render_entry(conn, generation)
+                except (NotFound, BadRequest) as e:
+                    return error_entry(e)
+            entry = await cache.fill(key if cacheable else object(), guarded)
+        return await respond(request, entry)
 
-def _clean_path(relative: str) -> str:
-    """Accept ``a/b.cwl``, ``/a/b.cwl`` and ``./a/b.cwl``; the stored paths are relative."""
-    path = relative
-    while path.startswith("/"):
-        path = path[1:]
-    if path.startswith("./"):
-        path = path[2:]
-    if not path:
-        raise BadRequest("relative_path is empty")
-    return path
+    async def _tool(self, conn: Any, requested: str) -> CatalogueTool:
+        tool_id = await db.resolve_tool_id(conn, requested)
+        tool = (await db.fetch_tools(conn, [tool_id])).get(tool_id) if tool_id else None
+        if tool is None:
+            raise NotFound(f"no tool with id {requested!r}")
+        return tool
 
+    def _type(self, request: web.Request) -> DescriptorType:
+        raw = request.match_info["type"]
+        parsed = parse_descriptor_type(raw)
+        if parsed is None:
+            raise NotFound(f"unknown descriptor type {raw!r}; expected {_TYPES}")
+        return parsed
 
-async def list_files(request: web.Request) -> web.StreamResponse:
-    """GET .../{type}/files (and ``?format=zip``)."""
-    t = _type(request)
-    tool_id, v = await _version(request)
-    if v.served.mode == "index":
-        raise _upstream_redirect(request, v, f"{request.match_info['type']}/files")
-    fmt = request.query.get("format")
-    if fmt not in (None, "", "zip"):
-        raise BadRequest(f"format must be 'zip', not {fmt!r}")
-    want_zip = fmt == "zip" or "application/zip" in request.headers.get("Accept", "")
-    files = await db.fetch_files(request.app[DB_POOL], v.served.version_row_id,
-                                 descriptor_type=t.name,
-                                 with_content=want_zip)
-    if not files:
-        raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} files")
-    if want_zip:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for f in files:
-                if f.content is not None:
-                    archive.writestr(_clean_path(f.path), f.content)
-        name = quote(f"{tool_id}-{v.key}-{t.name}.zip".replace("/", "_"), safe="")
-        return web.Response(body=buffer.getvalue(), content_type="application/zip", headers={
-            "Content-Disposition": f"attachment; filename*=UTF-8''{name}"})
-    return json_response([render.tool_file(f.path, f.file_type, f.sha256) for f in files])
+    # -- handlers ------------------------------------------------------------------------------
 
+    async def get_service_info(self, request: web.Request) -> web.Response:
+        """GET /service-info: GA4GH service-info 1.0 (type org.ga4gh:trs:2.0.1), summarising the
+        upstreams."""
+        base = self.base_url(request)
 
-async def list_tests(request: web.Request) -> web.StreamResponse:
-    """GET .../{type}/tests."""
-    t = _type(request)
-    _, v = await _version(request)
-    if v.served.mode == "index":
-        raise _upstream_redirect(request, v, f"{request.match_info['type']}/tests")
-    files = await db.fetch_files(request.app[DB_POOL], v.served.version_row_id,
-                                 descriptor_type=t.name,
-                                 file_types=["TEST_FILE"])
-    if t.plain:
-        return web.Response(body=b"\n".join(f.content or b"" for f in files),
-                            content_type="text/plain", charset="utf-8")
-    return json_response([render.file_wrapper(f.content, f.sha256, f.url) for f in files])
+        async def build(conn: Any, generation: int) -> Entry:
+            upstreams = await queries.upstream_summaries(conn)
+            tools, _, published_at = await queries.catalogue_summary(conn)
+            listed = ", ".join(f"{u.name} ({u.tools} tools)" for u in upstreams)
+            origin = base[: -len(self.mount)]
+            return files.json_entry({
+                "id": _service_id(request.host),
+                "name": "trs-aggregator",
+                "type": {"group": "org.ga4gh", "artifact": "trs", "version": "2.0.1"},
+                "description": (f"A federated GA4GH TRS catalogue of {tools} tools merged from "
+                                f"{len(upstreams)} upstream registries" +
+                                (f": {listed}." if listed else ".")),
+                "organization": {"name": "trs-aggregator", "url": origin + "/"},
+                "documentationUrl": origin + "/aggregator/v1/openapi.json",
+                "updatedAt": published_at.isoformat(),
+                "version": __version__,
+                "catalogue": {"tools": tools, "generation": generation,
+                              "published_at": published_at.isoformat()},
+                "upstreams": [{
+                    "name": u.name, "url": u.url, "kind": u.kind, "mode": u.mode,
+                    "priority": u.priority, "service_name": u.service_name, "tools": u.tools,
+                    "last_confirmed": u.last_confirmed.isoformat() if u.last_confirmed
+                    else None} for u in upstreams],
+            }, generation)
+        return await self._serve(request, build, cacheable=False)
 
+    async def list_tool_classes(self, request: web.Request) -> web.Response:
+        """GET /toolClasses: the union of the upstreams' tool classes."""
+        async def build(conn: Any, generation: int) -> Entry:
+            classes = render.union_tool_classes(await queries.tool_classes(conn))
+            return files.json_entry(classes, generation)
+        return await self._serve(request, build)
 
-async def get_containerfile(request: web.Request) -> web.StreamResponse:
-    """GET .../containerfile."""
-    tool_id, v = await _version(request)
-    if v.served.mode == "index":
-        raise _upstream_redirect(request, v, "containerfile")
-    files = await db.fetch_files(request.app[DB_POOL], v.served.version_row_id,
-                                 file_types=["CONTAINERFILE"])
-    if not files:
-        raise NotFound(f"version {v.key!r} of {tool_id!r} has no containerfile")
-    unique = {f.sha256 or f.path: f for f in reversed(files)}
-    return json_response([render.file_wrapper(f.content, f.sha256, f.url)
-                          for f in reversed(unique.values())])
+    async def list_tools(self, request: web.Request) -> web.Response:
+        """GET /tools: filters, keyset paging under numeric offsets, paging headers."""
+        async def build(conn: Any, generation: int) -> Entry:
+            page = parse_page(request.query)
+            query = _tool_query(request.query)
+            index = await request.app[RESPONSE_CACHE].page_index(conn, generation, query)
+            ids = await queries.page_ids(conn, query, index, offset=page.offset,
+                                         limit=page.limit)
+            found = await db.fetch_tools(conn, ids)
+            base, staleness = self.base_url(request), self._staleness(request)
+            body = [render.render_tool(base, found[i], self.profile.schema, staleness)
+                    for i in ids if i in found]
+            headers = paging_headers(base + "/tools", request.query, page, index.total)
+            return files.json_entry(body, generation, headers=headers,
+                                    expires=self._expires(staleness))
+        return await self._serve(request, build)
+
+    async def get_tool(self, request: web.Request) -> web.Response:
+        """GET /tools/{id}."""
+        async def build(conn: Any, generation: int) -> Entry:
+            tool = await self._tool(conn, request.match_info["id"])
+            staleness = self._staleness(request)
+            body = render.render_tool(self.base_url(request), tool, self.profile.schema,
+                                      staleness)
+            return files.json_entry(body, generation, expires=self._expires(staleness))
+        return await self._serve(request, build)
+
+    async def list_tool_versions(self, request: web.Request) -> web.Response:
+        """GET /tools/{id}/versions."""
+        async def build(conn: Any, generation: int) -> Entry:
+            tool = await self._tool(conn, request.match_info["id"])
+            staleness = self._staleness(request)
+            base = self.base_url(request)
+            body = [render.render_version(base, tool, v, self.profile.schema, staleness)
+                    for v in tool.versions]
+            return files.json_entry(body, generation, expires=self._expires(staleness))
+        return await self._serve(request, build)
+
+    async def get_tool_version(self, request: web.Request) -> web.Response:
+        """GET /tools/{id}/versions/{version_id}."""
+        async def build(conn: Any, generation: int) -> Entry:
+            tool = await self._tool(conn, request.match_info["id"])
+            v = find_version(tool, request.match_info["version_id"])
+            staleness = self._staleness(request)
+            body = render.render_version(self.base_url(request), tool, v, self.profile.schema,
+                                         staleness)
+            return files.json_entry(body, generation, expires=self._expires(staleness))
+        return await self._serve(request, build)
+
+    async def _version(self, conn: Any, request: web.Request) -> tuple[str, CatalogueVersion]:
+        tool = await self._tool(conn, request.match_info["id"])
+        return tool.id, find_version(tool, request.match_info["version_id"])
+
+    async def get_descriptor(self, request: web.Request) -> web.Response:
+        """GET …/{type}/descriptor and …/{type}/descriptor/{relative_path}."""
+        async def build(conn: Any, generation: int) -> Entry:
+            t = self._type(request)
+            _, v = await self._version(conn, request)
+            relative = request.match_info.get("relative_path")
+            if v.served.mode == "index":
+                tail = f"{request.match_info['type']}/descriptor"
+                if relative is not None:
+                    tail += "/" + quote(relative, safe="")
+                return files.redirect_entry(v, tail, request.query_string)
+            return await files.descriptor(conn, generation, v, t, relative,
+                                          strict=self.profile.strict)
+        return await self._serve(request, build)
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        """GET …/{type}/files, and a zip of them with ``?format=zip`` or Accept:
+        application/zip."""
+        async def build(conn: Any, generation: int) -> Entry:
+            t = self._type(request)
+            tool_id, v = await self._version(conn, request)
+            fmt = request.query.get("format")
+            if fmt not in (None, "", "zip"):
+                raise BadRequest(f"format must be 'zip', not {fmt!r}")
+            if v.served.mode == "index":
+                return files.redirect_entry(v, f"{request.match_info['type']}/files",
+                                            request.query_string)
+            return await files.files(conn, generation, tool_id, v, t,
+                                     want_zip=fmt == "zip" or _want_zip(request),
+                                     strict=self.profile.strict)
+        return await self._serve(request, build)
+
+    async def list_tests(self, request: web.Request) -> web.Response:
+        """GET …/{type}/tests."""
+        async def build(conn: Any, generation: int) -> Entry:
+            t = self._type(request)
+            _, v = await self._version(conn, request)
+            if v.served.mode == "index":
+                return files.redirect_entry(v, f"{request.match_info['type']}/tests",
+                                            request.query_string)
+            return await files.tests(conn, generation, v, t)
+        return await self._serve(request, build)
+
+    async def get_containerfile(self, request: web.Request) -> web.Response:
+        """GET …/containerfile."""
+        async def build(conn: Any, generation: int) -> Entry:
+            _, v = await self._version(conn, request)
+            if v.served.mode == "index":
+                return files.redirect_entry(v, "containerfile", request.query_string)
+            return await files.containerfiles(conn, generation, v)
+        return await self._serve(request, build)
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount every endpoint of the profile under the base path (HEAD with each GET)."""
+        m = self.mount
+        v = m + "/tools/{id}/versions/{version_id}"
+        if self.profile.service_info:
+            app.router.add_get(m + "/service-info", self.get_service_info)
+        app.router.add_get(m + "/toolClasses", self.list_tool_classes)
+        app.router.add_get(m + "/tools", self.list_tools)
+        app.router.add_get(m + "/tools/{id}", self.get_tool)
+        app.router.add_get(m + "/tools/{id}/versions", self.list_tool_versions)
+        app.router.add_get(v, self.get_tool_version)
+        app.router.add_get(v + "/containerfile", self.get_containerfile)
+        app.router.add_get(v + "/{type}/descriptor", self.get_descriptor)
+        app.router.add_get(v + "/{type}/descriptor/{relative_path:.+}", self.get_descriptor)
+        app.router.add_get(v + "/{type}/files", self.list_files)
+        app.router.add_get(v + "/{type}/tests", self.list_tests)
+        # cwltool resolves a primary descriptor's "../x" imports against a URL in which the
+        # primary's own directory was encoded into one segment: "…/{type}/x". Last, so that
+        # the routes above win.
+        app.router.add_get(v + "/{type}/{relative_path:.+}", self.get_descriptor)
 
 
 def add_routes(app: web.Application) -> None:
-    """Mount every TRS read endpoint under each of MOUNTS."""
-    for m in MOUNTS:
-        v = m + "/tools/{id}/versions/{version_id}"
-        app.router.add_get(m + "/service-info", get_service_info)
-        app.router.add_get(m + "/toolClasses", list_tool_classes)
-        app.router.add_get(m + "/tools", list_tools)
-        app.router.add_get(m + "/tools/{id}", get_tool)
-        app.router.add_get(m + "/tools/{id}/versions", list_tool_versions)
-        app.router.add_get(v, get_tool_version)
-        app.router.add_get(v + "/containerfile", get_containerfile)
-        app.router.add_get(v + "/{type}/descriptor", get_descriptor)
-        app.router.add_get(v + "/{type}/descriptor/{relative_path:.+}", get_descriptor)
-        app.router.add_get(v + "/{type}/files", list_files)
-        app.router.add_get(v + "/{type}/tests", list_tests)
+    """Mount every profile at each of its base paths."""
+    for profile in PROFILES:
+        for mount in profile.mounts:
+            TrsApi(profile, mount).add_routes(app)

@@ -1,4 +1,5 @@
-"""Middlewares: one canonical log line per request, and TRS Error JSON for every failure."""
+"""Middlewares: one canonical log line per request, TRS Error JSON for every failure, CORS
+preflight."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from aggregator.api.cache import CORS_HEADERS
 from aggregator.errors import BadRequest, NotFound
 from aggregator.trs.render import error
 
 log = structlog.get_logger()
 
-_REASONS: Final = {404: "not found", 405: "method not allowed"}
+_ERROR_HEADERS: Final = {"Content-Type": "application/json", **CORS_HEADERS}
+_PREFLIGHT_MAX_AGE: Final = "86400"
 
 
 def error_response(status: int, message: str) -> web.Response:
     """A TRS Error JSON response."""
     return web.Response(status=status, body=orjson.dumps(error(status, message)),
-                        content_type="application/json")
+                        headers=_ERROR_HEADERS)
 
 
 @web.middleware
@@ -42,6 +45,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                      status=status, duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
+def _preflight(request: web.Request, allowed: set[str]) -> web.Response:
+    """Answer OPTIONS: a CORS preflight when it is one, else just the allowed methods."""
+    methods = ", ".join(sorted(allowed | {"OPTIONS"}))
+    headers = {"Allow": methods, **CORS_HEADERS}
+    if request.headers.get("Access-Control-Request-Method"):
+        headers["Access-Control-Allow-Methods"] = methods
+        asked = request.headers.get("Access-Control-Request-Headers")
+        if asked:
+            headers["Access-Control-Allow-Headers"] = asked
+        headers["Access-Control-Max-Age"] = _PREFLIGHT_MAX_AGE
+    return web.Response(status=204, headers=headers)
+
+
 @web.middleware
 async def trs_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into ``{"code", "message"}`` JSON with the right status."""
@@ -51,20 +67,21 @@ async def trs_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error_response(e.status, e.message)
     except web.HTTPException as e:
         if e.status < 400:
+            e.headers.update(CORS_HEADERS)
             raise
-        if e.content_type == "application/json":
-            raise
-        message = _REASONS.get(e.status) or e.reason
         if e.status == 405:
-            allowed = sorted(getattr(e, "allowed_methods", ()) or ())
-            response = error_response(405, f"method {request.method} not allowed"
-                                      + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
+            allowed = set(getattr(e, "allowed_methods", ()) or ())
+            if request.method == "OPTIONS" and "GET" in allowed:
+                return _preflight(request, allowed)
+            response = error_response(405, f"method {request.method} not allowed here"
+                                      + (f"; allowed: {', '.join(sorted(allowed))}"
+                                         if allowed else ""))
             if allowed:
-                response.headers["Allow"] = ", ".join(allowed)
+                response.headers["Allow"] = ", ".join(sorted(allowed))
             return response
         if e.status == 404:
-            message = f"no such resource: {request.path}"
-        return error_response(e.status, message)
+            return error_response(404, f"no such resource: {request.path}")
+        return error_response(e.status, e.reason)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path_qs)
         return error_response(500, "internal server error")

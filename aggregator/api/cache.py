@@ -1,0 +1,316 @@
+"""Rendered responses served from memory, valid for one catalogue generation.
+
+The catalogue changes only when a harvest publishes, which bumps ``catalogue_state.generation``
+and announces it with ``NOTIFY trs_aggregator_catalogue``. Every API process listens on that
+channel (``GenerationWatcher``) and drops its cache when the generation changes, so a response
+rendered once is served from memory until the next publish.
+
+A response is rendered inside one read-only repeatable-read transaction that also reads the
+generation, and is kept only if that is still the generation the process knows: a render that
+straddles a publish is served once and never cached. While the listener is disconnected the
+generation is unknown and nothing is cached. Concurrent misses on one key render once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gzip
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from aggregator.db.publish import CATALOGUE_CHANNEL
+from aggregator.db.queries import PageIndex, ToolQuery, catalogue_generation, page_index
+from aggregator.keys import CONFIG, DB_POOL, RESPONSE_CACHE
+
+log = structlog.get_logger()
+
+DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
+#: Bodies at least this large are sent gzip-compressed to clients that accept it.
+GZIP_MIN_BYTES: Final = 1024
+#: Bodies larger than this are compressed in a thread rather than on the event loop.
+_GZIP_INLINE_MAX: Final = 256 * 1024
+#: How often the listener also reads the generation (a lost connection is noticed too).
+POLL_S: Final = 5.0
+_MAX_INDEXES: Final = 256
+
+#: Sent with every response: any origin may read it, paging headers included.
+CORS_HEADERS: Final = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": ("next_page, last_page, self_link, current_offset, "
+                                      "current_limit, Link, ETag, Content-Disposition"),
+}
+
+Render = Callable[["asyncpg.Connection[Any]", int], Awaitable["Entry"]]
+
+
+@dataclass(slots=True)
+class Entry:
+    """A rendered response.
+
+    Attributes:
+        status: The HTTP status.
+        body: The exact bytes sent.
+        headers: Every header sent with it (Content-Type, ETag, CORS, paging …).
+        etag: The strong ETag (``"<generation>-<hash>"``) or None (errors).
+        expires: ``time.monotonic()`` after which it must be rendered again (a ``stale`` flag
+            it shows flips then), or None.
+        gzipped: The gzip-compressed variant, once made.
+    """
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    etag: str | None
+    expires: float | None = None
+    gzipped: Entry | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        """Bytes held, roughly."""
+        return len(self.body) + 512 + (self.gzipped.size if self.gzipped else 0)
+
+    @property
+    def compressible(self) -> bool:
+        """Whether clients that accept gzip get it compressed."""
+        return (len(self.body) >= GZIP_MIN_BYTES and "Content-Encoding" not in self.headers
+                and self.headers.get("Content-Type", "").startswith(("application/json",
+                                                                     "text/")))
+
+
+def make_entry(status: int, body: bytes, content_type: str, *, generation: int | None,
+               headers: dict[str, str] | None = None, expires: float | None = None,
+               vary: str = "Accept-Encoding") -> Entry:
+    """An Entry with the standard headers; 200s get an ETag naming *generation* and the body."""
+    all_headers = {"Content-Type": content_type, **CORS_HEADERS, **(headers or {})}
+    etag = None
+    if status == 200:
+        digest = hashlib.blake2b(body, digest_size=10).hexdigest()
+        etag = f'"{generation if generation is not None else "x"}-{digest}"'
+        all_headers["ETag"] = etag
+        all_headers["Cache-Control"] = "public, no-cache"
+        all_headers["Vary"] = vary
+    return Entry(status, body, all_headers, etag, expires)
+
+
+def _gzip(entry: Entry, body: bytes) -> Entry:
+    headers = {**entry.headers, "Content-Encoding": "gzip"}
+    etag = _gzip_etag(entry.etag)
+    if etag:
+        headers["ETag"] = etag
+    return Entry(entry.status, body, headers, etag, entry.expires)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    bare = etag.strip('"')
+    for tag in header.split(","):
+        tag = tag.strip().removeprefix("W/").strip('"')
+        if tag in ("*", bare) or tag.removesuffix("-gz") == bare:
+            return True
+    return False
+
+
+def _accepts_gzip(header: str) -> bool:
+    for part in header.split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=")
+            return not (params and q.replace(".", "").strip("0") == "")
+    return False
+
+
+def _gzip_etag(etag: str | None) -> str | None:
+    return etag[:-1] + '-gz"' if etag else None
+
+
+async def respond(request: web.Request, entry: Entry) -> web.Response:
+    """Send *entry*: 304 when If-None-Match names it, gzip when accepted and worth it."""
+    headers = request.headers
+    gz = entry.compressible and _accepts_gzip(headers.get("Accept-Encoding", ""))
+    inm = headers.get("If-None-Match")
+    if inm is not None and entry.etag is not None and _etag_matches(inm, entry.etag):
+        keep = {k: v for k, v in entry.headers.items()
+                if k in ("ETag", "Cache-Control", "Vary") or k.startswith("Access-Control")}
+        if gz:
+            keep["ETag"] = _gzip_etag(entry.etag) or ""
+        return web.Response(status=304, headers=keep)
+    if gz:
+        if entry.gzipped is None:
+            if len(entry.body) > _GZIP_INLINE_MAX:
+                body = await asyncio.get_running_loop().run_in_executor(
+                    None, functools.partial(gzip.compress, entry.body, 6, mtime=0))
+            else:
+                body = gzip.compress(entry.body, 6, mtime=0)
+            entry.gzipped = _gzip(entry, body)
+        entry = entry.gzipped
+    return web.Response(status=entry.status, body=entry.body, headers=entry.headers)
+
+
+class ResponseCache:
+    """Entries by request key, for the current generation only, least recently used dropped
+    first beyond *max_bytes*; and the page indexes of /tools queries."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.pool = pool
+        self.max_bytes = max_bytes
+        self.generation: int | None = None
+        self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._bytes = 0
+        self._inflight: dict[Hashable, asyncio.Future[Entry]] = {}
+        self._indexes: OrderedDict[ToolQuery, PageIndex] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def set_generation(self, generation: int | None) -> None:
+        """Learn the catalogue's generation; a change drops everything cached."""
+        if generation != self.generation:
+            log.info("catalogue_generation_changed", old=self.generation, new=generation,
+                     dropped=len(self._entries))
+            self.generation = generation
+            self._entries.clear()
+            self._indexes.clear()
+            self._bytes = 0
+
+    def get(self, key: Hashable) -> Entry | None:
+        """The cached entry for *key*, if it is still good."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires is not None and entry.expires <= time.monotonic():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def _drop(self, key: Hashable) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.size
+
+    def put(self, key: Hashable, entry: Entry, generation: int) -> None:
+        """Keep *entry* if it was rendered at the current generation."""
+        if generation != self.generation or self.generation is None:
+            return
+        self._drop(key)
+        self._entries[key] = entry
+        self._bytes += entry.size
+        while self._bytes > self.max_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    async def fill(self, key: Hashable, render: Render) -> Entry:
+        """Render *key* in a snapshot of the catalogue and keep it; one render per key at once."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                return await asyncio.shield(pending)
+            if not pending.cancelled():
+                raise asyncio.CancelledError
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            async with self.pool.acquire() as conn, conn.transaction(
+                    isolation="repeatable_read", readonly=True):
+                generation = await catalogue_generation(conn)
+                entry = await render(conn, generation)
+            self.put(key, entry, generation)
+            future.set_result(entry)
+            return entry
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: followers re-raise it, nobody else must
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def page_index(self, conn: asyncpg.Connection[Any], generation: int,
+                         query: ToolQuery) -> PageIndex:
+        """The page index of *query* at *generation*, computed once per generation."""
+        if generation == self.generation:
+            index = self._indexes.get(query)
+            if index is not None:
+                self._indexes.move_to_end(query)
+                return index
+        index = await page_index(conn, query)
+        if generation == self.generation:
+            self._indexes[query] = index
+            if len(self._indexes) > _MAX_INDEXES:
+                self._indexes.popitem(last=False)
+        return index
+
+
+class GenerationWatcher:
+    """Keeps a ResponseCache's generation current: LISTEN for publishes, and poll as a backstop."""
+
+    def __init__(self, dsn: str, cache: ResponseCache, *, poll_s: float = POLL_S) -> None:
+        self.dsn = dsn
+        self.cache = cache
+        self.poll_s = poll_s
+        self.ready = asyncio.Event()
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        try:
+            generation = int(payload)
+        except ValueError:
+            log.warning("catalogue_notification_unreadable", payload=payload)
+            return
+        if self.cache.generation is None or generation > self.cache.generation:
+            self.cache.set_generation(generation)
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting with backoff; the cache is off while down."""
+        delay = 0.5
+        while True:
+            conn: asyncpg.Connection[Any] | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=10)
+                await conn.add_listener(CATALOGUE_CHANNEL, self._notified)
+                self.cache.set_generation(await catalogue_generation(conn))
+                self.ready.set()
+                delay = 0.5
+                while True:
+                    await asyncio.sleep(self.poll_s)
+                    generation = await conn.fetchval(
+                        "select generation from catalogue_state", timeout=self.poll_s)
+                    self.cache.set_generation(generation)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as e:
+                log.warning("catalogue_listener_lost", error=str(e), retry_in_s=delay)
+                self.cache.set_generation(None)
+                self.ready.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+
+
+async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The response cache and its generation listener, for the app's lifetime."""
+    config = app[CONFIG]
+    max_mb = getattr(config.server, "cache_mb", None)
+    cache = ResponseCache(app[DB_POOL], max_bytes=int(max_mb * 1024 * 1024) if max_mb
+                          else DEFAULT_MAX_BYTES)
+    app[RESPONSE_CACHE] = cache
+    assert config.database.url is not None
+    watcher = GenerationWatcher(config.database.url, cache)
+    task = asyncio.create_task(watcher.run(), name="catalogue-generation-watcher")
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(watcher.ready.wait(), 10)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

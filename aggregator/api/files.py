@@ -1,0 +1,182 @@
+"""The file endpoints of a tool version: descriptors, relative paths, files (and zip), tests,
+containerfiles. Each renders an Entry from one snapshot of the catalogue."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import zipfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
+
+import orjson
+
+from aggregator.api.cache import Entry, make_entry
+from aggregator.db import catalogue as db
+from aggregator.db.catalogue import FileRow
+from aggregator.errors import BadRequest, NotFound
+from aggregator.trs import render
+from aggregator.trs.model import CatalogueVersion
+from aggregator.trs.parse import DescriptorType
+
+if TYPE_CHECKING:
+    import asyncpg
+
+#: Entries of a zip carry this timestamp, so the same files make the same bytes.
+_ZIP_TIME: Final = (1980, 1, 1, 0, 0, 0)
+_UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def json_entry(data: Any, generation: int, **kwargs: Any) -> Entry:
+    """A 200 JSON Entry."""
+    return make_entry(200, orjson.dumps(data), "application/json", generation=generation,
+                      **kwargs)
+
+
+def normalise(path: str) -> str:
+    """A requested or stored path in canonical form: no leading ``/`` or ``./``, no ``.``
+    segments, ``a/../b`` collapsed. Paths above the tree keep their leading ``../``."""
+    stripped = path.lstrip("/")
+    if not stripped:
+        return ""
+    out = posixpath.normpath(stripped)
+    return "" if out == "." else out
+
+
+def find_file(rows: Sequence[FileRow], requested: str) -> FileRow:
+    """The stored file *requested* names, in any of the spellings clients send.
+
+    ``a/b.cwl``, ``/a/b.cwl`` and ``./a/b.cwl`` are the same file. A path that does not name a
+    stored file is also tried relative to the primary descriptor's directory, which is how a
+    client that resolved an import against a primary descriptor URL in which ``/`` was encoded
+    asks for it. A path that leaves the tool's file tree is refused.
+    """
+    wanted = normalise(requested)
+    if not wanted:
+        raise BadRequest("relative_path is empty")
+    by_path = {normalise(r.path): r for r in rows}
+    found = by_path.get(wanted)
+    if found is not None:
+        return found
+    if wanted == ".." or wanted.startswith("../"):
+        raise BadRequest(f"relative_path {requested!r} leaves the tool's file tree")
+    primary = next((r for r in rows if r.file_type == "PRIMARY_DESCRIPTOR"), None)
+    if primary is not None:
+        directory = posixpath.dirname(normalise(primary.path))
+        if directory:
+            found = by_path.get(normalise(f"{directory}/{wanted}"))
+            if found is not None:
+                return found
+    raise NotFound(f"no file {requested!r}")
+
+
+def _served(rows: Sequence[FileRow]) -> list[FileRow]:
+    """The files that can be served (their content is mirrored), one per path, a type's own
+    file before a type-independent one."""
+    out: dict[str, FileRow] = {}
+    for r in sorted(rows, key=lambda r: r.descriptor_type == ""):
+        if r.sha256 is not None:
+            out.setdefault(normalise(r.path) or r.path, r)
+    return list(out.values())
+
+
+def _file_url(v: CatalogueVersion, t: DescriptorType, f: FileRow) -> str:
+    """Where the upstream serves the original of *f*."""
+    if f.url:
+        return f.url
+    base = render.upstream_version_url(v.served)
+    if f.file_type == "CONTAINERFILE":
+        return f"{base}/containerfile"
+    return f"{base}/PLAIN_{t.name}/descriptor/{quote(f.path, safe='/')}"
+
+
+def redirect_entry(v: CatalogueVersion, tail: str, query: str) -> Entry:
+    """In index mode, file endpoints send clients to the upstream's own URL."""
+    target = f"{render.upstream_version_url(v.served)}/{tail}" + (f"?{query}" if query else "")
+    return make_entry(307, b"", "text/plain", generation=None, headers={"Location": target})
+
+
+async def descriptor(conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion,
+                     t: DescriptorType, relative: str | None, *, strict: bool) -> Entry:
+    """A descriptor (the primary, or the file at *relative*) as a FileWrapper, or bare text
+    for PLAIN types."""
+    rows = await db.fetch_files(conn, v.served.version_row_id, descriptor_type=t.name,
+                                with_content=False)
+    if relative is None:
+        primaries = [r for r in rows if r.file_type == "PRIMARY_DESCRIPTOR"]
+        if not primaries:
+            raise NotFound(f"version {v.key!r} has no {t.name} descriptor")
+        found = primaries[0]
+    else:
+        found = find_file(rows, relative)
+    matches = await db.fetch_files(conn, v.served.version_row_id, descriptor_type=t.name,
+                                   path=found.path)
+    f = matches[0] if matches else None
+    if f is None or f.content is None:
+        raise NotFound(f"the content of {found.path!r} is not mirrored")
+    if t.plain:
+        return make_entry(200, f.content, "text/plain; charset=utf-8", generation=generation)
+    wrapper = render.file_wrapper(f.content, f.sha256, _file_url(v, t, f),
+                                  image_type=None if strict else t.name)
+    return json_entry(wrapper, generation)
+
+
+async def files(conn: asyncpg.Connection[Any], generation: int, tool_id: str,
+                v: CatalogueVersion, t: DescriptorType, *, want_zip: bool,
+                strict: bool) -> Entry:
+    """The ToolFiles of a version for one type, or all of them in a zip.
+
+    Only mirrored files are listed, and the zip holds exactly those bytes, so every listed
+    checksum can be checked against the archive.
+    """
+    rows = _served(await db.fetch_files(conn, v.served.version_row_id, descriptor_type=t.name,
+                                        with_content=want_zip))
+    if not rows:
+        raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} files")
+    if not want_zip:
+        return json_entry([render.tool_file(r.path, r.file_type, r.sha256, strict=strict)
+                           for r in rows], generation, vary="Accept, Accept-Encoding")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for r in rows:
+            info = zipfile.ZipInfo(normalise(r.path) or r.path, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, r.content or b"")
+    stem = _UNSAFE_NAME.sub("_", f"{tool_id}-{v.key}-{t.name}").strip("_")
+    return make_entry(200, buffer.getvalue(), "application/zip", generation=generation,
+                      vary="Accept", headers={
+                          "Content-Disposition": f'attachment; filename="{stem}.zip"'})
+
+
+async def tests(conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion,
+                t: DescriptorType) -> Entry:
+    """The test files of a version for one type: FileWrappers, or their contents joined by
+    newlines for PLAIN types."""
+    found = _served(await db.fetch_files(conn, v.served.version_row_id,
+                                         descriptor_type=t.name, file_types=["TEST_FILE"]))
+    if not found and t.name not in (v.doc.get("descriptor_type") or ()) and not (
+            await db.fetch_files(conn, v.served.version_row_id, descriptor_type=t.name,
+                                 with_content=False)):
+        raise NotFound(f"version {v.key!r} has no {t.name} files")
+    if t.plain:
+        body = b"\n".join(r.content or b"" for r in found)
+        return make_entry(200, body, "text/plain; charset=utf-8", generation=generation)
+    return json_entry([render.file_wrapper(r.content, r.sha256, _file_url(v, t, r))
+                       for r in found], generation)
+
+
+async def containerfiles(conn: asyncpg.Connection[Any], generation: int,
+                         v: CatalogueVersion) -> Entry:
+    """The container specifications of a version, each once."""
+    rows = await db.fetch_files(conn, v.served.version_row_id, file_types=["CONTAINERFILE"])
+    unique: dict[str, FileRow] = {}
+    for r in rows:
+        if r.sha256 is not None:
+            unique.setdefault(r.sha256, r)
+    if not unique:
+        raise NotFound(f"version {v.key!r} has no containerfile")
+    plain = DescriptorType("", plain=True)
+    return json_entry([render.file_wrapper(r.content, r.sha256, _file_url(v, plain, r))
+                       for r in unique.values()], generation)

@@ -1,0 +1,237 @@
+"""Reads of the published catalogue for the TRS API: /tools filters, keyset pages, summaries.
+
+Filters apply to merged tools: a tool matches when any of its members (upstream records), or
+any version of a member, matches. The matching rules are documented with ``ToolQuery``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    Conn = asyncpg.Connection[Any] | asyncpg.Pool[Any]
+
+_MEMBERS: Final = """exists (select 1 from catalogue_members m
+    join upstream_tools t on t.id = m.upstream_tool_id
+    where m.tool_id = c.id and ({}))"""
+_VERSIONS: Final = """exists (select 1 from catalogue_members m
+    join upstream_versions v on v.upstream_tool_id = m.upstream_tool_id
+    where m.tool_id = c.id and ({}))"""
+
+
+def _elements(expr: str, *, text: bool = False) -> str:
+    """``jsonb_array_elements(expr)`` that yields nothing when *expr* is not an array."""
+    fn = "jsonb_array_elements_text" if text else "jsonb_array_elements"
+    return (f"{fn}(case when jsonb_typeof({expr}) = 'array' then {expr} "
+            "else '[]'::jsonb end)")
+
+
+_ALIASES: Final = _elements("t.doc->'aliases'", text=True)
+_TYPES: Final = _elements("v.doc->'descriptor_type'", text=True)
+_IMAGES: Final = _elements("v.doc->'images'")
+_AUTHORS: Final = _elements("v.doc->'author'", text=True)
+_IMAGE_NAME: Final = r"lower(regexp_replace(i->>'image_name', '^.*/|[:@].*$', '', 'g'))"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolQuery:
+    """The /tools filters; ``None`` is "not filtered". Text comparisons ignore case.
+
+    Attributes:
+        id: A tool id, plain or qualified (``#upstream/<name>/<id>``): exact.
+        alias: An alias of any member: equal.
+        toolclass: The tool class name of any member: equal.
+        descriptor_type: A descriptor type (``CWL`` …) listed by any version of any member.
+        registry: The ``registry_host`` of any image of any version: equal.
+        organization: The organization of any member: equal.
+        name: The image name of any image of any version (its last path segment without tag
+            or digest, e.g. ``bwa`` for ``quay.io/biocontainers/bwa:0.7``), or the tool name
+            of any member: equal.
+        toolname: The tool name of any member: equal.
+        description: Contained in the description of any member.
+        author: Contained in an author of any version of any member.
+        checker: True: only checker workflows (tools whose upstream url is the
+            ``checker_url`` of some tool); false: only the other tools.
+    """
+
+    id: str | None = None
+    alias: str | None = None
+    toolclass: str | None = None
+    descriptor_type: str | None = None
+    registry: str | None = None
+    organization: str | None = None
+    name: str | None = None
+    toolname: str | None = None
+    description: str | None = None
+    author: str | None = None
+    checker: bool | None = None
+
+    def is_empty(self) -> bool:
+        """Whether no filter is set."""
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+    def where(self, first_arg: int = 1) -> tuple[list[str], list[Any]]:
+        """SQL conditions on ``catalogue_tools c`` and their arguments, numbered from
+        *first_arg*."""
+        clauses: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any, cast: str = "text") -> str:
+            args.append(value)
+            return f"${first_arg + len(args) - 1}::{cast}"
+
+        if self.id is not None:
+            clauses.append(f"c.id = catalogue_resolve({arg(self.id)})")
+        if self.alias is not None:
+            clauses.append(_MEMBERS.format(
+                f"exists (select 1 from {_ALIASES} a "
+                f"where lower(a) = lower({arg(self.alias)}))"))
+        if self.toolclass is not None:
+            clauses.append(_MEMBERS.format(
+                f"lower(t.doc->'toolclass'->>'name') = lower({arg(self.toolclass)})"))
+        if self.descriptor_type is not None:
+            clauses.append(_VERSIONS.format(
+                f"exists (select 1 from {_TYPES}"
+                f" d where upper(d) = upper({arg(self.descriptor_type)}))"))
+        if self.registry is not None:
+            clauses.append(_VERSIONS.format(
+                f"exists (select 1 from {_IMAGES} i "
+                f"where lower(i->>'registry_host') = lower({arg(self.registry)}))"))
+        if self.organization is not None:
+            clauses.append(_MEMBERS.format(
+                f"lower(t.doc->>'organization') = lower({arg(self.organization)})"))
+        if self.name is not None:
+            value = arg(self.name)
+            clauses.append(
+                "(" + _MEMBERS.format(f"lower(t.doc->>'name') = lower({value})") + " or " +
+                _VERSIONS.format(f"exists (select 1 from {_IMAGES}"
+                                 f" i where {_IMAGE_NAME} = lower({value}))") + ")")
+        if self.toolname is not None:
+            clauses.append(_MEMBERS.format(
+                f"lower(t.doc->>'name') = lower({arg(self.toolname)})"))
+        if self.description is not None:
+            clauses.append(_MEMBERS.format(
+                f"strpos(lower(t.doc->>'description'), lower({arg(self.description)})) > 0"))
+        if self.author is not None:
+            clauses.append(_VERSIONS.format(
+                f"exists (select 1 from {_AUTHORS} a "
+                f"where strpos(lower(a), lower({arg(self.author)})) > 0)"))
+        if self.checker is not None:
+            is_checker = _MEMBERS.format(
+                "t.doc->>'url' in (select x.doc->>'checker_url' from upstream_tools x "
+                "where x.doc ? 'checker_url')")
+            clauses.append(is_checker if self.checker else f"not {is_checker}")
+        return clauses, args
+
+
+@dataclass(frozen=True, slots=True)
+class PageIndex:
+    """Where the pages of one query start: every *stride*-th sort key, and the total.
+
+    Attributes:
+        total: How many tools match.
+        stride: Rows between two checkpoints.
+        checkpoints: The sort keys of rows 0, stride, 2·stride, …
+    """
+
+    total: int
+    stride: int
+    checkpoints: tuple[str, ...]
+
+
+async def page_index(conn: Conn, query: ToolQuery, *, stride: int = 128) -> PageIndex:
+    """Count the tools matching *query* and take a checkpoint every *stride* rows (one scan)."""
+    clauses, args = query.where(first_arg=2)
+    where = (" where " + " and ".join(clauses)) if clauses else ""
+    rows = await conn.fetch(
+        f"""select sort_key, total from (
+                select c.sort_key, row_number() over (order by c.sort_key) - 1 as n,
+                       count(*) over () as total
+                from catalogue_tools c{where}) as x
+            where n % $1 = 0 order by n""",  # noqa: S608 - clauses are ours, values are $n
+        stride, *args)
+    total = int(rows[0]["total"]) if rows else 0
+    return PageIndex(total, stride, tuple(r["sort_key"] for r in rows))
+
+
+async def page_ids(conn: Conn, query: ToolQuery, index: PageIndex, *, offset: int,
+                   limit: int) -> list[str]:
+    """The ids of the tools at rows [offset, offset + limit) of *query*, in sort-key order.
+
+    A keyset scan from the checkpoint at or before *offset*: it skips fewer than
+    ``index.stride`` rows, so a deep page costs what the first one does.
+    """
+    if offset >= index.total or limit <= 0:
+        return []
+    checkpoint = index.checkpoints[offset // index.stride]
+    clauses, args = query.where(first_arg=4)
+    extra = "".join(" and " + c for c in clauses)
+    rows = await conn.fetch(
+        f"""select c.id from catalogue_tools c
+            where c.sort_key >= $1{extra}
+            order by c.sort_key limit $2 offset $3""",  # noqa: S608 - clauses are ours
+        checkpoint, limit, offset % index.stride, *args)
+    return [r["id"] for r in rows]
+
+
+async def catalogue_generation(conn: Conn) -> int:
+    """The catalogue's current generation."""
+    value: int = await conn.fetchval("select generation from catalogue_state")
+    return value
+
+
+async def tool_classes(conn: Conn) -> list[list[Any]]:
+    """Tool classes per upstream, best priority first: those its /toolClasses declared, then
+    those its tools in the catalogue use."""
+    rows = await conn.fetch(
+        """select u.tool_classes,
+                  coalesce((select jsonb_agg(distinct t.doc->'toolclass')
+                            from upstream_tools t
+                            join catalogue_members m on m.upstream_tool_id = t.id
+                            where t.upstream_id = u.id
+                              and jsonb_typeof(t.doc->'toolclass') = 'object'),
+                           '[]'::jsonb) as used
+           from upstreams u order by u.priority, u.name""")
+    out: list[list[Any]] = []
+    for r in rows:
+        declared = r["tool_classes"] if isinstance(r["tool_classes"], list) else []
+        out.append([*declared, *r["used"]])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSummary:
+    """One upstream as /service-info summarises it."""
+
+    name: str
+    url: str
+    kind: str
+    mode: str
+    priority: int
+    service_name: str | None
+    tools: int
+    last_confirmed: Any
+
+
+async def upstream_summaries(conn: Conn) -> list[UpstreamSummary]:
+    """Every configured upstream with the number of its records in the catalogue."""
+    rows = await conn.fetch(
+        """select u.name, u.url, u.kind, u.mode, u.priority,
+                  u.service_info->>'name' as service_name,
+                  count(m.upstream_tool_id) as tools, max(t.last_confirmed) as last_confirmed
+           from upstreams u
+           left join upstream_tools t on t.upstream_id = u.id
+           left join catalogue_members m on m.upstream_tool_id = t.id
+           group by u.id order by u.priority, u.name""")
+    return [UpstreamSummary(**dict(r)) for r in rows]
+
+
+async def catalogue_summary(conn: Conn) -> tuple[int, int, Any]:
+    """The catalogue's tool count, generation and publication time."""
+    row = await conn.fetchrow(
+        """select (select count(*) from catalogue_tools) as tools, generation, published_at
+           from catalogue_state""")
+    return int(row["tools"]), int(row["generation"]), row["published_at"]
