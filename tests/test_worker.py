@@ -1,0 +1,220 @@
+"""trs-aggregator worker as real processes: schedules, several workers, kill -9, harvest now."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from aggregator.app import create_app
+from aggregator.config import Config, DatabaseConfig, UpstreamConfig
+from aggregator.demo.registry import REQUESTS, STATE, make_registry_app
+from tests.support import catalogue, cwl_tool, harvest
+
+TRS = "/ga4gh/trs/v2"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def slow(delays: dict[str, float]) -> Any:
+    """A registry middleware delaying requests whose path contains a key by its value."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        for needle, seconds in delays.items():
+            if needle in request.path:
+                await asyncio.sleep(seconds)
+        return await handler(request)
+
+    return middleware
+
+
+def write_config(path: Path, dsn: str, servers: dict[str, TestServer], *,
+                 schedule: str, request_poll: str = "1s") -> Path:
+    """A worker config: one upstream per registry on *schedule*, failing fast."""
+    lines = ["[database]", f"url = {json.dumps(dsn)}", "pool_max = 6", "",
+             "[harvest]", f"request_poll = {json.dumps(request_poll)}"]
+    for name, server in servers.items():
+        lines += ["", "[[upstreams]]", f"name = {json.dumps(name)}",
+                  f"url = {json.dumps(str(server.make_url(TRS)))}",
+                  f"schedule = {json.dumps(schedule)}", "retries = 0", "timeout_s = 5",
+                  "page_size = 2"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextlib.asynccontextmanager
+async def process(tmp_path: Path, log_name: str, *args: str
+                  ) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run ``python -m aggregator ARGS`` for the block; killed if still running after it."""
+    env = {k: v for k, v in os.environ.items() if k != "AGGREGATOR_DATABASE_URL"}
+    with (tmp_path / log_name).open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aggregator", *args, "--log-json", cwd=tmp_path, env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: str,
+                     log: Path | None = None) -> Any:
+    """Poll *check* until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout}s"
+                        + (f":\n{log.read_text()}" if log and log.exists() else ""))
+        await asyncio.sleep(0.05)
+
+
+async def runs_of(pool: asyncpg.Pool[Any]) -> list[asyncpg.Record]:
+    """Every run record with its upstream's name, oldest first."""
+    return await pool.fetch(
+        """select u.name, r.* from harvest_runs r join upstreams u on u.id = r.upstream_id
+           order by r.id""")
+
+
+async def test_two_workers_harvest_each_upstream_once_per_tick(
+        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path) -> None:
+    """Two workers on one database: every 2s tick harvests each upstream exactly once, runs of
+    one upstream never overlap, and SIGTERM stops both cleanly."""
+    servers = {name: await aiohttp_server(make_registry_app(
+        catalogue([cwl_tool(f"{name}-{i}") for i in range(3)]), page_size=2,
+        middlewares=[slow({"/tools": 0.1})])) for name in ("one", "two")}
+    config = write_config(tmp_path / "agg.toml", db_dsn, servers, schedule="every 2s")
+    async with process(tmp_path, "w1.log", "worker", "--config", str(config)) as w1, \
+            process(tmp_path, "w2.log", "worker", "--config", str(config)) as w2:
+        started = time.monotonic()
+
+        async def enough() -> bool:
+            done = [r for r in await runs_of(pool) if r["status"] == "succeeded"]
+            return all(sum(r["name"] == n for r in done) >= 3 for n in servers)
+
+        await wait_until(enough, 20, "three runs of each upstream", tmp_path / "w1.log")
+        elapsed = time.monotonic() - started
+        for w in (w1, w2):
+            w.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(w1.wait(), 15) == 0, (tmp_path / "w1.log").read_text()
+        assert await asyncio.wait_for(w2.wait(), 15) == 0, (tmp_path / "w2.log").read_text()
+    runs = await runs_of(pool)
+    assert {r["status"] for r in runs} <= {"succeeded", "abandoned"}
+    for name, server in servers.items():
+        mine = [r for r in runs if r["name"] == name]
+        assert len(mine) <= elapsed / 2 + 2, "more runs than ticks"
+        for earlier, later in zip(mine, mine[1:], strict=False):
+            assert earlier["finished_at"] <= later["started_at"], "two runs at once"
+            gap = (later["started_at"] - earlier["started_at"]).total_seconds()
+            assert gap > 1.0, f"{name} harvested twice in one tick"
+        first_pages = [r for r in server.app[REQUESTS]
+                       if r.startswith(f"GET {TRS}/tools?limit=2 ")]
+        assert len(first_pages) == len(mine)
+    assert await pool.fetchval("select count(distinct worker) from harvest_runs") >= 1
+
+
+async def test_kill_9_mid_harvest_loses_nothing(
+        aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str,
+        tmp_path: Path) -> None:
+    """A worker killed with SIGKILL mid-run: the API serves the last good snapshot, and the next
+    worker marks that run abandoned, completes a run and publishes it."""
+    delays: dict[str, float] = {}
+    server = await aiohttp_server(make_registry_app(
+        catalogue([cwl_tool(f"t{i}", marker="old") for i in range(8)]), page_size=2,
+        middlewares=[slow(delays)]))
+    upstreams = (UpstreamConfig(name="up", url=str(server.make_url(TRS)), page_size=2,
+                                concurrency=1),)
+    in_process = Config(database=DatabaseConfig(url=db_dsn), upstreams=upstreams)
+    assert (await harvest(pool, in_process))["up"].status == "succeeded"
+    client = await aiohttp_client(create_app(in_process))
+
+    async def served() -> list[str]:
+        out = []
+        for i in range(8):
+            r = await client.get(f"{TRS}/tools/t{i}/versions/1.0/PLAIN_CWL/descriptor")
+            assert r.status == 200
+            out.append(await r.text())
+        return out
+
+    before = await served()
+    server.app[STATE].catalogue = catalogue([cwl_tool(f"t{i}", marker="new") for i in range(8)])
+    delays["/versions"] = 0.3
+    config = write_config(tmp_path / "agg.toml", db_dsn, {"up": server}, schedule="every 1h")
+    await pool.execute("update upstreams set next_harvest_at = null")
+
+    async with process(tmp_path, "killed.log", "worker", "--config", str(config)) as victim:
+        async def mid_run() -> bool:
+            return bool(await pool.fetchval(
+                """select count(*) >= 2 from staged_tools s
+                   join harvest_runs r on r.id = s.run_id where r.status = 'running'"""))
+
+        await wait_until(mid_run, 15, "a run half done", tmp_path / "killed.log")
+        victim.kill()
+        assert await victim.wait() == -signal.SIGKILL
+    killed = (await runs_of(pool))[-1]
+    assert killed["status"] == "running" and killed["trigger"] == "scheduled"
+    assert await served() == before
+
+    delays.clear()
+    async with process(tmp_path, "next.log", "worker", "--config", str(config)) as worker:
+        async def published() -> Any:
+            runs = await runs_of(pool)
+            return runs[-1]["status"] == "succeeded" and runs
+
+        runs = await wait_until(published, 15, "the next run", tmp_path / "next.log")
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.wait(), 15) == 0
+    assert [r["status"] for r in runs] == ["succeeded", "abandoned", "succeeded"]
+    assert "stopped before the run ended" in runs[1]["error"]
+    assert await pool.fetchval("select count(*) from staged_tools") == 0
+    assert all("new" in text for text in await served())
+
+
+async def test_harvest_now_reaches_a_running_worker(
+        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path) -> None:
+    """``harvest --queue`` asks through the database; the running worker harvests at once,
+    without a restart, and the request records the run that served it."""
+    server = await aiohttp_server(make_registry_app(catalogue([cwl_tool("a")]), page_size=2))
+    config = write_config(tmp_path / "agg.toml", db_dsn, {"up": server}, schedule="every 1h",
+                          request_poll="1h")
+    async with process(tmp_path, "worker.log", "worker", "--config", str(config)) as worker:
+        async def first() -> bool:
+            return [r["status"] for r in await runs_of(pool)] == ["succeeded"]
+
+        await wait_until(first, 15, "the catch-up run", tmp_path / "worker.log")
+        server.app[STATE].catalogue = catalogue([cwl_tool("a"), cwl_tool("b")])
+        async with process(tmp_path, "queue.log", "harvest", "--queue", "up",
+                           "--config", str(config)) as queue:
+            assert await asyncio.wait_for(queue.wait(), 30) == 0, \
+                (tmp_path / "queue.log").read_text()
+        assert "up: harvest requested (request " in (tmp_path / "queue.log").read_text()
+        asked = time.monotonic()
+
+        async def second() -> Any:
+            runs = await runs_of(pool)
+            return len(runs) == 2 and runs[1]["status"] == "succeeded" and runs
+
+        runs = await wait_until(second, 10, "the requested run", tmp_path / "worker.log")
+        assert time.monotonic() - asked < 5
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.wait(), 15) == 0
+    assert runs[1]["trigger"] == "requested" and runs[1]["tools_new"] == 1
+    request = await pool.fetchrow("select * from harvest_requests")
+    assert request["run_id"] == runs[1]["id"] and request["served_at"] is not None
