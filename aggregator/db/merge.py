@@ -60,15 +60,12 @@ async def remerge(conn: asyncpg.Connection[Any], *, tombstone_after: int,
                            "where id = any($1::bigint[]) and merge_dirty", dirty)
     if full:
         affected = set(dirty)
-    else:
-        affected = await _closure(conn, set(dirty), old_keys, max_per_upstream,
-                                  tombstone_after)
-    nodes = await _load_nodes(conn, affected, live, tombstone_after)
-    if full:
+        nodes = await _load_nodes(conn, affected, live, tombstone_after)
         identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
     else:
-        keys = {k for n in nodes for k in n.keys}
-        identifying = await _identifying(conn, keys, max_per_upstream, tombstone_after)
+        affected, identifying = await _closure(conn, set(dirty), old_keys, max_per_upstream,
+                                               tombstone_after)
+        nodes = await _load_nodes(conn, affected, live, tombstone_after)
     components = merge(nodes, identifying=identifying)
     versions = await _load_versions(conn, [n.id for n in nodes])
     old_ids = await _drop_tools(conn, affected)
@@ -116,44 +113,27 @@ async def _refresh_evidence(conn: asyncpg.Connection[Any], ids: list[int],
     return {(r["kind"], r["value"]) for r in old}
 
 
-async def _identifying(conn: asyncpg.Connection[Any], keys: set[Key], max_per_upstream: int,
-                       tombstone_after: int) -> set[Key]:
-    """Which of *keys* identify: held by at most *max_per_upstream* live tools per upstream."""
-    if not keys:
-        return set()
-    kinds, values = zip(*keys, strict=True)
-    rows = await conn.fetch(
-        """select e.kind, e.value, max(c) as most
-           from (select e.kind, e.value, t.upstream_id, count(*) as c
-                 from unnest($1::text[], $2::text[]) as k(kind, value)
-                 join tool_evidence e on e.kind = k.kind and e.value = k.value
-                 join upstream_tools t on t.id = e.upstream_tool_id
-                 where t.missed_listings < $3
-                 group by e.kind, e.value, t.upstream_id) as e
-           group by e.kind, e.value""", list(kinds), list(values), tombstone_after)
-    return {(r["kind"], r["value"]) for r in rows if r["most"] <= max_per_upstream}
-
-
 async def _closure(conn: asyncpg.Connection[Any], seeds: set[int], old_keys: set[Key],
-                   max_per_upstream: int, tombstone_after: int) -> set[int]:
-    """Every upstream tool whose merge can change: the seeds, the tools sharing any key the
-    seeds hold or held, every member of a catalogue tool holding one of them, and so on
-    through identifying keys until nothing is added."""
-    affected = set(seeds)
-    frontier = set(seeds)
-    if old_keys or seeds:
-        seed_keys = old_keys | await _keys_of(conn, seeds)
-        extra = await _holders(conn, seed_keys) - affected
-        affected |= extra
-        frontier |= extra
+                   max_per_upstream: int, tombstone_after: int) -> tuple[set[int], set[Key]]:
+    """Every upstream tool whose merge can change, and the identifying keys among theirs.
+
+    The seeds, the tools sharing any key the seeds hold or held, every member of a catalogue
+    tool holding one of them, and so on through identifying keys until nothing is added.
+    """
+    await conn.execute(_CLOSURE_TABLES)
+    await conn.copy_records_to_table("merge_affected", records=[(i,) for i in seeds])
+    seed_keys = old_keys | await _keys_of(conn, seeds)
+    holders = await _holders(conn, seed_keys)
+    await conn.copy_records_to_table("merge_affected", records=[(i,) for i in holders - seeds])
+    frontier = seeds | holders
+    affected = set(frontier)
     while frontier:
-        mates = await _tool_mates(conn, frontier)
-        keys = await _identifying(conn, await _keys_of(conn, frontier), max_per_upstream,
-                                  tombstone_after)
-        reached = (mates | await _holders(conn, keys)) - affected
-        affected |= reached
-        frontier = reached
-    return affected
+        await conn.execute("truncate merge_frontier")
+        await conn.copy_records_to_table("merge_frontier", records=[(i,) for i in frontier])
+        frontier = set(await conn.fetchval(_CLOSURE_STEP, tombstone_after, max_per_upstream))
+        affected |= frontier
+    rows = await conn.fetch("select kind, value from merge_keys where identifying")
+    return affected, {(r["kind"], r["value"]) for r in rows}
 
 
 async def _keys_of(conn: asyncpg.Connection[Any], ids: set[int]) -> set[Key]:
@@ -170,15 +150,6 @@ async def _holders(conn: asyncpg.Connection[Any], keys: set[Key]) -> set[int]:
         """select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
            join tool_evidence e on e.kind = k.kind and e.value = k.value""",
         list(kinds), list(values))
-    return {r["upstream_tool_id"] for r in rows}
-
-
-async def _tool_mates(conn: asyncpg.Connection[Any], ids: set[int]) -> set[int]:
-    """Members of the catalogue tools that hold any of *ids* now."""
-    rows = await conn.fetch(
-        """select m2.upstream_tool_id from catalogue_members m
-           join catalogue_members m2 on m2.tool_id = m.tool_id
-           where m.upstream_tool_id = any($1::bigint[])""", list(ids))
     return {r["upstream_tool_id"] for r in rows}
 
 
