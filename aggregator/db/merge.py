@@ -113,6 +113,48 @@ async def _refresh_evidence(conn: asyncpg.Connection[Any], ids: list[int],
     return {(r["kind"], r["value"]) for r in old}
 
 
+_CLOSURE_TABLES: Final = """
+create temporary table if not exists merge_affected (id bigint primary key);
+create temporary table if not exists merge_frontier (id bigint primary key);
+create temporary table if not exists merge_keys (kind text, value text, identifying boolean,
+                                                 primary key (kind, value));
+truncate merge_affected, merge_frontier, merge_keys
+"""
+
+# One step of the closure, all in the server: the frontier's keys not yet judged are judged
+# (identifying when no upstream has more than $2 live holders), then the holders of its
+# identifying keys and the members of the catalogue tools holding it join the affected set;
+# the newly affected are returned (the next frontier).
+_CLOSURE_STEP: Final = """
+with fresh as (
+    select distinct e.kind, e.value
+    from merge_frontier f join tool_evidence e on e.upstream_tool_id = f.id
+    where not exists (select 1 from merge_keys k where k.kind = e.kind and k.value = e.value)),
+judged as (
+    insert into merge_keys (kind, value, identifying)
+    select x.kind, x.value, max(x.c) <= $2
+    from (select fr.kind, fr.value, t.upstream_id, count(*) as c
+          from fresh fr
+          join tool_evidence e on e.kind = fr.kind and e.value = fr.value
+          join upstream_tools t on t.id = e.upstream_tool_id and t.missed_listings < $1
+          group by fr.kind, fr.value, t.upstream_id) as x
+    group by x.kind, x.value
+    returning kind, value, identifying),
+reached as (
+    select e.upstream_tool_id as id
+    from judged j join tool_evidence e on e.kind = j.kind and e.value = j.value
+    where j.identifying
+    union
+    select m2.upstream_tool_id
+    from merge_frontier f
+    join catalogue_members m on m.upstream_tool_id = f.id
+    join catalogue_members m2 on m2.tool_id = m.tool_id),
+added as (
+    insert into merge_affected (id) select id from reached on conflict do nothing returning id)
+select coalesce(array_agg(id), '{}') from added
+"""
+
+
 async def _closure(conn: asyncpg.Connection[Any], seeds: set[int], old_keys: set[Key],
                    max_per_upstream: int, tombstone_after: int) -> tuple[set[int], set[Key]]:
     """Every upstream tool whose merge can change, and the identifying keys among theirs.
