@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aggregator.api import openapi, provenance
+from aggregator.api import openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
 from aggregator.api.middleware import request_context, trs_errors
@@ -30,4 +30,5 @@ def create_app(config: Config) -> web.Application:
     add_routes(app)
     provenance.add_routes(app)
     openapi.add_routes(app)
+    upstreams.add_routes(app)
     return app
