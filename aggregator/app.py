@@ -9,7 +9,7 @@ from aiohttp import web
 from aggregator.api import openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
-from aggregator.api.middleware import request_context, trs_errors
+from aggregator.api.middleware import request_context
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
 from aggregator.keys import CONFIG, DB_POOL
@@ -24,7 +24,7 @@ async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config) -> web.Application:
     """Build the API application for *config*."""
-    app = web.Application(middlewares=[request_context, trs_errors])
+    app = web.Application(middlewares=[request_context])
     app[CONFIG] = config
     app.cleanup_ctx.extend([db_pool_ctx, cache_ctx])  # the cache reads through the pool
     add_routes(app)

@@ -21,12 +21,12 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import asyncpg
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 
 from aggregator.db.publish import CATALOGUE_CHANNEL
 from aggregator.db.queries import PageIndex, ToolQuery, catalogue_generation, page_index
@@ -42,6 +42,8 @@ _GZIP_INLINE_MAX: Final = 256 * 1024
 #: How often the listener also reads the generation (a lost connection is noticed too).
 POLL_S: Final = 5.0
 _MAX_INDEXES: Final = 256
+#: The application_name of the listening connection (as pg_stat_activity shows it).
+LISTENER_NAME: Final = "trs-aggregator-catalogue-listener"
 
 #: Sent with every response: any origin may read it, paging headers included.
 CORS_HEADERS: Final = {
@@ -53,38 +55,48 @@ CORS_HEADERS: Final = {
 Render = Callable[["asyncpg.Connection[Any]", int], Awaitable["Entry"]]
 
 
-@dataclass(slots=True)
 class Entry:
     """A rendered response.
 
     Attributes:
         status: The HTTP status.
         body: The exact bytes sent.
-        headers: Every header sent with it (Content-Type, ETag, CORS, paging …).
+        headers: Every header sent with it (Content-Type, ETag, CORS, paging …), ready to hand
+            to each response.
         etag: The strong ETag (``"<generation>-<hash>"``) or None (errors).
         expires: ``time.monotonic()`` after which it must be rendered again (a ``stale`` flag
             it shows flips then), or None.
+        compressible: Whether clients that accept gzip get it compressed.
         gzipped: The gzip-compressed variant, once made.
     """
 
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    etag: str | None
-    expires: float | None = None
-    gzipped: Entry | None = field(default=None, repr=False)
+    __slots__ = ("body", "compressible", "etag", "expires", "gzipped", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str], etag: str | None,
+                 expires: float | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = CIMultiDict(headers)
+        self.etag = etag
+        self.expires = expires
+        self.gzipped: Entry | None = None
+        self.compressible = (
+            len(body) >= GZIP_MIN_BYTES and "Content-Encoding" not in headers
+            and headers.get("Content-Type", "").startswith(("application/json", "text/")))
 
     @property
     def size(self) -> int:
         """Bytes held, roughly."""
         return len(self.body) + 512 + (self.gzipped.size if self.gzipped else 0)
 
-    @property
-    def compressible(self) -> bool:
-        """Whether clients that accept gzip get it compressed."""
-        return (len(self.body) >= GZIP_MIN_BYTES and "Content-Encoding" not in self.headers
-                and self.headers.get("Content-Type", "").startswith(("application/json",
-                                                                     "text/")))
+
+def cache_key(request: web.Request) -> Hashable:
+    """What an answer depends on: the URL as sent (scheme, host, path and query) and whether
+    the client asked for a zip by Accept header."""
+    accept = request.headers.get("Accept")
+    zip_accept = accept is not None and "application/zip" in accept and (
+        "application/json" not in accept)
+    return (request.scheme, request.host, request.raw_path, zip_accept)
 
 
 def make_entry(status: int, body: bytes, content_type: str, *, generation: int | None,
@@ -132,8 +144,11 @@ def _gzip_etag(etag: str | None) -> str | None:
     return etag[:-1] + '-gz"' if etag else None
 
 
-async def respond(request: web.Request, entry: Entry) -> web.Response:
-    """Send *entry*: 304 when If-None-Match names it, gzip when accepted and worth it."""
+def respond(request: web.Request, entry: Entry) -> web.Response | None:
+    """Send *entry*: 304 when If-None-Match names it, gzip when accepted and worth it.
+
+    None when the gzip variant has yet to be made (``await compress(entry)``, then again).
+    """
     headers = request.headers
     gz = entry.compressible and _accepts_gzip(headers.get("Accept-Encoding", ""))
     inm = headers.get("If-None-Match")
@@ -145,14 +160,31 @@ async def respond(request: web.Request, entry: Entry) -> web.Response:
         return web.Response(status=304, headers=keep)
     if gz:
         if entry.gzipped is None:
-            if len(entry.body) > _GZIP_INLINE_MAX:
-                body = await asyncio.get_running_loop().run_in_executor(
-                    None, functools.partial(gzip.compress, entry.body, 6, mtime=0))
-            else:
-                body = gzip.compress(entry.body, 6, mtime=0)
-            entry.gzipped = _gzip(entry, body)
+            return None
         entry = entry.gzipped
     return web.Response(status=entry.status, body=entry.body, headers=entry.headers)
+
+
+async def compress(entry: Entry) -> None:
+    """Make the gzip variant of *entry* (in a thread when the body is large)."""
+    if entry.gzipped is not None:
+        return
+    if len(entry.body) > _GZIP_INLINE_MAX:
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(gzip.compress, entry.body, 6, mtime=0))
+    else:
+        body = gzip.compress(entry.body, 6, mtime=0)
+    entry.gzipped = _gzip(entry, body)
+
+
+async def send(request: web.Request, entry: Entry) -> web.Response:
+    """respond(), compressing first when needed."""
+    response = respond(request, entry)
+    if response is None:
+        await compress(entry)
+        response = respond(request, entry)
+        assert response is not None
+    return response
 
 
 class ResponseCache:
@@ -275,13 +307,19 @@ class GenerationWatcher:
         while True:
             conn: asyncpg.Connection[Any] | None = None
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=10)
+                conn = await asyncpg.connect(
+                    self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME})
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _: lost.set())
                 await conn.add_listener(CATALOGUE_CHANNEL, self._notified)
                 self.cache.set_generation(await catalogue_generation(conn))
                 self.ready.set()
                 delay = 0.5
                 while True:
-                    await asyncio.sleep(self.poll_s)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lost.wait(), self.poll_s)
+                    if lost.is_set():
+                        raise ConnectionResetError("the listening connection was closed")
                     generation = await conn.fetchval(
                         "select generation from catalogue_state", timeout=self.poll_s)
                     self.cache.set_generation(generation)

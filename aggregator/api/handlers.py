@@ -18,7 +18,7 @@ from aiohttp import web
 
 from aggregator import __version__
 from aggregator.api import files
-from aggregator.api.cache import Entry, make_entry, respond
+from aggregator.api.cache import Entry, cache_key, make_entry, send
 from aggregator.api.paging import paging_headers, parse_page
 from aggregator.api.profiles import PROFILES, Profile
 from aggregator.db import catalogue as db
@@ -131,7 +131,7 @@ class TrsApi:
     async def _serve(self, request: web.Request, render_entry: Render, *,
                      cacheable: bool = True) -> web.Response:
         cache = request.app[RESPONSE_CACHE]
-        key = (request.scheme, request.host, request.raw_path, _want_zip(request))
+        key = cache_key(request)
         entry = cache.get(key) if cacheable else None
         if entry is None:
             async def guarded(conn: Any, generation: int) -> Entry:
@@ -140,7 +140,7 @@ class TrsApi:
                 except (NotFound, BadRequest) as e:
                     return error_entry(e)
             entry = await cache.fill(key if cacheable else object(), guarded)
-        return await respond(request, entry)
+        return await send(request, entry)
 
     async def _tool(self, conn: Any, requested: str) -> CatalogueTool:
         tool_id = await db.resolve_tool_id(conn, requested)

@@ -1,10 +1,11 @@
-"""Middlewares: one canonical log line per request, TRS Error JSON for every failure, CORS
-preflight."""
+"""The middleware: answers from the response cache, TRS Error JSON for every failure, CORS
+preflight, one canonical log line per request."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from typing import Final
 
 import orjson
@@ -12,14 +13,19 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from aggregator.api.cache import CORS_HEADERS
+from aggregator.api.cache import CORS_HEADERS, cache_key, respond
 from aggregator.errors import BadRequest, NotFound
+from aggregator.keys import RESPONSE_CACHE
 from aggregator.trs.render import error
 
 log = structlog.get_logger()
 
 _ERROR_HEADERS: Final = {"Content-Type": "application/json", **CORS_HEADERS}
 _PREFLIGHT_MAX_AGE: Final = "86400"
+_CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
+# Request ids: unique per process by a counter, across processes by a random prefix.
+_ID_PREFIX: Final = os.urandom(4).hex() + "-"
+_ID_COUNTER: Final = itertools.count(1)
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -30,19 +36,32 @@ def error_response(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id and log one line when the request ends."""
+    """Serve from the response cache or call the handler, turn every failure into TRS Error
+    JSON, and log one line when the request ends.
+
+    A cached answer depends only on the request line and two headers (``cache_key``), so it is
+    found here, first, which keeps a warm GET close to the cost of the bare HTTP exchange.
+    Otherwise the request id is bound for whatever the handler logs.
+    """
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request_id = request.headers.get("X-Request-Id") or f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
     status = 500
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
-        try:
-            response = await handler(request)
-            status = response.status
-            response.headers["X-Request-Id"] = request_id
-            return response
-        finally:
-            log.info("request_finished", method=request.method, path=request.path_qs,
-                     status=status, duration_ms=round((time.perf_counter() - started) * 1000, 2))
+    try:
+        response: web.StreamResponse | None = None
+        if request.method in _CACHED_METHODS:
+            entry = request.app[RESPONSE_CACHE].get(cache_key(request))
+            if entry is not None:
+                response = respond(request, entry)
+        if response is None:
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                response = await _trs_errors(request, handler)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        log.info("request_finished", request_id=request_id, method=request.method,
+                 path=request.raw_path, status=status,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 def _preflight(request: web.Request, allowed: set[str]) -> web.Response:
@@ -58,9 +77,9 @@ def _preflight(request: web.Request, allowed: set[str]) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-@web.middleware
-async def trs_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into ``{"code", "message"}`` JSON with the right status."""
+async def _trs_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Call *handler*, turning every error into ``{"code", "message"}`` JSON with the right
+    status."""
     try:
         return await handler(request)
     except (NotFound, BadRequest) as e:

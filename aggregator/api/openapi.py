@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from aggregator import __version__
-from aggregator.api.cache import make_entry, respond
+from aggregator.api.cache import make_entry, send
 from aggregator.api.profiles import DEFAULT_PROFILE, STRICT_PROFILE
 from aggregator.keys import OPENAPI
 
@@ -208,7 +208,7 @@ def build() -> dict[str, Any]:
 
 async def get_openapi(request: web.Request) -> web.Response:
     """GET /aggregator/v1/openapi.json."""
-    return await respond(request, make_entry(200, request.app[OPENAPI], "application/json",
+    return await send(request, make_entry(200, request.app[OPENAPI], "application/json",
                                              generation=None))
 
 
