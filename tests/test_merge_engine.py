@@ -50,6 +50,7 @@ class TestIdentity:
         assert global_id("github.com/org/repo/") == "src:github.com/org/repo"
         assert global_id("https://doi.org/10.5281/zenodo.123") == "doi:10.5281/zenodo.123"
         assert global_id("doi:10.5281/ZENODO.123") == "doi:10.5281/zenodo.123"
+        assert global_id("10.5281-zenodo.123") == "doi:10.5281/zenodo.123"
         assert global_id("324A6207-70bd-4a59-be2b-25001d1af9e3") == \
             "uuid:324a6207-70bd-4a59-be2b-25001d1af9e3"
         assert global_id("trs://dockstore.org/%23workflow%2Fx") == "trs:dockstore.org/#workflow/x"

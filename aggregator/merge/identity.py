@@ -24,6 +24,8 @@ Key = tuple[str, str]
 
 _UUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _DOI: Final = re.compile(r"^(?:doi:|https?://(?:dx\.)?doi\.org/)?(10\.\d{4,9}/\S+)$")
+# Dockstore stores a DOI alias with its slash replaced by a dash: 10.5281-zenodo.8004312.
+_DASHED_DOI: Final = re.compile(r"^(10\.\d{4,9})-(\S+)$")
 _ENTRY_PREFIX: Final = re.compile(r"^#(?:workflow|tool|service|notebook)/")
 _HOST: Final = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)+(:\d+)?$")
 _PLACEHOLDER_WORDS: Final = frozenset({"", "null", "none", "n/a", "na", "unknown", "tbd",
@@ -46,6 +48,9 @@ def global_id(value: str) -> str | None:
     doi = _DOI.match(low)
     if doi:
         return f"doi:{doi.group(1).rstrip('/')}"
+    dashed = _DASHED_DOI.match(low)
+    if dashed:
+        return f"doi:{dashed.group(1)}/{dashed.group(2)}"
     parts = urlsplit(v)
     if parts.scheme == "trs" and parts.netloc:
         return f"trs:{parts.netloc.lower()}{unquote(parts.path).rstrip('/')}"
