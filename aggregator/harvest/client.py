@@ -122,10 +122,14 @@ class UpstreamClient:
     _not_before: float = 0.0
     _failures_in_a_row: int = 0
     _redirect_hosts: frozenset[str] = field(init=False)
+    _timeout: aiohttp.ClientTimeout = field(init=False)
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.upstream.concurrency)
         self._redirect_hosts = frozenset(h.lower() for h in self.upstream.redirect_hosts)
+        self._timeout = aiohttp.ClientTimeout(total=self.upstream.timeout_s,
+                                              sock_connect=self.upstream.connect_timeout_s,
+                                              sock_read=self.upstream.timeout_s)
 
     async def get(self, url: str, *, params: Mapping[str, str] | None = None,
                   accept: str = "application/json", ok_404: bool = False,
@@ -204,6 +208,8 @@ class UpstreamClient:
 
     async def _wait_turn(self) -> None:
         """Wait for any Retry-After pause and for the next slot of the rate limit."""
+        if not self._not_before and not self.upstream.rate_limit:
+            return
         now = time.monotonic()
         start = max(now, self._not_before)
         if self.upstream.rate_limit > 0:
@@ -226,18 +232,17 @@ class UpstreamClient:
             headers["Authorization"] = f"Bearer {self.token}"
         if validators is not None:
             headers.update(validators.headers())
-        timeout = aiohttp.ClientTimeout(total=self.upstream.timeout_s,
-                                        sock_connect=self.upstream.connect_timeout_s,
-                                        sock_read=self.upstream.timeout_s)
-        origin = urlsplit(url).netloc
+        origin: str | None = None
         async with self._semaphore:
             for _ in range(MAX_REDIRECTS + 1):
                 await self._wait_turn()
                 self.traffic.requests += 1
                 async with self.session.get(url, params=params, headers=headers,
-                                            timeout=timeout, allow_redirects=False) as resp:
+                                            timeout=self._timeout,
+                                            allow_redirects=False) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         target = urljoin(str(resp.url), resp.headers["Location"])
+                        origin = origin or urlsplit(url).netloc
                         if not self._redirect_allowed(origin, target):
                             raise UpstreamHTTPError(
                                 f"redirect from {resp.url} to another host ({target}) refused",
@@ -257,10 +262,16 @@ class UpstreamClient:
             raise InvalidUpstreamData(
                 f"body of {resp.content_length} bytes from {resp.url} is over the limit of "
                 f"{limit}", url=str(resp.url))
+        min_rate = self.upstream.min_bytes_per_s
+        if resp.content_length is not None and \
+                resp.content_length <= min_rate * self.upstream.min_rate_after_s:
+            # Small enough to be complete before its rate would be checked: read it at once.
+            body = await resp.read()
+            self.traffic.bytes += len(body)
+            return body
         chunks: list[bytes] = []
         size = 0
         started = time.monotonic()
-        min_rate = self.upstream.min_bytes_per_s
         async for chunk in resp.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > limit:

@@ -403,12 +403,12 @@ class HarvestRun:
         self.counts.tools_seen += 1
         known = self.known.get(tool_id)
         loop = asyncio.get_running_loop()
-        errors_before = self.counts.errors
+        problems: list[str] = []
         try:
             if loop.time() >= self.deadline:
                 raise TimeoutError
             async with asyncio.timeout_at(self.deadline):
-                versions = await self._fetch_versions(tool_id, doc)
+                versions = await self._fetch_versions(tool_id, doc, problems)
         except TimeoutError:
             self.not_refreshed += 1
             if known is not None:
@@ -426,9 +426,8 @@ class HarvestRun:
         digest = doc_hash([tool_doc, [(v.key, v.doc, [(f.descriptor_type, f.path, f.file_type,
                                                          f.sha256) for f in v.files])
                                       for v in versions]])
-        clean = self.counts.errors == errors_before
         await self.stager.add(StagedTool(tool_id, tool_doc, digest, detailed=True,
-                                         listing_hash=lhash if clean else None,
+                                         listing_hash=None if problems else lhash,
                                          versions=versions))
         self.detailed_ok += 1
         self.counts.tools_fetched += 1
@@ -451,7 +450,15 @@ class HarvestRun:
             out.setdefault(r["key"], {})[(r["descriptor_type"], r["path"])] = r["sha256"]
         return out
 
-    async def _fetch_versions(self, tool_id: str, doc: dict[str, Any]) -> list[StagedVersion]:
+    async def _fetch_versions(self, tool_id: str, doc: dict[str, Any],
+                              problems: list[str]) -> list[StagedVersion]:
+        """The versions of *tool_id* and, in mirror mode, their files; errors about single
+        files are recorded and appended to *problems*."""
+
+        def error(message: str) -> None:
+            problems.append(message)
+            self.error(message)
+
         tool_url = f"{self.upstream.url}/tools/{quote(tool_id, safe='')}"
         raw_versions: list[dict[str, Any]] = doc["versions"]
         if self.upstream.mode == "mirror" or not raw_versions:
@@ -473,15 +480,15 @@ class HarvestRun:
         for position, vdoc in enumerate(raw_versions):
             key = version_key(vdoc)
             if key in keys:
-                self.error(f"tool {tool_id}: two versions named {key!r}; kept the first")
+                error(f"tool {tool_id}: two versions named {key!r}; kept the first")
                 continue
             keys.add(key)
             staged = StagedVersion(key, vdoc["id"], position, vdoc)
             if self.upstream.mode == "mirror":
                 version_url = f"{tool_url}/versions/{quote(key, safe='')}"
                 fetcher = VersionFiles(self.client, version_url,
-                                       lambda m, k=key: self.error(f"tool {tool_id} "
-                                                                   f"version {k}: {m}"),
+                                       lambda m, k=key: error(f"tool {tool_id} "
+                                                              f"version {k}: {m}"),
                                        previous.get(key))
                 staged.files = await fetcher.fetch_all(vdoc["descriptor_type"])
                 self.counts.files_stored += sum(f.content is not None for f in staged.files)
