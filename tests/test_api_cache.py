@@ -79,7 +79,13 @@ async def test_answers_come_from_memory_until_a_publish(own_trs: Client,
         return await description(own_trs) == "changed behind the cache"
     await eventually(fresh)
     r = await own_trs.get(f"{TRS}/tools/{enc(NESTED)}", headers={"If-None-Match": etag})
-    assert r.status == 200 and r.headers["ETag"].startswith(f'"{generation}-')
+    assert r.status == 200 and r.headers["ETag"] != etag
+    unchanged = f"{TRS}/tools/{enc(BWA)}"
+    before = (await own_trs.get(unchanged)).headers["ETag"]
+    await publish(db)
+    await eventually(lambda: _is(lambda: _generation(own_trs), generation + 1))
+    r = await own_trs.get(unchanged, headers={"If-None-Match": before})
+    assert r.status == 304, "an answer the publish did not change keeps its ETag"
 
 
 async def test_every_api_process_hears_of_a_publish(populated_dsn: str, aiohttp_client: Any,
@@ -129,6 +135,11 @@ async def test_stale_flags_turn_without_a_new_generation(own_trs: Client,
     await eventually(lambda: _is(stale, False))
     await asyncio.sleep(1.6)
     assert await stale() is True
+
+
+async def _generation(client: Client) -> int | None:
+    generation: int | None = client.server.app[RESPONSE_CACHE].generation
+    return generation
 
 
 async def _is(check: Callable[[], Awaitable[Any]], value: Any) -> bool:

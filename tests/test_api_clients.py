@@ -76,3 +76,29 @@ async def test_our_openapi_document_describes_what_we_serve(trs: Api) -> None:
     assert "Link" in doc["paths"]["/tools"]["get"]["responses"]["200"]["headers"]
     filters = {p["name"]: p["description"] for p in doc["paths"]["/tools"]["get"]["parameters"]}
     assert "case-insensitive" in filters["organization"] and "keyset" in filters["offset"]
+
+
+def _nullable(node: object) -> object:
+    """OpenAPI 3.0 ``nullable`` as JSON Schema understands it."""
+    if isinstance(node, dict):
+        out = {k: _nullable(v) for k, v in node.items()}
+        if out.pop("nullable", False) and "type" in out:
+            out["type"] = [out["type"], "null"]
+        return out
+    if isinstance(node, list):
+        return [_nullable(v) for v in node]
+    return node
+
+
+async def test_provenance_answers_as_our_openapi_document_says(trs: Api) -> None:
+    """/aggregator/v1/tools/{id}/provenance validates against the Provenance schema we
+    publish, and names both members of a merged tool with the evidence that joined them."""
+    doc = await (await trs.get("/aggregator/v1/openapi.json")).json()
+    schema = _nullable({"$ref": "#/components/schemas/Provenance",
+                        "components": doc["components"]})
+    r = await trs.get(f"/aggregator/v1/tools/{enc(BWA)}/provenance")
+    assert r.status == 200
+    record = await r.json()
+    jsonschema.Draft4Validator(schema).validate(record)
+    assert {m["upstream"] for m in record["members"]} == {"dockstore", "workflowhub"}
+    assert any(m["joined_by"] for m in record["members"])

@@ -63,7 +63,7 @@ class Entry:
         body: The exact bytes sent.
         headers: Every header sent with it (Content-Type, ETag, CORS, paging …), ready to hand
             to each response.
-        etag: The strong ETag (``"<generation>-<hash>"``) or None (errors).
+        etag: The strong ETag (a hash of the body) or None (errors).
         expires: ``time.monotonic()`` after which it must be rendered again (a ``stale`` flag
             it shows flips then), or None.
         compressible: Whether clients that accept gzip get it compressed.
@@ -102,12 +102,16 @@ def cache_key(request: web.Request) -> Hashable:
 def make_entry(status: int, body: bytes, content_type: str, *, generation: int | None,
                headers: dict[str, str] | None = None, expires: float | None = None,
                vary: str = "Accept-Encoding") -> Entry:
-    """An Entry with the standard headers; 200s get an ETag naming *generation* and the body."""
+    """An Entry with the standard headers; 200s get a strong ETag: a hash of the body.
+
+    The cache is keyed by generation, the ETag is not: a client revalidating after a publish
+    that did not change this answer still gets 304. (*generation* is the one the answer was
+    rendered at.)
+    """
     all_headers = {"Content-Type": content_type, **CORS_HEADERS, **(headers or {})}
     etag = None
     if status == 200:
-        digest = hashlib.blake2b(body, digest_size=10).hexdigest()
-        etag = f'"{generation if generation is not None else "x"}-{digest}"'
+        etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
         all_headers["ETag"] = etag
         all_headers["Cache-Control"] = "public, no-cache"
         all_headers["Vary"] = vary

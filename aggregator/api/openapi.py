@@ -87,6 +87,14 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "last_confirmed": _TIMESTAMP,
         },
     },
+    "ProvenanceVersionSource": {
+        "type": "object",
+        "required": ["upstream", "upstream_tool_id", "upstream_version_id", "upstream_url"],
+        "properties": {
+            "upstream": {"type": "string"}, "upstream_tool_id": {"type": "string"},
+            "upstream_version_id": {"type": "string"}, "upstream_url": {"type": "string"},
+        },
+    },
     "Provenance": {
         "type": "object",
         "description": "The full provenance record of a merged tool.",
@@ -115,10 +123,11 @@ _SCHEMAS: Final[dict[str, Any]] = {
                 },
             }},
             "versions": {"type": "array", "items": {"type": "object", "properties": {
-                "key": {"type": "string"}, "conflict": {"type": "boolean"},
-                "served": {"$ref": "#/components/schemas/VersionSource"},
-                "sources": {"type": "array",
-                            "items": {"$ref": "#/components/schemas/VersionSource"}}}}},
+                "key": {"type": "string", "description": "The version id we serve."},
+                "conflict": {"type": "boolean"},
+                "served": {"$ref": "#/components/schemas/ProvenanceVersionSource"},
+                "sources": {"type": "array", "items": {
+                    "$ref": "#/components/schemas/ProvenanceVersionSource"}}}}},
             "conflicts": {"type": "array", "description": "Disagreements the merge kept "
                           "visible (e.g. one version name with different content).",
                           "items": {"type": "object"}},
