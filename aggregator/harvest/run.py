@@ -183,6 +183,8 @@ class HarvestRun:
         self.report()
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("select pg_advisory_xact_lock($1)", MERGE_LOCK)
+            # Fresh statistics, or the publish may plan nested loops over a big run's rows.
+            await conn.execute("analyze staged_tools")
             await save_service_info(conn, self.upstream_id, service_info, tool_classes)
             r.generation = await publish_run(
                 conn, self.run_id, self.upstream_id, listing_complete=r.listing_complete,
