@@ -27,6 +27,8 @@ from aggregator.merge.identity import Key, evidence
 log = structlog.get_logger()
 
 QUALIFIED_PREFIX: Final = "#upstream/"
+# Dirty tools from which the statistics of the tables the merge reads are refreshed first.
+ANALYZE_AFTER: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ async def remerge(conn: asyncpg.Connection[Any], *, tombstone_after: int,
         dirty = [r["id"] for r in await conn.fetch(
             "select id from upstream_tools where merge_dirty")]
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
+    if len(dirty) >= ANALYZE_AFTER:
+        await conn.execute("analyze tool_evidence")
     if dirty:
         await conn.execute("update upstream_tools set merge_dirty = false "
                            "where id = any($1::bigint[]) and merge_dirty", dirty)

@@ -12,6 +12,8 @@ from aggregator.db.merge import remerge
 from aggregator.db.runs import RunCounts
 
 CATALOGUE_CHANNEL: Final = "trs_aggregator_catalogue"
+# Tools new or changed in one publish from which the tables' statistics are refreshed in it.
+ANALYZE_AFTER: Final = 500
 
 
 @dataclass(slots=True)
@@ -197,10 +199,19 @@ async def publish_run(conn: asyncpg.Connection[Any], run_id: int, upstream_id: i
             changes["new"], changes["changed"], changes["unchanged"])
         await conn.execute(_CONFIRM_ONLY, run_id, upstream_id)
         await conn.execute(_UPSERT_TOOLS, run_id, upstream_id)
+        # After a large change the planner must see the new rows, or the joins below turn
+        # into nested loops over whole tables (quadratic in the number of tools).
+        large = counts.tools_new + counts.tools_changed >= ANALYZE_AFTER
+        if large:
+            await conn.execute("analyze upstream_tools")
         await conn.execute(_DELETE_GONE_VERSIONS, run_id, upstream_id)
         await conn.execute(_UPSERT_VERSIONS, run_id, upstream_id)
+        if large:
+            await conn.execute("analyze upstream_versions")
         await conn.execute(_DELETE_GONE_FILES, run_id, upstream_id)
         await conn.execute(_UPSERT_FILES, run_id, upstream_id)
+        if large:
+            await conn.execute("analyze upstream_files")
         if listing_complete:
             status = await conn.execute(_MARK_MISSED, run_id, upstream_id)
             counts.tools_tombstoned = int(status.split()[-1])
