@@ -347,3 +347,24 @@ async def test_unknown_ids_resolve_qualified_and_version_ids_upstream(trs: Clien
     assert r.status == 200 and (await r.json())["id"] == BWA
     r = await trs.get(f"{TRS}/tools/{enc(BWA)}/versions/{enc('1.2.0'.upper())}")
     assert r.status == 200
+
+
+async def test_index_mode_file_endpoints_redirect_to_the_upstream(
+        pool: Any, db_dsn: str, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    """For an upstream harvested in index mode, file endpoints answer 307 to its own URLs."""
+    from aggregator.app import create_app
+    from aggregator.demo.registry import make_registry_app
+    from tests.support import catalogue, config_for, cwl_tool, harvest
+
+    upstream = await aiohttp_server(make_registry_app(catalogue([cwl_tool("t")])))
+    config = config_for(db_dsn, {"up": upstream}, mode="index")
+    assert (await harvest(pool, config))["up"].status == "succeeded"
+    client = await aiohttp_client(create_app(config))
+    base = str(upstream.make_url(f"{TRS}/tools/t/versions/1.0"))
+    for tail in ("CWL/descriptor", "PLAIN_CWL/descriptor/tools%2Fstep.cwl", "CWL/files",
+                 "CWL/tests", "containerfile"):
+        r = await client.get(f"{TRS}/tools/t/versions/1.0/{tail}", allow_redirects=False)
+        assert r.status == 307, tail
+        assert r.headers["Location"].startswith(base + "/"), (tail, r.headers["Location"])
+    followed = await client.get(f"{TRS}/tools/t/versions/1.0/PLAIN_CWL/descriptor")
+    assert followed.status == 200 and "cwlVersion" in await followed.text()
