@@ -1,4 +1,4 @@
-"""The published catalogue: rebuilding it after a publish, and every read the API makes."""
+"""Reading the published catalogue: resolving ids, merged tools with their sources, files."""
 
 from __future__ import annotations
 
@@ -9,62 +9,6 @@ from typing import Any, Final
 import asyncpg
 
 from aggregator.trs.model import CatalogueTool, CatalogueVersion, Source, VersionSource
-
-async def fetch_generation(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> int:
-    """The catalogue's current generation."""
-    value: int = await conn.fetchval("select generation from catalogue_state")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class ToolFilter:
-    """The /tools query filters (None: not filtered)."""
-
-    id: str | None = None
-    alias: str | None = None
-    toolclass: str | None = None
-    organization: str | None = None
-    name: str | None = None
-    descriptor_type: str | None = None
-
-
-def _where(f: ToolFilter) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if f.id is not None:
-        clauses.append(f"c.id = catalogue_resolve({arg(f.id)})")
-    if f.alias is not None:
-        clauses.append(f"t.doc->'aliases' ? {arg(f.alias)}")
-    if f.toolclass is not None:
-        clauses.append(f"t.doc->'toolclass'->>'name' = {arg(f.toolclass)}")
-    if f.organization is not None:
-        clauses.append(f"t.doc->>'organization' = {arg(f.organization)}")
-    if f.name is not None:
-        clauses.append(f"t.doc->>'name' = {arg(f.name)}")
-    if f.descriptor_type is not None:
-        clauses.append(
-            f"""exists (select 1 from catalogue_members m2
-                        join upstream_versions v on v.upstream_tool_id = m2.upstream_tool_id
-                        where m2.tool_id = c.id
-                          and v.doc->'descriptor_type' ? {arg(f.descriptor_type)})""")
-    return (" where " + " and ".join(clauses)) if clauses else "", args
-
-
-async def list_tool_ids(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], f: ToolFilter, *,
-                        limit: int, offset: int) -> tuple[list[str], int]:
-    """One page of catalogue tool ids in id order, and the number of matching tools."""
-    where, args = _where(f)
-    base = f"from catalogue_tools c join upstream_tools t on t.id = c.primary_member_id{where}"
-    total: int = await conn.fetchval(f"select count(*) {base}", *args)  # noqa: S608
-    rows = await conn.fetch(
-        f"select c.id {base} order by c.sort_key limit {int(limit)} offset {int(offset)}",  # noqa: S608
-        *args)
-    return [r["id"] for r in rows], total
 
 
 async def resolve_tool_id(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
