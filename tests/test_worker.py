@@ -155,15 +155,18 @@ async def test_kill_9_mid_harvest_loses_nothing(
 
     before = await served()
     server.app[STATE].catalogue = catalogue([cwl_tool(f"t{i}", marker="new") for i in range(8)])
-    delays["/versions"] = 0.3
+    # The last tool hangs, so the run cannot finish before it is killed.
+    delays["/tools/t7/versions"] = 60
     config = write_config(tmp_path / "agg.toml", db_dsn, {"up": server}, schedule="every 1h")
     await pool.execute("update upstreams set next_harvest_at = null")
 
     async with process(tmp_path, "killed.log", "worker", "--config", str(config)) as victim:
         async def mid_run() -> bool:
-            return bool(await pool.fetchval(
-                """select count(*) >= 2 from staged_tools s
-                   join harvest_runs r on r.id = s.run_id where r.status = 'running'"""))
+            fetched = [r for r in server.app[REQUESTS]
+                       if "/versions " in r and r.endswith("> 200") and "/tools/t7/" not in r]
+            running = await pool.fetchval(
+                "select count(*) from harvest_runs where status = 'running'")
+            return running == 1 and len(fetched) >= 8 + 5
 
         await wait_until(mid_run, 15, "a run half done", tmp_path / "killed.log")
         victim.kill()
