@@ -314,7 +314,7 @@ class GenerationWatcher:
                 conn = await asyncpg.connect(
                     self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME})
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _: lost.set())
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CATALOGUE_CHANNEL, self._notified)
                 self.cache.set_generation(await catalogue_generation(conn))
                 self.ready.set()
