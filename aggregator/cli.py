@@ -16,9 +16,15 @@ from aggregator import config as config_mod
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.logs import configure_logging
 from aggregator.pgcluster import ClusterError, PgBinariesNotFound
-from aggregator.service import cmd_harvest, cmd_migrate, cmd_request_harvest, serve_forever
+from aggregator.service import (
+    cmd_harvest,
+    cmd_merge,
+    cmd_migrate,
+    cmd_request_harvest,
+    serve_forever,
+)
 
-COMMANDS = ("migrate", "harvest", "serve", "worker", "run", "demo")
+COMMANDS = ("migrate", "harvest", "merge", "serve", "worker", "run", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     harvest.add_argument("--queue", action="store_true",
                          help="ask the running workers to harvest now, through the database, "
                               "instead of harvesting in this process")
+    merge = sub.add_parser("merge", parents=[common],
+                           help="re-merge the catalogue now (after a priority change)")
+    merge.add_argument("--full", action="store_true",
+                       help="re-merge every upstream record, not only the changed ones")
     sub.add_parser("serve", parents=[common], help="serve the TRS API")
     sub.add_parser("worker", parents=[common], help="harvest upstreams on their schedules")
     sub.add_parser("run", parents=[common], help="serve and worker in one process")
@@ -82,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cmd_request_harvest(config, args.names))
         if args.command == "harvest":
             return asyncio.run(cmd_harvest(config, args.names))
+        if args.command == "merge":
+            return asyncio.run(cmd_merge(config, full=args.full))
         if args.command == "serve":
             return asyncio.run(serve_forever(config, api=True, worker=False))
         if args.command == "worker":

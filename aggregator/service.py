@@ -15,8 +15,10 @@ from aiohttp import web
 
 from aggregator.app import create_app
 from aggregator.config import Config
+from aggregator.db.merge import remerge
 from aggregator.db.migrate import default_directory, load_migrations, migrate
-from aggregator.db.pool import create_pool
+from aggregator.db.pool import connect, create_pool
+from aggregator.db.publish import CATALOGUE_CHANNEL
 from aggregator.db.upstreams import request_harvest, upsert_upstreams
 from aggregator.errors import ConfigError, MigrationError
 from aggregator.harvest.harvester import (
@@ -25,6 +27,7 @@ from aggregator.harvest.harvester import (
     harvest_upstreams,
     make_session,
 )
+from aggregator.harvest.run import MERGE_LOCK
 from aggregator.harvest.scheduler import Worker
 from aggregator.progress import NoProgress, TerminalProgress
 
@@ -37,6 +40,28 @@ async def cmd_migrate(config: Config) -> int:
     applied = await migrate(config.database.url)
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else
                                                     "; the schema is up to date"))
+    return 0
+
+
+async def cmd_merge(config: Config, *, full: bool) -> int:
+    """Re-merge now: what is marked changed (a priority change marks an upstream's tools), or
+    everything with *full*; then tell the API processes of the new generation."""
+    assert config.database.url is not None
+    conn = await connect(config.database.url)
+    try:
+        await upsert_upstreams(conn, config.upstreams)
+        async with conn.transaction():
+            await conn.execute("select pg_advisory_xact_lock($1)", MERGE_LOCK)
+            await conn.execute("select 1 from catalogue_state for update")
+            stats = await remerge(conn, tombstone_after=config.harvest.tombstone_after,
+                                  max_per_upstream=config.merge.max_tools_per_upstream,
+                                  full=full)
+            await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL,
+                               str(stats.generation))
+    finally:
+        await conn.close()
+    print(f"merged {stats.nodes} upstream records ({stats.dirty} changed) into {stats.tools} "
+          f"tools; catalogue generation {stats.generation}")
     return 0
 
 

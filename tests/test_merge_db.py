@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -226,3 +228,36 @@ async def test_merge_does_not_depend_on_harvest_order(
     got = await snapshot(pool)
     assert [t[0] for t in got["tools"]] == ["#upstream/red/x", "b1", "x"]
     assert got == await full_merge_snapshot(pool, config)
+
+
+async def test_merge_command_applies_a_priority_change(
+        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path) -> None:
+    """`trs-aggregator merge` after swapping priorities makes the other member primary."""
+    one = await aiohttp_server(make_registry_app(catalogue(
+        [cwl_tool("one-tool", aliases=["shared-alias"])])))
+    two = await aiohttp_server(make_registry_app(catalogue(
+        [cwl_tool("two-tool", aliases=["shared-alias"])])))
+    config = with_priority(config_for(db_dsn, {"one": one, "two": two}), "one", 1)
+    await harvest(pool, config)
+    assert await pool.fetchval("select array_agg(id) from catalogue_tools") == ["one-tool"]
+
+    path = tmp_path / "agg.toml"
+    path.write_text(f"""[database]
+url = "{db_dsn}"
+[[upstreams]]
+name = "one"
+url = "{one.make_url(TRS)}"
+priority = 50
+[[upstreams]]
+name = "two"
+url = "{two.make_url(TRS)}"
+priority = 1
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aggregator", "merge", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert "into 1 tools" in out.decode()
+    assert await pool.fetchval("select array_agg(id) from catalogue_tools") == ["two-tool"]
+    assert await pool.fetchval("select catalogue_resolve('one-tool')") == "two-tool"
