@@ -112,3 +112,16 @@ async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool[Any]]:
     p = await create_pool(db_dsn)
     yield p
     await p.close()
+
+
+@pytest.fixture
+async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """DSN of a brand-new, empty database (not cloned from the migrated template)."""
+    name = f"e_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield dsn_with_db(pg_admin_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

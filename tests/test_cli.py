@@ -13,8 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from yarl import URL
 from aggregator.db.migrate import default_directory, load_migrations
 from aggregator.demo.registry import STATE, make_registry_app
 from aggregator.pgcluster import LocalCluster
-from tests.conftest import dsn_with_db
 from tests.support import catalogue, config_for, cwl_tool, harvest
 
 TRS = "/ga4gh/trs/v2"
@@ -100,19 +98,6 @@ def failing_tools(status: int) -> Any:
         return await handler(request)
 
     return middleware
-
-
-@pytest.fixture
-async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    """DSN of a new database no migration has touched."""
-    name = f"cli_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield dsn_with_db(pg_admin_dsn, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:

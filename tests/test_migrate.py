@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,6 @@ import pytest
 
 from aggregator.db.migrate import default_directory, load_migrations, migrate
 from aggregator.errors import MigrationError
-from tests.conftest import dsn_with_db
 
 #: Tables the first migration creates (later migrations may add more).
 CORE_TABLES = {
@@ -22,19 +19,6 @@ CORE_TABLES = {
     "upstream_files", "staged_tools", "staged_versions", "staged_files", "catalogue_tools",
     "catalogue_members", "catalogue_state", "schema_migrations",
 }
-
-
-@pytest.fixture
-async def fresh_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
-    """DSN of a brand-new, empty database (not cloned from the migrated template)."""
-    name = f"m_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield dsn_with_db(pg_admin_dsn, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture
@@ -66,101 +50,101 @@ async def recorded(dsn: str) -> list[tuple[int, str]]:
     return [(r["version"], r["name"]) for r in rows]
 
 
-async def test_fresh_database_gets_every_migration(fresh_dsn: str) -> None:
+async def test_fresh_database_gets_every_migration(empty_dsn: str) -> None:
     """A first run applies every file in order, records each, and creates the schema."""
     files = load_migrations(default_directory())
     assert files and files[0].name == "0001_create_catalogue.sql"
-    assert await tables(fresh_dsn) == set()
-    applied = await migrate(fresh_dsn)
+    assert await tables(empty_dsn) == set()
+    applied = await migrate(empty_dsn)
     assert applied == [m.name for m in files]
-    assert await recorded(fresh_dsn) == [(m.version, m.name) for m in files]
-    assert CORE_TABLES <= await tables(fresh_dsn)
-    rows = await fetch(fresh_dsn, "select name, sha256 from schema_migrations")
+    assert await recorded(empty_dsn) == [(m.version, m.name) for m in files]
+    assert CORE_TABLES <= await tables(empty_dsn)
+    rows = await fetch(empty_dsn, "select name, sha256 from schema_migrations")
     assert {r["name"]: r["sha256"] for r in rows} == {m.name: m.sha256 for m in files}
 
 
-async def test_second_run_applies_nothing(fresh_dsn: str) -> None:
+async def test_second_run_applies_nothing(empty_dsn: str) -> None:
     """Migrating an up-to-date database is a no-op that leaves the records untouched."""
-    await migrate(fresh_dsn)
-    before = await fetch(fresh_dsn, "select * from schema_migrations order by version")
-    assert await migrate(fresh_dsn) == []
-    assert await fetch(fresh_dsn, "select * from schema_migrations order by version") == before
+    await migrate(empty_dsn)
+    before = await fetch(empty_dsn, "select * from schema_migrations order by version")
+    assert await migrate(empty_dsn) == []
+    assert await fetch(empty_dsn, "select * from schema_migrations order by version") == before
 
 
-async def test_edited_applied_file_is_refused(fresh_dsn: str, migrations_copy: Path) -> None:
+async def test_edited_applied_file_is_refused(empty_dsn: str, migrations_copy: Path) -> None:
     """Changing a file after it was applied raises MigrationError naming it, applying nothing."""
-    await migrate(fresh_dsn, migrations_copy)
+    await migrate(empty_dsn, migrations_copy)
     first = migrations_copy / "0001_create_catalogue.sql"
     first.write_text(first.read_text() + "\n-- an innocent-looking comment\n")
     (migrations_copy / "0900_later.sql").write_text("create table later (id int);\n")
     with pytest.raises(MigrationError, match="0001_create_catalogue.sql") as info:
-        await migrate(fresh_dsn, migrations_copy)
+        await migrate(empty_dsn, migrations_copy)
     assert "edited" in str(info.value)
-    assert "later" not in await tables(fresh_dsn)
-    assert (900, "0900_later.sql") not in await recorded(fresh_dsn)
+    assert "later" not in await tables(empty_dsn)
+    assert (900, "0900_later.sql") not in await recorded(empty_dsn)
 
 
-async def test_new_file_is_applied_alone(fresh_dsn: str, migrations_copy: Path) -> None:
+async def test_new_file_is_applied_alone(empty_dsn: str, migrations_copy: Path) -> None:
     """A file added after the first run is the only one the next run applies."""
-    await migrate(fresh_dsn, migrations_copy)
+    await migrate(empty_dsn, migrations_copy)
     (migrations_copy / "0900_add_note.sql").write_text(
         "alter table upstreams add column note text;\n"
         "create table notes (id int primary key, body text not null);\n")
-    assert await migrate(fresh_dsn, migrations_copy) == ["0900_add_note.sql"]
-    columns = await fetch(fresh_dsn, "select column_name from information_schema.columns "
+    assert await migrate(empty_dsn, migrations_copy) == ["0900_add_note.sql"]
+    columns = await fetch(empty_dsn, "select column_name from information_schema.columns "
                                      "where table_name = 'upstreams' and column_name = 'note'")
     assert len(columns) == 1
-    assert "notes" in await tables(fresh_dsn)
-    assert await migrate(fresh_dsn, migrations_copy) == []
+    assert "notes" in await tables(empty_dsn)
+    assert await migrate(empty_dsn, migrations_copy) == []
 
 
 async def test_failed_migration_rolls_back_and_is_not_recorded(
-        fresh_dsn: str, migrations_copy: Path) -> None:
+        empty_dsn: str, migrations_copy: Path) -> None:
     """A file that fails half way leaves none of its changes and no record; a fix then applies."""
-    await migrate(fresh_dsn, migrations_copy)
+    await migrate(empty_dsn, migrations_copy)
     bad = migrations_copy / "0900_half.sql"
     bad.write_text("create table half (id int);\nselect no_such_function();\n")
     with pytest.raises(asyncpg.UndefinedFunctionError):
-        await migrate(fresh_dsn, migrations_copy)
-    assert "half" not in await tables(fresh_dsn)
-    assert all(v != 900 for v, _ in await recorded(fresh_dsn))
+        await migrate(empty_dsn, migrations_copy)
+    assert "half" not in await tables(empty_dsn)
+    assert all(v != 900 for v, _ in await recorded(empty_dsn))
     bad.write_text("create table half (id int);\n")
-    assert await migrate(fresh_dsn, migrations_copy) == ["0900_half.sql"]
+    assert await migrate(empty_dsn, migrations_copy) == ["0900_half.sql"]
 
 
 async def test_concurrent_runs_apply_each_file_once(
-        fresh_dsn: str, migrations_copy: Path) -> None:
+        empty_dsn: str, migrations_copy: Path) -> None:
     """Two migrate calls racing on one fresh database both succeed; the lock applies each once."""
     # A slow second file keeps the first runner inside its lock while the second one arrives.
     (migrations_copy / "0900_slow.sql").write_text(
         "select pg_sleep(0.3);\ncreate table slow (id int);\n")
     names = [m.name for m in load_migrations(migrations_copy)]
-    one, two = await asyncio.gather(migrate(fresh_dsn, migrations_copy),
-                                    migrate(fresh_dsn, migrations_copy))
+    one, two = await asyncio.gather(migrate(empty_dsn, migrations_copy),
+                                    migrate(empty_dsn, migrations_copy))
     assert sorted([one, two], key=len) == [[], names]
-    assert [name for _, name in await recorded(fresh_dsn)] == names
-    assert CORE_TABLES | {"slow"} <= await tables(fresh_dsn)
+    assert [name for _, name in await recorded(empty_dsn)] == names
+    assert CORE_TABLES | {"slow"} <= await tables(empty_dsn)
     # The session lock is released: a third run gets it at once.
-    assert await asyncio.wait_for(migrate(fresh_dsn, migrations_copy), 5) == []
+    assert await asyncio.wait_for(migrate(empty_dsn, migrations_copy), 5) == []
 
 
 async def test_notx_file_runs_outside_a_transaction(
-        fresh_dsn: str, migrations_copy: Path) -> None:
+        empty_dsn: str, migrations_copy: Path) -> None:
     """A *_notx.sql file may hold CREATE INDEX CONCURRENTLY; the same SQL in a plain file fails."""
-    await migrate(fresh_dsn, migrations_copy)
+    await migrate(empty_dsn, migrations_copy)
     sql = "create index concurrently upstreams_url_idx on upstreams (url)"
     plain = migrations_copy / "0900_url_index.sql"
     plain.write_text(sql)
     with pytest.raises(asyncpg.ActiveSQLTransactionError):
-        await migrate(fresh_dsn, migrations_copy)
-    assert all(v != 900 for v, _ in await recorded(fresh_dsn))
+        await migrate(empty_dsn, migrations_copy)
+    assert all(v != 900 for v, _ in await recorded(empty_dsn))
 
     plain.rename(migrations_copy / "0900_url_index_notx.sql")
-    assert await migrate(fresh_dsn, migrations_copy) == ["0900_url_index_notx.sql"]
-    index = await fetch(fresh_dsn, "select indisvalid from pg_index "
+    assert await migrate(empty_dsn, migrations_copy) == ["0900_url_index_notx.sql"]
+    index = await fetch(empty_dsn, "select indisvalid from pg_index "
                                    "where indexrelid = 'upstreams_url_idx'::regclass")
     assert [r["indisvalid"] for r in index] == [True]
-    assert (900, "0900_url_index_notx.sql") in await recorded(fresh_dsn)
+    assert (900, "0900_url_index_notx.sql") in await recorded(empty_dsn)
 
 
 @pytest.mark.parametrize(("files", "message"), [
