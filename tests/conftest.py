@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -44,18 +45,32 @@ def dsn_with_db(dsn: str, name: str) -> str:
     ))
 
 
-def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run *coro* with asyncio.run in a helper thread, leaving this thread's loop alone."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-fixture") as pool:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _admin_execute(admin_dsn: str, sql: str) -> None:
+async def admin_execute(admin_dsn: str, sql: str) -> None:
+    """Run one statement on a connection of its own."""
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def database_copy(admin_dsn: str, template: str | None = None,
+                        prefix: str = "t") -> AsyncIterator[str]:
+    """A new database (a copy of *template*, else empty) for the block; its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    await admin_execute(admin_dsn, f'CREATE DATABASE "{name}"{clause}')
+    try:
+        yield dsn_with_db(admin_dsn, name)
+    finally:
+        await admin_execute(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -84,24 +99,20 @@ def template_db(pg_admin_dsn: str) -> Iterator[str]:
     from aggregator.db.migrate import migrate
 
     name = f"aggregator_tpl_{uuid.uuid4().hex[:12]}"
-    _run_sync(_admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
+    run_sync(admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
     try:
         # migrate() closes its connection before returning, so the database can be cloned.
-        _run_sync(migrate(dsn_with_db(pg_admin_dsn, name)))
+        run_sync(migrate(dsn_with_db(pg_admin_dsn, name)))
         yield name
     finally:
-        _run_sync(_admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
 async def db_dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
     """DSN of a fresh, fully migrated database of this test's own, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex}"
-    await _admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    try:
-        yield dsn_with_db(pg_admin_dsn, name)
-    finally:
-        await _admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with database_copy(pg_admin_dsn, template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -117,11 +128,5 @@ async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool[Any]]:
 @pytest.fixture
 async def empty_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
     """DSN of a brand-new, empty database (not cloned from the migrated template)."""
-    name = f"e_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield dsn_with_db(pg_admin_dsn, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with database_copy(pg_admin_dsn, prefix="e") as dsn:
+        yield dsn

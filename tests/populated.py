@@ -7,13 +7,11 @@ import asyncio
 import concurrent.futures
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -24,7 +22,7 @@ from aggregator.config import Config, DatabaseConfig
 from aggregator.db.pool import create_pool
 from aggregator.demo.catalogues import load_catalogue
 from aggregator.demo.registry import STATE, make_registry_app
-from tests.conftest import dsn_with_db
+from tests.conftest import admin_execute, database_copy, dsn_with_db, run_sync
 from tests.support import SERVICE_INFO, config_for, harvest
 
 T = TypeVar("T")
@@ -145,40 +143,23 @@ async def _harvest_all(dsn: str) -> None:
             await server.close()
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    with ThreadPoolExecutor(max_workers=1) as executor:
-        return executor.submit(asyncio.run, coro).result()
-
-
-async def _execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def populated_db(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
     """Name of a database holding the harvested demo and quirky registries (cloned per test)."""
     name = f"populated_{uuid.uuid4().hex[:12]}"
-    _run(_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    run_sync(admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
     try:
-        _run(_harvest_all(dsn_with_db(pg_admin_dsn, name)))
+        run_sync(_harvest_all(dsn_with_db(pg_admin_dsn, name)))
         yield name
     finally:
-        _run(_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
 async def populated_dsn(pg_admin_dsn: str, populated_db: str) -> AsyncIterator[str]:
     """DSN of this test's own copy of the populated database."""
-    name = f"t_{uuid.uuid4().hex}"
-    await _execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{populated_db}"')
-    try:
-        yield dsn_with_db(pg_admin_dsn, name)
-    finally:
-        await _execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with database_copy(pg_admin_dsn, populated_db) as dsn:
+        yield dsn
 
 
 def api_config(dsn: str) -> Config:
@@ -221,7 +202,7 @@ def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
     """The origin (``http://127.0.0.1:PORT``) of an API serving a copy of the populated
     database from its own thread for the whole session; tests must not change that database."""
     name = f"live_{uuid.uuid4().hex[:12]}"
-    _run(_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{populated_db}"'))
+    run_sync(admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{populated_db}"'))
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_app(api_config(dsn_with_db(pg_admin_dsn, name))))
     ready: concurrent.futures.Future[str] = concurrent.futures.Future()
@@ -248,7 +229,7 @@ def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
-        _run(_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

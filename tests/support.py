@@ -72,3 +72,12 @@ async def harvest(pool: asyncpg.Pool[Any], config: Config,
     async with make_session(config) as session:
         outcomes = await harvest_upstreams(pool, session, config, names)
     return {o.upstream: o for o in outcomes}
+
+
+async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one query on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()

@@ -342,7 +342,7 @@ async def test_every_tool_and_version_names_its_sources(trs: Client) -> None:
 
 async def test_unknown_ids_resolve_qualified_and_version_ids_upstream(trs: Client) -> None:
     """A qualified id and an upstream version id (Dockstore's tool:name) reach the tool."""
-    qualified = f"#upstream/workflowhub/101"
+    qualified = "#upstream/workflowhub/101"
     r = await trs.get(f"{TRS}/tools/{enc(qualified)}")
     assert r.status == 200 and (await r.json())["id"] == BWA
     r = await trs.get(f"{TRS}/tools/{enc(BWA)}/versions/{enc('1.2.0'.upper())}")

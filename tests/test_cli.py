@@ -28,7 +28,7 @@ from yarl import URL
 from aggregator.db.migrate import default_directory, load_migrations
 from aggregator.demo.registry import STATE, make_registry_app
 from aggregator.pgcluster import LocalCluster
-from tests.support import catalogue, config_for, cwl_tool, harvest
+from tests.support import catalogue, config_for, cwl_tool, fetch, harvest
 
 TRS = "/ga4gh/trs/v2"
 
@@ -98,15 +98,6 @@ def failing_tools(status: int) -> Any:
         return await handler(request)
 
     return middleware
-
-
-async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """Run one query on a connection of its own."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def wait_for_json(session: aiohttp.ClientSession, url: str | URL,

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from aggregator.app import create_app
 from aggregator.config import Config

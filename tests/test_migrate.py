@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from aggregator.db.migrate import default_directory, load_migrations, migrate
 from aggregator.errors import MigrationError
+from tests.support import fetch
 
 #: Tables the first migration creates (later migrations may add more).
 CORE_TABLES = {
@@ -27,15 +27,6 @@ def migrations_copy(tmp_path: Path) -> Path:
     target = tmp_path / "migrations"
     shutil.copytree(default_directory(), target)
     return target
-
-
-async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """Run one query on a connection of its own."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def tables(dsn: str) -> set[str]:
