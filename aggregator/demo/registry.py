@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import posixpath
@@ -18,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from aggregator.demo.catalogues import Catalogue, as_catalogue
+from aggregator.trs.parse import sha256_hex
 
 __all__ = ["CONFIG", "REQUESTS", "STATE", "Catalogue", "RegistryState", "make_registry_app"]
 
@@ -69,10 +69,6 @@ def _q(value: str) -> str:
     return quote(value, safe="")
 
 
-def _sha256(content: str) -> str:
-    return hashlib.sha256(content.encode("utf-8")).hexdigest()
-
-
 def _root(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{request.app[CONFIG].base_path}"
 
@@ -88,7 +84,7 @@ def _respond(
     request: web.Request, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """Answer `body` with a strong ETag, or 304 when If-None-Match matches it."""
-    all_headers = {**(headers or {}), "ETag": '"' + hashlib.sha256(body).hexdigest()[:40] + '"'}
+    all_headers = {**(headers or {}), "ETag": '"' + sha256_hex(body)[:40] + '"'}
     if _etag_matches(request.headers.get("If-None-Match"), all_headers["ETag"]):
         return web.Response(status=304, headers=all_headers)
     charset = "utf-8" if content_type.startswith("text/") else None
@@ -179,7 +175,7 @@ def _descriptor_url(vbase: str, dtype: str, path: str) -> str:
 
 
 def _wrapper(content: str, url: str) -> dict[str, Any]:
-    checksum = [{"checksum": _sha256(content), "type": "sha-256"}]
+    checksum = [{"checksum": sha256_hex(content.encode()), "type": "sha-256"}]
     return {"content": content, "checksum": checksum, "url": url}
 
 
@@ -296,7 +292,7 @@ async def _files(request: web.Request) -> web.Response:
         {
             "path": f["path"],
             "file_type": f.get("file_type", "OTHER"),
-            "checksum": {"checksum": _sha256(f["content"]), "type": "sha-256"},
+            "checksum": {"checksum": sha256_hex(f["content"].encode()), "type": "sha-256"},
         }
         for f in entries
     ]
