@@ -101,21 +101,24 @@ def merge(nodes: Iterable[Node], *, identifying: set[Key] | None = None,
                 holders[k].append(i)
     for key in sorted(holders, key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):
         members = holders[key]
-        first = members[0]
-        for other in members[1:]:
-            ra, rb = find(first), find(other)
-            if ra == rb:
-                continue
-            edge = Edge(ordered[first].id, ordered[other].id, *key)
-            if upstreams[ra] & upstreams[rb]:
-                refused[ra].append(edge)
-                refused[rb].append(edge)
-                continue
-            keep, gone = min(ra, rb), max(ra, rb)
-            parent[gone] = keep
-            upstreams[keep] |= upstreams[gone]
-            joins[keep] += joins[gone] + [edge]
-            refused[keep] += refused[gone]
+        for n, other in enumerate(members[1:], start=1):
+            # Join the first earlier holder whose tool can take it; refuse only when none can.
+            for prior in members[:n]:
+                ra, rb = find(prior), find(other)
+                if ra == rb:
+                    break
+                if upstreams[ra] & upstreams[rb]:
+                    continue
+                keep, gone = min(ra, rb), max(ra, rb)
+                parent[gone] = keep
+                upstreams[keep] |= upstreams[gone]
+                joins[keep] += joins[gone] + [Edge(ordered[prior].id, ordered[other].id, *key)]
+                refused[keep] += refused[gone]
+                break
+            else:
+                edge = Edge(ordered[members[0]].id, ordered[other].id, *key)
+                refused[find(members[0])].append(edge)
+                refused[find(other)].append(edge)
     groups: dict[int, Component] = {}
     for i, n in enumerate(ordered):
         root = find(i)
