@@ -30,37 +30,65 @@ COMMANDS = ("migrate", "harvest", "merge", "serve", "worker", "run", "demo")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; ``--config`` is accepted before or after the command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
-                        help="TOML configuration (default: config/aggregator.toml if present, "
-                             "else built-in defaults)")
-    common.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
-                        help="log JSON lines even on a terminal")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log debug detail")
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="TOML configuration (default: config/aggregator.toml if present, "
+        "else built-in defaults)",
+    )
+    common.add_argument(
+        "--log-json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log JSON lines even on a terminal",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug detail"
+    )
     parser = argparse.ArgumentParser(
-        prog="trs-aggregator", parents=[common],
-        description="A federated aggregator and mirror for GA4GH TRS registries.")
+        prog="trs-aggregator",
+        parents=[common],
+        description="A federated aggregator and mirror for GA4GH TRS registries.",
+    )
     parser.add_argument("--version", action="version", version=f"trs-aggregator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("migrate", parents=[common], help="apply the database migrations")
-    harvest = sub.add_parser("harvest", parents=[common],
-                             help="harvest upstreams now, in the foreground")
-    harvest.add_argument("names", nargs="*", metavar="NAME",
-                         help="upstreams to harvest (default: every enabled one)")
-    harvest.add_argument("--queue", action="store_true",
-                         help="ask the running workers to harvest now, through the database, "
-                              "instead of harvesting in this process")
-    merge = sub.add_parser("merge", parents=[common],
-                           help="re-merge the catalogue now (after a priority change)")
-    merge.add_argument("--full", action="store_true",
-                       help="re-merge every upstream record, not only the changed ones")
+    harvest = sub.add_parser(
+        "harvest", parents=[common], help="harvest upstreams now, in the foreground"
+    )
+    harvest.add_argument(
+        "names", nargs="*", metavar="NAME", help="upstreams to harvest (default: every enabled one)"
+    )
+    harvest.add_argument(
+        "--queue",
+        action="store_true",
+        help="ask the running workers to harvest now, through the database, "
+        "instead of harvesting in this process",
+    )
+    merge = sub.add_parser(
+        "merge", parents=[common], help="re-merge the catalogue now (after a priority change)"
+    )
+    merge.add_argument(
+        "--full",
+        action="store_true",
+        help="re-merge every upstream record, not only the changed ones",
+    )
     sub.add_parser("serve", parents=[common], help="serve the TRS API")
     sub.add_parser("worker", parents=[common], help="harvest upstreams on their schedules")
     sub.add_parser("run", parents=[common], help="serve and worker in one process")
-    demo = sub.add_parser("demo", parents=[common],
-                          help="run on embedded defaults: a private database and demo upstreams")
-    demo.add_argument("--data-dir", type=Path, default=Path("data/demo"),
-                      help="where the demo keeps its PostgreSQL cluster (default: data/demo)")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run on embedded defaults: a private database and demo upstreams",
+    )
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data/demo"),
+        help="where the demo keeps its PostgreSQL cluster (default: data/demo)",
+    )
     demo.add_argument("--port", type=int, default=None, help="API port (default 8080)")
     return parser
 
@@ -75,17 +103,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trs-aggregator: config error: {e}", file=sys.stderr)
         return 2
     interactive = sys.stderr.isatty() and args.command in ("harvest", "migrate", "demo")
-    configure_logging(json=True if getattr(args, "log_json", False) else None,
-                      level=logging.DEBUG if verbose else
-                      (logging.WARNING if interactive and not verbose else logging.INFO))
+    configure_logging(
+        json=True if getattr(args, "log_json", False) else None,
+        level=logging.DEBUG
+        if verbose
+        else (logging.WARNING if interactive and not verbose else logging.INFO),
+    )
     try:
         if args.command == "demo":
             from aggregator.demo.run import run_demo
 
             return asyncio.run(run_demo(config, data_dir=args.data_dir, port=args.port))
         if config.database.url is None:
-            raise ConfigError("database.url", "no database configured; set [database] url or "
-                                              f"{config_mod.DATABASE_URL_ENV}")
+            raise ConfigError(
+                "database.url",
+                f"no database configured; set [database] url or {config_mod.DATABASE_URL_ENV}",
+            )
         if args.command == "migrate":
             return asyncio.run(cmd_migrate(config))
         if args.command == "harvest" and args.queue:
@@ -102,8 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"trs-aggregator: config error: {e}", file=sys.stderr)
         return 2
-    except (AggregatorError, OSError, asyncpg.PostgresError, ClusterError,
-            PgBinariesNotFound) as e:
+    except (AggregatorError, OSError, asyncpg.PostgresError, ClusterError, PgBinariesNotFound) as e:
         print(f"trs-aggregator: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -247,8 +247,9 @@ def load(path: Path | None, environ: Mapping[str, str] = os.environ) -> Config:
     return from_dict(data, environ, source=source)
 
 
-def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, *,
-              source: str = "<dict>") -> Config:
+def from_dict(
+    data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, *, source: str = "<dict>"
+) -> Config:
     """Validate a parsed TOML document into a Config."""
     _no_unknown(data, "", ("database", "server", "harvest", "merge", "upstreams"))
     merge = _section(MergeConfig, data.get("merge", {}), "merge")
@@ -273,12 +274,18 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, 
         raise ConfigError("harvest.tombstone_after", "must be at least 1")
     if harvest.circuit_failures < 1:
         raise ConfigError("harvest.circuit_failures", "must be at least 1")
-    for name in ("stale_after", "revalidate_after", "circuit_open_for", "circuit_open_max",
-                 "request_poll"):
+    for name in (
+        "stale_after",
+        "revalidate_after",
+        "circuit_open_for",
+        "circuit_open_max",
+        "request_poll",
+    ):
         seconds = parse_duration(getattr(harvest, name))
         if seconds is None:
-            raise ConfigError(f"harvest.{name}", "must be a duration such as '90s', '15m', "
-                                                 "'6h' or '7d'")
+            raise ConfigError(
+                f"harvest.{name}", "must be a duration such as '90s', '15m', '6h' or '7d'"
+            )
         if seconds == 0 and name in ("stale_after", "request_poll"):
             raise ConfigError(f"harvest.{name}", "must be longer than 0s")
     raw_upstreams = data.get("upstreams", [])
@@ -290,8 +297,14 @@ def from_dict(data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, 
         if u.name in seen:
             raise ConfigError(f"upstreams[{i}].name", f"duplicate upstream name {u.name!r}")
         seen.add(u.name)
-    return Config(database=database, server=server, harvest=harvest, merge=merge,
-                  upstreams=upstreams, source=source)
+    return Config(
+        database=database,
+        server=server,
+        harvest=harvest,
+        merge=merge,
+        upstreams=upstreams,
+        source=source,
+    )
 
 
 def _upstream(raw: Any, key: str) -> UpstreamConfig:
@@ -302,28 +315,42 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
             raise ConfigError(f"{key}.{required}", "is required")
     u = _section(UpstreamConfig, raw, key)
     if not UPSTREAM_NAME_RE.match(u.name):
-        raise ConfigError(f"{key}.name", "must be 1-63 characters of a-z, 0-9 and '-', starting "
-                                         "with a letter or digit")
+        raise ConfigError(
+            f"{key}.name",
+            "must be 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
+        )
     if u.kind not in KINDS:
         raise ConfigError(f"{key}.kind", f"must be one of {', '.join(KINDS)}")
     if u.mode not in MODES:
         raise ConfigError(f"{key}.mode", f"must be one of {', '.join(MODES)}")
     if u.change_detection not in CHANGE_DETECTION:
-        raise ConfigError(f"{key}.change_detection",
-                          f"must be one of {', '.join(CHANGE_DETECTION)}")
+        raise ConfigError(
+            f"{key}.change_detection", f"must be one of {', '.join(CHANGE_DETECTION)}"
+        )
     if not _is_http_url(u.url):
         raise ConfigError(f"{key}.url", "must be an http(s) URL")
     if urlsplit(u.url).scheme == "http" and not u.allow_http and not _is_loopback(u.url):
-        raise ConfigError(f"{key}.url", "plain http to a remote host; use https or set "
-                                        "allow_http = true")
+        raise ConfigError(
+            f"{key}.url", "plain http to a remote host; use https or set allow_http = true"
+        )
     seconds = u.interval_seconds()
     if seconds == 0 or (seconds is None and not _is_crontab(u.schedule)):
-        raise ConfigError(f"{key}.schedule", "must be 'every N<s|m|h|d>' with N > 0 or a "
-                                             "valid five-field cron expression")
-    for name, low in (("page_size", 1), ("concurrency", 1), ("retries", 0),
-                      ("max_body_bytes", 1024), ("min_bytes_per_s", 0), ("backoff_s", 0),
-                      ("max_retry_after_s", 0), ("rate_limit", 0), ("abort_after_failures", 0),
-                      ("min_rate_after_s", 0)):
+        raise ConfigError(
+            f"{key}.schedule",
+            "must be 'every N<s|m|h|d>' with N > 0 or a valid five-field cron expression",
+        )
+    for name, low in (
+        ("page_size", 1),
+        ("concurrency", 1),
+        ("retries", 0),
+        ("max_body_bytes", 1024),
+        ("min_bytes_per_s", 0),
+        ("backoff_s", 0),
+        ("max_retry_after_s", 0),
+        ("rate_limit", 0),
+        ("abort_after_failures", 0),
+        ("min_rate_after_s", 0),
+    ):
         if getattr(u, name) < low:
             raise ConfigError(f"{key}.{name}", f"must be at least {low}")
     for name in ("timeout_s", "connect_timeout_s", "run_budget_s"):
@@ -331,8 +358,9 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
             raise ConfigError(f"{key}.{name}", "must be positive")
     for i, host in enumerate(u.redirect_hosts):
         if not host or "/" in host or host != host.strip():
-            raise ConfigError(f"{key}.redirect_hosts[{i}]", "must be a host name, optionally "
-                                                             "with ':port'")
+            raise ConfigError(
+                f"{key}.redirect_hosts[{i}]", "must be a host name, optionally with ':port'"
+            )
     return dataclasses.replace(u, url=u.url.rstrip("/"))
 
 
@@ -346,8 +374,9 @@ def _section(cls: type[Any], raw: Any, key: str) -> Any:
     for name, value in raw.items():
         expected = fields[name].type
         if not _type_ok(value, str(expected)):
-            raise ConfigError(f"{key}.{name}", f"must be {_type_word(str(expected))}, "
-                                               f"not {type(value).__name__}")
+            raise ConfigError(
+                f"{key}.{name}", f"must be {_type_word(str(expected))}, not {type(value).__name__}"
+            )
         if str(expected) == "float":
             value = float(value)
         elif str(expected).startswith("tuple["):
@@ -378,8 +407,12 @@ def _type_ok(value: Any, expected: str) -> bool:
 
 
 def _type_word(expected: str) -> str:
-    return {"bool": "true or false", "int": "an integer", "float": "a number",
-            "tuple[str, ...]": "an array of strings"}.get(expected, "a string")
+    return {
+        "bool": "true or false",
+        "int": "an integer",
+        "float": "a number",
+        "tuple[str, ...]": "an array of strings",
+    }.get(expected, "a string")
 
 
 def _is_crontab(schedule: str) -> bool:

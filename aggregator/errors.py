@@ -55,7 +55,9 @@ class BadRequest(AggregatorError):
 class UpstreamError(AggregatorError):
     """An upstream registry could not be harvested."""
 
-    def __init__(self, message: str | None = None, *, url: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, url: str = "", status: int | None = None
+    ) -> None:
         self.url = url
         self.status = status
         super().__init__(message)

@@ -9,8 +9,9 @@ import orjson
 import structlog
 
 
-def configure_logging(*, json: bool | None = None, level: int = logging.INFO,
-                      cache: bool = True) -> None:
+def configure_logging(
+    *, json: bool | None = None, level: int = logging.INFO, cache: bool = True
+) -> None:
     """Configure structlog and route the standard library's loggers through it.
 
     *json* defaults to "stderr is not a terminal". Call once, from the CLI; never at import.

@@ -90,8 +90,7 @@ def find_pg_bindir(environ: Mapping[str, str] = os.environ) -> Path:
         if _has_server_binaries(directory):
             return directory
         raise PgBinariesNotFound(
-            f"AGGREGATOR_PG_BINDIR={override!r} does not contain initdb and pg_ctl. "
-            + INSTALL_HINT
+            f"AGGREGATOR_PG_BINDIR={override!r} does not contain initdb and pg_ctl. " + INSTALL_HINT
         )
     pg_ctl = shutil.which("pg_ctl", path=environ.get("PATH", ""))
     if pg_ctl is not None:

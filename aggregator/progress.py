@@ -55,17 +55,18 @@ class TerminalProgress:
         self._status[upstream] = status
         elapsed = time.monotonic() - self._started.get(upstream, time.monotonic())
         self._clear()
-        self.stream.write(f"{upstream}: {status} — {self._summary(upstream)} "
-                          f"in {elapsed:.1f}s\n")
+        self.stream.write(f"{upstream}: {status} — {self._summary(upstream)} in {elapsed:.1f}s\n")
         self._state.pop(upstream, None)
         self._draw()
 
     def _summary(self, upstream: str) -> str:
         c = self._state.get(upstream, {})
         mb = c.get("bytes", 0) / 1e6
-        return (f"{c.get('tools', 0)} tools, {c.get('versions', 0)} versions, "
-                f"{c.get('files', 0)} files, {c.get('requests', 0)} requests, {mb:.1f} MB"
-                + (f", {c['errors']} errors" if c.get("errors") else ""))
+        return (
+            f"{c.get('tools', 0)} tools, {c.get('versions', 0)} versions, "
+            f"{c.get('files', 0)} files, {c.get('requests', 0)} requests, {mb:.1f} MB"
+            + (f", {c['errors']} errors" if c.get("errors") else "")
+        )
 
     def _draw(self) -> None:
         if not self._state:

@@ -38,8 +38,10 @@ async def cmd_migrate(config: Config) -> int:
     """Apply pending migrations and say what was done."""
     assert config.database.url is not None
     applied = await migrate(config.database.url)
-    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else
-                                                    "; the schema is up to date"))
+    print(
+        f"applied {len(applied)} migration(s)"
+        + (": " + ", ".join(applied) if applied else "; the schema is up to date")
+    )
     return 0
 
 
@@ -53,15 +55,19 @@ async def cmd_merge(config: Config, *, full: bool) -> int:
         async with conn.transaction():
             await conn.execute("select pg_advisory_xact_lock($1)", MERGE_LOCK)
             await conn.execute("select 1 from catalogue_state for update")
-            stats = await remerge(conn, tombstone_after=config.harvest.tombstone_after,
-                                  max_per_upstream=config.merge.max_tools_per_upstream,
-                                  full=full)
-            await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL,
-                               str(stats.generation))
+            stats = await remerge(
+                conn,
+                tombstone_after=config.harvest.tombstone_after,
+                max_per_upstream=config.merge.max_tools_per_upstream,
+                full=full,
+            )
+            await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL, str(stats.generation))
     finally:
         await conn.close()
-    print(f"merged {stats.nodes} upstream records ({stats.dirty} changed) into {stats.tools} "
-          f"tools; catalogue generation {stats.generation}")
+    print(
+        f"merged {stats.nodes} upstream records ({stats.dirty} changed) into {stats.tools} "
+        f"tools; catalogue generation {stats.generation}"
+    )
     return 0
 
 
@@ -74,8 +80,10 @@ async def check_schema(pool: asyncpg.Pool[Any]) -> None:
         applied = set()
     missing = sorted(names - applied)
     if missing:
-        raise MigrationError(f"the database lacks migrations {', '.join(missing)}; run "
-                             "'trs-aggregator migrate' first")
+        raise MigrationError(
+            f"the database lacks migrations {', '.join(missing)}; run "
+            "'trs-aggregator migrate' first"
+        )
 
 
 async def cmd_harvest(config: Config, names: Sequence[str]) -> int:
@@ -98,8 +106,11 @@ async def cmd_harvest(config: Config, names: Sequence[str]) -> int:
 
 async def cmd_request_harvest(config: Config, names: Sequence[str]) -> int:
     """Ask running workers to harvest *names* (every enabled upstream when empty) now."""
-    chosen = [config.upstream(n).name for n in names] if names else [
-        u.name for u in config.upstreams if u.enabled]
+    chosen = (
+        [config.upstream(n).name for n in names]
+        if names
+        else [u.name for u in config.upstreams if u.enabled]
+    )
     if not chosen:
         raise ConfigError("upstreams", "no upstreams configured")
     pool = await create_pool(config.database)
@@ -111,8 +122,7 @@ async def cmd_request_harvest(config: Config, names: Sequence[str]) -> int:
     finally:
         await pool.close()
     for name, request_id in ids.items():
-        print(f"{name}: harvest requested (request {request_id}); a running worker will "
-              "start it")
+        print(f"{name}: harvest requested (request {request_id}); a running worker will start it")
     return 0
 
 
@@ -123,11 +133,14 @@ def print_outcomes(outcomes: Sequence[RunOutcome]) -> None:
         if o.status == "skipped":
             print(f"{o.upstream}: skipped ({o.error})")
             continue
-        line = (f"{o.upstream}: {o.status}" + (f" (run {o.run_id})" if o.run_id else "") +
-                f": {c.tools_seen} tools ({c.tools_new} new, {c.tools_changed} changed, "
-                f"{c.tools_unchanged} unchanged, {c.tools_tombstoned} missing), "
-                f"{c.versions_seen} versions, {c.files_stored} files, {c.requests} requests, "
-                f"{c.errors} errors, {o.duration_s:.1f}s")
+        line = (
+            f"{o.upstream}: {o.status}"
+            + (f" (run {o.run_id})" if o.run_id else "")
+            + f": {c.tools_seen} tools ({c.tools_new} new, {c.tools_changed} changed, "
+            f"{c.tools_unchanged} unchanged, {c.tools_tombstoned} missing), "
+            f"{c.versions_seen} versions, {c.files_stored} files, {c.requests} requests, "
+            f"{c.errors} errors, {o.duration_s:.1f}s"
+        )
         print(line)
         if o.error:
             print(f"  error: {o.error}")
@@ -164,8 +177,9 @@ async def wait_for_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
-async def serve_forever(config: Config, *, api: bool, worker: bool,
-                        on_ready: Callable[[str], None] | None = None) -> int:
+async def serve_forever(
+    config: Config, *, api: bool, worker: bool, on_ready: Callable[[str], None] | None = None
+) -> int:
     """Run the API and/or the scheduler until SIGINT or SIGTERM."""
     pool = await create_pool(config.database)
     try:
@@ -180,7 +194,8 @@ async def serve_forever(config: Config, *, api: bool, worker: bool,
                 stack.push_async_callback(harvest_worker.stop)
             if api:
                 url = await stack.enter_async_context(
-                    running_site(create_app(config), config.server.host, config.server.port))
+                    running_site(create_app(config), config.server.host, config.server.port)
+                )
                 log.info("api_listening", url=url)
                 if on_ready is not None:
                     on_ready(url)

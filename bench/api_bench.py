@@ -46,25 +46,47 @@ def synthetic_catalogue(n: int) -> dict[str, Any]:
     tools = []
     for i in range(n):
         tid = f"#workflow/github.com/bench-org/workflow-{i:06d}"
-        versions = [{
-            "id": name, "name": name, "author": ["A. Author", "B. Author"],
-            "descriptor_type": ["CWL"], "descriptor_type_version": {"CWL": ["v1.2"]},
-            "is_production": name != "main", "containerfile": False,
-            "meta_version": "2024-05-14 09:31:27.418", "verified": False,
-            "verified_source": [], "signed": False, "included_apps": [],
-            "images": [{"registry_host": "quay.io",
+        versions = [
+            {
+                "id": name,
+                "name": name,
+                "author": ["A. Author", "B. Author"],
+                "descriptor_type": ["CWL"],
+                "descriptor_type_version": {"CWL": ["v1.2"]},
+                "is_production": name != "main",
+                "containerfile": False,
+                "meta_version": "2024-05-14 09:31:27.418",
+                "verified": False,
+                "verified_source": [],
+                "signed": False,
+                "included_apps": [],
+                "images": [
+                    {
+                        "registry_host": "quay.io",
                         "image_name": f"quay.io/biocontainers/tool{i % 97}:1.{j}",
-                        "size": 38123520 + i, "updated": "2024-02-01T10:12:00Z",
+                        "size": 38123520 + i,
+                        "updated": "2024-02-01T10:12:00Z",
                         "checksum": [{"checksum": f"{i:032x}{j:032x}", "type": "sha-256"}],
-                        "image_type": "Docker"}],
-        } for j, name in enumerate(("1.0.0", "1.1.0", "main"))]
-        tools.append({
-            "id": tid, "name": f"bench-org/workflow-{i:06d}", "organization": "bench-org",
-            "toolclass": {"id": "1", "name": "Workflow", "description": "Workflow"},
-            "description": f"Synthetic workflow number {i} for the API benchmark.",
-            "aliases": [f"10.5281-zenodo.{1000000 + i}"], "meta_version": "2024-05-14",
-            "has_checker": False, "checker_url": "", "versions": versions,
-        })
+                        "image_type": "Docker",
+                    }
+                ],
+            }
+            for j, name in enumerate(("1.0.0", "1.1.0", "main"))
+        ]
+        tools.append(
+            {
+                "id": tid,
+                "name": f"bench-org/workflow-{i:06d}",
+                "organization": "bench-org",
+                "toolclass": {"id": "1", "name": "Workflow", "description": "Workflow"},
+                "description": f"Synthetic workflow number {i} for the API benchmark.",
+                "aliases": [f"10.5281-zenodo.{1000000 + i}"],
+                "meta_version": "2024-05-14",
+                "has_checker": False,
+                "checker_url": "",
+                "versions": versions,
+            }
+        )
     return {"tools": tools}
 
 
@@ -79,13 +101,21 @@ async def populate(dsn: str, n: int) -> None:
     from aggregator.harvest.harvester import harvest_upstreams, make_session
 
     await migrate(dsn)
-    server = TestServer(make_registry_app(synthetic_catalogue(n), page_size=1000),
-                        host="127.0.0.1")
+    server = TestServer(make_registry_app(synthetic_catalogue(n), page_size=1000), host="127.0.0.1")
     await server.start_server()
     try:
-        config = Config(database=DatabaseConfig(url=dsn), upstreams=(UpstreamConfig(
-            name="bench", url=str(server.make_url("/ga4gh/trs/v2")), mode="index",
-            page_size=1000, timeout_s=300),))
+        config = Config(
+            database=DatabaseConfig(url=dsn),
+            upstreams=(
+                UpstreamConfig(
+                    name="bench",
+                    url=str(server.make_url("/ga4gh/trs/v2")),
+                    mode="index",
+                    page_size=1000,
+                    timeout_s=300,
+                ),
+            ),
+        )
         pool = await create_pool(dsn)
         try:
             async with make_session(config) as session:
@@ -110,11 +140,18 @@ def serve(dsn: str, port: int, level: str) -> None:
 
     with contextlib.suppress(ImportError):
         import uvloop
+
         uvloop.install()
     configure_logging(json=True, level=getattr(logging, level))
     config = Config(database=DatabaseConfig(url=dsn, pool_min=2, pool_max=8))
-    web.run_app(create_app(config), host="127.0.0.1", port=port, reuse_port=True,
-                access_log=None, print=None)
+    web.run_app(
+        create_app(config),
+        host="127.0.0.1",
+        port=port,
+        reuse_port=True,
+        access_log=None,
+        print=None,
+    )
 
 
 def serve_bare(root: str, port: int) -> None:
@@ -124,6 +161,7 @@ def serve_bare(root: str, port: int) -> None:
 
     with contextlib.suppress(ImportError):
         import uvloop
+
         uvloop.install()
     bodies = {f"/{p.name}": p.read_bytes() for p in Path(root).iterdir()}
 
@@ -137,6 +175,7 @@ def serve_bare(root: str, port: int) -> None:
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -200,8 +239,12 @@ _PCT = re.compile(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 def wrk(url: str, *, connections: int, duration: int, threads: int) -> dict[str, float]:
     """Requests/s and p50/p90/p99 latency (ms) of wrk against *url*."""
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s",
-                          "--latency", url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     result = {"rps": float(_RPS.search(out).group(1))}  # type: ignore[union-attr]
     for pct, value, unit in _PCT.findall(out):
@@ -221,7 +264,8 @@ async def cold_latencies(dsn: str, url: str, repeats: int) -> list[float]:
     try:
         for _ in range(repeats):
             generation = await conn.fetchval(
-                "update catalogue_state set generation = generation + 1 returning generation")
+                "update catalogue_state set generation = generation + 1 returning generation"
+            )
             await conn.execute("select pg_notify($1, $2)", CHANNEL, str(generation))
             await asyncio.sleep(0.3)  # every process hears of it
             async with aiohttp.ClientSession(auto_decompress=False) as session:
@@ -268,26 +312,30 @@ def main() -> int:
             dsn = cluster.start()
         started = time.monotonic()
         asyncio.run(populate(dsn, args.tools))
-        print(f"harvested {args.tools} tools in {time.monotonic() - started:.1f}s",
-              file=sys.stderr)
+        print(f"harvested {args.tools} tools in {time.monotonic() - started:.1f}s", file=sys.stderr)
 
         port, quiet_port, bare_port, nginx_port = (free_port() for _ in range(4))
         for _ in range(args.workers):
             for p, level in ((port, "INFO"), (quiet_port, "WARNING")):
-                workers.append(subprocess.Popen(
-                    [sys.executable, __file__, "--serve", dsn, str(p), level],
-                    stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+                workers.append(
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--serve", dsn, str(p), level],
+                        stderr=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                    )
+                )
         api = f"http://127.0.0.1:{port}/ga4gh/trs/v2"
         wait_ready(f"{api}/toolClasses")
         wait_ready(f"http://127.0.0.1:{quiet_port}/ga4gh/trs/v2/toolClasses")
-        tool_id = quote(f"#workflow/github.com/bench-org/workflow-{args.tools // 2:06d}",
-                        safe="")
+        tool_id = quote(f"#workflow/github.com/bench-org/workflow-{args.tools // 2:06d}", safe="")
         deep = max(0, args.tools - 1000)
         targets = {
             "GET /tools/{id}": (f"{api}/tools/{tool_id}", "tool.json"),
             "GET /tools?limit=1000": (f"{api}/tools?limit=1000", "tools-1000.json"),
-            f"GET /tools?limit=1000&offset={deep}": (f"{api}/tools?limit=1000&offset={deep}",
-                                                     "tools-deep.json"),
+            f"GET /tools?limit=1000&offset={deep}": (
+                f"{api}/tools?limit=1000&offset={deep}",
+                "tools-deep.json",
+            ),
         }
         static = work / "www"
         static.mkdir()
@@ -296,26 +344,39 @@ def main() -> int:
         os.chmod(static, 0o755)
         sizes = {label: (static / name).stat().st_size for label, (_, name) in targets.items()}
         for _ in range(args.workers):
-            workers.append(subprocess.Popen(
-                [sys.executable, __file__, "--serve-bare", str(static), str(bare_port)],
-                stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--serve-bare", str(static), str(bare_port)],
+                    stderr=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
         wait_ready(f"http://127.0.0.1:{bare_port}/tool.json")
 
         results: dict[str, dict[str, list[dict[str, float]]]] = {}
         with nginx(static, nginx_port, args.workers):
             for label, (url, name) in targets.items():
-                sides = {"nginx": f"http://127.0.0.1:{nginx_port}/{name}",
-                         "bare aiohttp": f"http://127.0.0.1:{bare_port}/{name}",
-                         "API, no request log": url.replace(f":{port}/", f":{quiet_port}/"),
-                         "API": url}
+                sides = {
+                    "nginx": f"http://127.0.0.1:{nginx_port}/{name}",
+                    "bare aiohttp": f"http://127.0.0.1:{bare_port}/{name}",
+                    "API, no request log": url.replace(f":{port}/", f":{quiet_port}/"),
+                    "API": url,
+                }
                 results[label] = {side: [] for side in sides}
                 for _ in range(args.rounds):  # interleaved: the machine is shared and noisy
                     for side, target in sides.items():
-                        results[label][side].append(wrk(
-                            target, connections=args.connections, duration=args.duration,
-                            threads=args.threads))
-        cold = {label: asyncio.run(cold_latencies(dsn, url, args.cold_repeats))
-                for label, (url, _) in targets.items()}
+                        results[label][side].append(
+                            wrk(
+                                target,
+                                connections=args.connections,
+                                duration=args.duration,
+                                threads=args.threads,
+                            )
+                        )
+        cold = {
+            label: asyncio.run(cold_latencies(dsn, url, args.cold_repeats))
+            for label, (url, _) in targets.items()
+        }
         report(args, results, cold, sizes)
         return 0
     finally:
@@ -328,29 +389,42 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(args: argparse.Namespace, results: dict[str, dict[str, list[dict[str, float]]]],
-           cold: dict[str, list[float]], sizes: dict[str, int]) -> None:
+def report(
+    args: argparse.Namespace,
+    results: dict[str, dict[str, list[dict[str, float]]]],
+    cold: dict[str, list[float]],
+    sizes: dict[str, int],
+) -> None:
     """Print the Markdown tables."""
     med = statistics.median
-    print(f"\n{args.tools} tools; {args.workers} processes per server (nginx workers, bare "
-          f"aiohttp, API); wrk -t{args.threads} -c{args.connections} -d{args.duration}s; "
-          f"{args.rounds} rounds, the servers taking turns within each round. Medians of the "
-          "rounds; the ratio to nginx is taken per round, its median shown with each round's "
-          "in brackets.\n")
+    print(
+        f"\n{args.tools} tools; {args.workers} processes per server (nginx workers, bare "
+        f"aiohttp, API); wrk -t{args.threads} -c{args.connections} -d{args.duration}s; "
+        f"{args.rounds} rounds, the servers taking turns within each round. Medians of the "
+        "rounds; the ratio to nginx is taken per round, its median shown with each round's "
+        "in brackets.\n"
+    )
     print("| request | body | server | req/s | / nginx | p50 ms | p90 ms | p99 ms |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for label, sides in results.items():
         ng = sides["nginx"]
         for side, runs in sides.items():
             ratios = [a["rps"] / n["rps"] for a, n in zip(runs, ng, strict=True)]
-            ratio = "" if side == "nginx" else (
-                f"**{med(ratios):.0%}** ({', '.join(f'{r:.0%}' for r in ratios)})")
-            print(f"| {label} | {sizes[label] / 1024:.0f} KiB | {side} | "
-                  f"{med(r['rps'] for r in runs):,.0f} | {ratio} | "
-                  f"{med(r['p50'] for r in runs):.1f} | {med(r['p90'] for r in runs):.1f} | "
-                  f"{med(r['p99'] for r in runs):.1f} |")
-    print("\nCold: the first request after a new catalogue generation (one client, "
-          f"{args.cold_repeats} generations)\n")
+            ratio = (
+                ""
+                if side == "nginx"
+                else (f"**{med(ratios):.0%}** ({', '.join(f'{r:.0%}' for r in ratios)})")
+            )
+            print(
+                f"| {label} | {sizes[label] / 1024:.0f} KiB | {side} | "
+                f"{med(r['rps'] for r in runs):,.0f} | {ratio} | "
+                f"{med(r['p50'] for r in runs):.1f} | {med(r['p90'] for r in runs):.1f} | "
+                f"{med(r['p99'] for r in runs):.1f} |"
+            )
+    print(
+        "\nCold: the first request after a new catalogue generation (one client, "
+        f"{args.cold_repeats} generations)\n"
+    )
     print("| request | median ms | p90 ms | max ms |")
     print("| --- | ---: | ---: | ---: |")
     for label, values in cold.items():

@@ -41,11 +41,15 @@ TRS = "/ga4gh/trs/v2"
 PAGE = 100
 VERSION = "1.0"
 # Per tool, the harvester asks for these (relative to the tool's URL), in mirror mode.
-TOOL_PATHS = ("/versions", f"/versions/{VERSION}/CWL/descriptor",
-              f"/versions/{VERSION}/CWL/files",
-              f"/versions/{VERSION}/CWL/descriptor/tools/step.cwl",
-              f"/versions/{VERSION}/CWL/descriptor/tests/job.json",
-              f"/versions/{VERSION}/CWL/tests", f"/versions/{VERSION}/containerfile")
+TOOL_PATHS = (
+    "/versions",
+    f"/versions/{VERSION}/CWL/descriptor",
+    f"/versions/{VERSION}/CWL/files",
+    f"/versions/{VERSION}/CWL/descriptor/tools/step.cwl",
+    f"/versions/{VERSION}/CWL/descriptor/tests/job.json",
+    f"/versions/{VERSION}/CWL/tests",
+    f"/versions/{VERSION}/containerfile",
+)
 
 
 def free_port() -> int:
@@ -61,13 +65,26 @@ def tool_id(i: int) -> str:
 def listing_entry(i: int, base: str) -> dict[str, Any]:
     tid = tool_id(i)
     return {
-        "id": tid, "url": f"{base}/tools/{tid}", "name": tid, "organization": "bench",
-        "description": f"benchmark tool {i}", "aliases": [], "meta_version": "1",
+        "id": tid,
+        "url": f"{base}/tools/{tid}",
+        "name": tid,
+        "organization": "bench",
+        "description": f"benchmark tool {i}",
+        "aliases": [],
+        "meta_version": "1",
         "toolclass": {"id": "1", "name": "Workflow", "description": "A workflow"},
-        "versions": [{"id": VERSION, "name": VERSION, "meta_version": "1",
-                      "url": f"{base}/tools/{tid}/versions/{VERSION}", "author": ["Bench"],
-                      "descriptor_type": ["CWL"], "is_production": True,
-                      "containerfile": True}],
+        "versions": [
+            {
+                "id": VERSION,
+                "name": VERSION,
+                "meta_version": "1",
+                "url": f"{base}/tools/{tid}/versions/{VERSION}",
+                "author": ["Bench"],
+                "descriptor_type": ["CWL"],
+                "is_production": True,
+                "containerfile": True,
+            }
+        ],
     }
 
 
@@ -86,14 +103,18 @@ def write_upstream(root: Path, tools: int, port: int) -> Path:
     pages = root / "pages"
     pages.mkdir(parents=True)
     # The first page has no offset: it is the map's default.
-    next_map = [f'        default "{TRS}/tools?limit={PAGE}&offset={PAGE}";' if tools > PAGE
-                else '        default "";']
+    next_map = [
+        f'        default "{TRS}/tools?limit={PAGE}&offset={PAGE}";'
+        if tools > PAGE
+        else '        default "";'
+    ]
     for start in range(0, tools, PAGE):
         entries = [listing_entry(i, base) for i in range(start, min(start + PAGE, tools))]
         (pages / f"{start}.json").write_text(json.dumps(entries))
         if start:
-            following = f"{TRS}/tools?limit={PAGE}&offset={start + PAGE}" \
-                if start + PAGE < tools else ""
+            following = (
+                f"{TRS}/tools?limit={PAGE}&offset={start + PAGE}" if start + PAGE < tools else ""
+            )
             next_map.append(f'        "{start}" "{following}";')
     tool = f"{TRS}/tools/$1"
     vurl = f"http://$http_host{tool}/versions/{VERSION}"
@@ -101,31 +122,55 @@ def write_upstream(root: Path, tools: int, port: int) -> Path:
     step = "cwlVersion: v1.2\nclass: CommandLineTool\n# step of $1\n"
     job = '{"reads": "$1.fq"}\n'
     answers = {
-        "/versions": json.dumps([{"id": VERSION, "name": VERSION, "url": vurl,
-                                  "meta_version": "1", "author": ["Bench"],
-                                  "descriptor_type": ["CWL"], "is_production": True,
-                                  "containerfile": True}]),
+        "/versions": json.dumps(
+            [
+                {
+                    "id": VERSION,
+                    "name": VERSION,
+                    "url": vurl,
+                    "meta_version": "1",
+                    "author": ["Bench"],
+                    "descriptor_type": ["CWL"],
+                    "is_production": True,
+                    "containerfile": True,
+                }
+            ]
+        ),
         f"/versions/{VERSION}/CWL/descriptor": wrapper(main, f"{vurl}/PLAIN_CWL/descriptor"),
-        f"/versions/{VERSION}/CWL/files": json.dumps([
-            {"path": "main.cwl", "file_type": "PRIMARY_DESCRIPTOR"},
-            {"path": "tools/step.cwl", "file_type": "SECONDARY_DESCRIPTOR"},
-            {"path": "tests/job.json", "file_type": "TEST_FILE"}]),
+        f"/versions/{VERSION}/CWL/files": json.dumps(
+            [
+                {"path": "main.cwl", "file_type": "PRIMARY_DESCRIPTOR"},
+                {"path": "tools/step.cwl", "file_type": "SECONDARY_DESCRIPTOR"},
+                {"path": "tests/job.json", "file_type": "TEST_FILE"},
+            ]
+        ),
         f"/versions/{VERSION}/CWL/descriptor/tools/step.cwl": wrapper(
-            step, f"{vurl}/PLAIN_CWL/descriptor/tools/step.cwl"),
+            step, f"{vurl}/PLAIN_CWL/descriptor/tools/step.cwl"
+        ),
         f"/versions/{VERSION}/CWL/descriptor/tests/job.json": wrapper(
-            job, f"{vurl}/PLAIN_CWL/descriptor/tests/job.json"),
-        f"/versions/{VERSION}/CWL/tests": "[" + wrapper(
-            job, f"{vurl}/PLAIN_CWL/descriptor/tests/job.json") + "]",
-        f"/versions/{VERSION}/containerfile": "[" + wrapper(
-            "FROM debian:12\n# $1\n", f"{vurl}/containerfile") + "]",
+            job, f"{vurl}/PLAIN_CWL/descriptor/tests/job.json"
+        ),
+        f"/versions/{VERSION}/CWL/tests": "["
+        + wrapper(job, f"{vurl}/PLAIN_CWL/descriptor/tests/job.json")
+        + "]",
+        f"/versions/{VERSION}/containerfile": "["
+        + wrapper("FROM debian:12\n# $1\n", f"{vurl}/containerfile")
+        + "]",
     }
     locations = "\n".join(
         f"        location ~ ^{TRS}/tools/([^/]+){re.escape(suffix)}$ {{\n"
         f"            return 200 '{nginx_escape(body)}';\n        }}"
-        for suffix, body in answers.items())
-    service_info = json.dumps({"id": "bench", "name": "bench", "type": {
-        "group": "org.ga4gh", "artifact": "trs", "version": "2.0.1"},
-        "organization": {"name": "bench", "url": "http://127.0.0.1"}, "version": "1"})
+        for suffix, body in answers.items()
+    )
+    service_info = json.dumps(
+        {
+            "id": "bench",
+            "name": "bench",
+            "type": {"group": "org.ga4gh", "artifact": "trs", "version": "2.0.1"},
+            "organization": {"name": "bench", "url": "http://127.0.0.1"},
+            "version": "1",
+        }
+    )
     conf = root / "nginx.conf"
     conf.write_text(f"""
 worker_processes 1;
@@ -165,7 +210,8 @@ def urls(tools: int, port: int) -> tuple[list[str], list[str]]:
     """The listing pages and the per-tool URLs a first harvest fetches."""
     base = f"http://127.0.0.1:{port}{TRS}"
     pages = [f"{base}/tools?limit={PAGE}"] + [
-        f"{base}/tools?limit={PAGE}&offset={s}" for s in range(PAGE, tools, PAGE)]
+        f"{base}/tools?limit={PAGE}&offset={s}" for s in range(PAGE, tools, PAGE)
+    ]
     per_tool = [f"{base}/tools/{tool_id(i)}{p}" for i in range(tools) for p in TOOL_PATHS]
     return pages, per_tool
 
@@ -176,8 +222,10 @@ async def reference(tools: int, port: int, concurrency: int) -> None:
     pages, per_tool = urls(tools, port)
     queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=concurrency * 4)
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100),
-                                     timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100), timeout=timeout
+    ) as session:
+
         async def worker() -> None:
             while (url := await queue.get()) is not None:
                 async with session.get(url) as r:
@@ -188,7 +236,7 @@ async def reference(tools: int, port: int, concurrency: int) -> None:
         for n, page in enumerate(pages):
             async with session.get(page) as r:
                 await r.read()
-            for url in per_tool[n * per_page:(n + 1) * per_page]:
+            for url in per_tool[n * per_page : (n + 1) * per_page]:
                 await queue.put(url)
         for _ in workers:
             await queue.put(None)
@@ -198,8 +246,9 @@ async def reference(tools: int, port: int, concurrency: int) -> None:
 def run_timed(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     """Run *args* under GNU time; return wall seconds, peak RSS in KiB, and stdout."""
     started = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *args], capture_output=True, text=True,
-                          env=env, check=False)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", *args], capture_output=True, text=True, env=env, check=False
+    )
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{args} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
@@ -234,11 +283,18 @@ def main() -> None:
         results: list[dict[str, Any]] = []
         for n in range(args.rounds):
             db = f"bench_{n}"
-            subprocess.run([py, "-c", f"""
+            subprocess.run(
+                [
+                    py,
+                    "-c",
+                    f"""
 import asyncio, asyncpg
 async def go():
     c = await asyncpg.connect({admin!r}); await c.execute('create database {db}'); await c.close()
-asyncio.run(go())"""], check=True)
+asyncio.run(go())""",
+                ],
+                check=True,
+            )
             dsn = re.sub(r"/[^/?]*(\?|$)", f"/{db}\\1", admin, count=1)
             config = work / f"agg_{n}.toml"
             config.write_text(f"""[database]
@@ -251,34 +307,73 @@ page_size = {PAGE}
 concurrency = {args.concurrency}
 """)
             env["AGGREGATOR_DATABASE_URL"] = dsn
-            subprocess.run([py, "-m", "aggregator", "migrate", "--config", str(config)],
-                           check=True, env=env, capture_output=True)
+            subprocess.run(
+                [py, "-m", "aggregator", "migrate", "--config", str(config)],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             ref_s, ref_rss, _ = run_timed(
-                [py, __file__, "--reference", "--tools", str(args.tools), "--port", str(port),
-                 "--concurrency", str(args.concurrency)], env)
-            profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] \
-                if os.environ.get("BENCH_PROFILE") else []
+                [
+                    py,
+                    __file__,
+                    "--reference",
+                    "--tools",
+                    str(args.tools),
+                    "--port",
+                    str(port),
+                    "--concurrency",
+                    str(args.concurrency),
+                ],
+                env,
+            )
+            profile = (
+                ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
+                if os.environ.get("BENCH_PROFILE")
+                else []
+            )
             cmd = [py, *profile, "-m", "aggregator", "harvest", "--config", str(config)]
             first_s, first_rss, out = run_timed(cmd, env)
             if profile:
-                cmd = [py, "-m", "cProfile", "-o", os.environ["BENCH_PROFILE"] + ".again",
-                       "-m", "aggregator", "harvest", "--config", str(config)]
+                cmd = [
+                    py,
+                    "-m",
+                    "cProfile",
+                    "-o",
+                    os.environ["BENCH_PROFILE"] + ".again",
+                    "-m",
+                    "aggregator",
+                    "harvest",
+                    "--config",
+                    str(config),
+                ]
             again_s, again_rss, out2 = run_timed(cmd, env)
-            row = {"round": n + 1, "reference_s": ref_s, "harvest_s": first_s,
-                   "harvest_rss_mib": first_rss / 1024, "reharvest_s": again_s,
-                   "reharvest_rss_mib": again_rss / 1024,
-                   "throughput_ratio": ref_s / first_s, "reharvest_speedup": first_s / again_s,
-                   "harvest_summary": out.strip(), "reharvest_summary": out2.strip()}
+            row = {
+                "round": n + 1,
+                "reference_s": ref_s,
+                "harvest_s": first_s,
+                "harvest_rss_mib": first_rss / 1024,
+                "reharvest_s": again_s,
+                "reharvest_rss_mib": again_rss / 1024,
+                "throughput_ratio": ref_s / first_s,
+                "reharvest_speedup": first_s / again_s,
+                "harvest_summary": out.strip(),
+                "reharvest_summary": out2.strip(),
+            }
             results.append(row)
             print(json.dumps(row), flush=True)
         requests = args.tools * len(TOOL_PATHS) + len(urls(args.tools, port)[0])
-        print(f"\n{args.tools} tools, {requests} requests per first harvest, "
-              f"concurrency {args.concurrency}")
+        print(
+            f"\n{args.tools} tools, {requests} requests per first harvest, "
+            f"concurrency {args.concurrency}"
+        )
         print("round | reference s | harvest s | ratio | peak RSS MiB | re-harvest s | speed-up")
         for r in results:
-            print(f"{r['round']} | {r['reference_s']:.1f} | {r['harvest_s']:.1f} | "
-                  f"{r['throughput_ratio']:.2f} | {r['harvest_rss_mib']:.0f} | "
-                  f"{r['reharvest_s']:.1f} | {r['reharvest_speedup']:.1f}x")
+            print(
+                f"{r['round']} | {r['reference_s']:.1f} | {r['harvest_s']:.1f} | "
+                f"{r['throughput_ratio']:.2f} | {r['harvest_rss_mib']:.0f} | "
+                f"{r['reharvest_s']:.1f} | {r['reharvest_speedup']:.1f}x"
+            )
     finally:
         if nginx is not None:
             nginx.terminate()

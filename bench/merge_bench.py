@@ -61,9 +61,11 @@ def bench_pure(n: int) -> None:
     comps = merge(nodes, identifying=identifying)
     t2 = time.perf_counter()
     merged = sum(1 for c in comps if len(c.members) > 1)
-    print(f"pure n={n}: generate {t1 - t0:.1f}s, merge {t2 - t1:.1f}s, "
-          f"{len(comps)} tools ({merged} merged), peak RSS {rss_mb():.0f} MB "
-          f"(before {base:.0f} MB)")
+    print(
+        f"pure n={n}: generate {t1 - t0:.1f}s, merge {t2 - t1:.1f}s, "
+        f"{len(comps)} tools ({merged} merged), peak RSS {rss_mb():.0f} MB "
+        f"(before {base:.0f} MB)"
+    )
     # Incremental: 1% of records change; merge the closure of the changed records.
     rng = random.Random(2)
     changed = set(rng.sample(range(n), n // 100))
@@ -74,13 +76,16 @@ def bench_pure(n: int) -> None:
             holders.setdefault(k, []).append(node.id)
     part, frontier = set(changed), set(changed)
     while frontier:
-        reached = {h for i in frontier for k in nodes[i].keys & identifying
-                   for h in holders[k]} - part
+        reached = {
+            h for i in frontier for k in nodes[i].keys & identifying for h in holders[k]
+        } - part
         part |= reached
         frontier = reached
     merge([nodes[i] for i in part], identifying=identifying)
-    print(f"pure incremental: {len(changed)} changed, closure {len(part)}, "
-          f"{time.perf_counter() - t3:.2f}s (index build included)")
+    print(
+        f"pure incremental: {len(changed)} changed, closure {len(part)}, "
+        f"{time.perf_counter() - t3:.2f}s (index build included)"
+    )
 
 
 async def bench_db(n: int, dsn: str) -> None:
@@ -93,8 +98,13 @@ async def bench_db(n: int, dsn: str) -> None:
     conn = await connect(db)
     t0 = time.perf_counter()
     for i, name in enumerate(UPSTREAMS):
-        await conn.execute("insert into upstreams (name, url, kind, mode, priority) "
-                           "values ($1, $2, 'trs', 'index', $3)", name, f"https://{name}.test", i)
+        await conn.execute(
+            "insert into upstreams (name, url, kind, mode, priority) "
+            "values ($1, $2, 'trs', 'index', $3)",
+            name,
+            f"https://{name}.test",
+            i,
+        )
     await conn.execute(
         """insert into upstream_tools (upstream_id, external_id, doc, doc_hash)
            select 1 + i % 5, 't' || i,
@@ -104,10 +114,13 @@ async def bench_db(n: int, dsn: str) -> None:
                            when i % 3 = 1 then jsonb_build_array('tool-' || (i / 11))
                            else '[]'::jsonb end),
                   md5(i::text)
-           from generate_series(0, $1 - 1) as i""", n)
+           from generate_series(0, $1 - 1) as i""",
+        n,
+    )
     await conn.execute(
         """insert into upstream_versions (upstream_tool_id, key, external_id, position, doc)
-           select id, '1.0', '1.0', 0, '{"id": "1.0", "name": "1.0"}' from upstream_tools""")
+           select id, '1.0', '1.0', 0, '{"id": "1.0", "name": "1.0"}' from upstream_tools"""
+    )
     await conn.execute("vacuum analyze")
     print(f"db n={n}: loaded in {time.perf_counter() - t0:.1f}s")
     for label, full, change in (("full", True, 0), ("incremental 1%", False, n // 100)):
@@ -116,14 +129,17 @@ async def bench_db(n: int, dsn: str) -> None:
                 """update upstream_tools set merge_dirty = true,
                        doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
                    where id in (select id from upstream_tools order by random() limit $1)""",
-                change)
+                change,
+            )
         t = time.perf_counter()
         async with conn.transaction():
             await conn.execute("select 1 from catalogue_state for update")
             stats = await remerge(conn, tombstone_after=3, full=full)
-        print(f"db {label}: {time.perf_counter() - t:.2f}s, dirty {stats.dirty}, "
-              f"re-merged {stats.nodes} records into {stats.tools} tools, "
-              f"peak RSS {rss_mb():.0f} MB")
+        print(
+            f"db {label}: {time.perf_counter() - t:.2f}s, dirty {stats.dirty}, "
+            f"re-merged {stats.nodes} records into {stats.tools} tools, "
+            f"peak RSS {rss_mb():.0f} MB"
+        )
     await conn.close()
 
 

@@ -34,15 +34,20 @@ def dsn_with_db(dsn: str, name: str) -> str:
     query parameter is dropped in favour of the path.
     """
     parts = urlsplit(dsn)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if k not in ("dbname", "database")]
-    return urlunsplit((
-        parts.scheme,
-        parts.netloc,
-        "/" + quote(name, safe=""),
-        urlencode(query, safe="/"),
-        parts.fragment,
-    ))
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k not in ("dbname", "database")
+    ]
+    return urlunsplit(
+        (
+            parts.scheme,
+            parts.netloc,
+            "/" + quote(name, safe=""),
+            urlencode(query, safe="/"),
+            parts.fragment,
+        )
+    )
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -61,8 +66,9 @@ async def admin_execute(admin_dsn: str, sql: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def database_copy(admin_dsn: str, template: str | None = None,
-                        prefix: str = "t") -> AsyncIterator[str]:
+async def database_copy(
+    admin_dsn: str, template: str | None = None, prefix: str = "t"
+) -> AsyncIterator[str]:
     """A new database (a copy of *template*, else empty) for the block; its DSN."""
     name = f"{prefix}_{uuid.uuid4().hex}"
     clause = f' TEMPLATE "{template}"' if template else ""

@@ -91,29 +91,74 @@ def quirky_catalogue(base: str) -> dict[str, Any]:
         "service_info": {**SERVICE_INFO, "id": "org.example.quirky", "name": "quirky"},
         "tool_classes": [{"id": "9", "name": "Notebook", "description": "A notebook"}],
         "tools": [
-            {"id": NESTED, "name": "nested", "organization": "quirky", "toolclass": toolclass,
-             "description": None, "meta_version": 7, "has_checker": "no",
-             "aliases": ["quirky-nested", 5], "license": "MIT",
-             "versions": [{
-                 "id": "v1", "name": None, "author": "Solo Author",
-                 "descriptor_type": ["CWL", "SERVICE"], "is_production": "yes",
-                 "descriptor_type_version": {"CWL": ["v1.2", 3]},
-                 "images": [{"registry_host": "docker.io", "image_name": "library/alpine:3.19",
-                             "size": "big", "image_type": "Podman", "checksum": "nope"}],
-                 "verified_source": "a lab", "signed": None,
-                 "files": {"CWL": nested_files},
-                 "containerfile": [{"path": "Dockerfile", "content": "FROM alpine:3.19\n"}],
-             }]},
-            {"id": CHECKED, "name": "checked", "organization": "quirky", "toolclass": toolclass,
-             "description": "A checked workflow", "has_checker": True,
-             "checker_url": f"{base}/tools/{enc(CHECKER)}", "aliases": [],
-             "versions": [{"id": "v1", "name": "v1", "descriptor_type": ["CWL"],
-                           "files": {"CWL": nested_files}}]},
-            {"id": CHECKER, "name": "checker", "organization": "quirky",
-             "toolclass": toolclass, "description": "Checks the checked workflow",
-             "aliases": [],
-             "versions": [{"id": "v1", "name": "v1", "descriptor_type": ["CWL"],
-                           "files": {"CWL": nested_files}}]},
+            {
+                "id": NESTED,
+                "name": "nested",
+                "organization": "quirky",
+                "toolclass": toolclass,
+                "description": None,
+                "meta_version": 7,
+                "has_checker": "no",
+                "aliases": ["quirky-nested", 5],
+                "license": "MIT",
+                "versions": [
+                    {
+                        "id": "v1",
+                        "name": None,
+                        "author": "Solo Author",
+                        "descriptor_type": ["CWL", "SERVICE"],
+                        "is_production": "yes",
+                        "descriptor_type_version": {"CWL": ["v1.2", 3]},
+                        "images": [
+                            {
+                                "registry_host": "docker.io",
+                                "image_name": "library/alpine:3.19",
+                                "size": "big",
+                                "image_type": "Podman",
+                                "checksum": "nope",
+                            }
+                        ],
+                        "verified_source": "a lab",
+                        "signed": None,
+                        "files": {"CWL": nested_files},
+                        "containerfile": [{"path": "Dockerfile", "content": "FROM alpine:3.19\n"}],
+                    }
+                ],
+            },
+            {
+                "id": CHECKED,
+                "name": "checked",
+                "organization": "quirky",
+                "toolclass": toolclass,
+                "description": "A checked workflow",
+                "has_checker": True,
+                "checker_url": f"{base}/tools/{enc(CHECKER)}",
+                "aliases": [],
+                "versions": [
+                    {
+                        "id": "v1",
+                        "name": "v1",
+                        "descriptor_type": ["CWL"],
+                        "files": {"CWL": nested_files},
+                    }
+                ],
+            },
+            {
+                "id": CHECKER,
+                "name": "checker",
+                "organization": "quirky",
+                "toolclass": toolclass,
+                "description": "Checks the checked workflow",
+                "aliases": [],
+                "versions": [
+                    {
+                        "id": "v1",
+                        "name": "v1",
+                        "descriptor_type": ["CWL"],
+                        "files": {"CWL": nested_files},
+                    }
+                ],
+            },
         ],
     }
 
@@ -122,10 +167,13 @@ async def _harvest_all(dsn: str) -> None:
     """Serve the three registries, harvest them into *dsn*, stop them."""
     servers: dict[str, TestServer] = {}
     quirky_app = make_registry_app({"tools": []})
-    apps = {"dockstore": make_registry_app(load_catalogue("dockstore-demo"), page_size=3,
-                                           offset_style="page"),
-            "workflowhub": make_registry_app(load_catalogue("workflowhub-demo")),
-            "quirky": quirky_app}
+    apps = {
+        "dockstore": make_registry_app(
+            load_catalogue("dockstore-demo"), page_size=3, offset_style="page"
+        ),
+        "workflowhub": make_registry_app(load_catalogue("workflowhub-demo")),
+        "quirky": quirky_app,
+    }
     try:
         for name, app in apps.items():
             servers[name] = TestServer(app, host="127.0.0.1")

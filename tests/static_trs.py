@@ -19,7 +19,7 @@ REQUESTS: Final = web.AppKey("requests", list[str])
 
 def _localise(value: Any, origin: str) -> Any:
     if isinstance(value, str) and value.startswith("https://"):
-        return origin + value[len("https://"):]
+        return origin + value[len("https://") :]
     if isinstance(value, list):
         return [_localise(v, origin) for v in value]
     if isinstance(value, dict):

@@ -35,14 +35,18 @@ async def test_toil_resolves_a_workflow_by_version_name_and_verified_zip(trs: Ap
     for f in listing:
         assert f["checksum"]["type"] == "sha-256" and len(f["checksum"]["checksum"]) == 64
     (primary,) = [f for f in listing if f["file_type"] == "PRIMARY_DESCRIPTOR"]
-    r = await trs.get(files_url + "?format=zip", headers={
-        "Accept-Encoding": "identity", "Accept": "application/zip"})
+    r = await trs.get(
+        files_url + "?format=zip",
+        headers={"Accept-Encoding": "identity", "Accept": "application/zip"},
+    )
     assert r.status == 200 and "Content-Encoding" not in r.headers
     archive = zipfile.ZipFile(io.BytesIO(await r.read()))
-    candidates = [n for n in archive.namelist()
-                  if posixpath.basename(n) == posixpath.basename(primary["path"])
-                  and hashlib.sha256(archive.read(n)).hexdigest() == primary["checksum"][
-                      "checksum"]]
+    candidates = [
+        n
+        for n in archive.namelist()
+        if posixpath.basename(n) == posixpath.basename(primary["path"])
+        and hashlib.sha256(archive.read(n)).hexdigest() == primary["checksum"]["checksum"]
+    ]
     assert candidates == [primary["path"]]
 
 
@@ -66,10 +70,16 @@ async def test_our_openapi_document_describes_what_we_serve(trs: Api) -> None:
     assert doc["openapi"].startswith("3.0")
     assert "/tools/{id}/provenance" in doc["paths"] and "/tools" in doc["paths"]
     assert [s["url"] for s in doc["servers"]] == [
-        "/ga4gh/trs/v2", "/api/ga4gh/trs/v2", "/api/ga4gh/v2"]
+        "/ga4gh/trs/v2",
+        "/api/ga4gh/trs/v2",
+        "/api/ga4gh/v2",
+    ]
     schemas = doc["components"]["schemas"]
-    tool_schema = {**schemas["Tool"], "additionalProperties": False,
-                   "components": doc["components"]}
+    tool_schema = {
+        **schemas["Tool"],
+        "additionalProperties": False,
+        "components": doc["components"],
+    }
     tool_schema["properties"] = {**tool_schema["properties"]}
     tool = await (await trs.get(f"/ga4gh/trs/v2/tools/{enc(BWA)}")).json()
     jsonschema.Draft4Validator(tool_schema).validate(tool)
@@ -94,8 +104,7 @@ async def test_provenance_answers_as_our_openapi_document_says(trs: Api) -> None
     """/aggregator/v1/tools/{id}/provenance validates against the Provenance schema we
     publish, and names both members of a merged tool with the evidence that joined them."""
     doc = await (await trs.get("/aggregator/v1/openapi.json")).json()
-    schema = _nullable({"$ref": "#/components/schemas/Provenance",
-                        "components": doc["components"]})
+    schema = _nullable({"$ref": "#/components/schemas/Provenance", "components": doc["components"]})
     r = await trs.get(f"/aggregator/v1/tools/{enc(BWA)}/provenance")
     assert r.status == 200
     record = await r.json()

@@ -43,11 +43,23 @@ async def ids(client: Client, **params: str) -> list[str]:
 async def test_every_endpoint_answers_at_every_default_mount(trs: Client, mount: str) -> None:
     """Each TRS endpoint answers 200 under /ga4gh/trs/v2, /api/ga4gh/trs/v2 and /api/ga4gh/v2."""
     v = f"{mount}/tools/{enc(BWA)}/versions/1.2.0"
-    for path in ("/service-info", "/toolClasses", "/tools", f"/tools/{enc(BWA)}",
-                 f"/tools/{enc(BWA)}/versions"):
+    for path in (
+        "/service-info",
+        "/toolClasses",
+        "/tools",
+        f"/tools/{enc(BWA)}",
+        f"/tools/{enc(BWA)}/versions",
+    ):
         assert (await trs.get(mount + path)).status == 200, path
-    for path in ("", "/CWL/descriptor", "/CWL/descriptor/tools%2Fbwa_mem.cwl", "/CWL/files",
-                 "/CWL/files?format=zip", "/CWL/tests", "/PLAIN_CWL/tests"):
+    for path in (
+        "",
+        "/CWL/descriptor",
+        "/CWL/descriptor/tools%2Fbwa_mem.cwl",
+        "/CWL/files",
+        "/CWL/files?format=zip",
+        "/CWL/tests",
+        "/PLAIN_CWL/tests",
+    ):
         assert (await trs.get(v + path)).status == 200, path
     tool = await (await trs.get(f"{mount}/tools/{enc(BWA)}")).json()
     assert tool["url"] == str(trs.make_url(f"{mount}/tools/{enc(BWA)}"))
@@ -59,26 +71,36 @@ async def test_every_endpoint_answers_at_every_default_mount(trs: Client, mount:
     assert (await trs.get(wdl + "/containerfile")).status == 404
 
 
-@pytest.mark.parametrize(("params", "expected"), [
-    ({"id": BWA}, [BWA]),
-    ({"id": f"#upstream/dockstore/{BWA}"}, [BWA]),
-    ({"alias": "10.5281-ZENODO.8004312"}, [BWA]),
-    ({"toolClass": "commandlinetool"}, ["quay.io/demo-lab/fastqc", "quay.io/demo-lab/samtools-sort"]),
-    ({"descriptorType": "GALAXY"}, ["#workflow/github.com/demo-lab/amplicon-qc-galaxy/amplicon-qc"]),
-    ({"registry": "docker.io"}, [NESTED]),
-    ({"organization": "QUIRKY"}, [CHECKED, CHECKER, NESTED]),
-    ({"name": "alpine"}, [NESTED]),
-    ({"name": "checker"}, [CHECKER]),
-    ({"toolname": "Nested"}, [NESTED]),
-    ({"description": "CHECKS THE CHECKED"}, [CHECKER]),
-    ({"author": "solo"}, [NESTED]),
-    ({"checker": "true"}, [CHECKER]),
-    ({"organization": "quirky", "checker": "false"}, [CHECKED, NESTED]),
-    ({"organization": "quirky", "toolname": "nested"}, [NESTED]),
-    ({"toolClass": "no such class"}, []),
-])
-async def test_filters_match_any_member_or_version(trs: Client, params: dict[str, str],
-                                                   expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"id": BWA}, [BWA]),
+        ({"id": f"#upstream/dockstore/{BWA}"}, [BWA]),
+        ({"alias": "10.5281-ZENODO.8004312"}, [BWA]),
+        (
+            {"toolClass": "commandlinetool"},
+            ["quay.io/demo-lab/fastqc", "quay.io/demo-lab/samtools-sort"],
+        ),
+        (
+            {"descriptorType": "GALAXY"},
+            ["#workflow/github.com/demo-lab/amplicon-qc-galaxy/amplicon-qc"],
+        ),
+        ({"registry": "docker.io"}, [NESTED]),
+        ({"organization": "QUIRKY"}, [CHECKED, CHECKER, NESTED]),
+        ({"name": "alpine"}, [NESTED]),
+        ({"name": "checker"}, [CHECKER]),
+        ({"toolname": "Nested"}, [NESTED]),
+        ({"description": "CHECKS THE CHECKED"}, [CHECKER]),
+        ({"author": "solo"}, [NESTED]),
+        ({"checker": "true"}, [CHECKER]),
+        ({"organization": "quirky", "checker": "false"}, [CHECKED, NESTED]),
+        ({"organization": "quirky", "toolname": "nested"}, [NESTED]),
+        ({"toolClass": "no such class"}, []),
+    ],
+)
+async def test_filters_match_any_member_or_version(
+    trs: Client, params: dict[str, str], expected: list[str]
+) -> None:
     """Each /tools filter selects the tools described in the OpenAPI document, in id order."""
     got = await ids(trs, **params)
     if params.get("descriptorType") == "GALAXY":
@@ -127,25 +149,37 @@ async def test_numeric_offsets_give_the_same_rows_as_walking(trs: Client) -> Non
     everything = await ids(trs)
     for offset in range(len(everything) + 2):
         got = await ids(trs, offset=str(offset), limit="3")
-        assert got == everything[offset:offset + 3], offset
+        assert got == everything[offset : offset + 3], offset
     r = await trs.get(f"{TRS}/tools", params={"offset": "100000"})
     assert await r.json() == [] and "next_page" not in r.headers
     r = await trs.get(f"{TRS}/tools", params={"limit": "5000"})
     assert r.headers["current_limit"] == "1000"
 
 
-@pytest.mark.parametrize(("path", "status"), [
-    (f"{TRS}/tools?limit=0", 400), (f"{TRS}/tools?limit=abc", 400),
-    (f"{TRS}/tools?offset=-1", 400), (f"{TRS}/tools?offset=next", 400),
-    (f"{TRS}/tools?checker=maybe", 400), (f"{TRS}/tools?descriptorType=COBOL", 400),
-    (f"{TRS}/tools/nope", 404), (f"{TRS}/tools/nope/versions", 404),
-    (f"{BWA_V[:-5]}9.9", 404), (f"{BWA_V}/COBOL/files", 404), (f"{BWA_V}/COBOL/descriptor", 404),
-    (f"{BWA_V}/CWL/descriptor/nope.cwl", 404), (f"{BWA_V}/WDL/descriptor", 404),
-    (f"{BWA_V}/CWL/descriptor/..%2F..%2Fetc%2Fpasswd", 400),
-    (f"{BWA_V}/CWL/descriptor/tools/..%2F..%2F..%2Fmain.cwl", 400),
-    (f"{BWA_V}/CWL/files?format=tar", 400), ("/elsewhere", 404), (f"{TRS}/", 404),
-    ("/strict-2.0.0/ga4gh/trs/v2/service-info", 404),
-])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (f"{TRS}/tools?limit=0", 400),
+        (f"{TRS}/tools?limit=abc", 400),
+        (f"{TRS}/tools?offset=-1", 400),
+        (f"{TRS}/tools?offset=next", 400),
+        (f"{TRS}/tools?checker=maybe", 400),
+        (f"{TRS}/tools?descriptorType=COBOL", 400),
+        (f"{TRS}/tools/nope", 404),
+        (f"{TRS}/tools/nope/versions", 404),
+        (f"{BWA_V[:-5]}9.9", 404),
+        (f"{BWA_V}/COBOL/files", 404),
+        (f"{BWA_V}/COBOL/descriptor", 404),
+        (f"{BWA_V}/CWL/descriptor/nope.cwl", 404),
+        (f"{BWA_V}/WDL/descriptor", 404),
+        (f"{BWA_V}/CWL/descriptor/..%2F..%2Fetc%2Fpasswd", 400),
+        (f"{BWA_V}/CWL/descriptor/tools/..%2F..%2F..%2Fmain.cwl", 400),
+        (f"{BWA_V}/CWL/files?format=tar", 400),
+        ("/elsewhere", 404),
+        (f"{TRS}/", 404),
+        ("/strict-2.0.0/ga4gh/trs/v2/service-info", 404),
+    ],
+)
 async def test_every_error_is_trs_error_json(trs: Client, path: str, status: int) -> None:
     """Bad parameters, unknown ids, types, paths and routes answer {"code", "message"} JSON."""
     r = await trs.get(path)
@@ -164,8 +198,9 @@ async def test_wrong_method_is_405_json_with_allow(trs: Client) -> None:
         assert set(r.headers["Allow"].split(", ")) == {"GET", "HEAD"}
 
 
-@pytest.mark.parametrize("spelling", ["PLAIN_CWL", "PLAIN-CWL", "plain-CWL", "plain_cwl",
-                                      "Plain-Cwl"])
+@pytest.mark.parametrize(
+    "spelling", ["PLAIN_CWL", "PLAIN-CWL", "plain-CWL", "plain_cwl", "Plain-Cwl"]
+)
 async def test_plain_types_in_every_spelling_answer_bare_text(trs: Client, spelling: str) -> None:
     """Every spelling of PLAIN_<type> answers text/plain with the descriptor's exact bytes."""
     wrapped = await (await trs.get(f"{BWA_V}/CWL/descriptor")).json()
@@ -183,15 +218,24 @@ async def test_types_are_read_in_any_case(trs: Client, spelling: str) -> None:
     assert r.status == 200 and r.content_type == "application/json"
 
 
-@pytest.mark.parametrize("form", ["tools/bwa_mem.cwl", "tools%2Fbwa_mem.cwl",
-                                  "%2Ftools%2Fbwa_mem.cwl", "/tools/bwa_mem.cwl",
-                                  "./tools/bwa_mem.cwl", "tools/../tools/bwa_mem.cwl"])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "tools/bwa_mem.cwl",
+        "tools%2Fbwa_mem.cwl",
+        "%2Ftools%2Fbwa_mem.cwl",
+        "/tools/bwa_mem.cwl",
+        "./tools/bwa_mem.cwl",
+        "tools/../tools/bwa_mem.cwl",
+    ],
+)
 async def test_relative_paths_in_every_form(trs: Client, form: str) -> None:
     """descriptor/{relative_path} finds a file however clients spell its path."""
     r = await trs.get(f"{BWA_V}/PLAIN_CWL/descriptor/{form}")
     assert r.status == 200, form
     assert (await r.text()).startswith("#!/usr/bin/env cwl-runner") or "cwlVersion" in (
-        await r.text())
+        await r.text()
+    )
     listing = await (await trs.get(f"{BWA_V}/CWL/files")).json()
     (entry,) = [f for f in listing if f["path"] == "tools/bwa_mem.cwl"]
     assert sha(await r.read()) == entry["checksum"]["checksum"]
@@ -219,7 +263,8 @@ async def test_zip_holds_exactly_the_listed_bytes(trs: Client, how: str) -> None
     assert "attachment" in r.headers["Content-Disposition"]
     archive = zipfile.ZipFile(io.BytesIO(await r.read()))
     assert {n: sha(archive.read(n)) for n in archive.namelist()} == {
-        f["path"]: f["checksum"]["checksum"] for f in listing}
+        f["path"]: f["checksum"]["checksum"] for f in listing
+    }
     (primary,) = [f for f in listing if f["file_type"] == "PRIMARY_DESCRIPTOR"]
     plain = await (await trs.get(f"{BWA_V}/PLAIN_CWL/descriptor")).read()
     assert archive.read(primary["path"]) == plain
@@ -227,9 +272,11 @@ async def test_zip_holds_exactly_the_listed_bytes(trs: Client, how: str) -> None
 
 async def test_checksums_are_sha256_of_the_bytes_served(trs: Client) -> None:
     """Every FileWrapper checksum is the lowercase hex sha-256 of its content's UTF-8 bytes."""
-    wrappers = [await (await trs.get(f"{BWA_V}/CWL/descriptor")).json(),
-                *await (await trs.get(f"{BWA_V}/CWL/tests")).json(),
-                *await (await trs.get(f"{NESTED_V}/containerfile")).json()]
+    wrappers = [
+        await (await trs.get(f"{BWA_V}/CWL/descriptor")).json(),
+        *await (await trs.get(f"{BWA_V}/CWL/tests")).json(),
+        *await (await trs.get(f"{NESTED_V}/containerfile")).json(),
+    ]
     for w in wrappers:
         (c,) = w["checksum"]
         assert c == {"checksum": sha(w["content"].encode()), "type": "sha-256"}
@@ -256,9 +303,15 @@ async def test_tests_endpoint_json_and_plain(trs: Client) -> None:
 
 async def test_head_answers_wherever_get_does(trs: Client) -> None:
     """HEAD gives GET's status and headers without a body."""
-    for path in (f"{TRS}/tools", f"{TRS}/tools/{enc(BWA)}", f"{BWA_V}/PLAIN_CWL/descriptor",
-                 f"{BWA_V}/CWL/files?format=zip", f"{TRS}/service-info", "/aggregator/v1/"
-                 "openapi.json", f"{TRS}/tools/nope"):
+    for path in (
+        f"{TRS}/tools",
+        f"{TRS}/tools/{enc(BWA)}",
+        f"{BWA_V}/PLAIN_CWL/descriptor",
+        f"{BWA_V}/CWL/files?format=zip",
+        f"{TRS}/service-info",
+        "/aggregator/v1/openapi.json",
+        f"{TRS}/tools/nope",
+    ):
         get = await trs.get(path, headers={"Accept-Encoding": "identity"})
         head = await trs.head(path, headers={"Accept-Encoding": "identity"})
         assert head.status == get.status, path
@@ -285,11 +338,23 @@ async def test_cors_exposes_the_paging_headers(trs: Client) -> None:
     r = await trs.get(f"{TRS}/tools", headers={"Origin": "https://example.org"})
     assert r.headers["Access-Control-Allow-Origin"] == "*"
     exposed = {h.strip() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
-    assert {"next_page", "last_page", "self_link", "current_offset", "current_limit",
-            "Link", "ETag"} <= exposed
-    pre = await trs.options(f"{TRS}/tools", headers={
-        "Origin": "https://example.org", "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization, if-none-match"})
+    assert {
+        "next_page",
+        "last_page",
+        "self_link",
+        "current_offset",
+        "current_limit",
+        "Link",
+        "ETag",
+    } <= exposed
+    pre = await trs.options(
+        f"{TRS}/tools",
+        headers={
+            "Origin": "https://example.org",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, if-none-match",
+        },
+    )
     assert pre.status == 204
     assert "GET" in pre.headers["Access-Control-Allow-Methods"]
     assert pre.headers["Access-Control-Allow-Headers"] == "authorization, if-none-match"
@@ -301,8 +366,9 @@ async def test_large_bodies_are_gzipped_when_accepted(trs: Client) -> None:
     plain = await trs.get(f"{TRS}/tools", headers={"Accept-Encoding": "identity"})
     assert "Content-Encoding" not in plain.headers
     body = await plain.read()
-    zipped = await trs.get(f"{TRS}/tools", headers={"Accept-Encoding": "gzip"},
-                           auto_decompress=False)
+    zipped = await trs.get(
+        f"{TRS}/tools", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
     assert zipped.headers["Content-Encoding"] == "gzip"
     assert "Accept-Encoding" in zipped.headers["Vary"]
     assert gzip.decompress(await zipped.read()) == body
@@ -332,12 +398,19 @@ async def test_every_tool_and_version_names_its_sources(trs: Client) -> None:
     for tool in await (await trs.get(f"{TRS}/tools")).json():
         assert tool["sources"], tool["id"]
         for s in tool["sources"]:
-            assert {"upstream", "upstream_id", "upstream_url", "first_seen", "last_confirmed",
-                    "stale"} <= s.keys()
+            assert {
+                "upstream",
+                "upstream_id",
+                "upstream_url",
+                "first_seen",
+                "last_confirmed",
+                "stale",
+            } <= s.keys()
             assert s["stale"] is False
         for v in tool["versions"]:
-            assert v["sources"] and all(s["upstream_url"].startswith("http")
-                                        for s in v["sources"]), (tool["id"], v["id"])
+            assert v["sources"] and all(
+                s["upstream_url"].startswith("http") for s in v["sources"]
+            ), (tool["id"], v["id"])
 
 
 async def test_unknown_ids_resolve_qualified_and_version_ids_upstream(trs: Client) -> None:
@@ -350,7 +423,8 @@ async def test_unknown_ids_resolve_qualified_and_version_ids_upstream(trs: Clien
 
 
 async def test_index_mode_file_endpoints_redirect_to_the_upstream(
-        pool: Any, db_dsn: str, aiohttp_server: Any, aiohttp_client: Any) -> None:
+    pool: Any, db_dsn: str, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     """For an upstream harvested in index mode, file endpoints answer 307 to its own URLs."""
     from aggregator.app import create_app
     from aggregator.demo.registry import make_registry_app
@@ -361,8 +435,13 @@ async def test_index_mode_file_endpoints_redirect_to_the_upstream(
     assert (await harvest(pool, config))["up"].status == "succeeded"
     client = await aiohttp_client(create_app(config))
     base = str(upstream.make_url(f"{TRS}/tools/t/versions/1.0"))
-    for tail in ("CWL/descriptor", "PLAIN_CWL/descriptor/tools%2Fstep.cwl", "CWL/files",
-                 "CWL/tests", "containerfile"):
+    for tail in (
+        "CWL/descriptor",
+        "PLAIN_CWL/descriptor/tools%2Fstep.cwl",
+        "CWL/files",
+        "CWL/tests",
+        "containerfile",
+    ):
         r = await client.get(f"{TRS}/tools/t/versions/1.0/{tail}", allow_redirects=False)
         assert r.status == 307, tail
         assert r.headers["Location"].startswith(base + "/"), (tail, r.headers["Location"])

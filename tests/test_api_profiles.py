@@ -53,8 +53,7 @@ async def test_strict_profile_drops_provenance_and_201_values(trs: Api) -> None:
     assert "descriptor_type_version" in default["versions"][0]
     assert "descriptor_type_version" not in strict["versions"][0]
     assert strict["url"].startswith(str(trs.make_url(STRICT)))
-    listing = await (await trs.get(
-        f"{STRICT}/tools/{enc(BWA)}/versions/1.2.0/CWL/files")).json()
+    listing = await (await trs.get(f"{STRICT}/tools/{enc(BWA)}/versions/1.2.0/CWL/files")).json()
     assert all(set(f) == {"path", "file_type"} for f in listing)
     r = await trs.get(f"{STRICT}/tools/{enc(galaxy)}/versions/1.0.1/PLAIN_GALAXY/descriptor")
     assert r.status == 200
@@ -72,6 +71,7 @@ async def test_upstream_fields_of_the_wrong_type_are_conformed(trs: Api) -> None
     (version,) = default["versions"]
     assert version["descriptor_type"] == ["CWL"]
     assert version["author"] == ["Solo Author"] and version["name"] == "v1"
-    assert version["images"] == [{"registry_host": "docker.io",
-                                  "image_name": "library/alpine:3.19"}]
+    assert version["images"] == [
+        {"registry_host": "docker.io", "image_name": "library/alpine:3.19"}
+    ]
     assert "is_production" not in version and "signed" not in version

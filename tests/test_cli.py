@@ -60,9 +60,16 @@ def child_env(**extra: str) -> dict[str, str]:
 async def run_cli(cwd: Path, *args: str, timeout: float = 60) -> Result:
     """Run ``python -m aggregator ARGS`` to completion, without blocking our event loop."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aggregator", *args, cwd=cwd, env=child_env(),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "aggregator",
+        *args,
+        cwd=cwd,
+        env=child_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
@@ -73,15 +80,27 @@ async def run_cli(cwd: Path, *args: str, timeout: float = 60) -> Result:
     return Result(proc.returncode, out.decode(), err.decode())
 
 
-def write_config(path: Path, dsn: str, upstreams: dict[str, TestServer], *,
-                 port: int = 0) -> Path:
+def write_config(path: Path, dsn: str, upstreams: dict[str, TestServer], *, port: int = 0) -> Path:
     """A TOML config: database *dsn*, API on *port*, one upstream per running registry."""
-    lines = ["[database]", f"url = {json.dumps(dsn)}", "pool_max = 4", "",
-             "[server]", 'host = "127.0.0.1"', f"port = {port}"]
+    lines = [
+        "[database]",
+        f"url = {json.dumps(dsn)}",
+        "pool_max = 4",
+        "",
+        "[server]",
+        'host = "127.0.0.1"',
+        f"port = {port}",
+    ]
     for name, server in upstreams.items():
-        lines += ["", "[[upstreams]]", f"name = {json.dumps(name)}",
-                  f"url = {json.dumps(str(server.make_url(TRS)))}",
-                  "retries = 0", "timeout_s = 5", "page_size = 2"]
+        lines += [
+            "",
+            "[[upstreams]]",
+            f"name = {json.dumps(name)}",
+            f"url = {json.dumps(str(server.make_url(TRS)))}",
+            "retries = 0",
+            "timeout_s = 5",
+            "page_size = 2",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -90,9 +109,9 @@ def failing_tools(status: int) -> Any:
     """A registry middleware answering *status* to every /tools request."""
 
     @web.middleware
-    async def middleware(request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if "/tools" in request.raw_path:
             return web.json_response({"code": status, "message": "injected"}, status=status)
         return await handler(request)
@@ -100,9 +119,13 @@ def failing_tools(status: int) -> Any:
     return middleware
 
 
-async def wait_for_json(session: aiohttp.ClientSession, url: str | URL,
-                        proc: asyncio.subprocess.Process, log: Path,
-                        timeout: float = 20) -> Any:
+async def wait_for_json(
+    session: aiohttp.ClientSession,
+    url: str | URL,
+    proc: asyncio.subprocess.Process,
+    log: Path,
+    timeout: float = 20,
+) -> Any:
     """Poll *url* until it answers 200 (failing early if *proc* exits); return its JSON."""
     deadline = time.monotonic() + timeout
     while True:
@@ -141,12 +164,14 @@ def summary_lines(stdout: str) -> dict[str, str]:
 
 
 async def test_migrate_then_harvest_from_the_command_line(
-        aiohttp_server: Any, empty_dsn: str, tmp_path: Path) -> None:
+    aiohttp_server: Any, empty_dsn: str, tmp_path: Path
+) -> None:
     """migrate twice, then harvest all, an unknown name, and with one upstream failing."""
     one = await aiohttp_server(make_registry_app(catalogue([cwl_tool("a1"), cwl_tool("a2")])))
     two = await aiohttp_server(make_registry_app(catalogue([cwl_tool("b1")])))
-    bad = await aiohttp_server(make_registry_app(catalogue([cwl_tool("x")]),
-                                                 middlewares=[failing_tools(500)]))
+    bad = await aiohttp_server(
+        make_registry_app(catalogue([cwl_tool("x")]), middlewares=[failing_tools(500)])
+    )
     config = str(write_config(tmp_path / "agg.toml", empty_dsn, {"one": one, "two": two}))
     names = [m.name for m in load_migrations(default_directory())]
 
@@ -164,17 +189,23 @@ async def test_migrate_then_harvest_from_the_command_line(
     assert summary["one"].startswith("one: succeeded (run ")
     assert ": 2 tools (2 new, 0 changed, 0 unchanged, 0 missing), 2 versions" in summary["one"]
     assert ": 1 tools (1 new," in summary["two"]
-    runs = await fetch(empty_dsn, "select u.name, r.status, r.tools_seen, r.finished_at "
-                                  "from harvest_runs r join upstreams u on u.id = r.upstream_id")
+    runs = await fetch(
+        empty_dsn,
+        "select u.name, r.status, r.tools_seen, r.finished_at "
+        "from harvest_runs r join upstreams u on u.id = r.upstream_id",
+    )
     assert sorted((r["name"], r["status"], r["tools_seen"]) for r in runs) == [
-        ("one", "succeeded", 2), ("two", "succeeded", 1)]
+        ("one", "succeeded", 2),
+        ("two", "succeeded", 1),
+    ]
     assert all(r["finished_at"] is not None for r in runs)
 
     r = await run_cli(tmp_path, "harvest", "--config", config, "no-such-upstream")
     assert r.returncode == 2
     assert r.stderr.splitlines() == [
         "trs-aggregator: config error: upstreams: no upstream named 'no-such-upstream' "
-        "(known: one, two)"]
+        "(known: one, two)"
+    ]
     assert r.stdout == ""
 
     one.app[STATE].catalogue = catalogue([cwl_tool("a1"), cwl_tool("a2"), cwl_tool("a3")])
@@ -189,16 +220,23 @@ async def test_migrate_then_harvest_from_the_command_line(
     assert error_line.startswith("  error: ") and "500" in error_line
     published = await fetch(empty_dsn, "select id from catalogue_tools order by id")
     assert [p["id"] for p in published] == ["a1", "a2", "a3", "b1"]
-    status = await fetch(empty_dsn, "select r.status, r.error from harvest_runs r join "
-                                    "upstreams u on u.id = r.upstream_id where u.name = 'bad'")
+    status = await fetch(
+        empty_dsn,
+        "select r.status, r.error from harvest_runs r join "
+        "upstreams u on u.id = r.upstream_id where u.name = 'bad'",
+    )
     assert [s["status"] for s in status] == ["failed"] and "500" in status[0]["error"]
 
 
 async def test_serve_answers_until_sigterm(
-        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path) -> None:
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path
+) -> None:
     """serve lists the harvested tools on its port, and exits 0 promptly on SIGTERM."""
-    registry = await aiohttp_server(make_registry_app(catalogue(
-        [cwl_tool("#workflow/github.com/org/one"), cwl_tool("quay.io/org/two")])))
+    registry = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool("#workflow/github.com/org/one"), cwl_tool("quay.io/org/two")])
+        )
+    )
     outcome = (await harvest(pool, config_for(db_dsn, {"up": registry})))["up"]
     assert outcome.status == "succeeded"
     port = free_port()
@@ -206,15 +244,29 @@ async def test_serve_answers_until_sigterm(
     log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aggregator", "serve", "--config", str(config), cwd=tmp_path,
-            env=child_env(), stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err)
+            sys.executable,
+            "-m",
+            "aggregator",
+            "serve",
+            "--config",
+            str(config),
+            cwd=tmp_path,
+            env=child_env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+        )
     try:
         async with aiohttp.ClientSession() as session:
             tools = await wait_for_json(session, f"http://127.0.0.1:{port}{TRS}/tools", proc, log)
             assert sorted(t["id"] for t in tools) == [
-                "#workflow/github.com/org/one", "quay.io/org/two"]
-            one = URL(f"http://127.0.0.1:{port}{TRS}/tools/%23workflow%2Fgithub.com%2Forg%2Fone",
-                      encoded=True)
+                "#workflow/github.com/org/one",
+                "quay.io/org/two",
+            ]
+            one = URL(
+                f"http://127.0.0.1:{port}{TRS}/tools/%23workflow%2Fgithub.com%2Forg%2Fone",
+                encoded=True,
+            )
             async with session.get(one) as r:
                 assert r.status == 200
                 assert (await r.json())["id"] == "#workflow/github.com/org/one"
@@ -268,8 +320,12 @@ async def demo_session(proc: asyncio.subprocess.Process, log: Path) -> None:
         raise AssertionError(f"{e}\n--- stderr ---\n{log.read_text()}") from None
     text = "".join(out)
     assert "trs-aggregator demo is serving" in text
-    base = next(word for line in out for word in line.split()
-                if word.startswith("http://") and word.endswith(f"{TRS}/service-info"))
+    base = next(
+        word
+        for line in out
+        for word in line.split()
+        if word.startswith("http://") and word.endswith(f"{TRS}/service-info")
+    )
     base = base.removesuffix("/service-info")
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/tools") as r:
@@ -279,8 +335,7 @@ async def demo_session(proc: asyncio.subprocess.Process, log: Path) -> None:
         workflowhub = [i for i in ids if i.isdigit()]
         assert len(dockstore) >= 2 and len(workflowhub) >= 2, ids
         assert len(dockstore) + len(workflowhub) == len(ids), ids
-        bwa = URL(f"{base}/tools/%23workflow%2Fgithub.com%2Fdemo-lab%2Fbwa-mem-align",
-                  encoded=True)
+        bwa = URL(f"{base}/tools/%23workflow%2Fgithub.com%2Fdemo-lab%2Fbwa-mem-align", encoded=True)
         async with session.get(bwa) as r:
             assert r.status == 200
             assert (await r.json())["id"] == "#workflow/github.com/demo-lab/bwa-mem-align"
@@ -298,9 +353,20 @@ async def test_demo_runs_its_own_database_and_stops_it(tmp_path: Path) -> None:
     try:
         with log.open("wb") as err:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "aggregator", "demo", "--data-dir", str(data_dir),
-                "--port", str(free_port()), cwd=tmp_path, env=child_env(),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=err)
+                sys.executable,
+                "-m",
+                "aggregator",
+                "demo",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(free_port()),
+                cwd=tmp_path,
+                env=child_env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+            )
         await asyncio.wait_for(demo_session(proc, log), 90)
         assert cluster.initialized
         assert not (cluster.data_dir / "postmaster.pid").exists()
@@ -325,9 +391,23 @@ def test_demo_refuses_an_unusable_data_dir(tmp_path: Path) -> None:
         if os.geteuid() == 0:
             shutil.chown(data_dir / "pg", "postgres")
         result = subprocess.run(
-            [sys.executable, "-m", "aggregator", "demo", "--data-dir", str(data_dir),
-             "--port", str(free_port())], cwd=tmp_path, env=child_env(),
-            capture_output=True, text=True, timeout=60, check=False)
+            [
+                sys.executable,
+                "-m",
+                "aggregator",
+                "demo",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(free_port()),
+            ],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 1, result.stderr
         assert "is not empty and holds no PostgreSQL cluster" in result.stderr
         assert "Traceback" not in result.stderr

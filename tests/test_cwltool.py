@@ -20,8 +20,17 @@ async def cwltool_validate(origin: str, reference: str) -> tuple[int, str]:
     """Run ``cwltool --validate --add-ga4gh-tool-registry ORIGIN REFERENCE``."""
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cwltool", "--validate", "--add-ga4gh-tool-registry", origin,
-        reference, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+        sys.executable,
+        "-m",
+        "cwltool",
+        "--validate",
+        "--add-ga4gh-tool-registry",
+        origin,
+        reference,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
@@ -29,7 +38,8 @@ async def cwltool_validate(origin: str, reference: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("reference", [f"{BWA}:1.2.0", f"{NESTED}:v1"])
 async def test_cwltool_validates_a_workflow_with_nested_relative_imports(
-        live_origin: str, reference: str) -> None:
+    live_origin: str, reference: str
+) -> None:
     """cwltool finds the primary descriptor at /api/ga4gh/v2 and fetches every relative import
     (tools/, types/, ../ from a primary in a subdirectory) from us."""
     code, output = await cwltool_validate(live_origin, reference)

@@ -64,16 +64,18 @@ def path_is(suffix: str) -> Callable[[web.Request], bool]:
 
 def listing_page(offset: str | None = None) -> Callable[[web.Request], bool]:
     """Match /tools listing requests, or only the one at *offset*."""
-    return lambda r: r.path.endswith("/tools") and (
-        offset is None or r.query.get("offset") == offset)
+    return lambda r: (
+        r.path.endswith("/tools") and (offset is None or r.query.get("offset") == offset)
+    )
 
 
 def status(code: int, headers: dict[str, str] | None = None) -> Fault:
     """Answer *code* (TRS Error JSON)."""
 
     async def fault(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return web.json_response({"code": code, "message": "injected"}, status=code,
-                                 headers=headers)
+        return web.json_response(
+            {"code": code, "message": "injected"}, status=code, headers=headers
+        )
 
     return fault
 
@@ -97,10 +99,11 @@ async def _body(request: web.Request, handler: Handler) -> bytes:
 async def reset_mid_body(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Send the headers and half the body, then reset the connection (RST)."""
     body = await _body(request, handler)
-    response = web.StreamResponse(headers={"Content-Type": "application/json",
-                                           "Content-Length": str(len(body))})
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/json", "Content-Length": str(len(body))}
+    )
     await response.prepare(request)
-    await response.write(body[:len(body) // 2])
+    await response.write(body[: len(body) // 2])
     transport = request.transport
     assert transport is not None
     sock = transport.get_extra_info("socket")
@@ -112,7 +115,7 @@ async def reset_mid_body(request: web.Request, handler: Handler) -> web.StreamRe
 async def malformed(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Cut the JSON short."""
     body = await _body(request, handler)
-    return web.Response(body=body[:len(body) // 2], content_type="application/json")
+    return web.Response(body=body[: len(body) // 2], content_type="application/json")
 
 
 def trickle(bytes_per_tick: int, tick_s: float) -> Fault:
@@ -123,7 +126,7 @@ def trickle(bytes_per_tick: int, tick_s: float) -> Fault:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         for i in range(0, len(body), bytes_per_tick):
-            await response.write(body[i:i + bytes_per_tick])
+            await response.write(body[i : i + bytes_per_tick])
             await asyncio.sleep(tick_s)
         await response.write_eof()
         return response
@@ -175,9 +178,15 @@ def mangle_listing(change: Callable[[list[dict[str, Any]]], None]) -> Fault:
         assert isinstance(response, web.Response) and response.body is not None
         tools = orjson.loads(response.body)  # type: ignore[arg-type]
         change(tools)
-        return web.Response(body=orjson.dumps(tools), content_type="application/json",
-                            headers={k: v for k, v in response.headers.items()
-                                     if k in ("next_page", "last_page", "self_link")})
+        return web.Response(
+            body=orjson.dumps(tools),
+            content_type="application/json",
+            headers={
+                k: v
+                for k, v in response.headers.items()
+                if k in ("next_page", "last_page", "self_link")
+            },
+        )
 
     return fault
 
@@ -199,8 +208,9 @@ def unreadable(tool_ids: dict[str, str]) -> Callable[[list[dict[str, Any]]], Non
 async def wrong_checksum(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A FileWrapper whose declared sha-256 is not that of its content."""
     wrapper = orjson.loads(await _body(request, handler))
-    wrapper["checksum"] = [{"type": "sha-256",
-                            "checksum": hashlib.sha256(b"something else").hexdigest()}]
+    wrapper["checksum"] = [
+        {"type": "sha-256", "checksum": hashlib.sha256(b"something else").hexdigest()}
+    ]
     return web.json_response(body=orjson.dumps(wrapper))
 
 
@@ -217,14 +227,17 @@ class World:
 
     def with_bad(self, **changes: Any) -> Config:
         """The config with upstream ``bad`` changed."""
-        ups = tuple(dataclasses.replace(u, **changes) if u.name == "bad" else u
-                    for u in self.config.upstreams)
+        ups = tuple(
+            dataclasses.replace(u, **changes) if u.name == "bad" else u
+            for u in self.config.upstreams
+        )
         return dataclasses.replace(self.config, upstreams=ups)
 
     async def descriptor(self, tool_id: str) -> str:
         """The primary descriptor clients get for *tool_id* version 1.0."""
         r = await self.client.get(
-            f"{TRS}/tools/{quote(tool_id, safe='')}/versions/1.0/PLAIN_CWL/descriptor")
+            f"{TRS}/tools/{quote(tool_id, safe='')}/versions/1.0/PLAIN_CWL/descriptor"
+        )
         assert r.status == 200, (tool_id, await r.text())
         return await r.text()
 
@@ -232,7 +245,8 @@ class World:
         """The latest run record of ``bad``."""
         row = await self.pool.fetchrow(
             """select r.* from harvest_runs r join upstreams u on u.id = r.upstream_id
-               where u.name = 'bad' order by r.id desc limit 1""")
+               where u.name = 'bad' order by r.id desc limit 1"""
+        )
         assert row is not None
         return row
 
@@ -240,24 +254,37 @@ class World:
 def upstream(name: str, server: TestServer, **options: Any) -> UpstreamConfig:
     """A fast-failing upstream config for *server*."""
     defaults: dict[str, Any] = {
-        "retries": 1, "backoff_s": 0.01, "timeout_s": 0.4, "connect_timeout_s": 0.3,
-        "page_size": 2, "max_body_bytes": 8192}
+        "retries": 1,
+        "backoff_s": 0.01,
+        "timeout_s": 0.4,
+        "connect_timeout_s": 0.3,
+        "page_size": 2,
+        "max_body_bytes": 8192,
+    }
     return UpstreamConfig(name=name, url=str(server.make_url(TRS)), **{**defaults, **options})
 
 
 @pytest.fixture
-async def world(db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any,
-                aiohttp_client: Any) -> World:
+async def world(
+    db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any, aiohttp_client: Any
+) -> World:
     """Both upstreams harvested once with content marked "old"."""
     injector = Injector()
-    good = await aiohttp_server(make_registry_app(catalogue([cwl_tool("g0", marker="old")]),
-                                                  page_size=2))
-    bad = await aiohttp_server(make_registry_app(
-        catalogue([cwl_tool(t, marker="old") for t in BAD_TOOLS]), page_size=2,
-        middlewares=[injector.middleware()]))
-    config = Config(database=DatabaseConfig(url=db_dsn, pool_max=6),
-                    harvest=HarvestConfig(tombstone_after=1),
-                    upstreams=(upstream("good", good), upstream("bad", bad)))
+    good = await aiohttp_server(
+        make_registry_app(catalogue([cwl_tool("g0", marker="old")]), page_size=2)
+    )
+    bad = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool(t, marker="old") for t in BAD_TOOLS]),
+            page_size=2,
+            middlewares=[injector.middleware()],
+        )
+    )
+    config = Config(
+        database=DatabaseConfig(url=db_dsn, pool_max=6),
+        harvest=HarvestConfig(tombstone_after=1),
+        upstreams=(upstream("good", good), upstream("bad", bad)),
+    )
     outcomes = await harvest(pool, config)
     assert {o.status for o in outcomes.values()} == {"succeeded"}
     client = await aiohttp_client(create_app(config))
@@ -267,18 +294,21 @@ async def world(db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any,
     return w
 
 
-async def rerun(w: World, config: Config | None = None, *,
-                bad_catalogue: dict[str, Any] | None = None) -> dict[str, Any]:
+async def rerun(
+    w: World, config: Config | None = None, *, bad_catalogue: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Change both upstreams to "new" content and harvest them together."""
     w.injector.seen.clear()
     w.good.app[STATE].catalogue = catalogue([cwl_tool("g0", marker="new")])
     w.bad.app[STATE].catalogue = bad_catalogue or catalogue(
-        [cwl_tool(t, marker="new") for t in BAD_TOOLS])
+        [cwl_tool(t, marker="new") for t in BAD_TOOLS]
+    )
     return await harvest(w.pool, config or w.config)
 
 
-async def check_contained(w: World, outcomes: dict[str, Any], *, status: str, fault: str,
-                          kept_old: tuple[str, ...]) -> None:
+async def check_contained(
+    w: World, outcomes: dict[str, Any], *, status: str, fault: str, kept_old: tuple[str, ...]
+) -> None:
     """The four properties every fault must keep."""
     assert outcomes["good"].status == "succeeded"
     assert "new" in await w.descriptor("g0"), "the good upstream's run was affected"
@@ -291,14 +321,16 @@ async def check_contained(w: World, outcomes: dict[str, Any], *, status: str, fa
         assert expected in await w.descriptor(t), t
     lost = await w.pool.fetch(
         """select t.external_id from upstream_tools t join upstreams u on u.id = t.upstream_id
-           where u.name = 'bad' and (t.missed_listings > 0 or t.tombstoned_at is not null)""")
+           where u.name = 'bad' and (t.missed_listings > 0 or t.tombstoned_at is not null)"""
+    )
     assert lost == []
     files = await w.pool.fetchval(
         """select count(*) from upstream_files f
            join upstream_versions v on v.id = f.upstream_version_id
            join upstream_tools t on t.id = v.upstream_tool_id
            join upstreams u on u.id = t.upstream_id
-           where u.name = 'bad' and f.sha256 is not null""")
+           where u.name = 'bad' and f.sha256 is not null"""
+    )
     assert files == 5 * len(BAD_TOOLS)
 
 
@@ -326,8 +358,9 @@ def blackhole() -> Iterator[str]:
 async def test_connect_timeout(world: World, blackhole: str) -> None:
     """An upstream that no longer accepts connections fails its run on a connect timeout."""
     outcomes = await rerun(world, world.with_bad(url=blackhole))
-    await check_contained(world, outcomes, status="failed", fault="connect timeout",
-                          kept_old=BAD_TOOLS)
+    await check_contained(
+        world, outcomes, status="failed", fault="connect timeout", kept_old=BAD_TOOLS
+    )
 
 
 async def test_read_timeout(world: World) -> None:
@@ -341,8 +374,13 @@ async def test_connection_reset_mid_body(world: World) -> None:
     """A listing page cut off by a connection reset fails the run and publishes nothing."""
     world.injector.rules.append((listing_page("2"), reset_mid_body))
     outcomes = await rerun(world)
-    await check_contained(world, outcomes, status="failed",
-                          fault="connection broken while reading the body", kept_old=BAD_TOOLS)
+    await check_contained(
+        world,
+        outcomes,
+        status="failed",
+        fault="connection broken while reading the body",
+        kept_old=BAD_TOOLS,
+    )
     pages = [p for _, _, p in world.injector.seen if "offset=2" in p]
     assert len(pages) == 2, "the reset is retried once (retries = 1)"
 
@@ -377,38 +415,48 @@ async def test_retry_after_is_honoured(world: World) -> None:
 
 async def test_retry_after_beyond_the_bound_is_not_waited_for(world: World) -> None:
     """A Retry-After longer than max_retry_after_s fails that request at once, not after an hour."""
-    world.injector.rules.append((path_is("/tools/b0/versions"),
-                                 status(429, {"Retry-After": "3600"})))
+    world.injector.rules.append(
+        (path_is("/tools/b0/versions"), status(429, {"Retry-After": "3600"}))
+    )
     started = time.monotonic()
     outcomes = await rerun(world, world.with_bad(max_retry_after_s=2))
     assert time.monotonic() - started < 5
-    await check_contained(world, outcomes, status="partial",
-                          fault="asking to retry after 3600s (Retry-After)", kept_old=("b0",))
+    await check_contained(
+        world,
+        outcomes,
+        status="partial",
+        fault="asking to retry after 3600s (Retry-After)",
+        kept_old=("b0",),
+    )
 
 
 async def test_malformed_json(world: World) -> None:
     """A listing page that is not JSON fails the run and names the page."""
     world.injector.rules.append((listing_page(), malformed))
     outcomes = await rerun(world)
-    await check_contained(world, outcomes, status="failed", fault="malformed JSON",
-                          kept_old=BAD_TOOLS)
+    await check_contained(
+        world, outcomes, status="failed", fault="malformed JSON", kept_old=BAD_TOOLS
+    )
 
 
 async def test_json_of_the_wrong_shape(world: World) -> None:
     """Listing entries without an id or with non-array versions are reported; nothing is
     tombstoned by that listing, and the unreadable tools keep what was published."""
-    world.injector.rules.append((listing_page(), mangle_listing(
-        unreadable({"b0": "id", "b1": "versions"}))))
+    world.injector.rules.append(
+        (listing_page(), mangle_listing(unreadable({"b0": "id", "b1": "versions"})))
+    )
     outcomes = await rerun(world)
-    await check_contained(world, outcomes, status="partial", fault="a tool has no id",
-                          kept_old=("b0", "b1"))
+    await check_contained(
+        world, outcomes, status="partial", fault="a tool has no id", kept_old=("b0", "b1")
+    )
     run = await world.bad_run()
     assert "'versions' must be an array" in " ".join(run["error_samples"])
     assert not run["listing_complete"]
 
 
 async def test_pre_release_names_are_read(
-        db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any, aiohttp_client: Any) -> None:
+    db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     """An upstream using the pre-release 2.0.0 names (toolname, immutable, string author) is
     served with their 2.0.1 names."""
     tool = cwl_tool("old-server-tool")
@@ -418,8 +466,9 @@ async def test_pre_release_names_are_read(
         v["immutable"] = v.pop("is_production")
         del v["author"]
     server = await aiohttp_server(make_registry_app(catalogue([tool])))
-    config = Config(database=DatabaseConfig(url=db_dsn),
-                    upstreams=(upstream("old", server, timeout_s=5),))
+    config = Config(
+        database=DatabaseConfig(url=db_dsn), upstreams=(upstream("old", server, timeout_s=5),)
+    )
     assert (await harvest(pool, config))["old"].status == "succeeded"
     client = await aiohttp_client(create_app(config))
     got = await (await client.get(f"{TRS}/tools/old-server-tool")).json()
@@ -433,50 +482,58 @@ async def test_body_over_the_size_limit(world: World) -> None:
     tools = [cwl_tool(t, marker="new") for t in BAD_TOOLS]
     tools[0]["versions"][0]["files"]["CWL"][0]["content"] += "#" * 9000
     outcomes = await rerun(world, bad_catalogue=catalogue(tools))
-    await check_contained(world, outcomes, status="partial", fault="over the limit of 8192",
-                          kept_old=("b0",))
+    await check_contained(
+        world, outcomes, status="partial", fault="over the limit of 8192", kept_old=("b0",)
+    )
 
 
 async def test_chunked_body_over_the_size_limit(world: World) -> None:
     """A listing page streamed without Content-Length is cut off at the limit; the run fails."""
     world.injector.rules.append((listing_page(), chunked_oversize(64 * 1024)))
     outcomes = await rerun(world)
-    await check_contained(world, outcomes, status="failed", fault="over the limit of 8192 bytes",
-                          kept_old=BAD_TOOLS)
+    await check_contained(
+        world, outcomes, status="failed", fault="over the limit of 8192 bytes", kept_old=BAD_TOOLS
+    )
 
 
 async def test_trickle_slower_than_the_minimum_rate(world: World) -> None:
     """A body trickling in below min_bytes_per_s is abandoned long before the request timeout."""
     world.injector.rules.append((path_is("/tools/b0/versions"), trickle(20, 0.05)))
     started = time.monotonic()
-    outcomes = await rerun(world, world.with_bad(timeout_s=30, min_bytes_per_s=2000,
-                                                 min_rate_after_s=0.2))
+    outcomes = await rerun(
+        world, world.with_bad(timeout_s=30, min_bytes_per_s=2000, min_rate_after_s=0.2)
+    )
     assert time.monotonic() - started < 5
-    await check_contained(world, outcomes, status="partial", fault="below the minimum of 2000",
-                          kept_old=("b0",))
+    await check_contained(
+        world, outcomes, status="partial", fault="below the minimum of 2000", kept_old=("b0",)
+    )
 
 
 async def test_next_page_loop(world: World) -> None:
     """A next_page leading back to the first page fails the run instead of looping."""
     world.injector.rules.append((listing_page("2"), next_page_to_first(listing_page())))
     outcomes = await rerun(world)
-    await check_contained(world, outcomes, status="failed", fault="already fetched",
-                          kept_old=BAD_TOOLS)
+    await check_contained(
+        world, outcomes, status="failed", fault="already fetched", kept_old=BAD_TOOLS
+    )
 
 
 async def test_redirect_to_another_host_is_refused(world: World) -> None:
     """A descriptor redirected to another host is not followed; the tool keeps its content."""
-    world.injector.rules.append((path_is("/tools/b0/versions/1.0/CWL/descriptor"),
-                                 redirect_to_host("localhost")))
+    world.injector.rules.append(
+        (path_is("/tools/b0/versions/1.0/CWL/descriptor"), redirect_to_host("localhost"))
+    )
     outcomes = await rerun(world)
-    await check_contained(world, outcomes, status="partial", fault="to another host",
-                          kept_old=("b0",))
+    await check_contained(
+        world, outcomes, status="partial", fault="to another host", kept_old=("b0",)
+    )
 
 
 async def test_redirect_to_an_allowed_host_is_followed(world: World) -> None:
     """With the host in redirect_hosts, the redirect is followed and the content updated."""
-    world.injector.rules.append((path_is("/tools/b0/versions/1.0/CWL/descriptor"),
-                                 redirect_to_host("localhost")))
+    world.injector.rules.append(
+        (path_is("/tools/b0/versions/1.0/CWL/descriptor"), redirect_to_host("localhost"))
+    )
     outcomes = await rerun(world, world.with_bad(redirect_hosts=("localhost",)))
     assert outcomes["bad"].status == "succeeded", outcomes["bad"].counts.error_samples
     assert "new" in await world.descriptor("b0")
@@ -485,40 +542,51 @@ async def test_redirect_to_an_allowed_host_is_followed(world: World) -> None:
 
 async def test_checksum_that_does_not_match(world: World) -> None:
     """Content failing its declared checksum does not replace what was published and verified."""
-    world.injector.rules.append((path_is("/tools/b0/versions/1.0/CWL/descriptor"),
-                                 wrong_checksum))
+    world.injector.rules.append((path_is("/tools/b0/versions/1.0/CWL/descriptor"), wrong_checksum))
     outcomes = await rerun(world)
-    await check_contained(world, outcomes, status="partial", fault="checksum mismatch",
-                          kept_old=("b0",))
+    await check_contained(
+        world, outcomes, status="partial", fault="checksum mismatch", kept_old=("b0",)
+    )
     status_ = await world.pool.fetchval(
         """select f.checksum_status from upstream_files f
            join upstream_versions v on v.id = f.upstream_version_id
            join upstream_tools t on t.id = v.upstream_tool_id
-           where t.external_id = 'b0' and f.file_type = 'PRIMARY_DESCRIPTOR'""")
+           where t.external_id = 'b0' and f.file_type = 'PRIMARY_DESCRIPTOR'"""
+    )
     assert status_ == "verified"
 
 
 async def test_first_harvest_stores_mismatching_content_as_mismatch(
-        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
     """With nothing published before, mismatching content is kept but never marked verified."""
     injector = Injector([(path_is("/CWL/descriptor"), wrong_checksum)])
-    server = await aiohttp_server(make_registry_app(catalogue([cwl_tool("m")]),
-                                                    middlewares=[injector.middleware()]))
-    config = Config(database=DatabaseConfig(url=db_dsn),
-                    upstreams=(upstream("m", server, timeout_s=5),))
+    server = await aiohttp_server(
+        make_registry_app(catalogue([cwl_tool("m")]), middlewares=[injector.middleware()])
+    )
+    config = Config(
+        database=DatabaseConfig(url=db_dsn), upstreams=(upstream("m", server, timeout_s=5),)
+    )
     outcome = (await harvest(pool, config))["m"]
     assert outcome.status == "partial"
-    assert await pool.fetchval(
-        "select checksum_status from upstream_files where file_type = 'PRIMARY_DESCRIPTOR'"
-    ) == "mismatch"
+    assert (
+        await pool.fetchval(
+            "select checksum_status from upstream_files where file_type = 'PRIMARY_DESCRIPTOR'"
+        )
+        == "mismatch"
+    )
 
 
 async def test_tool_vanishing_from_a_partial_listing_is_not_tombstoned(world: World) -> None:
     """A tool missing from a listing that had an unreadable entry is not counted as missing;
     the next complete listing tombstones it and the run record counts it."""
     world.injector.rules.append((listing_page(), mangle_listing(unreadable({"b0": "id"}))))
-    outcomes = await rerun(world, bad_catalogue=catalogue(  # b2 vanishes
-        [cwl_tool(t, marker="new") for t in BAD_TOOLS[:2]]))
+    outcomes = await rerun(
+        world,
+        bad_catalogue=catalogue(  # b2 vanishes
+            [cwl_tool(t, marker="new") for t in BAD_TOOLS[:2]]
+        ),
+    )
     assert outcomes["bad"].status == "partial"
     assert outcomes["bad"].counts.tools_tombstoned == 0
     assert "new" not in await world.descriptor("b2")

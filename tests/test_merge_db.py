@@ -41,27 +41,35 @@ async def snapshot(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[st
     tools = await conn.fetch(
         """select c.id, u.name || '/' || t.external_id as primary_member, c.conflicts::text
            from catalogue_tools c join upstream_tools t on t.id = c.primary_member_id
-           join upstreams u on u.id = t.upstream_id order by c.id""")
+           join upstreams u on u.id = t.upstream_id order by c.id"""
+    )
     members = await conn.fetch(
         """select m.tool_id, u.name || '/' || t.external_id as member
            from catalogue_members m join upstream_tools t on t.id = m.upstream_tool_id
-           join upstreams u on u.id = t.upstream_id order by 1, 2""")
+           join upstreams u on u.id = t.upstream_id order by 1, 2"""
+    )
     versions = await conn.fetch(
         """select cv.tool_id, cv.key, cv.conflict, u.name || '/' || t.external_id || '@' || v.key
            from catalogue_versions cv
            cross join lateral unnest(cv.source_ids) as s(version_id)
            join upstream_versions v on v.id = s.version_id
            join upstream_tools t on t.id = v.upstream_tool_id
-           join upstreams u on u.id = t.upstream_id order by 1, 2, 4""")
+           join upstreams u on u.id = t.upstream_id order by 1, 2, 4"""
+    )
     ids = await conn.fetch(
         """select x.id, catalogue_resolve(x.id) from (
                select c.id from catalogue_tools c
                union select '#upstream/' || u.name || '/' || t.external_id
                from upstream_tools t join upstreams u on u.id = t.upstream_id
                union select external_id from upstream_tools
-               union select id from catalogue_id_history) as x order by 1""")
-    return {"tools": [tuple(r) for r in tools], "members": [tuple(r) for r in members],
-            "versions": [tuple(r) for r in versions], "ids": [tuple(r) for r in ids]}
+               union select id from catalogue_id_history) as x order by 1"""
+    )
+    return {
+        "tools": [tuple(r) for r in tools],
+        "members": [tuple(r) for r in members],
+        "versions": [tuple(r) for r in versions],
+        "ids": [tuple(r) for r in ids],
+    }
 
 
 async def full_merge_snapshot(pool: asyncpg.Pool[Any], config: Config) -> dict[str, Any]:
@@ -78,15 +86,20 @@ async def full_merge_snapshot(pool: asyncpg.Pool[Any], config: Config) -> dict[s
 
 
 async def test_real_static_registries_and_a_dockstore_style_one_merge_the_shared_tool(
-        aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
     """The GATK tool both real Yevis trees publish, and a Dockstore entry aliasing it, are one."""
     ddbj = await aiohttp_server(make_static_app(REALDATA / "ddbj+workflow-registry"))
     mana = await aiohttp_server(make_static_app(REALDATA / "manabuishii+yevis-getting-started"))
-    dockstore_tool = cwl_tool("#workflow/github.com/broadinstitute/gatk-mutect2",
-                              aliases=[SHARED_UUID])
+    dockstore_tool = cwl_tool(
+        "#workflow/github.com/broadinstitute/gatk-mutect2", aliases=[SHARED_UUID]
+    )
     dockstore = await aiohttp_server(make_registry_app(catalogue([dockstore_tool])))
-    config = with_priority(config_for(db_dsn, {"ddbj": ddbj, "manabuishii": mana,
-                                               "dockstore": dockstore}), "dockstore", 10)
+    config = with_priority(
+        config_for(db_dsn, {"ddbj": ddbj, "manabuishii": mana, "dockstore": dockstore}),
+        "dockstore",
+        10,
+    )
     outcomes = await harvest(pool, config)
     assert {o.status for o in outcomes.values()} <= {"succeeded", "partial"}
     client = await aiohttp_client(create_app(config))
@@ -97,13 +110,14 @@ async def test_real_static_registries_and_a_dockstore_style_one_merge_the_shared
     assert len(tools) == 5 + 9 + 1 - 3
     mito = await provenance(client, "68c32f9c-bdaa-420c-879c-90b40d8bc4d5")
     assert sorted(m["upstream_id"] for m in mito["members"]) == [
-        "677a5fd8-fe70-48f7-adb4-8842c6427ab6", "68c32f9c-bdaa-420c-879c-90b40d8bc4d5"]
+        "677a5fd8-fe70-48f7-adb4-8842c6427ab6",
+        "68c32f9c-bdaa-420c-879c-90b40d8bc4d5",
+    ]
     assert {j["evidence"] for m in mito["members"] for j in m["joined_by"]} == {"sha256"}
     merged = await (await client.get(f"{TRS}/tools/{SHARED_UUID}")).json()
     assert merged["id"] == dockstore_tool["id"]
     record = await provenance(client, SHARED_UUID)
-    assert sorted(m["upstream"] for m in record["members"]) == ["ddbj", "dockstore",
-                                                                  "manabuishii"]
+    assert sorted(m["upstream"] for m in record["members"]) == ["ddbj", "dockstore", "manabuishii"]
     evidence = {(j["evidence"], j["value"]) for m in record["members"] for j in m["joined_by"]}
     assert ("id", f"uuid:{SHARED_UUID}") in evidence
     # Both trees publish version 1.0.0 with the same descriptor bytes: one version, two sources.
@@ -114,23 +128,29 @@ async def test_real_static_registries_and_a_dockstore_style_one_merge_the_shared
     assert wdl.status == 200 and "workflow" in await wdl.text()
     for name in ("ddbj", "manabuishii"):
         qualified = f"#upstream/{name}/{SHARED_UUID}"
-        assert (await (await client.get(f"{TRS}/tools/{enc(qualified)}")).json())["id"] == \
-            merged["id"]
+        assert (await (await client.get(f"{TRS}/tools/{enc(qualified)}")).json())["id"] == merged[
+            "id"
+        ]
 
 
 async def test_ids_keep_resolving_when_a_better_member_joins(
-        aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
     """A tool's old id still answers after a better-priority member takes over its id."""
-    hub = await aiohttp_server(make_registry_app(catalogue(
-        [cwl_tool("101", aliases=["#workflow/github.com/lab/align"], marker="hub")])))
+    hub = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool("101", aliases=["#workflow/github.com/lab/align"], marker="hub")])
+        )
+    )
     dock = await aiohttp_server(make_registry_app(catalogue([])))
     config = with_priority(config_for(db_dsn, {"hub": hub, "dock": dock}), "dock", 1)
     await harvest(pool, config)
     client = await aiohttp_client(create_app(config))
     assert (await (await client.get(f"{TRS}/tools/101")).json())["id"] == "101"
 
-    dock.app[STATE].catalogue = catalogue([cwl_tool("#workflow/github.com/lab/align",
-                                                    marker="dock")])
+    dock.app[STATE].catalogue = catalogue(
+        [cwl_tool("#workflow/github.com/lab/align", marker="dock")]
+    )
     await harvest(pool, config, ["dock"])
     merged = await (await client.get(f"{TRS}/tools/101")).json()
     assert merged["id"] == "#workflow/github.com/lab/align"
@@ -149,21 +169,35 @@ async def test_ids_keep_resolving_when_a_better_member_joins(
         await harvest(pool, config, ["dock"])
     alone = await (await client.get(f"{TRS}/tools/101")).json()
     assert alone["id"] == "101"
-    assert (await client.get(f"{TRS}/tools/{enc('#workflow/github.com/lab/align')}")).status \
-        == 200
+    assert (await client.get(f"{TRS}/tools/{enc('#workflow/github.com/lab/align')}")).status == 200
 
 
 async def test_one_upstream_is_never_merged_with_itself(
-        aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
     """Evidence chaining two tools of one upstream is refused and reported, not applied."""
-    one = await aiohttp_server(make_registry_app(catalogue([
-        cwl_tool("a1", aliases=["shared-name-one"]), cwl_tool("a2", aliases=["shared-name-two"]),
-        cwl_tool("a3", aliases=["generic-workflow"]), cwl_tool("a4", aliases=["generic-workflow"]),
-    ])))
-    two = await aiohttp_server(make_registry_app(catalogue([
-        cwl_tool("b1", aliases=["shared-name-one", "shared-name-two"]),
-        cwl_tool("b2", aliases=["generic-workflow"]),
-    ])))
+    one = await aiohttp_server(
+        make_registry_app(
+            catalogue(
+                [
+                    cwl_tool("a1", aliases=["shared-name-one"]),
+                    cwl_tool("a2", aliases=["shared-name-two"]),
+                    cwl_tool("a3", aliases=["generic-workflow"]),
+                    cwl_tool("a4", aliases=["generic-workflow"]),
+                ]
+            )
+        )
+    )
+    two = await aiohttp_server(
+        make_registry_app(
+            catalogue(
+                [
+                    cwl_tool("b1", aliases=["shared-name-one", "shared-name-two"]),
+                    cwl_tool("b2", aliases=["generic-workflow"]),
+                ]
+            )
+        )
+    )
     config = config_for(db_dsn, {"one": one, "two": two})
     await harvest(pool, config)
     client = await aiohttp_client(create_app(config))
@@ -178,7 +212,8 @@ async def test_one_upstream_is_never_merged_with_itself(
 
 
 async def test_incremental_merge_publishes_what_a_full_merge_would(
-        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str) -> None:
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
     """After every harvest of random changes, the catalogue equals a full re-merge's."""
     rng = random.Random(20261122)
     aliases = [f"alias-{i}" for i in range(12)]
@@ -189,8 +224,14 @@ async def test_incremental_merge_publishes_what_a_full_merge_would(
         for i in range(rng.randint(3, 8)):
             picked = rng.sample(aliases, rng.randint(0, 2))
             marker = rng.choice(["same", "same", upstream])
-            tools.append(cwl_tool(f"{upstream}-{i}", aliases=picked, marker=marker,
-                                  versions=rng.choice([("1.0",), ("1.0", "2.0")])))
+            tools.append(
+                cwl_tool(
+                    f"{upstream}-{i}",
+                    aliases=picked,
+                    marker=marker,
+                    versions=rng.choice([("1.0",), ("1.0", "2.0")]),
+                )
+            )
         return catalogue(tools)
 
     servers = {n: await aiohttp_server(make_registry_app(random_catalogue(n))) for n in names}
@@ -202,26 +243,36 @@ async def test_incremental_merge_publishes_what_a_full_merge_would(
         await harvest(pool, config, list(changed))
         assert await snapshot(pool) == await full_merge_snapshot(pool, config), round_
         # Every live upstream version is a source of exactly one served version.
-        assert await pool.fetchval(
-            """select count(*) filter (where n <> 1) from (
+        assert (
+            await pool.fetchval(
+                """select count(*) filter (where n <> 1) from (
                    select v.id, count(s.version_id) as n
                    from upstream_versions v
                    join upstream_tools t on t.id = v.upstream_tool_id
                    left join (select unnest(source_ids) as version_id
                               from catalogue_versions) s on s.version_id = v.id
                    where t.missed_listings < $1 group by v.id) as x""",
-            config.harvest.tombstone_after) == 0
+                config.harvest.tombstone_after,
+            )
+            == 0
+        )
 
 
 @pytest.mark.parametrize("order", [("red", "blue"), ("blue", "red")])
 async def test_merge_does_not_depend_on_harvest_order(
-        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str,
-        order: tuple[str, str]) -> None:
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, order: tuple[str, str]
+) -> None:
     """Harvesting the same upstreams in either order publishes the same catalogue."""
-    red = await aiohttp_server(make_registry_app(catalogue(
-        [cwl_tool("r1", aliases=["tool-x"]), cwl_tool("x", marker="red")])))
-    blue = await aiohttp_server(make_registry_app(catalogue(
-        [cwl_tool("b1", aliases=["tool-x"]), cwl_tool("x", marker="blue")])))
+    red = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool("r1", aliases=["tool-x"]), cwl_tool("x", marker="red")])
+        )
+    )
+    blue = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool("b1", aliases=["tool-x"]), cwl_tool("x", marker="blue")])
+        )
+    )
     config = config_for(db_dsn, {"red": red, "blue": blue})
     for name in order:
         await harvest(pool, config, [name])
@@ -231,12 +282,15 @@ async def test_merge_does_not_depend_on_harvest_order(
 
 
 async def test_merge_command_applies_a_priority_change(
-        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path) -> None:
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path
+) -> None:
     """`trs-aggregator merge` after swapping priorities makes the other member primary."""
-    one = await aiohttp_server(make_registry_app(catalogue(
-        [cwl_tool("one-tool", aliases=["shared-alias"])])))
-    two = await aiohttp_server(make_registry_app(catalogue(
-        [cwl_tool("two-tool", aliases=["shared-alias"])])))
+    one = await aiohttp_server(
+        make_registry_app(catalogue([cwl_tool("one-tool", aliases=["shared-alias"])]))
+    )
+    two = await aiohttp_server(
+        make_registry_app(catalogue([cwl_tool("two-tool", aliases=["shared-alias"])]))
+    )
     config = with_priority(config_for(db_dsn, {"one": one, "two": two}), "one", 1)
     await harvest(pool, config)
     assert await pool.fetchval("select array_agg(id) from catalogue_tools") == ["one-tool"]
@@ -254,8 +308,15 @@ url = "{two.make_url(TRS)}"
 priority = 1
 """)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aggregator", "merge", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "aggregator",
+        "merge",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert "into 1 tools" in out.decode()

@@ -19,8 +19,11 @@ from aggregator.merge.engine import (
 from aggregator.merge.identity import evidence, global_id, is_placeholder, normalise_alias
 
 UPSTREAMS = ("alpha", "beta", "gamma", "delta")
-KEYS = [("id", f"src:github.com/org/r{i}") for i in range(4)] + \
-       [("alias", f"alias-{i}") for i in range(4)] + [("sha256", f"{i:064x}") for i in range(4)]
+KEYS = (
+    [("id", f"src:github.com/org/r{i}") for i in range(4)]
+    + [("alias", f"alias-{i}") for i in range(4)]
+    + [("sha256", f"{i:064x}") for i in range(4)]
+)
 
 
 @st.composite
@@ -35,9 +38,13 @@ def node_sets(draw: Any) -> list[Node]:
 
 
 def canonical(components: list[Component]) -> list[tuple[Any, ...]]:
-    return [(tuple(m.id for m in c.members), tuple(sorted((e.a, e.b, e.kind, e.value)
-                                                          for e in c.joins)))
-            for c in components]
+    return [
+        (
+            tuple(m.id for m in c.members),
+            tuple(sorted((e.a, e.b, e.kind, e.value) for e in c.joins)),
+        )
+        for c in components
+    ]
 
 
 class TestIdentity:
@@ -51,14 +58,23 @@ class TestIdentity:
         assert global_id("https://doi.org/10.5281/zenodo.123") == "doi:10.5281/zenodo.123"
         assert global_id("doi:10.5281/ZENODO.123") == "doi:10.5281/zenodo.123"
         assert global_id("10.5281-zenodo.123") == "doi:10.5281/zenodo.123"
-        assert global_id("324A6207-70bd-4a59-be2b-25001d1af9e3") == \
-            "uuid:324a6207-70bd-4a59-be2b-25001d1af9e3"
+        assert (
+            global_id("324A6207-70bd-4a59-be2b-25001d1af9e3")
+            == "uuid:324a6207-70bd-4a59-be2b-25001d1af9e3"
+        )
         assert global_id("trs://dockstore.org/%23workflow%2Fx") == "trs:dockstore.org/#workflow/x"
 
     def test_local_ids_are_not_global(self) -> None:
         """Short local ids and names without a host are never global identifiers."""
-        for local in ("1", "123", "samtools", "A1B2C3", "devteam~fastqc~fastqc",
-                      "github.com/org", "quay.io"):
+        for local in (
+            "1",
+            "123",
+            "samtools",
+            "A1B2C3",
+            "devteam~fastqc~fastqc",
+            "github.com/org",
+            "quay.io",
+        ):
             assert global_id(local) is None, local
 
     def test_aliases_reject_numbers_and_placeholders(self) -> None:
@@ -72,10 +88,12 @@ class TestIdentity:
         assert is_placeholder(0, b"")
         assert is_placeholder(40, b"Dockstore does not store binary files")
         assert not is_placeholder(500, b"cwlVersion: v1.2\nclass: Workflow\n")
-        keys = evidence("101", {"aliases": ["#workflow/github.com/a/b", "my-tool", "7"]},
-                        [("ab" * 32, 500, b"version 1.0"), ("cd" * 32, 3, b"x\n")])
-        assert keys == {("id", "src:github.com/a/b"), ("alias", "my-tool"),
-                        ("sha256", "ab" * 32)}
+        keys = evidence(
+            "101",
+            {"aliases": ["#workflow/github.com/a/b", "my-tool", "7"]},
+            [("ab" * 32, 500, b"version 1.0"), ("cd" * 32, 3, b"x\n")],
+        )
+        assert keys == {("id", "src:github.com/a/b"), ("alias", "my-tool"), ("sha256", "ab" * 32)}
 
 
 class TestComponents:
@@ -139,15 +157,21 @@ class TestComponents:
         """An alias held by many tools of one upstream joins none of them."""
         generic = ("alias", "variant calling")
         nodes = [Node(i, "alpha", 1, f"a{i}", frozenset({generic})) for i in range(5)]
-        nodes += [Node(10, "beta", 2, "b", frozenset({generic})),
-                  Node(11, "gamma", 3, "c", frozenset({generic}))]
+        nodes += [
+            Node(10, "beta", 2, "b", frozenset({generic})),
+            Node(11, "gamma", 3, "c", frozenset({generic})),
+        ]
         assert all(len(c.members) == 1 for c in merge(nodes))
         assert len(merge(nodes, max_per_upstream=5)) == 5
 
     def test_primary_is_the_best_priority(self) -> None:
         """The member of best priority, then upstream name, is the primary."""
         k = frozenset({("id", "uuid:x")})
-        nodes = [Node(1, "zeta", 5, "z", k), Node(2, "beta", 5, "b", k), Node(3, "alpha", 9, "a", k)]
+        nodes = [
+            Node(1, "zeta", 5, "z", k),
+            Node(2, "beta", 5, "b", k),
+            Node(3, "alpha", 9, "a", k),
+        ]
         (comp,) = merge(nodes)
         assert [m.id for m in comp.members] == [2, 1, 3]
 
@@ -172,7 +196,8 @@ class TestVersions:
 
     @given(version_sets())
     def test_never_loses_a_version_and_keys_are_unique(
-            self, case: tuple[Component, list[VersionNode]]) -> None:
+        self, case: tuple[Component, list[VersionNode]]
+    ) -> None:
         """Every upstream version is a source of exactly one served version; keys are unique."""
         component, versions = case
         merged, _ = merge_versions(component, versions)
@@ -182,7 +207,8 @@ class TestVersions:
 
     @given(version_sets())
     def test_same_name_and_content_is_one_version(
-            self, case: tuple[Component, list[VersionNode]]) -> None:
+        self, case: tuple[Component, list[VersionNode]]
+    ) -> None:
         """Versions of one name with one known fingerprint are joined; others conflict."""
         component, versions = case
         merged, conflicts = merge_versions(component, versions)
@@ -198,12 +224,17 @@ class TestVersions:
     def test_conflicting_content_stays_reachable(self) -> None:
         """A second source with other content keeps its own, qualified key."""
         members = [Node(1, "dock", 1, "x"), Node(2, "hub", 2, "y")]
-        versions = [VersionNode(10, 1, "1.0", "1.0", 0, "f1"),
-                    VersionNode(20, 2, "1.0", "1.0", 0, "f2"),
-                    VersionNode(21, 2, "2.0", "2.0", 1, "f3")]
+        versions = [
+            VersionNode(10, 1, "1.0", "1.0", 0, "f1"),
+            VersionNode(20, 2, "1.0", "1.0", 0, "f2"),
+            VersionNode(21, 2, "2.0", "2.0", 1, "f3"),
+        ]
         merged, conflicts = merge_versions(Component(members), versions)
         assert [(m.key, m.conflict) for m in merged] == [
-            ("1.0", True), ("1.0~hub", True), ("2.0", False)]
+            ("1.0", True),
+            ("1.0~hub", True),
+            ("2.0", False),
+        ]
         assert conflicts[0].name == "1.0"
 
 
@@ -222,10 +253,11 @@ def test_merge_of_a_closed_subset_matches_the_whole(nodes: list[Node]) -> None:
             changed = False
             for n in nodes:
                 if n.id not in part and any(
-                        n.keys & m.keys & identifying for m in nodes if m.id in part):
+                    n.keys & m.keys & identifying for m in nodes if m.id in part
+                ):
                     part.add(n.id)
                     changed = True
         sub = merge([n for n in nodes if n.id in part], identifying=identifying)
-        assert [tuple(m.id for m in c.members) for c in sub] == \
-            [tuple(m.id for m in c.members) for c in whole
-             if {m.id for m in c.members} <= part]
+        assert [tuple(m.id for m in c.members) for c in sub] == [
+            tuple(m.id for m in c.members) for c in whole if {m.id for m in c.members} <= part
+        ]

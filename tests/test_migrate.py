@@ -15,9 +15,19 @@ from tests.support import fetch
 
 #: Tables the first migration creates (later migrations may add more).
 CORE_TABLES = {
-    "upstreams", "harvest_runs", "file_contents", "upstream_tools", "upstream_versions",
-    "upstream_files", "staged_tools", "staged_versions", "staged_files", "catalogue_tools",
-    "catalogue_members", "catalogue_state", "schema_migrations",
+    "upstreams",
+    "harvest_runs",
+    "file_contents",
+    "upstream_tools",
+    "upstream_versions",
+    "upstream_files",
+    "staged_tools",
+    "staged_versions",
+    "staged_files",
+    "catalogue_tools",
+    "catalogue_members",
+    "catalogue_state",
+    "schema_migrations",
 }
 
 
@@ -80,17 +90,22 @@ async def test_new_file_is_applied_alone(empty_dsn: str, migrations_copy: Path) 
     await migrate(empty_dsn, migrations_copy)
     (migrations_copy / "0900_add_note.sql").write_text(
         "alter table upstreams add column note text;\n"
-        "create table notes (id int primary key, body text not null);\n")
+        "create table notes (id int primary key, body text not null);\n"
+    )
     assert await migrate(empty_dsn, migrations_copy) == ["0900_add_note.sql"]
-    columns = await fetch(empty_dsn, "select column_name from information_schema.columns "
-                                     "where table_name = 'upstreams' and column_name = 'note'")
+    columns = await fetch(
+        empty_dsn,
+        "select column_name from information_schema.columns "
+        "where table_name = 'upstreams' and column_name = 'note'",
+    )
     assert len(columns) == 1
     assert "notes" in await tables(empty_dsn)
     assert await migrate(empty_dsn, migrations_copy) == []
 
 
 async def test_failed_migration_rolls_back_and_is_not_recorded(
-        empty_dsn: str, migrations_copy: Path) -> None:
+    empty_dsn: str, migrations_copy: Path
+) -> None:
     """A file that fails half way leaves none of its changes and no record; a fix then applies."""
     await migrate(empty_dsn, migrations_copy)
     bad = migrations_copy / "0900_half.sql"
@@ -103,15 +118,16 @@ async def test_failed_migration_rolls_back_and_is_not_recorded(
     assert await migrate(empty_dsn, migrations_copy) == ["0900_half.sql"]
 
 
-async def test_concurrent_runs_apply_each_file_once(
-        empty_dsn: str, migrations_copy: Path) -> None:
+async def test_concurrent_runs_apply_each_file_once(empty_dsn: str, migrations_copy: Path) -> None:
     """Two migrate calls racing on one fresh database both succeed; the lock applies each once."""
     # A slow second file keeps the first runner inside its lock while the second one arrives.
     (migrations_copy / "0900_slow.sql").write_text(
-        "select pg_sleep(0.3);\ncreate table slow (id int);\n")
+        "select pg_sleep(0.3);\ncreate table slow (id int);\n"
+    )
     names = [m.name for m in load_migrations(migrations_copy)]
-    one, two = await asyncio.gather(migrate(empty_dsn, migrations_copy),
-                                    migrate(empty_dsn, migrations_copy))
+    one, two = await asyncio.gather(
+        migrate(empty_dsn, migrations_copy), migrate(empty_dsn, migrations_copy)
+    )
     assert sorted([one, two], key=len) == [[], names]
     assert [name for _, name in await recorded(empty_dsn)] == names
     assert CORE_TABLES | {"slow"} <= await tables(empty_dsn)
@@ -119,8 +135,7 @@ async def test_concurrent_runs_apply_each_file_once(
     assert await asyncio.wait_for(migrate(empty_dsn, migrations_copy), 5) == []
 
 
-async def test_notx_file_runs_outside_a_transaction(
-        empty_dsn: str, migrations_copy: Path) -> None:
+async def test_notx_file_runs_outside_a_transaction(empty_dsn: str, migrations_copy: Path) -> None:
     """A *_notx.sql file may hold CREATE INDEX CONCURRENTLY; the same SQL in a plain file fails."""
     await migrate(empty_dsn, migrations_copy)
     sql = "create index concurrently upstreams_url_idx on upstreams (url)"
@@ -132,18 +147,22 @@ async def test_notx_file_runs_outside_a_transaction(
 
     plain.rename(migrations_copy / "0900_url_index_notx.sql")
     assert await migrate(empty_dsn, migrations_copy) == ["0900_url_index_notx.sql"]
-    index = await fetch(empty_dsn, "select indisvalid from pg_index "
-                                   "where indexrelid = 'upstreams_url_idx'::regclass")
+    index = await fetch(
+        empty_dsn,
+        "select indisvalid from pg_index where indexrelid = 'upstreams_url_idx'::regclass",
+    )
     assert [r["indisvalid"] for r in index] == [True]
     assert (900, "0900_url_index_notx.sql") in await recorded(empty_dsn)
 
 
-@pytest.mark.parametrize(("files", "message"), [
-    ({"0001_first.sql": "select 1", "create_things.sql": "select 1"}, "create_things.sql"),
-    ({"0001_first.sql": "select 1", "0001_again.sql": "select 1"}, "share a number"),
-])
-def test_badly_named_files_are_refused(tmp_path: Path, files: dict[str, str],
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"0001_first.sql": "select 1", "create_things.sql": "select 1"}, "create_things.sql"),
+        ({"0001_first.sql": "select 1", "0001_again.sql": "select 1"}, "share a number"),
+    ],
+)
+def test_badly_named_files_are_refused(tmp_path: Path, files: dict[str, str], message: str) -> None:
     """Files not named NNNN_description.sql, or sharing a number, raise MigrationError."""
     for name, sql in files.items():
         (tmp_path / name).write_text(sql)

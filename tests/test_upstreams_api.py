@@ -24,30 +24,42 @@ async def down(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def test_upstreams_show_state_last_runs_counts_and_run_history(
-        db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any, aiohttp_client: Any) -> None:
+    db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any, aiohttp_client: Any
+) -> None:
     """A healthy and a dead upstream: states, last success, counts, stale records, and the
     dead one's failed runs paged newest first with their error samples."""
     good = await aiohttp_server(make_registry_app(catalogue([cwl_tool("a"), cwl_tool("b")])))
     dead = await aiohttp_server(make_registry_app(catalogue([]), middlewares=[down]))
-    ups = tuple(UpstreamConfig(name=n, url=str(s.make_url(TRS)), retries=0, timeout_s=2)
-                for n, s in (("good", good), ("dead", dead)))
-    config = Config(database=DatabaseConfig(url=db_dsn),
-                    harvest=HarvestConfig(circuit_failures=2), upstreams=ups)
+    ups = tuple(
+        UpstreamConfig(name=n, url=str(s.make_url(TRS)), retries=0, timeout_s=2)
+        for n, s in (("good", good), ("dead", dead))
+    )
+    config = Config(
+        database=DatabaseConfig(url=db_dsn),
+        harvest=HarvestConfig(circuit_failures=2),
+        upstreams=ups,
+    )
     async with make_session(config) as session:
         harvester = Harvester(pool, session, config)
         assert (await harvester.harvest(ups[0])).status == "succeeded"
         for _ in range(3):
             assert (await harvester.harvest(ups[1])).status == "failed"
-    await pool.execute("update upstream_tools set last_confirmed = now() - interval '8 days' "
-                       "where external_id = 'b'")
+    await pool.execute(
+        "update upstream_tools set last_confirmed = now() - interval '8 days' "
+        "where external_id = 'b'"
+    )
     client = await aiohttp_client(create_app(config))
 
     listed = await (await client.get(UPSTREAMS)).json()
     by_name = {u["name"]: u for u in listed}
     assert by_name["good"]["state"] == "healthy"
     assert by_name["good"]["last_success"]["id"] == by_name["good"]["last_run"]["id"]
-    assert by_name["good"]["counts"] == {"tools": 2, "tools_missing": 0, "tools_stale": 1,
-                                         "versions": 2}
+    assert by_name["good"]["counts"] == {
+        "tools": 2,
+        "tools_missing": 0,
+        "tools_stale": 1,
+        "versions": 2,
+    }
     assert by_name["good"]["stale_after_s"] == 7 * 86400
     assert by_name["dead"]["state"] == "circuit_open"
     assert by_name["dead"]["consecutive_failures"] == 3
@@ -69,15 +81,18 @@ async def test_upstreams_show_state_last_runs_counts_and_run_history(
 
 
 async def test_upstream_errors_are_trs_error_json(
-        db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_client: Any) -> None:
+    db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_client: Any
+) -> None:
     """An unknown upstream is 404 and a bad paging parameter 400, as {"code", "message"}."""
     client = await aiohttp_client(create_app(Config(database=DatabaseConfig(url=db_dsn))))
     assert await (await client.get(UPSTREAMS)).json() == []
     for path, status in ((f"{UPSTREAMS}/nope", 404), (f"{UPSTREAMS}/nope/runs", 404)):
         r = await client.get(path)
         assert r.status == status and (await r.json())["code"] == status
-    await pool.execute("insert into upstreams (name, url, kind, mode) "
-                       "values ('x', 'http://127.0.0.1/x', 'trs', 'mirror')")
+    await pool.execute(
+        "insert into upstreams (name, url, kind, mode) "
+        "values ('x', 'http://127.0.0.1/x', 'trs', 'mirror')"
+    )
     for query in ("limit=0", "limit=101", "limit=x", "before=0"):
         r = await client.get(f"{UPSTREAMS}/x/runs?{query}")
         assert r.status == 400, query

@@ -40,29 +40,52 @@ def slow(delays: dict[str, float]) -> Any:
     return middleware
 
 
-def write_config(path: Path, dsn: str, servers: dict[str, TestServer], *,
-                 schedule: str, request_poll: str = "1s") -> Path:
+def write_config(
+    path: Path, dsn: str, servers: dict[str, TestServer], *, schedule: str, request_poll: str = "1s"
+) -> Path:
     """A worker config: one upstream per registry on *schedule*, failing fast."""
-    lines = ["[database]", f"url = {json.dumps(dsn)}", "pool_max = 6", "",
-             "[harvest]", f"request_poll = {json.dumps(request_poll)}"]
+    lines = [
+        "[database]",
+        f"url = {json.dumps(dsn)}",
+        "pool_max = 6",
+        "",
+        "[harvest]",
+        f"request_poll = {json.dumps(request_poll)}",
+    ]
     for name, server in servers.items():
-        lines += ["", "[[upstreams]]", f"name = {json.dumps(name)}",
-                  f"url = {json.dumps(str(server.make_url(TRS)))}",
-                  f"schedule = {json.dumps(schedule)}", "retries = 0", "timeout_s = 5",
-                  "page_size = 2"]
+        lines += [
+            "",
+            "[[upstreams]]",
+            f"name = {json.dumps(name)}",
+            f"url = {json.dumps(str(server.make_url(TRS)))}",
+            f"schedule = {json.dumps(schedule)}",
+            "retries = 0",
+            "timeout_s = 5",
+            "page_size = 2",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 @contextlib.asynccontextmanager
-async def process(tmp_path: Path, log_name: str, *args: str
-                  ) -> AsyncIterator[asyncio.subprocess.Process]:
+async def process(
+    tmp_path: Path, log_name: str, *args: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run ``python -m aggregator ARGS`` for the block; killed if still running after it."""
     env = {k: v for k, v in os.environ.items() if k != "AGGREGATOR_DATABASE_URL"}
     with (tmp_path / log_name).open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aggregator", *args, "--log-json", cwd=tmp_path, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+            sys.executable,
+            "-m",
+            "aggregator",
+            *args,
+            "--log-json",
+            cwd=tmp_path,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
     try:
         yield proc
     finally:
@@ -72,8 +95,9 @@ async def process(tmp_path: Path, log_name: str, *args: str
             await proc.wait()
 
 
-async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: str,
-                     log: Path | None = None) -> Any:
+async def wait_until(
+    check: Callable[[], Awaitable[Any]], timeout: float, what: str, log: Path | None = None
+) -> Any:
     """Poll *check* until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while True:
@@ -81,8 +105,10 @@ async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: 
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout}s"
-                        + (f":\n{log.read_text()}" if log and log.exists() else ""))
+            pytest.fail(
+                f"{what} did not happen within {timeout}s"
+                + (f":\n{log.read_text()}" if log and log.exists() else "")
+            )
         await asyncio.sleep(0.05)
 
 
@@ -90,19 +116,30 @@ async def runs_of(pool: asyncpg.Pool[Any]) -> list[asyncpg.Record]:
     """Every run record with its upstream's name, oldest first."""
     return await pool.fetch(
         """select u.name, r.* from harvest_runs r join upstreams u on u.id = r.upstream_id
-           order by r.id""")
+           order by r.id"""
+    )
 
 
 async def test_two_workers_harvest_each_upstream_once_per_tick(
-        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path) -> None:
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path
+) -> None:
     """Two workers on one database: every 2s tick harvests each upstream exactly once, runs of
     one upstream never overlap, and SIGTERM stops both cleanly."""
-    servers = {name: await aiohttp_server(make_registry_app(
-        catalogue([cwl_tool(f"{name}-{i}") for i in range(3)]), page_size=2,
-        middlewares=[slow({"/tools": 0.1})])) for name in ("one", "two")}
+    servers = {
+        name: await aiohttp_server(
+            make_registry_app(
+                catalogue([cwl_tool(f"{name}-{i}") for i in range(3)]),
+                page_size=2,
+                middlewares=[slow({"/tools": 0.1})],
+            )
+        )
+        for name in ("one", "two")
+    }
     config = write_config(tmp_path / "agg.toml", db_dsn, servers, schedule="every 2s")
-    async with process(tmp_path, "w1.log", "worker", "--config", str(config)) as w1, \
-            process(tmp_path, "w2.log", "worker", "--config", str(config)) as w2:
+    async with (
+        process(tmp_path, "w1.log", "worker", "--config", str(config)) as w1,
+        process(tmp_path, "w2.log", "worker", "--config", str(config)) as w2,
+    ):
         started = time.monotonic()
 
         async def enough() -> bool:
@@ -124,23 +161,27 @@ async def test_two_workers_harvest_each_upstream_once_per_tick(
             assert earlier["finished_at"] <= later["started_at"], "two runs at once"
             gap = (later["started_at"] - earlier["started_at"]).total_seconds()
             assert gap > 1.0, f"{name} harvested twice in one tick"
-        first_pages = [r for r in server.app[REQUESTS]
-                       if r.startswith(f"GET {TRS}/tools?limit=2 ")]
+        first_pages = [r for r in server.app[REQUESTS] if r.startswith(f"GET {TRS}/tools?limit=2 ")]
         assert len(first_pages) == len(mine)
     assert await pool.fetchval("select count(distinct worker) from harvest_runs") >= 1
 
 
 async def test_kill_9_mid_harvest_loses_nothing(
-        aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str,
-        tmp_path: Path) -> None:
+    aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path
+) -> None:
     """A worker killed with SIGKILL mid-run: the API serves the last good snapshot, and the next
     worker marks that run abandoned, completes a run and publishes it."""
     delays: dict[str, float] = {}
-    server = await aiohttp_server(make_registry_app(
-        catalogue([cwl_tool(f"t{i}", marker="old") for i in range(8)]), page_size=2,
-        middlewares=[slow(delays)]))
-    upstreams = (UpstreamConfig(name="up", url=str(server.make_url(TRS)), page_size=2,
-                                concurrency=1),)
+    server = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool(f"t{i}", marker="old") for i in range(8)]),
+            page_size=2,
+            middlewares=[slow(delays)],
+        )
+    )
+    upstreams = (
+        UpstreamConfig(name="up", url=str(server.make_url(TRS)), page_size=2, concurrency=1),
+    )
     in_process = Config(database=DatabaseConfig(url=db_dsn), upstreams=upstreams)
     assert (await harvest(pool, in_process))["up"].status == "succeeded"
     client = await aiohttp_client(create_app(in_process))
@@ -161,11 +202,16 @@ async def test_kill_9_mid_harvest_loses_nothing(
     await pool.execute("update upstreams set next_harvest_at = null")
 
     async with process(tmp_path, "killed.log", "worker", "--config", str(config)) as victim:
+
         async def mid_run() -> bool:
-            fetched = [r for r in server.app[REQUESTS]
-                       if "/versions " in r and r.endswith("> 200") and "/tools/t7/" not in r]
+            fetched = [
+                r
+                for r in server.app[REQUESTS]
+                if "/versions " in r and r.endswith("> 200") and "/tools/t7/" not in r
+            ]
             running = await pool.fetchval(
-                "select count(*) from harvest_runs where status = 'running'")
+                "select count(*) from harvest_runs where status = 'running'"
+            )
             return running == 1 and len(fetched) >= 8 + 5
 
         await wait_until(mid_run, 15, "a run half done", tmp_path / "killed.log")
@@ -177,6 +223,7 @@ async def test_kill_9_mid_harvest_loses_nothing(
 
     delays.clear()
     async with process(tmp_path, "next.log", "worker", "--config", str(config)) as worker:
+
         async def published() -> Any:
             runs = await runs_of(pool)
             return runs[-1]["status"] == "succeeded" and runs
@@ -191,22 +238,27 @@ async def test_kill_9_mid_harvest_loses_nothing(
 
 
 async def test_harvest_now_reaches_a_running_worker(
-        aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path) -> None:
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, tmp_path: Path
+) -> None:
     """``harvest --queue`` asks through the database; the running worker harvests at once,
     without a restart, and the request records the run that served it."""
     server = await aiohttp_server(make_registry_app(catalogue([cwl_tool("a")]), page_size=2))
-    config = write_config(tmp_path / "agg.toml", db_dsn, {"up": server}, schedule="every 1h",
-                          request_poll="1h")
+    config = write_config(
+        tmp_path / "agg.toml", db_dsn, {"up": server}, schedule="every 1h", request_poll="1h"
+    )
     async with process(tmp_path, "worker.log", "worker", "--config", str(config)) as worker:
+
         async def first() -> bool:
             return [r["status"] for r in await runs_of(pool)] == ["succeeded"]
 
         await wait_until(first, 15, "the catch-up run", tmp_path / "worker.log")
         server.app[STATE].catalogue = catalogue([cwl_tool("a"), cwl_tool("b")])
-        async with process(tmp_path, "queue.log", "harvest", "--queue", "up",
-                           "--config", str(config)) as queue:
-            assert await asyncio.wait_for(queue.wait(), 30) == 0, \
-                (tmp_path / "queue.log").read_text()
+        async with process(
+            tmp_path, "queue.log", "harvest", "--queue", "up", "--config", str(config)
+        ) as queue:
+            assert await asyncio.wait_for(queue.wait(), 30) == 0, (
+                tmp_path / "queue.log"
+            ).read_text()
         assert "up: harvest requested (request " in (tmp_path / "queue.log").read_text()
         asked = time.monotonic()
 

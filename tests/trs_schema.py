@@ -39,8 +39,9 @@ def _closed(node: Any) -> Any:
     return node
 
 
-def validator(path: Path, schema: Mapping[str, Any], *, closed: bool = False
-              ) -> jsonschema.protocols.Validator:
+def validator(
+    path: Path, schema: Mapping[str, Any], *, closed: bool = False
+) -> jsonschema.protocols.Validator:
     """A validator of *schema* (which may ``$ref`` the document's components)."""
     components = copy.deepcopy(openapi(path)["components"])
     root = {**schema, "components": _closed(components) if closed else components}
@@ -57,13 +58,15 @@ def array(name: str) -> dict[str, Any]:
     return {"type": "array", "items": ref(name)}
 
 
-async def crawl(api: Api, mount: str, *, types_from: str | None = None
-                ) -> AsyncIterator[tuple[str, dict[str, Any], Any]]:
+async def crawl(
+    api: Api, mount: str, *, types_from: str | None = None
+) -> AsyncIterator[tuple[str, dict[str, Any], Any]]:
     """Every JSON document under *mount*: (path, expected schema, document).
 
     Descriptor types are taken from the versions served under *types_from* (default: *mount*),
     so a profile that hides some types is still asked for them.
     """
+
     async def get(path: str) -> Any:
         r = await api.get(path)
         assert r.status == 200, (path, r.status, await r.text())
@@ -84,8 +87,11 @@ async def crawl(api: Api, mount: str, *, types_from: str | None = None
             if version.get("containerfile"):
                 yield v + "/containerfile", array("FileWrapper"), await get(v + "/containerfile")
             for kind in source.get("descriptor_type") or ():
-                yield f"{v}/{kind}/descriptor", ref("FileWrapper"), await get(
-                    f"{v}/{kind}/descriptor")
+                yield (
+                    f"{v}/{kind}/descriptor",
+                    ref("FileWrapper"),
+                    await get(f"{v}/{kind}/descriptor"),
+                )
                 listing = await get(f"{v}/{kind}/files")
                 yield f"{v}/{kind}/files", array("ToolFile"), listing
                 yield f"{v}/{kind}/tests", array("FileWrapper"), await get(f"{v}/{kind}/tests")

@@ -48,8 +48,10 @@ LISTENER_NAME: Final = "trs-aggregator-catalogue-listener"
 #: Sent with every response: any origin may read it, paging headers included.
 CORS_HEADERS: Final = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": ("next_page, last_page, self_link, current_offset, "
-                                      "current_limit, Link, ETag, Content-Disposition"),
+    "Access-Control-Expose-Headers": (
+        "next_page, last_page, self_link, current_offset, "
+        "current_limit, Link, ETag, Content-Disposition"
+    ),
 }
 
 Render = Callable[["asyncpg.Connection[Any]", int], Awaitable["Entry"]]
@@ -72,8 +74,14 @@ class Entry:
 
     __slots__ = ("body", "compressible", "etag", "expires", "gzipped", "headers", "status")
 
-    def __init__(self, status: int, body: bytes, headers: dict[str, str], etag: str | None,
-                 expires: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        etag: str | None,
+        expires: float | None = None,
+    ) -> None:
         self.status = status
         self.body = body
         self.headers = CIMultiDict(headers)
@@ -81,8 +89,10 @@ class Entry:
         self.expires = expires
         self.gzipped: Entry | None = None
         self.compressible = (
-            len(body) >= GZIP_MIN_BYTES and "Content-Encoding" not in headers
-            and headers.get("Content-Type", "").startswith(("application/json", "text/")))
+            len(body) >= GZIP_MIN_BYTES
+            and "Content-Encoding" not in headers
+            and headers.get("Content-Type", "").startswith(("application/json", "text/"))
+        )
 
     @property
     def size(self) -> int:
@@ -94,14 +104,22 @@ def cache_key(request: web.Request) -> Hashable:
     """What an answer depends on: the URL as sent (scheme, host, path and query) and whether
     the client asked for a zip by Accept header."""
     accept = request.headers.get("Accept")
-    zip_accept = accept is not None and "application/zip" in accept and (
-        "application/json" not in accept)
+    zip_accept = (
+        accept is not None and "application/zip" in accept and ("application/json" not in accept)
+    )
     return (request.scheme, request.host, request.raw_path, zip_accept)
 
 
-def make_entry(status: int, body: bytes, content_type: str, *, generation: int | None,
-               headers: dict[str, str] | None = None, expires: float | None = None,
-               vary: str = "Accept-Encoding") -> Entry:
+def make_entry(
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    generation: int | None,
+    headers: dict[str, str] | None = None,
+    expires: float | None = None,
+    vary: str = "Accept-Encoding",
+) -> Entry:
     """An Entry with the standard headers; 200s get a strong ETag: a hash of the body.
 
     The cache is keyed by generation, the ETag is not: a client revalidating after a publish
@@ -157,8 +175,11 @@ def respond(request: web.Request, entry: Entry) -> web.Response | None:
     gz = entry.compressible and _accepts_gzip(headers.get("Accept-Encoding", ""))
     inm = headers.get("If-None-Match")
     if inm is not None and entry.etag is not None and _etag_matches(inm, entry.etag):
-        keep = {k: v for k, v in entry.headers.items()
-                if k in ("ETag", "Cache-Control", "Vary") or k.startswith("Access-Control")}
+        keep = {
+            k: v
+            for k, v in entry.headers.items()
+            if k in ("ETag", "Cache-Control", "Vary") or k.startswith("Access-Control")
+        }
         if gz:
             keep["ETag"] = _gzip_etag(entry.etag) or ""
         return web.Response(status=304, headers=keep)
@@ -175,7 +196,8 @@ async def compress(entry: Entry) -> None:
         return
     if len(entry.body) > _GZIP_INLINE_MAX:
         body = await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(gzip.compress, entry.body, 6, mtime=0))
+            None, functools.partial(gzip.compress, entry.body, 6, mtime=0)
+        )
     else:
         body = gzip.compress(entry.body, 6, mtime=0)
     entry.gzipped = _gzip(entry, body)
@@ -210,8 +232,12 @@ class ResponseCache:
     def set_generation(self, generation: int | None) -> None:
         """Learn the catalogue's generation; a change drops everything cached."""
         if generation != self.generation:
-            log.info("catalogue_generation_changed", old=self.generation, new=generation,
-                     dropped=len(self._entries))
+            log.info(
+                "catalogue_generation_changed",
+                old=self.generation,
+                new=generation,
+                dropped=len(self._entries),
+            )
             self.generation = generation
             self._entries.clear()
             self._indexes.clear()
@@ -254,8 +280,10 @@ class ResponseCache:
         future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            async with self.pool.acquire() as conn, conn.transaction(
-                    isolation="repeatable_read", readonly=True):
+            async with (
+                self.pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
                 generation = await catalogue_generation(conn)
                 entry = await render(conn, generation)
             self.put(key, entry, generation)
@@ -271,8 +299,9 @@ class ResponseCache:
         finally:
             del self._inflight[key]
 
-    async def page_index(self, conn: asyncpg.Connection[Any], generation: int,
-                         query: ToolQuery) -> PageIndex:
+    async def page_index(
+        self, conn: asyncpg.Connection[Any], generation: int, query: ToolQuery
+    ) -> PageIndex:
         """The page index of *query* at *generation*, computed once per generation."""
         if generation == self.generation:
             index = self._indexes.get(query)
@@ -312,7 +341,8 @@ class GenerationWatcher:
             conn: asyncpg.Connection[Any] | None = None
             try:
                 conn = await asyncpg.connect(
-                    self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME})
+                    self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME}
+                )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CATALOGUE_CHANNEL, self._notified)
@@ -325,10 +355,15 @@ class GenerationWatcher:
                     if lost.is_set():
                         raise ConnectionResetError("the listening connection was closed")
                     generation = await conn.fetchval(
-                        "select generation from catalogue_state", timeout=self.poll_s)
+                        "select generation from catalogue_state", timeout=self.poll_s
+                    )
                     self.cache.set_generation(generation)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as e:
+            except (
+                OSError,
+                asyncio.TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+            ) as e:
                 log.warning("catalogue_listener_lost", error=str(e), retry_in_s=delay)
                 self.cache.set_generation(None)
                 self.ready.set()
@@ -344,8 +379,9 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """The response cache and its generation listener, for the app's lifetime."""
     config = app[CONFIG]
     max_mb = getattr(config.server, "cache_mb", None)
-    cache = ResponseCache(app[DB_POOL], max_bytes=int(max_mb * 1024 * 1024) if max_mb
-                          else DEFAULT_MAX_BYTES)
+    cache = ResponseCache(
+        app[DB_POOL], max_bytes=int(max_mb * 1024 * 1024) if max_mb else DEFAULT_MAX_BYTES
+    )
     app[RESPONSE_CACHE] = cache
     assert config.database.url is not None
     watcher = GenerationWatcher(config.database.url, cache)

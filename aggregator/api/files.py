@@ -31,8 +31,7 @@ _UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
 
 def json_entry(data: Any, generation: int, **kwargs: Any) -> Entry:
     """A 200 JSON Entry."""
-    return make_entry(200, orjson.dumps(data), "application/json", generation=generation,
-                      **kwargs)
+    return make_entry(200, orjson.dumps(data), "application/json", generation=generation, **kwargs)
 
 
 def normalise(path: str) -> str:
@@ -98,12 +97,20 @@ def redirect_entry(v: CatalogueVersion, tail: str, query: str) -> Entry:
     return make_entry(307, b"", "text/plain", generation=None, headers={"Location": target})
 
 
-async def descriptor(conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion,
-                     t: DescriptorType, relative: str | None, *, strict: bool) -> Entry:
+async def descriptor(
+    conn: asyncpg.Connection[Any],
+    generation: int,
+    v: CatalogueVersion,
+    t: DescriptorType,
+    relative: str | None,
+    *,
+    strict: bool,
+) -> Entry:
     """A descriptor (the primary, or the file at *relative*) as a FileWrapper, or bare text
     for PLAIN types."""
-    rows = await db.fetch_files(conn, v.served.version_row_id, descriptor_type=t.name,
-                                with_content=False)
+    rows = await db.fetch_files(
+        conn, v.served.version_row_id, descriptor_type=t.name, with_content=False
+    )
     if relative is None:
         primaries = [r for r in rows if r.file_type == "PRIMARY_DESCRIPTOR"]
         if not primaries:
@@ -111,33 +118,48 @@ async def descriptor(conn: asyncpg.Connection[Any], generation: int, v: Catalogu
         found = primaries[0]
     else:
         found = find_file(rows, relative)
-    matches = await db.fetch_files(conn, v.served.version_row_id, descriptor_type=t.name,
-                                   path=found.path)
+    matches = await db.fetch_files(
+        conn, v.served.version_row_id, descriptor_type=t.name, path=found.path
+    )
     f = matches[0] if matches else None
     if f is None or f.content is None:
         raise NotFound(f"the content of {found.path!r} is not mirrored")
     if t.plain:
         return make_entry(200, f.content, "text/plain; charset=utf-8", generation=generation)
-    wrapper = render.file_wrapper(f.content, f.sha256, _file_url(v, t, f),
-                                  image_type=None if strict else t.name)
+    wrapper = render.file_wrapper(
+        f.content, f.sha256, _file_url(v, t, f), image_type=None if strict else t.name
+    )
     return json_entry(wrapper, generation)
 
 
-async def files(conn: asyncpg.Connection[Any], generation: int, tool_id: str,
-                v: CatalogueVersion, t: DescriptorType, *, want_zip: bool,
-                strict: bool) -> Entry:
+async def files(
+    conn: asyncpg.Connection[Any],
+    generation: int,
+    tool_id: str,
+    v: CatalogueVersion,
+    t: DescriptorType,
+    *,
+    want_zip: bool,
+    strict: bool,
+) -> Entry:
     """The ToolFiles of a version for one type, or all of them in a zip.
 
     Only mirrored files are listed, and the zip holds exactly those bytes, so every listed
     checksum can be checked against the archive.
     """
-    rows = _served(await db.fetch_files(conn, v.served.version_row_id, descriptor_type=t.name,
-                                        with_content=want_zip))
+    rows = _served(
+        await db.fetch_files(
+            conn, v.served.version_row_id, descriptor_type=t.name, with_content=want_zip
+        )
+    )
     if not rows:
         raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} files")
     if not want_zip:
-        return json_entry([render.tool_file(r.path, r.file_type, r.sha256, strict=strict)
-                           for r in rows], generation, vary="Accept, Accept-Encoding")
+        return json_entry(
+            [render.tool_file(r.path, r.file_type, r.sha256, strict=strict) for r in rows],
+            generation,
+            vary="Accept, Accept-Encoding",
+        )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for r in rows:
@@ -145,30 +167,47 @@ async def files(conn: asyncpg.Connection[Any], generation: int, tool_id: str,
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, r.content or b"")
     stem = _UNSAFE_NAME.sub("_", f"{tool_id}-{v.key}-{t.name}").strip("_")
-    return make_entry(200, buffer.getvalue(), "application/zip", generation=generation,
-                      vary="Accept", headers={
-                          "Content-Disposition": f'attachment; filename="{stem}.zip"'})
+    return make_entry(
+        200,
+        buffer.getvalue(),
+        "application/zip",
+        generation=generation,
+        vary="Accept",
+        headers={"Content-Disposition": f'attachment; filename="{stem}.zip"'},
+    )
 
 
-async def tests(conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion,
-                t: DescriptorType) -> Entry:
+async def tests(
+    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion, t: DescriptorType
+) -> Entry:
     """The test files of a version for one type: FileWrappers, or their contents joined by
     newlines for PLAIN types."""
-    found = _served(await db.fetch_files(conn, v.served.version_row_id,
-                                         descriptor_type=t.name, file_types=["TEST_FILE"]))
-    if not found and t.name not in (v.doc.get("descriptor_type") or ()) and not (
-            await db.fetch_files(conn, v.served.version_row_id, descriptor_type=t.name,
-                                 with_content=False)):
+    found = _served(
+        await db.fetch_files(
+            conn, v.served.version_row_id, descriptor_type=t.name, file_types=["TEST_FILE"]
+        )
+    )
+    if (
+        not found
+        and t.name not in (v.doc.get("descriptor_type") or ())
+        and not (
+            await db.fetch_files(
+                conn, v.served.version_row_id, descriptor_type=t.name, with_content=False
+            )
+        )
+    ):
         raise NotFound(f"version {v.key!r} has no {t.name} files")
     if t.plain:
         body = b"\n".join(r.content or b"" for r in found)
         return make_entry(200, body, "text/plain; charset=utf-8", generation=generation)
-    return json_entry([render.file_wrapper(r.content, r.sha256, _file_url(v, t, r))
-                       for r in found], generation)
+    return json_entry(
+        [render.file_wrapper(r.content, r.sha256, _file_url(v, t, r)) for r in found], generation
+    )
 
 
-async def containerfiles(conn: asyncpg.Connection[Any], generation: int,
-                         v: CatalogueVersion) -> Entry:
+async def containerfiles(
+    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion
+) -> Entry:
     """The container specifications of a version, each once."""
     rows = await db.fetch_files(conn, v.served.version_row_id, file_types=["CONTAINERFILE"])
     unique: dict[str, FileRow] = {}
@@ -178,5 +217,7 @@ async def containerfiles(conn: asyncpg.Connection[Any], generation: int,
     if not unique:
         raise NotFound(f"version {v.key!r} has no containerfile")
     plain = DescriptorType("", plain=True)
-    return json_entry([render.file_wrapper(r.content, r.sha256, _file_url(v, plain, r))
-                       for r in unique.values()], generation)
+    return json_entry(
+        [render.file_wrapper(r.content, r.sha256, _file_url(v, plain, r)) for r in unique.values()],
+        generation,
+    )

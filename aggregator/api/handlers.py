@@ -42,8 +42,12 @@ def stale_after_s(request: web.Request) -> int:
 
 def error_entry(e: NotFound | BadRequest) -> Entry:
     """An error rendered as TRS Error JSON."""
-    return make_entry(e.status, orjson.dumps(render.error(e.status, e.message)),
-                      "application/json", generation=None)
+    return make_entry(
+        e.status,
+        orjson.dumps(render.error(e.status, e.message)),
+        "application/json",
+        generation=None,
+    )
 
 
 def _want_zip(request: web.Request) -> bool:
@@ -53,6 +57,7 @@ def _want_zip(request: web.Request) -> bool:
 
 def _tool_query(q: Any) -> queries.ToolQuery:
     """Read the /tools filters; empty values are "not filtered"."""
+
     def get(name: str) -> str | None:
         value = q.get(name)
         return value if value else None
@@ -70,10 +75,18 @@ def _tool_query(q: Any) -> queries.ToolQuery:
             raise BadRequest(f"checker must be true or false, not {q['checker']!r}")
         checker = value == "true"
     return queries.ToolQuery(
-        id=get("id"), alias=get("alias"), toolclass=get("toolClass"),
-        descriptor_type=descriptor_type, registry=get("registry"),
-        organization=get("organization"), name=get("name"), toolname=get("toolname"),
-        description=get("description"), author=get("author"), checker=checker)
+        id=get("id"),
+        alias=get("alias"),
+        toolclass=get("toolClass"),
+        descriptor_type=descriptor_type,
+        registry=get("registry"),
+        organization=get("organization"),
+        name=get("name"),
+        toolname=get("toolname"),
+        description=get("description"),
+        author=get("author"),
+        checker=checker,
+    )
 
 
 def find_version(tool: CatalogueTool, requested: str) -> CatalogueVersion:
@@ -86,8 +99,10 @@ def find_version(tool: CatalogueTool, requested: str) -> CatalogueVersion:
     for v in tool.versions:
         if any(s.upstream_id == requested for s in v.sources):
             return v
-    for candidates in ([v for v in tool.versions if v.doc.get("name") == requested],
-                       [v for v in tool.versions if v.key.lower() == requested.lower()]):
+    for candidates in (
+        [v for v in tool.versions if v.doc.get("name") == requested],
+        [v for v in tool.versions if v.key.lower() == requested.lower()],
+    ):
         if len(candidates) == 1:
             return candidates[0]
     raise NotFound(f"tool {tool.id!r} has no version {requested!r}")
@@ -119,8 +134,9 @@ class TrsApi:
     def _staleness(self, request: web.Request) -> render.Staleness | None:
         if self.profile.strict:
             return None
-        return render.Staleness(dt.datetime.now(dt.UTC),
-                                dt.timedelta(seconds=stale_after_s(request)))
+        return render.Staleness(
+            dt.datetime.now(dt.UTC), dt.timedelta(seconds=stale_after_s(request))
+        )
 
     @staticmethod
     def _expires(staleness: render.Staleness | None) -> float | None:
@@ -128,17 +144,20 @@ class TrsApi:
             return None
         return time.monotonic() + (staleness.next_change - staleness.now).total_seconds()
 
-    async def _serve(self, request: web.Request, render_entry: Render, *,
-                     cacheable: bool = True) -> web.Response:
+    async def _serve(
+        self, request: web.Request, render_entry: Render, *, cacheable: bool = True
+    ) -> web.Response:
         cache = request.app[RESPONSE_CACHE]
         key = cache_key(request)
         entry = cache.get(key) if cacheable else None
         if entry is None:
+
             async def guarded(conn: Any, generation: int) -> Entry:
                 try:
                     return await render_entry(conn, generation)
                 except (NotFound, BadRequest) as e:
                     return error_entry(e)
+
             entry = await cache.fill(key if cacheable else object(), guarded)
         return await send(request, entry)
 
@@ -168,81 +187,115 @@ class TrsApi:
             tools, _, published_at = await queries.catalogue_summary(conn)
             listed = ", ".join(f"{u.name} ({u.tools} tools)" for u in upstreams)
             origin = base[: -len(self.mount)]
-            return files.json_entry({
-                "id": _service_id(request.host),
-                "name": "trs-aggregator",
-                "type": {"group": "org.ga4gh", "artifact": "trs", "version": "2.0.1"},
-                "description": (f"A federated GA4GH TRS catalogue of {tools} tools merged from "
-                                f"{len(upstreams)} upstream registries" +
-                                (f": {listed}." if listed else ".")),
-                "organization": {"name": "trs-aggregator", "url": origin + "/"},
-                "documentationUrl": origin + "/aggregator/v1/openapi.json",
-                "updatedAt": published_at.isoformat(),
-                "version": __version__,
-                "catalogue": {"tools": tools, "generation": generation,
-                              "published_at": published_at.isoformat()},
-                "upstreams": [{
-                    "name": u.name, "url": u.url, "kind": u.kind, "mode": u.mode,
-                    "priority": u.priority, "service_name": u.service_name, "tools": u.tools,
-                    "last_confirmed": u.last_confirmed.isoformat() if u.last_confirmed
-                    else None} for u in upstreams],
-            }, generation)
+            return files.json_entry(
+                {
+                    "id": _service_id(request.host),
+                    "name": "trs-aggregator",
+                    "type": {"group": "org.ga4gh", "artifact": "trs", "version": "2.0.1"},
+                    "description": (
+                        f"A federated GA4GH TRS catalogue of {tools} tools merged from "
+                        f"{len(upstreams)} upstream registries"
+                        + (f": {listed}." if listed else ".")
+                    ),
+                    "organization": {"name": "trs-aggregator", "url": origin + "/"},
+                    "documentationUrl": origin + "/aggregator/v1/openapi.json",
+                    "updatedAt": published_at.isoformat(),
+                    "version": __version__,
+                    "catalogue": {
+                        "tools": tools,
+                        "generation": generation,
+                        "published_at": published_at.isoformat(),
+                    },
+                    "upstreams": [
+                        {
+                            "name": u.name,
+                            "url": u.url,
+                            "kind": u.kind,
+                            "mode": u.mode,
+                            "priority": u.priority,
+                            "service_name": u.service_name,
+                            "tools": u.tools,
+                            "last_confirmed": u.last_confirmed.isoformat()
+                            if u.last_confirmed
+                            else None,
+                        }
+                        for u in upstreams
+                    ],
+                },
+                generation,
+            )
+
         return await self._serve(request, build, cacheable=False)
 
     async def list_tool_classes(self, request: web.Request) -> web.Response:
         """GET /toolClasses: the union of the upstreams' tool classes."""
+
         async def build(conn: Any, generation: int) -> Entry:
             classes = render.union_tool_classes(await queries.tool_classes(conn))
             return files.json_entry(classes, generation)
+
         return await self._serve(request, build)
 
     async def list_tools(self, request: web.Request) -> web.Response:
         """GET /tools: filters, keyset paging under numeric offsets, paging headers."""
+
         async def build(conn: Any, generation: int) -> Entry:
             page = parse_page(request.query)
             query = _tool_query(request.query)
             index = await request.app[RESPONSE_CACHE].page_index(conn, generation, query)
-            ids = await queries.page_ids(conn, query, index, offset=page.offset,
-                                         limit=page.limit)
+            ids = await queries.page_ids(conn, query, index, offset=page.offset, limit=page.limit)
             found = await db.fetch_tools(conn, ids)
             base, staleness = self.base_url(request), self._staleness(request)
-            body = [render.render_tool(base, found[i], self.profile.schema, staleness)
-                    for i in ids if i in found]
+            body = [
+                render.render_tool(base, found[i], self.profile.schema, staleness)
+                for i in ids
+                if i in found
+            ]
             headers = paging_headers(base + "/tools", request.query, page, index.total)
-            return files.json_entry(body, generation, headers=headers,
-                                    expires=self._expires(staleness))
+            return files.json_entry(
+                body, generation, headers=headers, expires=self._expires(staleness)
+            )
+
         return await self._serve(request, build)
 
     async def get_tool(self, request: web.Request) -> web.Response:
         """GET /tools/{id}."""
+
         async def build(conn: Any, generation: int) -> Entry:
             tool = await self._tool(conn, request.match_info["id"])
             staleness = self._staleness(request)
-            body = render.render_tool(self.base_url(request), tool, self.profile.schema,
-                                      staleness)
+            body = render.render_tool(self.base_url(request), tool, self.profile.schema, staleness)
             return files.json_entry(body, generation, expires=self._expires(staleness))
+
         return await self._serve(request, build)
 
     async def list_tool_versions(self, request: web.Request) -> web.Response:
         """GET /tools/{id}/versions."""
+
         async def build(conn: Any, generation: int) -> Entry:
             tool = await self._tool(conn, request.match_info["id"])
             staleness = self._staleness(request)
             base = self.base_url(request)
-            body = [render.render_version(base, tool, v, self.profile.schema, staleness)
-                    for v in tool.versions]
+            body = [
+                render.render_version(base, tool, v, self.profile.schema, staleness)
+                for v in tool.versions
+            ]
             return files.json_entry(body, generation, expires=self._expires(staleness))
+
         return await self._serve(request, build)
 
     async def get_tool_version(self, request: web.Request) -> web.Response:
         """GET /tools/{id}/versions/{version_id}."""
+
         async def build(conn: Any, generation: int) -> Entry:
             tool = await self._tool(conn, request.match_info["id"])
             v = find_version(tool, request.match_info["version_id"])
             staleness = self._staleness(request)
-            body = render.render_version(self.base_url(request), tool, v, self.profile.schema,
-                                         staleness)
+            body = render.render_version(
+                self.base_url(request), tool, v, self.profile.schema, staleness
+            )
             return files.json_entry(body, generation, expires=self._expires(staleness))
+
         return await self._serve(request, build)
 
     async def _version(self, conn: Any, request: web.Request) -> tuple[str, CatalogueVersion]:
@@ -251,6 +304,7 @@ class TrsApi:
 
     async def get_descriptor(self, request: web.Request) -> web.Response:
         """GET …/{type}/descriptor and …/{type}/descriptor/{relative_path}."""
+
         async def build(conn: Any, generation: int) -> Entry:
             t = self._type(request)
             _, v = await self._version(conn, request)
@@ -260,13 +314,16 @@ class TrsApi:
                 if relative is not None:
                     tail += "/" + quote(relative, safe="")
                 return files.redirect_entry(v, tail, request.query_string)
-            return await files.descriptor(conn, generation, v, t, relative,
-                                          strict=self.profile.strict)
+            return await files.descriptor(
+                conn, generation, v, t, relative, strict=self.profile.strict
+            )
+
         return await self._serve(request, build)
 
     async def list_files(self, request: web.Request) -> web.Response:
         """GET …/{type}/files, and a zip of them with ``?format=zip`` or Accept:
         application/zip."""
+
         async def build(conn: Any, generation: int) -> Entry:
             t = self._type(request)
             tool_id, v = await self._version(conn, request)
@@ -274,31 +331,44 @@ class TrsApi:
             if fmt not in (None, "", "zip"):
                 raise BadRequest(f"format must be 'zip', not {fmt!r}")
             if v.served.mode == "index":
-                return files.redirect_entry(v, f"{request.match_info['type']}/files",
-                                            request.query_string)
-            return await files.files(conn, generation, tool_id, v, t,
-                                     want_zip=fmt == "zip" or _want_zip(request),
-                                     strict=self.profile.strict)
+                return files.redirect_entry(
+                    v, f"{request.match_info['type']}/files", request.query_string
+                )
+            return await files.files(
+                conn,
+                generation,
+                tool_id,
+                v,
+                t,
+                want_zip=fmt == "zip" or _want_zip(request),
+                strict=self.profile.strict,
+            )
+
         return await self._serve(request, build)
 
     async def list_tests(self, request: web.Request) -> web.Response:
         """GET …/{type}/tests."""
+
         async def build(conn: Any, generation: int) -> Entry:
             t = self._type(request)
             _, v = await self._version(conn, request)
             if v.served.mode == "index":
-                return files.redirect_entry(v, f"{request.match_info['type']}/tests",
-                                            request.query_string)
+                return files.redirect_entry(
+                    v, f"{request.match_info['type']}/tests", request.query_string
+                )
             return await files.tests(conn, generation, v, t)
+
         return await self._serve(request, build)
 
     async def get_containerfile(self, request: web.Request) -> web.Response:
         """GET …/containerfile."""
+
         async def build(conn: Any, generation: int) -> Entry:
             _, v = await self._version(conn, request)
             if v.served.mode == "index":
                 return files.redirect_entry(v, "containerfile", request.query_string)
             return await files.containerfiles(conn, generation, v)
+
         return await self._serve(request, build)
 
     def add_routes(self, app: web.Application) -> None:

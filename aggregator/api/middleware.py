@@ -30,8 +30,9 @@ _ID_COUNTER: Final = itertools.count(1)
 
 def error_response(status: int, message: str) -> web.Response:
     """A TRS Error JSON response."""
-    return web.Response(status=status, body=orjson.dumps(error(status, message)),
-                        headers=_ERROR_HEADERS)
+    return web.Response(
+        status=status, body=orjson.dumps(error(status, message)), headers=_ERROR_HEADERS
+    )
 
 
 @web.middleware
@@ -59,9 +60,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
-        log.info("request_finished", request_id=request_id, method=request.method,
-                 path=request.raw_path, status=status,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        log.info(
+            "request_finished",
+            request_id=request_id,
+            method=request.method,
+            path=request.raw_path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
 
 def _preflight(request: web.Request, allowed: set[str]) -> web.Response:
@@ -92,9 +98,11 @@ async def _trs_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             allowed = set(getattr(e, "allowed_methods", ()) or ())
             if request.method == "OPTIONS" and "GET" in allowed:
                 return _preflight(request, allowed)
-            response = error_response(405, f"method {request.method} not allowed here"
-                                      + (f"; allowed: {', '.join(sorted(allowed))}"
-                                         if allowed else ""))
+            response = error_response(
+                405,
+                f"method {request.method} not allowed here"
+                + (f"; allowed: {', '.join(sorted(allowed))}" if allowed else ""),
+            )
             if allowed:
                 response.headers["Allow"] = ", ".join(sorted(allowed))
             return response

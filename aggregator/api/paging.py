@@ -53,8 +53,9 @@ def last_offset(page: Page, total: int) -> int:
     return (total - 1) // page.limit * page.limit
 
 
-def paging_headers(tools_url: str, query: MultiDictProxy[str] | MultiDict[str], page: Page,
-                   total: int) -> dict[str, str]:
+def paging_headers(
+    tools_url: str, query: MultiDictProxy[str] | MultiDict[str], page: Page, total: int
+) -> dict[str, str]:
     """``self_link``, ``next_page`` (absent on the last page), ``last_page``,
     ``current_offset``, ``current_limit`` and ``Link``, every link keeping the request's
     other parameters (its filters).

@@ -32,10 +32,11 @@ class Profile:
 
 #: TRS 2.0.1 with provenance, at the standard base path, Dockstore's layout (Toil,
 #: TOIL_TRS_ROOT) and the path cwltool's --add-ga4gh-tool-registry resolver requests.
-DEFAULT_PROFILE: Final = Profile("default", DEFAULT,
-                                 ("/ga4gh/trs/v2", "/api/ga4gh/trs/v2", "/api/ga4gh/v2"),
-                                 service_info=True)
+DEFAULT_PROFILE: Final = Profile(
+    "default", DEFAULT, ("/ga4gh/trs/v2", "/api/ga4gh/trs/v2", "/api/ga4gh/v2"), service_info=True
+)
 #: Exactly the fields of TRS 2.0.0, for client libraries whose models forbid unknown fields.
-STRICT_PROFILE: Final = Profile("strict-2.0.0", STRICT, ("/strict-2.0.0/ga4gh/trs/v2",),
-                                service_info=False)
+STRICT_PROFILE: Final = Profile(
+    "strict-2.0.0", STRICT, ("/strict-2.0.0/ga4gh/trs/v2",), service_info=False
+)
 PROFILES: Final = (DEFAULT_PROFILE, STRICT_PROFILE)

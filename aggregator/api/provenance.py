@@ -23,8 +23,9 @@ def stale_after_s(request: web.Request) -> float:
     return request.app[CONFIG].harvest.stale_after_s
 
 
-def provenance(tool: CatalogueTool, *, requested: str, now: dt.datetime,
-               stale_after: float) -> dict[str, Any]:
+def provenance(
+    tool: CatalogueTool, *, requested: str, now: dt.datetime, stale_after: float
+) -> dict[str, Any]:
     """The full provenance record of *tool*."""
     names = {s.member_id: qualified_id(s.upstream, s.upstream_id) for s in tool.sources}
 
@@ -39,16 +40,24 @@ def provenance(tool: CatalogueTool, *, requested: str, now: dt.datetime,
             "last_confirmed": s.last_confirmed.isoformat(),
             "stale": (now - s.last_confirmed).total_seconds() > stale_after,
             "missing_since": s.tombstoned_at.isoformat() if s.tombstoned_at else None,
-            "joined_by": [{"with": names.get(j["with"], str(j["with"])),
-                           "evidence": j["evidence"], "value": j["value"]}
-                          for j in s.joined_by],
+            "joined_by": [
+                {
+                    "with": names.get(j["with"], str(j["with"])),
+                    "evidence": j["evidence"],
+                    "value": j["value"],
+                }
+                for j in s.joined_by
+            ],
         }
 
     def version_source(v: VersionSource) -> dict[str, Any]:
-        return {"upstream": v.upstream, "upstream_tool_id": v.upstream_tool_id,
-                "upstream_version_id": v.upstream_id,
-                "upstream_url": f"{v.upstream_base}/tools/{quote(v.upstream_tool_id, safe='')}"
-                                f"/versions/{quote(v.key, safe='')}"}
+        return {
+            "upstream": v.upstream,
+            "upstream_tool_id": v.upstream_tool_id,
+            "upstream_version_id": v.upstream_id,
+            "upstream_url": f"{v.upstream_base}/tools/{quote(v.upstream_tool_id, safe='')}"
+            f"/versions/{quote(v.key, safe='')}",
+        }
 
     conflicts = []
     for c in tool.conflicts:
@@ -61,10 +70,15 @@ def provenance(tool: CatalogueTool, *, requested: str, now: dt.datetime,
         "id": tool.id,
         "requested_id": requested,
         "members": [member(s) for s in tool.sources],
-        "versions": [{"key": v.key, "conflict": v.conflict,
-                      "served": version_source(v.served),
-                      "sources": [version_source(s) for s in v.sources]}
-                     for v in tool.versions],
+        "versions": [
+            {
+                "key": v.key,
+                "conflict": v.conflict,
+                "served": version_source(v.served),
+                "sources": [version_source(s) for s in v.sources],
+            }
+            for v in tool.versions
+        ],
         "conflicts": conflicts,
     }
 
@@ -77,8 +91,9 @@ async def get_provenance(request: web.Request) -> web.Response:
     tool = (await db.fetch_tools(pool, [tool_id])).get(tool_id) if tool_id else None
     if tool is None:
         raise NotFound(f"no tool with id {requested!r}")
-    body = provenance(tool, requested=requested, now=dt.datetime.now(dt.UTC),
-                      stale_after=stale_after_s(request))
+    body = provenance(
+        tool, requested=requested, now=dt.datetime.now(dt.UTC), stale_after=stale_after_s(request)
+    )
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

@@ -37,18 +37,28 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
     """One upstream as the API shows it."""
     last_run = None
     if row["last_run_id"] is not None:
-        last_run = {"id": row["last_run_id"], "status": row["last_run_status"],
-                    "started_at": _iso(row["last_run_started_at"]),
-                    "finished_at": _iso(row["last_run_finished_at"]),
-                    "error": row["last_run_error"]}
+        last_run = {
+            "id": row["last_run_id"],
+            "status": row["last_run_status"],
+            "started_at": _iso(row["last_run_started_at"]),
+            "finished_at": _iso(row["last_run_finished_at"]),
+            "error": row["last_run_error"],
+        }
     last_success = None
     if row["last_success_id"] is not None:
-        last_success = {"id": row["last_success_id"],
-                        "started_at": _iso(row["last_success_started_at"]),
-                        "finished_at": _iso(row["last_success_finished_at"])}
+        last_success = {
+            "id": row["last_success_id"],
+            "started_at": _iso(row["last_success_started_at"]),
+            "finished_at": _iso(row["last_success_finished_at"]),
+        }
     return {
-        "name": row["name"], "url": row["url"], "kind": row["kind"], "mode": row["mode"],
-        "priority": row["priority"], "schedule": row["schedule"], "enabled": row["enabled"],
+        "name": row["name"],
+        "url": row["url"],
+        "kind": row["kind"],
+        "mode": row["mode"],
+        "priority": row["priority"],
+        "schedule": row["schedule"],
+        "enabled": row["enabled"],
         "source": row["source"],
         "state": state_of(row),
         "consecutive_failures": row["consecutive_failures"],
@@ -57,8 +67,12 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
         "pending_requests": row["pending_requests"],
         "last_run": last_run,
         "last_success": last_success,
-        "counts": {"tools": row["tools"], "tools_missing": row["tools_tombstoned"],
-                   "tools_stale": row["tools_stale"], "versions": row["versions"]},
+        "counts": {
+            "tools": row["tools"],
+            "tools_missing": row["tools_tombstoned"],
+            "tools_stale": row["tools_stale"],
+            "versions": row["versions"],
+        },
         "stale_after_s": stale_after_s,
         "runs_url": f"{PREFIX}/{row['name']}/runs",
     }
@@ -68,31 +82,50 @@ def run_json(row: asyncpg.Record) -> dict[str, Any]:
     """One run record as the API shows it."""
     finished = row["finished_at"]
     return {
-        "id": row["id"], "status": row["status"], "trigger": row["trigger"],
-        "worker": row["worker"], "started_at": _iso(row["started_at"]),
+        "id": row["id"],
+        "status": row["status"],
+        "trigger": row["trigger"],
+        "worker": row["worker"],
+        "started_at": _iso(row["started_at"]),
         "finished_at": _iso(finished),
         "duration_s": round((finished - row["started_at"]).total_seconds(), 3)
-        if finished else None,
+        if finished
+        else None,
         "listing_complete": row["listing_complete"],
-        "counts": {k: row[k] for k in (
-            "tools_seen", "tools_new", "tools_changed", "tools_unchanged", "tools_tombstoned",
-            "tools_fetched", "versions_seen", "files_stored", "requests", "not_modified",
-            "bytes_fetched", "errors")},
+        "counts": {
+            k: row[k]
+            for k in (
+                "tools_seen",
+                "tools_new",
+                "tools_changed",
+                "tools_unchanged",
+                "tools_tombstoned",
+                "tools_fetched",
+                "versions_seen",
+                "files_stored",
+                "requests",
+                "not_modified",
+                "bytes_fetched",
+                "errors",
+            )
+        },
         "error": row["error"],
         "error_samples": row["error_samples"],
     }
 
 
 def _json(body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type="application/json",
-                        headers=headers)
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
 async def _rows(request: web.Request, name: str | None = None) -> list[asyncpg.Record]:
     harvest = request.app[CONFIG].harvest
     return await db_upstreams.list_upstreams(
-        request.app[DB_POOL], tombstone_after=harvest.tombstone_after,
-        stale_after_s=harvest.stale_after_s, name=name)
+        request.app[DB_POOL],
+        tombstone_after=harvest.tombstone_after,
+        stale_after_s=harvest.stale_after_s,
+        name=name,
+    )
 
 
 async def list_upstreams(request: web.Request) -> web.Response:
@@ -110,8 +143,9 @@ async def get_upstream(request: web.Request) -> web.Response:
     return _json(upstream_json(rows[0], request.app[CONFIG].harvest.stale_after_s))
 
 
-def _int_param(request: web.Request, key: str, default: int | None, low: int,
-               high: int | None = None) -> int | None:
+def _int_param(
+    request: web.Request, key: str, default: int | None, low: int, high: int | None = None
+) -> int | None:
     raw = request.query.get(key)
     if raw is None or raw == "":
         return default
@@ -120,8 +154,11 @@ def _int_param(request: web.Request, key: str, default: int | None, low: int,
     except ValueError:
         raise BadRequest(f"{key} must be an integer, not {raw!r}") from None
     if value < low or (high is not None and value > high):
-        raise BadRequest(f"{key} must be between {low} and {high}" if high is not None
-                         else f"{key} must be at least {low}")
+        raise BadRequest(
+            f"{key} must be between {low} and {high}"
+            if high is not None
+            else f"{key} must be at least {low}"
+        )
     return value
 
 
@@ -143,8 +180,9 @@ async def list_runs(request: web.Request) -> web.Response:
     headers = {}
     if len(rows) > limit:
         rows = rows[:limit]
-        next_url = URL(str(request.url)).update_query({"limit": str(limit),
-                                                       "before": str(rows[-1]["id"])})
+        next_url = URL(str(request.url)).update_query(
+            {"limit": str(limit), "before": str(rows[-1]["id"])}
+        )
         headers["next_page"] = str(next_url)
     return _json([run_json(r) for r in rows], headers)
 

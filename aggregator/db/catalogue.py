@@ -11,8 +11,9 @@ import asyncpg
 from aggregator.trs.model import CatalogueTool, CatalogueVersion, Source, VersionSource
 
 
-async def resolve_tool_id(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
-                          requested: str) -> str | None:
+async def resolve_tool_id(
+    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], requested: str
+) -> str | None:
     """The catalogue tool that *requested* names, if any: its own id, a member's qualified or
     plain upstream id, or an id it once had (see ``catalogue_resolve`` in sql/)."""
     tool_id: str | None = await conn.fetchval("select catalogue_resolve($1)", requested)
@@ -45,8 +46,9 @@ order by cv.tool_id, cv.position, cv.key, s.n
 """
 
 
-async def fetch_tools(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
-                      tool_ids: Sequence[str]) -> dict[str, CatalogueTool]:
+async def fetch_tools(
+    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], tool_ids: Sequence[str]
+) -> dict[str, CatalogueTool]:
     """The catalogue tools *tool_ids* with their sources and versions (absent ids left out)."""
     ids = list(tool_ids)
     out: dict[str, CatalogueTool] = {}
@@ -61,15 +63,31 @@ async def fetch_tools(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
         for alias in r["doc"].get("aliases") or []:
             if alias not in aliases:
                 aliases.append(alias)
-        tool.sources.append(Source(
-            r["member_id"], r["upstream"], r["external_id"], r["upstream_base"], r["mode"],
-            r["first_seen"], r["last_confirmed"], r["tombstoned_at"], r["joined_by"]))
+        tool.sources.append(
+            Source(
+                r["member_id"],
+                r["upstream"],
+                r["external_id"],
+                r["upstream_base"],
+                r["mode"],
+                r["first_seen"],
+                r["last_confirmed"],
+                r["tombstoned_at"],
+                r["joined_by"],
+            )
+        )
     current: CatalogueVersion | None = None
     current_tool = ""
     for r in await conn.fetch(_VERSIONS, ids):
-        source = VersionSource(r["version_row_id"], r["upstream"], r["external_id"],
-                               r["upstream_tool_id"], r["upstream_base"], r["upstream_key"],
-                               r["mode"])
+        source = VersionSource(
+            r["version_row_id"],
+            r["upstream"],
+            r["external_id"],
+            r["upstream_tool_id"],
+            r["upstream_base"],
+            r["upstream_key"],
+            r["mode"],
+        )
         if current is None or (current.key, current_tool) != (r["key"], r["tool_id"]):
             current = CatalogueVersion(r["key"], r["doc"], r["conflict"], source, [])
             current_tool = r["tool_id"]
@@ -91,10 +109,15 @@ class FileRow:
     content: bytes | None
 
 
-async def fetch_files(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], version_id: int, *,
-                      descriptor_type: str | None = None, path: str | None = None,
-                      file_types: Sequence[str] | None = None,
-                      with_content: bool = True) -> list[FileRow]:
+async def fetch_files(
+    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+    version_id: int,
+    *,
+    descriptor_type: str | None = None,
+    path: str | None = None,
+    file_types: Sequence[str] | None = None,
+    with_content: bool = True,
+) -> list[FileRow]:
     """Files of version *version_id*, optionally narrowed by type, path and file types.
 
     Type-independent containerfiles (descriptor type '') are included with any type.
@@ -109,5 +132,9 @@ async def fetch_files(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], version
               and ($3::text is null or f.path = $3)
               and ($4::text[] is null or f.file_type = any($4))
             order by f.file_type <> 'PRIMARY_DESCRIPTOR', f.path collate "C" """,  # noqa: S608
-        version_id, descriptor_type, path, list(file_types) if file_types else None)
+        version_id,
+        descriptor_type,
+        path,
+        list(file_types) if file_types else None,
+    )
     return [FileRow(**dict(r)) for r in rows]

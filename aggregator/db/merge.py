@@ -46,29 +46,39 @@ def qualified_id(upstream: str, external_id: str) -> str:
     return f"{QUALIFIED_PREFIX}{upstream}/{external_id}"
 
 
-async def remerge(conn: asyncpg.Connection[Any], *, tombstone_after: int,
-                  max_per_upstream: int = 1, full: bool = False) -> MergeStats:
+async def remerge(
+    conn: asyncpg.Connection[Any],
+    *,
+    tombstone_after: int,
+    max_per_upstream: int = 1,
+    full: bool = False,
+) -> MergeStats:
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
     tools, and bump the generation. Call inside the publishing transaction."""
     live = "t.missed_listings < $1"
     if full:
         dirty = [r["id"] for r in await conn.fetch("select id from upstream_tools")]
     else:
-        dirty = [r["id"] for r in await conn.fetch(
-            "select id from upstream_tools where merge_dirty")]
+        dirty = [
+            r["id"] for r in await conn.fetch("select id from upstream_tools where merge_dirty")
+        ]
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if len(dirty) >= ANALYZE_AFTER:
         await conn.execute("analyze tool_evidence")
     if dirty:
-        await conn.execute("update upstream_tools set merge_dirty = false "
-                           "where id = any($1::bigint[]) and merge_dirty", dirty)
+        await conn.execute(
+            "update upstream_tools set merge_dirty = false "
+            "where id = any($1::bigint[]) and merge_dirty",
+            dirty,
+        )
     if full:
         affected = set(dirty)
         nodes = await _load_nodes(conn, affected, live, tombstone_after)
         identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
     else:
-        affected, identifying = await _closure(conn, set(dirty), old_keys, max_per_upstream,
-                                               tombstone_after)
+        affected, identifying = await _closure(
+            conn, set(dirty), old_keys, max_per_upstream, tombstone_after
+        )
         nodes = await _load_nodes(conn, affected, live, tombstone_after)
     components = merge(nodes, identifying=identifying)
     versions = await _load_versions(conn, [n.id for n in nodes])
@@ -76,35 +86,49 @@ async def remerge(conn: asyncpg.Connection[Any], *, tombstone_after: int,
     await _write(conn, components, versions, old_ids)
     generation: int = await conn.fetchval(
         """update catalogue_state set generation = generation + 1, published_at = now()
-           returning generation""")
+           returning generation"""
+    )
     stats = MergeStats(len(dirty), len(nodes), len(components), generation)
-    log.info("merge_finished", dirty=stats.dirty, nodes=stats.nodes, tools=stats.tools,
-             generation=generation, full=full)
+    log.info(
+        "merge_finished",
+        dirty=stats.dirty,
+        nodes=stats.nodes,
+        tools=stats.tools,
+        generation=generation,
+        full=full,
+    )
     return stats
 
 
-async def _refresh_evidence(conn: asyncpg.Connection[Any], ids: list[int],
-                            tombstone_after: int) -> set[Key]:
+async def _refresh_evidence(
+    conn: asyncpg.Connection[Any], ids: list[int], tombstone_after: int
+) -> set[Key]:
     """Recompute the evidence of tools *ids* (none for tools no longer live); return the keys
     they held before."""
     if not ids:
         return set()
     old = await conn.fetch(
         "delete from tool_evidence where upstream_tool_id = any($1::bigint[]) "
-        "returning kind, value", ids)
+        "returning kind, value",
+        ids,
+    )
     tools = await conn.fetch(
         """select t.id, t.external_id, t.doc->'aliases' as aliases
            from upstream_tools t where t.id = any($1::bigint[]) and t.missed_listings < $2""",
-        ids, tombstone_after)
+        ids,
+        tombstone_after,
+    )
     descriptors: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
     for r in await conn.fetch(
-            """select v.upstream_tool_id as id, f.sha256, fc.size,
+        """select v.upstream_tool_id as id, f.sha256, fc.size,
                       substring(fc.content from 1 for 64) as head
                from upstream_versions v
                join upstream_files f on f.upstream_version_id = v.id
                join file_contents fc on fc.sha256 = f.sha256
                where v.upstream_tool_id = any($1::bigint[])
-                 and f.file_type = 'PRIMARY_DESCRIPTOR'""", ids):
+                 and f.file_type = 'PRIMARY_DESCRIPTOR'""",
+        ids,
+    ):
         descriptors[r["id"]].append((r["sha256"], r["size"], bytes(r["head"])))
     rows = []
     for t in tools:
@@ -112,8 +136,9 @@ async def _refresh_evidence(conn: asyncpg.Connection[Any], ids: list[int],
         for kind, value in evidence(t["external_id"], doc, descriptors.get(t["id"], ())):
             rows.append((t["id"], kind, value))
     if rows:
-        await conn.copy_records_to_table("tool_evidence", records=rows,
-                                         columns=["upstream_tool_id", "kind", "value"])
+        await conn.copy_records_to_table(
+            "tool_evidence", records=rows, columns=["upstream_tool_id", "kind", "value"]
+        )
     return {(r["kind"], r["value"]) for r in old}
 
 
@@ -159,8 +184,13 @@ select coalesce(array_agg(id), '{}') from added
 """
 
 
-async def _closure(conn: asyncpg.Connection[Any], seeds: set[int], old_keys: set[Key],
-                   max_per_upstream: int, tombstone_after: int) -> tuple[set[int], set[Key]]:
+async def _closure(
+    conn: asyncpg.Connection[Any],
+    seeds: set[int],
+    old_keys: set[Key],
+    max_per_upstream: int,
+    tombstone_after: int,
+) -> tuple[set[int], set[Key]]:
     """Every upstream tool whose merge can change, and the identifying keys among theirs.
 
     The seeds, the tools sharing any key the seeds hold or held, every member of a catalogue
@@ -183,8 +213,10 @@ async def _closure(conn: asyncpg.Connection[Any], seeds: set[int], old_keys: set
 
 
 async def _keys_of(conn: asyncpg.Connection[Any], ids: set[int]) -> set[Key]:
-    rows = await conn.fetch("select kind, value from tool_evidence "
-                            "where upstream_tool_id = any($1::bigint[])", list(ids))
+    rows = await conn.fetch(
+        "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])",
+        list(ids),
+    )
     return {(r["kind"], r["value"]) for r in rows}
 
 
@@ -195,12 +227,15 @@ async def _holders(conn: asyncpg.Connection[Any], keys: set[Key]) -> set[int]:
     rows = await conn.fetch(
         """select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
            join tool_evidence e on e.kind = k.kind and e.value = k.value""",
-        list(kinds), list(values))
+        list(kinds),
+        list(values),
+    )
     return {r["upstream_tool_id"] for r in rows}
 
 
-async def _load_nodes(conn: asyncpg.Connection[Any], ids: set[int], live: str,
-                      tombstone_after: int) -> list[Node]:
+async def _load_nodes(
+    conn: asyncpg.Connection[Any], ids: set[int], live: str, tombstone_after: int
+) -> list[Node]:
     rows = await conn.fetch(
         f"""select t.id, u.name, u.priority, t.external_id,
                    coalesce(array_agg(e.kind) filter (where e.kind is not null), '{{}}') as kinds,
@@ -210,13 +245,24 @@ async def _load_nodes(conn: asyncpg.Connection[Any], ids: set[int], live: str,
             left join tool_evidence e on e.upstream_tool_id = t.id
             where t.id = any($2::bigint[]) and {live}
             group by t.id, u.name, u.priority, t.external_id""",  # noqa: S608
-        tombstone_after, list(ids))
-    return [Node(r["id"], r["name"], r["priority"], r["external_id"],
-                 frozenset(zip(r["kinds"], r["vals"], strict=True))) for r in rows]
+        tombstone_after,
+        list(ids),
+    )
+    return [
+        Node(
+            r["id"],
+            r["name"],
+            r["priority"],
+            r["external_id"],
+            frozenset(zip(r["kinds"], r["vals"], strict=True)),
+        )
+        for r in rows
+    ]
 
 
-async def _load_versions(conn: asyncpg.Connection[Any],
-                         member_ids: list[int]) -> dict[int, list[VersionNode]]:
+async def _load_versions(
+    conn: asyncpg.Connection[Any], member_ids: list[int]
+) -> dict[int, list[VersionNode]]:
     rows = await conn.fetch(
         """select v.id, v.upstream_tool_id, v.key, coalesce(v.doc->>'name', v.key) as name,
                   v.position,
@@ -227,12 +273,15 @@ async def _load_versions(conn: asyncpg.Connection[Any],
                      and f.file_type in ('PRIMARY_DESCRIPTOR', 'SECONDARY_DESCRIPTOR'))
                   as fingerprint
            from upstream_versions v where v.upstream_tool_id = any($1::bigint[])""",
-        member_ids)
+        member_ids,
+    )
     out: dict[int, list[VersionNode]] = defaultdict(list)
     for r in rows:
-        out[r["upstream_tool_id"]].append(VersionNode(
-            r["id"], r["upstream_tool_id"], r["key"], r["name"], r["position"],
-            r["fingerprint"]))
+        out[r["upstream_tool_id"]].append(
+            VersionNode(
+                r["id"], r["upstream_tool_id"], r["key"], r["name"], r["position"], r["fingerprint"]
+            )
+        )
     return out
 
 
@@ -242,54 +291,84 @@ async def _drop_tools(conn: asyncpg.Connection[Any], affected: set[int]) -> list
         """delete from catalogue_tools c where c.id in (
                select m.tool_id from catalogue_members m
                where m.upstream_tool_id = any($1::bigint[]))
-           returning c.id""", list(affected))
+           returning c.id""",
+        list(affected),
+    )
     return [r["id"] for r in rows]
 
 
-async def _write(conn: asyncpg.Connection[Any], components: list[Component],
-                 versions: dict[int, list[VersionNode]], released: list[str]) -> None:
+async def _write(
+    conn: asyncpg.Connection[Any],
+    components: list[Component],
+    versions: dict[int, list[VersionNode]],
+    released: list[str],
+) -> None:
     """Insert the merged tools, settling plain-id claims against the rest of the catalogue."""
     ids = await _assign_ids(conn, components, released)
     tools, members, cat_versions, history = [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
         merged, conflicts = merge_versions(comp, member_versions)
-        report = [{"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
-                  for c in conflicts]
-        report += [{"kind": "join_refused", "a": e.a, "b": e.b, "evidence": e.kind,
-                    "value": e.value, "reason": "both tools come from one upstream"}
-                   for e in comp.refused]
+        report = [
+            {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
+            for c in conflicts
+        ]
+        report += [
+            {
+                "kind": "join_refused",
+                "a": e.a,
+                "b": e.b,
+                "evidence": e.kind,
+                "value": e.value,
+                "reason": "both tools come from one upstream",
+            }
+            for e in comp.refused
+        ]
         tools.append((tool_id, tool_id, comp.primary.id, report))
         for m in comp.members:
-            joined = [{"with": e.b if e.a == m.id else e.a, "evidence": e.kind, "value": e.value}
-                      for e in comp.joins if m.id in (e.a, e.b)]
+            joined = [
+                {"with": e.b if e.a == m.id else e.a, "evidence": e.kind, "value": e.value}
+                for e in comp.joins
+                if m.id in (e.a, e.b)
+            ]
             members.append((m.id, tool_id, joined))
             history.append((tool_id, m.id, m is comp.primary))
-        cat_versions += [(tool_id, mv.key, mv.position, mv.served.id,
-                          [s.id for s in mv.sources], mv.conflict) for mv in merged]
+        cat_versions += [
+            (tool_id, mv.key, mv.position, mv.served.id, [s.id for s in mv.sources], mv.conflict)
+            for mv in merged
+        ]
     await conn.copy_records_to_table(
-        "catalogue_tools", records=tools,
-        columns=["id", "sort_key", "primary_member_id", "conflicts"])
+        "catalogue_tools",
+        records=tools,
+        columns=["id", "sort_key", "primary_member_id", "conflicts"],
+    )
     await conn.copy_records_to_table(
-        "catalogue_members", records=members, columns=["upstream_tool_id", "tool_id", "joined_by"])
+        "catalogue_members", records=members, columns=["upstream_tool_id", "tool_id", "joined_by"]
+    )
     await conn.copy_records_to_table(
-        "catalogue_versions", records=cat_versions,
-        columns=["tool_id", "key", "position", "upstream_version_id", "source_ids", "conflict"])
+        "catalogue_versions",
+        records=cat_versions,
+        columns=["tool_id", "key", "position", "upstream_version_id", "source_ids", "conflict"],
+    )
     # The ids each tool had, so they keep resolving after its members change.
     await conn.execute(
         """create temporary table if not exists merge_history (
                id text, upstream_tool_id bigint, was_primary boolean);
-           truncate merge_history""")
-    await conn.copy_records_to_table("merge_history", records=history,
-                                     columns=["id", "upstream_tool_id", "was_primary"])
+           truncate merge_history"""
+    )
+    await conn.copy_records_to_table(
+        "merge_history", records=history, columns=["id", "upstream_tool_id", "was_primary"]
+    )
     await conn.execute(
         """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
            select id, upstream_tool_id, was_primary from merge_history
-           on conflict (id, upstream_tool_id) do nothing""")
+           on conflict (id, upstream_tool_id) do nothing"""
+    )
 
 
-async def _assign_ids(conn: asyncpg.Connection[Any], components: list[Component],
-                      released: list[str]) -> list[str]:
+async def _assign_ids(
+    conn: asyncpg.Connection[Any], components: list[Component], released: list[str]
+) -> list[str]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
     the same id (then the qualified id). Tools elsewhere in the catalogue that lose or regain
     a plain id are renamed here."""
@@ -304,7 +383,9 @@ async def _assign_ids(conn: asyncpg.Connection[Any], components: list[Component]
            from upstream_tools t
            join catalogue_tools c on c.primary_member_id = t.id
            join upstreams u on u.id = t.upstream_id
-           where t.external_id = any($1::text[])""", list(contested))
+           where t.external_id = any($1::text[])""",
+        list(contested),
+    )
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         claims[r["external_id"]].append(((r["priority"], r["name"], r["external_id"]), None))
@@ -324,6 +405,7 @@ async def _assign_ids(conn: asyncpg.Connection[Any], components: list[Component]
     # Losers step aside to their qualified ids before winners take the plain ones.
     renames.sort(key=lambda r: not r[1].startswith(QUALIFIED_PREFIX))
     for current, wanted in renames:
-        await conn.execute("update catalogue_tools set id = $2, sort_key = $2 where id = $1",
-                           current, wanted)
+        await conn.execute(
+            "update catalogue_tools set id = $2, sort_key = $2 where id = $1", current, wanted
+        )
     return ids

@@ -63,8 +63,11 @@ def load_migrations(directory: Path) -> list[Migration]:
         if not m:
             raise MigrationError(f"{path.name}: migration files are named NNNN_description.sql")
         data = path.read_bytes()
-        found.append(Migration(int(m.group(1)), path.name, data.decode("utf-8"),
-                               hashlib.sha256(data).hexdigest()))
+        found.append(
+            Migration(
+                int(m.group(1)), path.name, data.decode("utf-8"), hashlib.sha256(data).hexdigest()
+            )
+        )
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"{directory}: two migration files share a number")
@@ -97,7 +100,8 @@ async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> 
             if row is not None and row["sha256"] != m.sha256:
                 raise MigrationError(
                     f"{m.name} was edited after it was applied (recorded sha256 "
-                    f"{row['sha256'][:12]}…, file {m.sha256[:12]}…); add a new migration instead")
+                    f"{row['sha256'][:12]}…, file {m.sha256[:12]}…); add a new migration instead"
+                )
         for m in migrations:
             if m.version in applied:
                 continue
@@ -118,4 +122,7 @@ async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> 
 async def _record(conn: asyncpg.Connection[Any], m: Migration) -> None:
     await conn.execute(
         "insert into schema_migrations (version, name, sha256) values ($1, $2, $3)",
-        m.version, m.name, m.sha256)
+        m.version,
+        m.name,
+        m.sha256,
+    )

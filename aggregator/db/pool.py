@@ -21,10 +21,12 @@ def _decode_jsonb(data: bytes) -> Any:
 
 async def init_connection(conn: asyncpg.Connection[Any]) -> None:
     """Encode and decode json and jsonb with orjson, in binary (so COPY can carry them too)."""
-    await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary",
-                              encoder=_encode_jsonb, decoder=_decode_jsonb)
-    await conn.set_type_codec("json", schema="pg_catalog", format="binary",
-                              encoder=orjson.dumps, decoder=orjson.loads)
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="binary", encoder=_encode_jsonb, decoder=_decode_jsonb
+    )
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", format="binary", encoder=orjson.dumps, decoder=orjson.loads
+    )
 
 
 async def create_pool(database: DatabaseConfig | str, **kwargs: Any) -> asyncpg.Pool[Any]:
@@ -34,8 +36,11 @@ async def create_pool(database: DatabaseConfig | str, **kwargs: Any) -> asyncpg.
     if database.url is None:
         raise ValueError("no database URL configured")
     pool = await asyncpg.create_pool(
-        database.url, min_size=database.pool_min, max_size=database.pool_max,
-        init=init_connection, **kwargs,
+        database.url,
+        min_size=database.pool_min,
+        max_size=database.pool_max,
+        init=init_connection,
+        **kwargs,
     )
     assert pool is not None
     return pool

@@ -58,11 +58,17 @@ class StagedTool:
     versions: Sequence[StagedVersion] = ()
 
 
-async def stage_tools(conn: asyncpg.Connection[Any], run_id: int,
-                      tools: Sequence[StagedTool]) -> None:
+async def stage_tools(
+    conn: asyncpg.Connection[Any], run_id: int, tools: Sequence[StagedTool]
+) -> None:
     """Stage *tools* of run *run_id*: documents, versions, files and their contents."""
-    contents = {f.sha256: f.content for t in tools for v in t.versions for f in v.files
-                if f.sha256 is not None and f.content is not None}
+    contents = {
+        f.sha256: f.content
+        for t in tools
+        for v in t.versions
+        for f in v.files
+        if f.sha256 is not None and f.content is not None
+    }
     async with conn.transaction():
         if contents:
             # In key order, so that runs storing the same contents at once cannot deadlock.
@@ -71,26 +77,62 @@ async def stage_tools(conn: asyncpg.Connection[Any], run_id: int,
                 """insert into file_contents (sha256, content, size)
                    select s, c, length(c) from unnest($1::text[], $2::bytea[]) as x(s, c)
                    on conflict (sha256) do nothing""",
-                shas, [contents[s] for s in shas])
+                shas,
+                [contents[s] for s in shas],
+            )
         await conn.copy_records_to_table(
             "staged_tools",
-            records=[(run_id, t.external_id, t.doc, t.doc_hash, t.detailed, t.listing_hash)
-                     for t in tools],
-            columns=["run_id", "external_id", "doc", "doc_hash", "detailed", "listing_hash"])
-        versions = [(run_id, t.external_id, v.key, v.external_id, v.position, v.doc)
-                    for t in tools for v in t.versions]
+            records=[
+                (run_id, t.external_id, t.doc, t.doc_hash, t.detailed, t.listing_hash)
+                for t in tools
+            ],
+            columns=["run_id", "external_id", "doc", "doc_hash", "detailed", "listing_hash"],
+        )
+        versions = [
+            (run_id, t.external_id, v.key, v.external_id, v.position, v.doc)
+            for t in tools
+            for v in t.versions
+        ]
         if versions:
             await conn.copy_records_to_table(
-                "staged_versions", records=versions,
-                columns=["run_id", "tool_external_id", "key", "external_id", "position", "doc"])
-        files = [(run_id, t.external_id, v.key, f.descriptor_type, f.path, f.file_type,
-                  f.sha256, f.declared_sha256, f.checksum_status, f.url)
-                 for t in tools for v in t.versions for f in v.files]
+                "staged_versions",
+                records=versions,
+                columns=["run_id", "tool_external_id", "key", "external_id", "position", "doc"],
+            )
+        files = [
+            (
+                run_id,
+                t.external_id,
+                v.key,
+                f.descriptor_type,
+                f.path,
+                f.file_type,
+                f.sha256,
+                f.declared_sha256,
+                f.checksum_status,
+                f.url,
+            )
+            for t in tools
+            for v in t.versions
+            for f in v.files
+        ]
         if files:
             await conn.copy_records_to_table(
-                "staged_files", records=files,
-                columns=["run_id", "tool_external_id", "version_key", "descriptor_type", "path",
-                         "file_type", "sha256", "declared_sha256", "checksum_status", "url"])
+                "staged_files",
+                records=files,
+                columns=[
+                    "run_id",
+                    "tool_external_id",
+                    "version_key",
+                    "descriptor_type",
+                    "path",
+                    "file_type",
+                    "sha256",
+                    "declared_sha256",
+                    "checksum_status",
+                    "url",
+                ],
+            )
 
 
 _COUNT_CHANGES: Final = """
@@ -182,9 +224,16 @@ where t.upstream_id = $2
 """
 
 
-async def publish_run(conn: asyncpg.Connection[Any], run_id: int, upstream_id: int, *,
-                      listing_complete: bool, tombstone_after: int, counts: RunCounts,
-                      max_per_upstream: int = 1) -> int:
+async def publish_run(
+    conn: asyncpg.Connection[Any],
+    run_id: int,
+    upstream_id: int,
+    *,
+    listing_complete: bool,
+    tombstone_after: int,
+    counts: RunCounts,
+    max_per_upstream: int = 1,
+) -> int:
     """Publish run *run_id* over the live records of *upstream_id*; return the new generation.
 
     Runs in one transaction: clients see the whole run or none of it. Tools absent from a
@@ -196,7 +245,10 @@ async def publish_run(conn: asyncpg.Connection[Any], run_id: int, upstream_id: i
         await conn.execute("select 1 from catalogue_state for update")
         changes = await conn.fetchrow(_COUNT_CHANGES, run_id, upstream_id)
         counts.tools_new, counts.tools_changed, counts.tools_unchanged = (
-            changes["new"], changes["changed"], changes["unchanged"])
+            changes["new"],
+            changes["changed"],
+            changes["unchanged"],
+        )
         await conn.execute(_CONFIRM_ONLY, run_id, upstream_id)
         await conn.execute(_UPSERT_TOOLS, run_id, upstream_id)
         # After a large change the planner must see the new rows, or the joins below turn
@@ -215,7 +267,8 @@ async def publish_run(conn: asyncpg.Connection[Any], run_id: int, upstream_id: i
         if listing_complete:
             status = await conn.execute(_MARK_MISSED, run_id, upstream_id)
             counts.tools_tombstoned = int(status.split()[-1])
-        generation = (await remerge(conn, tombstone_after=tombstone_after,
-                                    max_per_upstream=max_per_upstream)).generation
+        generation = (
+            await remerge(conn, tombstone_after=tombstone_after, max_per_upstream=max_per_upstream)
+        ).generation
         await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL, str(generation))
     return generation

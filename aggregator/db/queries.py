@@ -25,8 +25,7 @@ _VERSIONS: Final = """exists (select 1 from catalogue_members m
 def _elements(expr: str, *, text: bool = False) -> str:
     """``jsonb_array_elements(expr)`` that yields nothing when *expr* is not an array."""
     fn = "jsonb_array_elements_text" if text else "jsonb_array_elements"
-    return (f"{fn}(case when jsonb_typeof({expr}) = 'array' then {expr} "
-            "else '[]'::jsonb end)")
+    return f"{fn}(case when jsonb_typeof({expr}) = 'array' then {expr} else '[]'::jsonb end)"
 
 
 _ALIASES: Final = _elements("t.doc->'aliases'", text=True)
@@ -86,43 +85,66 @@ class ToolQuery:
         if self.id is not None:
             clauses.append(f"c.id = catalogue_resolve({arg(self.id)})")
         if self.alias is not None:
-            clauses.append(_MEMBERS.format(
-                f"exists (select 1 from {_ALIASES} a "
-                f"where lower(a) = lower({arg(self.alias)}))"))
+            clauses.append(
+                _MEMBERS.format(
+                    f"exists (select 1 from {_ALIASES} a where lower(a) = lower({arg(self.alias)}))"
+                )
+            )
         if self.toolclass is not None:
-            clauses.append(_MEMBERS.format(
-                f"lower(t.doc->'toolclass'->>'name') = lower({arg(self.toolclass)})"))
+            clauses.append(
+                _MEMBERS.format(
+                    f"lower(t.doc->'toolclass'->>'name') = lower({arg(self.toolclass)})"
+                )
+            )
         if self.descriptor_type is not None:
-            clauses.append(_VERSIONS.format(
-                f"exists (select 1 from {_TYPES}"
-                f" d where upper(d) = upper({arg(self.descriptor_type)}))"))
+            clauses.append(
+                _VERSIONS.format(
+                    f"exists (select 1 from {_TYPES}"
+                    f" d where upper(d) = upper({arg(self.descriptor_type)}))"
+                )
+            )
         if self.registry is not None:
-            clauses.append(_VERSIONS.format(
-                f"exists (select 1 from {_IMAGES} i "
-                f"where lower(i->>'registry_host') = lower({arg(self.registry)}))"))
+            clauses.append(
+                _VERSIONS.format(
+                    f"exists (select 1 from {_IMAGES} i "
+                    f"where lower(i->>'registry_host') = lower({arg(self.registry)}))"
+                )
+            )
         if self.organization is not None:
-            clauses.append(_MEMBERS.format(
-                f"lower(t.doc->>'organization') = lower({arg(self.organization)})"))
+            clauses.append(
+                _MEMBERS.format(f"lower(t.doc->>'organization') = lower({arg(self.organization)})")
+            )
         if self.name is not None:
             value = arg(self.name)
             clauses.append(
-                "(" + _MEMBERS.format(f"lower(t.doc->>'name') = lower({value})") + " or " +
-                _VERSIONS.format(f"exists (select 1 from {_IMAGES}"
-                                 f" i where {_IMAGE_NAME} = lower({value}))") + ")")
+                "("
+                + _MEMBERS.format(f"lower(t.doc->>'name') = lower({value})")
+                + " or "
+                + _VERSIONS.format(
+                    f"exists (select 1 from {_IMAGES} i where {_IMAGE_NAME} = lower({value}))"
+                )
+                + ")"
+            )
         if self.toolname is not None:
-            clauses.append(_MEMBERS.format(
-                f"lower(t.doc->>'name') = lower({arg(self.toolname)})"))
+            clauses.append(_MEMBERS.format(f"lower(t.doc->>'name') = lower({arg(self.toolname)})"))
         if self.description is not None:
-            clauses.append(_MEMBERS.format(
-                f"strpos(lower(t.doc->>'description'), lower({arg(self.description)})) > 0"))
+            clauses.append(
+                _MEMBERS.format(
+                    f"strpos(lower(t.doc->>'description'), lower({arg(self.description)})) > 0"
+                )
+            )
         if self.author is not None:
-            clauses.append(_VERSIONS.format(
-                f"exists (select 1 from {_AUTHORS} a "
-                f"where strpos(lower(a), lower({arg(self.author)})) > 0)"))
+            clauses.append(
+                _VERSIONS.format(
+                    f"exists (select 1 from {_AUTHORS} a "
+                    f"where strpos(lower(a), lower({arg(self.author)})) > 0)"
+                )
+            )
         if self.checker is not None:
             is_checker = _MEMBERS.format(
                 "t.doc->>'url' in (select x.doc->>'checker_url' from upstream_tools x "
-                "where x.doc ? 'checker_url')")
+                "where x.doc ? 'checker_url')"
+            )
             clauses.append(is_checker if self.checker else f"not {is_checker}")
         return clauses, args
 
@@ -152,13 +174,16 @@ async def page_index(conn: Conn, query: ToolQuery, *, stride: int = 128) -> Page
                        count(*) over () as total
                 from catalogue_tools c{where}) as x
             where n % $1 = 0 order by n""",  # noqa: S608 - clauses are ours, values are $n
-        stride, *args)
+        stride,
+        *args,
+    )
     total = int(rows[0]["total"]) if rows else 0
     return PageIndex(total, stride, tuple(r["sort_key"] for r in rows))
 
 
-async def page_ids(conn: Conn, query: ToolQuery, index: PageIndex, *, offset: int,
-                   limit: int) -> list[str]:
+async def page_ids(
+    conn: Conn, query: ToolQuery, index: PageIndex, *, offset: int, limit: int
+) -> list[str]:
     """The ids of the tools at rows [offset, offset + limit) of *query*, in sort-key order.
 
     A keyset scan from the checkpoint at or before *offset*: it skips fewer than
@@ -173,7 +198,11 @@ async def page_ids(conn: Conn, query: ToolQuery, index: PageIndex, *, offset: in
         f"""select c.id from catalogue_tools c
             where c.sort_key >= $1{extra}
             order by c.sort_key limit $2 offset $3""",  # noqa: S608 - clauses are ours
-        checkpoint, limit, offset % index.stride, *args)
+        checkpoint,
+        limit,
+        offset % index.stride,
+        *args,
+    )
     return [r["id"] for r in rows]
 
 
@@ -194,7 +223,8 @@ async def tool_classes(conn: Conn) -> list[list[Any]]:
                             where t.upstream_id = u.id
                               and jsonb_typeof(t.doc->'toolclass') = 'object'),
                            '[]'::jsonb) as used
-           from upstreams u order by u.priority, u.name""")
+           from upstreams u order by u.priority, u.name"""
+    )
     out: list[list[Any]] = []
     for r in rows:
         declared = r["tool_classes"] if isinstance(r["tool_classes"], list) else []
@@ -225,7 +255,8 @@ async def upstream_summaries(conn: Conn) -> list[UpstreamSummary]:
            from upstreams u
            left join upstream_tools t on t.upstream_id = u.id
            left join catalogue_members m on m.upstream_tool_id = t.id
-           group by u.id order by u.priority, u.name""")
+           group by u.id order by u.priority, u.name"""
+    )
     return [UpstreamSummary(**dict(r)) for r in rows]
 
 
@@ -233,5 +264,6 @@ async def catalogue_summary(conn: Conn) -> tuple[int, int, Any]:
     """The catalogue's tool count, generation and publication time."""
     row = await conn.fetchrow(
         """select (select count(*) from catalogue_tools) as tools, generation, published_at
-           from catalogue_state""")
+           from catalogue_state"""
+    )
     return int(row["tools"]), int(row["generation"]), row["published_at"]

@@ -35,8 +35,13 @@ class RunCounts:
             self.error_samples.append(message)
 
 
-async def insert_run(conn: asyncpg.Connection[Any], upstream_id: int, *,
-                     trigger: str = "manual", worker: str | None = None) -> int:
+async def insert_run(
+    conn: asyncpg.Connection[Any],
+    upstream_id: int,
+    *,
+    trigger: str = "manual",
+    worker: str | None = None,
+) -> int:
     """Start a run record; return its id.
 
     *trigger* is why it runs (``manual``, ``scheduled``, ``requested``), *worker* which
@@ -44,15 +49,29 @@ async def insert_run(conn: asyncpg.Connection[Any], upstream_id: int, *,
     """
     run_id: int = await conn.fetchval(
         """insert into harvest_runs (upstream_id, trigger, worker) values ($1, $2, $3)
-           returning id""", upstream_id, trigger, worker)
+           returning id""",
+        upstream_id,
+        trigger,
+        worker,
+    )
     await conn.execute(
         """update harvest_requests set run_id = $2, served_at = now()
-           where upstream_id = $1 and served_at is null""", upstream_id, run_id)
+           where upstream_id = $1 and served_at is null""",
+        upstream_id,
+        run_id,
+    )
     return run_id
 
 
-async def finish_run(conn: asyncpg.Connection[Any], run_id: int, *, status: str,
-                     counts: RunCounts, listing_complete: bool, error: str | None) -> None:
+async def finish_run(
+    conn: asyncpg.Connection[Any],
+    run_id: int,
+    *,
+    status: str,
+    counts: RunCounts,
+    listing_complete: bool,
+    error: str | None,
+) -> None:
     """Close a run record with its outcome."""
     c = asdict(counts)
     await conn.execute(
@@ -62,10 +81,24 @@ async def finish_run(conn: asyncpg.Connection[Any], run_id: int, *, status: str,
                files_stored = $11, requests = $12, bytes_fetched = $13, errors = $14,
                error_samples = $15, tools_fetched = $16, not_modified = $17
            where id = $1""",
-        run_id, status, listing_complete, error, c["tools_seen"], c["tools_new"],
-        c["tools_changed"], c["tools_unchanged"], c["tools_tombstoned"], c["versions_seen"],
-        c["files_stored"], c["requests"], c["bytes_fetched"], c["errors"], c["error_samples"],
-        c["tools_fetched"], c["not_modified"])
+        run_id,
+        status,
+        listing_complete,
+        error,
+        c["tools_seen"],
+        c["tools_new"],
+        c["tools_changed"],
+        c["tools_unchanged"],
+        c["tools_tombstoned"],
+        c["versions_seen"],
+        c["files_stored"],
+        c["requests"],
+        c["bytes_fetched"],
+        c["errors"],
+        c["error_samples"],
+        c["tools_fetched"],
+        c["not_modified"],
+    )
 
 
 async def abandon_stale_runs(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
@@ -76,7 +109,9 @@ async def abandon_stale_runs(conn: asyncpg.Connection[Any], upstream_id: int) ->
     stale = await conn.fetch(
         """update harvest_runs set status = 'abandoned', finished_at = now(),
                error = coalesce(error, 'the harvesting process stopped before the run ended')
-           where upstream_id = $1 and status = 'running' returning id""", upstream_id)
+           where upstream_id = $1 and status = 'running' returning id""",
+        upstream_id,
+    )
     ids = [r["id"] for r in stale]
     if ids:
         await delete_staged(conn, ids)
@@ -87,17 +122,29 @@ async def abandon_run(conn: asyncpg.Connection[Any], run_id: int, reason: str) -
     """Close run *run_id* as abandoned (its process is stopping) and drop its staged rows."""
     await conn.execute(
         """update harvest_runs set status = 'abandoned', finished_at = now(), error = $2
-           where id = $1 and status = 'running'""", run_id, reason)
+           where id = $1 and status = 'running'""",
+        run_id,
+        reason,
+    )
     await delete_staged(conn, [run_id])
 
 
-async def list_runs(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], upstream_id: int, *,
-                    limit: int, before: int | None = None) -> list[asyncpg.Record]:
+async def list_runs(
+    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+    upstream_id: int,
+    *,
+    limit: int,
+    before: int | None = None,
+) -> list[asyncpg.Record]:
     """Runs of *upstream_id*, newest first, older than run *before* when given."""
     return await conn.fetch(
         """select * from harvest_runs
            where upstream_id = $1 and ($2::bigint is null or id < $2)
-           order by id desc limit $3""", upstream_id, before, limit)
+           order by id desc limit $3""",
+        upstream_id,
+        before,
+        limit,
+    )
 
 
 async def delete_staged(conn: asyncpg.Connection[Any], run_ids: list[int]) -> None:

@@ -35,30 +35,40 @@ returning id
 """
 
 
-async def upsert_upstreams(conn: asyncpg.Connection[Any],
-                           upstreams: Sequence[UpstreamConfig]) -> dict[str, int]:
+async def upsert_upstreams(
+    conn: asyncpg.Connection[Any], upstreams: Sequence[UpstreamConfig]
+) -> dict[str, int]:
     """Insert or update the configured *upstreams*; return their ids by name."""
     ids: dict[str, int] = {}
     for u in upstreams:
         before = await conn.fetchval("select priority from upstreams where name = $1", u.name)
         ids[u.name] = await conn.fetchval(
-            UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled)
+            UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled
+        )
         if before is not None and before != u.priority:
             # Priority decides merged records' primaries and plain-id claims: re-merge them at
             # the next publish.
-            await conn.execute("update upstream_tools set merge_dirty = true "
-                               "where upstream_id = $1", ids[u.name])
+            await conn.execute(
+                "update upstream_tools set merge_dirty = true where upstream_id = $1", ids[u.name]
+            )
     return ids
 
 
-async def save_service_info(conn: asyncpg.Connection[Any], upstream_id: int,
-                            service_info: Any, tool_classes: list[dict[str, Any]] | None) -> None:
+async def save_service_info(
+    conn: asyncpg.Connection[Any],
+    upstream_id: int,
+    service_info: Any,
+    tool_classes: list[dict[str, Any]] | None,
+) -> None:
     """Store what the upstream said about itself; None leaves the previous value."""
     await conn.execute(
         """update upstreams set service_info = coalesce($2, service_info),
                                 tool_classes = coalesce($3, tool_classes)
            where id = $1""",
-        upstream_id, service_info, tool_classes)
+        upstream_id,
+        service_info,
+        tool_classes,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +86,9 @@ class CircuitPolicy:
     open_max_s: float
 
 
-async def skip_reason(conn: asyncpg.Connection[Any], upstream_id: int, trigger: str, *,
-                      slack_s: float = 0.0) -> str | None:
+async def skip_reason(
+    conn: asyncpg.Connection[Any], upstream_id: int, trigger: str, *, slack_s: float = 0.0
+) -> str | None:
     """Why a run of *trigger* should not start now, or None when it should.
 
     A scheduled run is skipped while the upstream's circuit is open, and when the upstream is
@@ -88,7 +99,9 @@ async def skip_reason(conn: asyncpg.Connection[Any], upstream_id: int, trigger: 
         """select now() as now, next_harvest_at, circuit_open_until,
                   exists (select 1 from harvest_requests r
                           where r.upstream_id = u.id and r.served_at is null) as requested
-           from upstreams u where id = $1""", upstream_id)
+           from upstreams u where id = $1""",
+        upstream_id,
+    )
     if trigger == "scheduled":
         if row["circuit_open_until"] is not None and row["circuit_open_until"] > row["now"]:
             return f"circuit open until {row['circuit_open_until'].isoformat()}"
@@ -100,8 +113,14 @@ async def skip_reason(conn: asyncpg.Connection[Any], upstream_id: int, trigger: 
     return None
 
 
-async def record_result(conn: asyncpg.Connection[Any], upstream_id: int, *, failed: bool,
-                        policy: CircuitPolicy, next_due: dt.datetime | None) -> None:
+async def record_result(
+    conn: asyncpg.Connection[Any],
+    upstream_id: int,
+    *,
+    failed: bool,
+    policy: CircuitPolicy,
+    next_due: dt.datetime | None,
+) -> None:
     """Update the upstream's health after a run, and when its next scheduled run is due.
 
     A failure adds to the consecutive failures and opens the circuit once they reach
@@ -118,11 +137,18 @@ async def record_result(conn: asyncpg.Connection[Any], upstream_id: int, *, fail
                    else circuit_open_until end,
                next_harvest_at = coalesce($6, next_harvest_at)
            where id = $1""",
-        upstream_id, failed, policy.failures, policy.open_for_s, policy.open_max_s, next_due)
+        upstream_id,
+        failed,
+        policy.failures,
+        policy.open_for_s,
+        policy.open_max_s,
+        next_due,
+    )
 
 
-async def request_harvest(conn: asyncpg.Connection[Any], names: Sequence[str], *,
-                          requested_by: str = "") -> dict[str, int]:
+async def request_harvest(
+    conn: asyncpg.Connection[Any], names: Sequence[str], *, requested_by: str = ""
+) -> dict[str, int]:
     """Ask running workers to harvest *names* now; return the request ids by name.
 
     Each request is served by the first run of its upstream that starts after it.
@@ -133,7 +159,9 @@ async def request_harvest(conn: asyncpg.Connection[Any], names: Sequence[str], *
             ids[name] = await conn.fetchval(
                 """insert into harvest_requests (upstream_id, requested_by)
                    select id, $2 from upstreams where name = $1 returning id""",
-                name, requested_by)
+                name,
+                requested_by,
+            )
             await conn.execute("select pg_notify($1, $2)", HARVEST_REQUEST_CHANNEL, name)
     return ids
 
@@ -142,7 +170,8 @@ async def pending_requests(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) ->
     """Names of the upstreams with a "harvest now" request no run has served yet."""
     rows = await conn.fetch(
         """select distinct u.name from harvest_requests r join upstreams u on u.id = r.upstream_id
-           where r.served_at is null order by u.name""")
+           where r.served_at is null order by u.name"""
+    )
     return [r["name"] for r in rows]
 
 
@@ -177,16 +206,20 @@ order by u.priority, u.name
 """
 
 
-async def list_upstreams(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], *,
-                         tombstone_after: int, stale_after_s: float,
-                         name: str | None = None) -> list[asyncpg.Record]:
+async def list_upstreams(
+    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+    *,
+    tombstone_after: int,
+    stale_after_s: float,
+    name: str | None = None,
+) -> list[asyncpg.Record]:
     """Every upstream (or the one called *name*) with its last runs and record counts."""
     return await conn.fetch(_LIST_UPSTREAMS, name, tombstone_after, stale_after_s)
 
 
-async def fetch_upstream_id(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
-                            name: str) -> int | None:
+async def fetch_upstream_id(
+    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], name: str
+) -> int | None:
     """The id of the upstream called *name*, if there is one."""
-    upstream_id: int | None = await conn.fetchval(
-        "select id from upstreams where name = $1", name)
+    upstream_id: int | None = await conn.fetchval("select id from upstreams where name = $1", name)
     return upstream_id

@@ -53,15 +53,23 @@ async def run_demo(config: Config, *, data_dir: Path, port: int | None) -> int:
             style, page_size = _PAGING.get(name, ("index", 5))
             app = make_registry_app(load_catalogue(name), offset_style=style, page_size=page_size)
             base = await stack.enter_async_context(running_site(app, "127.0.0.1", 0))
-            upstreams.append(UpstreamConfig(name=name, url=f"{base}/ga4gh/trs/v2",
-                                            priority=_PRIORITY.get(name, 50),
-                                            schedule="every 10m", page_size=page_size))
+            upstreams.append(
+                UpstreamConfig(
+                    name=name,
+                    url=f"{base}/ga4gh/trs/v2",
+                    priority=_PRIORITY.get(name, 50),
+                    schedule="every 10m",
+                    page_size=page_size,
+                )
+            )
             say(f"demo upstream {name} at {base}/ga4gh/trs/v2")
         server = config.server if port is None else dataclasses.replace(config.server, port=port)
         demo = dataclasses.replace(
-            config, database=dataclasses.replace(config.database, url=url), server=server,
-            upstreams=(*upstreams, *(u for u in config.upstreams
-                                     if u.name not in DEMO_REGISTRIES)))
+            config,
+            database=dataclasses.replace(config.database, url=url),
+            server=server,
+            upstreams=(*upstreams, *(u for u in config.upstreams if u.name not in DEMO_REGISTRIES)),
+        )
         status = await cmd_harvest(demo, [])
         if status:
             say("some upstreams failed to harvest; serving what there is")
@@ -78,7 +86,8 @@ def announce(origin: str) -> None:
     """Print the URLs to try."""
     base = f"{origin}/ga4gh/trs/v2"
     example: Any = "%23workflow%2Fgithub.com%2Fnf-core%2Frnaseq"
-    print(f"""
+    print(
+        f"""
 trs-aggregator demo is serving the merged catalogue. Try:
   curl {base}/service-info
   curl {base}/toolClasses
@@ -86,4 +95,6 @@ trs-aggregator demo is serving the merged catalogue. Try:
   curl {base}/tools/{example}
   curl {base}/tools/{example}/versions
 Press Ctrl-C to stop.
-""", flush=True)
+""",
+        flush=True,
+    )

@@ -90,8 +90,9 @@ class Response:
         try:
             return orjson.loads(self.body)
         except orjson.JSONDecodeError as e:
-            raise InvalidUpstreamData(f"malformed JSON from {self.url}: {e}",
-                                      url=self.url) from None
+            raise InvalidUpstreamData(
+                f"malformed JSON from {self.url}: {e}", url=self.url
+            ) from None
 
 
 @dataclass(slots=True)
@@ -127,13 +128,21 @@ class UpstreamClient:
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.upstream.concurrency)
         self._redirect_hosts = frozenset(h.lower() for h in self.upstream.redirect_hosts)
-        self._timeout = aiohttp.ClientTimeout(total=self.upstream.timeout_s,
-                                              sock_connect=self.upstream.connect_timeout_s,
-                                              sock_read=self.upstream.timeout_s)
+        self._timeout = aiohttp.ClientTimeout(
+            total=self.upstream.timeout_s,
+            sock_connect=self.upstream.connect_timeout_s,
+            sock_read=self.upstream.timeout_s,
+        )
 
-    async def get(self, url: str, *, params: Mapping[str, str] | None = None,
-                  accept: str = "application/json", ok_404: bool = False,
-                  validators: Validators | None = None) -> Response | None:
+    async def get(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        accept: str = "application/json",
+        ok_404: bool = False,
+        validators: Validators | None = None,
+    ) -> Response | None:
         """GET *url*, retrying timeouts, 429 and 5xx; None for a 404 when *ok_404*.
 
         With *validators* the request is conditional and may answer 304. Raises
@@ -146,10 +155,15 @@ class UpstreamClient:
         attempt = 0
         while True:
             try:
-                response = await self._get_once(url, params=params, accept=accept,
-                                                validators=validators)
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
-                    _SlowBody) as e:
+                response = await self._get_once(
+                    url, params=params, accept=accept, validators=validators
+                )
+            except (
+                TimeoutError,
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+                _SlowBody,
+            ) as e:
                 problem = self._describe(e)
                 delay = None
             else:
@@ -161,20 +175,27 @@ class UpstreamClient:
                     return None
                 if response.status not in RETRY_STATUSES:
                     self._failures_in_a_row = 0
-                    raise UpstreamHTTPError(f"HTTP {response.status} from {response.url}",
-                                            url=response.url, status=response.status)
+                    raise UpstreamHTTPError(
+                        f"HTTP {response.status} from {response.url}",
+                        url=response.url,
+                        status=response.status,
+                    )
                 problem = f"HTTP {response.status}"
                 delay = _retry_after(response.headers)
                 if delay is not None:
                     if delay > self.upstream.max_retry_after_s:
-                        self._failed(f"HTTP {response.status} asking to retry after "
-                                     f"{delay:.0f}s, longer than the "
-                                     f"{self.upstream.max_retry_after_s:g}s we wait")
+                        self._failed(
+                            f"HTTP {response.status} asking to retry after "
+                            f"{delay:.0f}s, longer than the "
+                            f"{self.upstream.max_retry_after_s:g}s we wait"
+                        )
                         raise UpstreamUnavailable(
                             f"HTTP {response.status} from {url} asking to retry after "
                             f"{delay:.0f}s (Retry-After), longer than the "
-                            f"{self.upstream.max_retry_after_s:g}s we wait", url=url,
-                            status=response.status)
+                            f"{self.upstream.max_retry_after_s:g}s we wait",
+                            url=url,
+                            status=response.status,
+                        )
                     # The pause applies to every request to this upstream, not just this one.
                     self._not_before = max(self._not_before, time.monotonic() + delay)
                     problem += f" (Retry-After {delay:g}s)"
@@ -185,14 +206,20 @@ class UpstreamClient:
             if delay is None:
                 delay = random.uniform(0, self.upstream.backoff_s * 2**attempt)  # noqa: S311
             attempt += 1
-            log.info("upstream_request_retried", url=url, problem=problem, attempt=attempt,
-                     delay_s=round(delay, 3))
+            log.info(
+                "upstream_request_retried",
+                url=url,
+                problem=problem,
+                attempt=attempt,
+                delay_s=round(delay, 3),
+            )
             await asyncio.sleep(delay)
             if self.tripped:
                 raise CircuitOpen(self.tripped, url=url)
 
-    async def get_json(self, url: str, *, params: Mapping[str, str] | None = None,
-                       ok_404: bool = False) -> tuple[Any, Response] | None:
+    async def get_json(
+        self, url: str, *, params: Mapping[str, str] | None = None, ok_404: bool = False
+    ) -> tuple[Any, Response] | None:
         """GET *url* and decode JSON; None for a tolerated 404."""
         response = await self.get(url, params=params, ok_404=ok_404)
         return None if response is None else (response.json(), response)
@@ -202,8 +229,10 @@ class UpstreamClient:
         self._failures_in_a_row += 1
         limit = self.upstream.abort_after_failures
         if limit and self._failures_in_a_row >= limit and not self.tripped:
-            self.tripped = (f"stopped after {self._failures_in_a_row} requests in a row "
-                            f"failed; the last: {message}")
+            self.tripped = (
+                f"stopped after {self._failures_in_a_row} requests in a row "
+                f"failed; the last: {message}"
+            )
             log.warning("upstream_circuit_tripped", reason=self.tripped)
 
     async def _wait_turn(self) -> None:
@@ -225,8 +254,14 @@ class UpstreamClient:
         host = (parts.hostname or "").lower()
         return host in self._redirect_hosts or parts.netloc.lower() in self._redirect_hosts
 
-    async def _get_once(self, url: str, *, params: Mapping[str, str] | None, accept: str,
-                        validators: Validators | None) -> Response:
+    async def _get_once(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        accept: str,
+        validators: Validators | None,
+    ) -> Response:
         headers = {"Accept": accept}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -237,16 +272,22 @@ class UpstreamClient:
             for _ in range(MAX_REDIRECTS + 1):
                 await self._wait_turn()
                 self.traffic.requests += 1
-                async with self.session.get(url, params=params, headers=headers,
-                                            timeout=self._timeout,
-                                            allow_redirects=False) as resp:
+                async with self.session.get(
+                    url,
+                    params=params,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         target = urljoin(str(resp.url), resp.headers["Location"])
                         origin = origin or urlsplit(url).netloc
                         if not self._redirect_allowed(origin, target):
                             raise UpstreamHTTPError(
                                 f"redirect from {resp.url} to another host ({target}) refused",
-                                url=str(resp.url), status=resp.status)
+                                url=str(resp.url),
+                                status=resp.status,
+                            )
                         url, params = target, None
                         continue
                     if resp.status == 304:
@@ -260,11 +301,14 @@ class UpstreamClient:
         limit = self.upstream.max_body_bytes
         if resp.content_length is not None and resp.content_length > limit:
             raise InvalidUpstreamData(
-                f"body of {resp.content_length} bytes from {resp.url} is over the limit of "
-                f"{limit}", url=str(resp.url))
+                f"body of {resp.content_length} bytes from {resp.url} is over the limit of {limit}",
+                url=str(resp.url),
+            )
         min_rate = self.upstream.min_bytes_per_s
-        if resp.content_length is not None and \
-                resp.content_length <= min_rate * self.upstream.min_rate_after_s:
+        if (
+            resp.content_length is not None
+            and resp.content_length <= min_rate * self.upstream.min_rate_after_s
+        ):
             # Small enough to be complete before its rate would be checked: read it at once.
             body = await resp.read()
             self.traffic.bytes += len(body)
@@ -275,14 +319,16 @@ class UpstreamClient:
         async for chunk in resp.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > limit:
-                raise InvalidUpstreamData(f"body from {resp.url} is over the limit of {limit} "
-                                          "bytes", url=str(resp.url))
+                raise InvalidUpstreamData(
+                    f"body from {resp.url} is over the limit of {limit} bytes", url=str(resp.url)
+                )
             chunks.append(chunk)
             elapsed = time.monotonic() - started
-            if min_rate and elapsed > self.upstream.min_rate_after_s and \
-                    size / elapsed < min_rate:
-                raise _SlowBody(f"body arriving at {size / elapsed:.0f} bytes/s, below the "
-                                f"minimum of {min_rate} bytes/s")
+            if min_rate and elapsed > self.upstream.min_rate_after_s and size / elapsed < min_rate:
+                raise _SlowBody(
+                    f"body arriving at {size / elapsed:.0f} bytes/s, below the "
+                    f"minimum of {min_rate} bytes/s"
+                )
         self.traffic.bytes += size
         return b"".join(chunks)
 

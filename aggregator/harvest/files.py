@@ -32,7 +32,7 @@ def _encode_path(path: str) -> str:
 def relative_to(url: str, base_dir: str | None) -> str:
     """A file's served path: *url* relative to *base_dir* when it lies below it, else the url."""
     if base_dir and url.startswith(base_dir):
-        rest = unquote(url[len(base_dir):])
+        rest = unquote(url[len(base_dir) :])
         if rest and not rest.startswith("/"):
             return rest
     return url
@@ -45,9 +45,13 @@ class VersionFiles:
     that fails its declared checksum does not replace it.
     """
 
-    def __init__(self, client: UpstreamClient, version_url: str,
-                 on_error: Callable[[str], None],
-                 previous: Mapping[tuple[str, str], str] | None = None) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        version_url: str,
+        on_error: Callable[[str], None],
+        previous: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         self.client = client
         self.version_url = version_url
         self.on_error = on_error
@@ -82,14 +86,24 @@ class VersionFiles:
             primary_path = posixpath.basename(urlsplit(primary["url"] or "").path) or "descriptor"
         if primary_path and _is_url(primary_path):
             base_dir = primary_path.rsplit("/", 1)[0] + "/"
-        elif primary is not None and primary["url"] and _is_url(primary["url"]) and entries and \
-                all(_is_url(e["path"]) for e in entries):
+        elif (
+            primary is not None
+            and primary["url"]
+            and _is_url(primary["url"])
+            and entries
+            and all(_is_url(e["path"]) for e in entries)
+        ):
             base_dir = primary["url"].rsplit("/", 1)[0] + "/"
         if primary is not None and primary_path is not None:
             declared = primary["declared_sha256"] or (primary_entry or {}).get("declared_sha256")
-            await self._add(t, relative_to(primary_path, base_dir), "PRIMARY_DESCRIPTOR",
-                            url=primary["url"] or f"{base}/descriptor", wrapper=primary,
-                            declared=declared)
+            await self._add(
+                t,
+                relative_to(primary_path, base_dir),
+                "PRIMARY_DESCRIPTOR",
+                url=primary["url"] or f"{base}/descriptor",
+                wrapper=primary,
+                declared=declared,
+            )
         for e in entries:
             path = relative_to(e["path"], base_dir)
             if (t, path) in self.files:
@@ -98,12 +112,19 @@ class VersionFiles:
                 self.containerfile_entries.append({**e, "path": path})
                 continue
             if _is_url(e["path"]):
-                await self._add(t, path, e["file_type"], url=e["path"], raw_url=e["path"],
-                                declared=e["declared_sha256"])
+                await self._add(
+                    t,
+                    path,
+                    e["file_type"],
+                    url=e["path"],
+                    raw_url=e["path"],
+                    declared=e["declared_sha256"],
+                )
             else:
                 url = f"{base}/descriptor/{_encode_path(e['path'])}"
-                await self._add(t, path, e["file_type"], url=url, wrapper_url=url,
-                                declared=e["declared_sha256"])
+                await self._add(
+                    t, path, e["file_type"], url=url, wrapper_url=url, declared=e["declared_sha256"]
+                )
         tests_got = await self.client.get_json(f"{base}/tests", ok_404=True)
         if tests_got and isinstance(tests_got[0], list):
             known = {f.sha256 for f in self.files.values() if f.file_type == "TEST_FILE"}
@@ -117,8 +138,14 @@ class VersionFiles:
                 if not path or _is_url(path):
                     path = f"tests/{name}" if name else f"tests/test-{i + 1}.json"
                 if (t, path) not in self.files:
-                    await self._add(t, path, "TEST_FILE", url=wrapper["url"], wrapper=wrapper,
-                                    declared=wrapper["declared_sha256"])
+                    await self._add(
+                        t,
+                        path,
+                        "TEST_FILE",
+                        url=wrapper["url"],
+                        wrapper=wrapper,
+                        declared=wrapper["declared_sha256"],
+                    )
 
     async def _fetch_containerfile(self) -> None:
         got = await self.client.get_json(f"{self.version_url}/containerfile", ok_404=True)
@@ -138,12 +165,27 @@ class VersionFiles:
             listed = self.containerfile_entries[i] if i < len(self.containerfile_entries) else {}
             name = posixpath.basename(urlsplit(wrapper["url"] or "").path) or "Dockerfile"
             path = listed.get("path") or (name if i == 0 else f"{i}/{name}")
-            await self._add("", path, "CONTAINERFILE", url=wrapper["url"], wrapper=wrapper,
-                            declared=wrapper["declared_sha256"] or listed.get("declared_sha256"))
+            await self._add(
+                "",
+                path,
+                "CONTAINERFILE",
+                url=wrapper["url"],
+                wrapper=wrapper,
+                declared=wrapper["declared_sha256"] or listed.get("declared_sha256"),
+            )
 
-    async def _add(self, t: str, path: str, file_type: str, *, url: str | None,
-                   declared: str | None, wrapper: dict[str, Any] | None = None,
-                   wrapper_url: str | None = None, raw_url: str | None = None) -> None:
+    async def _add(
+        self,
+        t: str,
+        path: str,
+        file_type: str,
+        *,
+        url: str | None,
+        declared: str | None,
+        wrapper: dict[str, Any] | None = None,
+        wrapper_url: str | None = None,
+        raw_url: str | None = None,
+    ) -> None:
         staged = StagedFile(t, path, file_type, url, declared_sha256=declared)
         self.files[(t, path)] = staged
         try:
@@ -173,9 +215,11 @@ class VersionFiles:
             staged.checksum_status = "verified"
         else:
             kept = self.previous.get((t, path))
-            self.on_error(f"{t or 'containerfile'} {path}: checksum mismatch (declared "
-                          f"{staged.declared_sha256[:12]}…, content {staged.sha256[:12]}…)"
-                          + ("; kept the content published before" if kept else ""))
+            self.on_error(
+                f"{t or 'containerfile'} {path}: checksum mismatch (declared "
+                f"{staged.declared_sha256[:12]}…, content {staged.sha256[:12]}…)"
+                + ("; kept the content published before" if kept else "")
+            )
             if kept:
                 # Not trusted: publishing keeps the earlier content and its checksum status.
                 staged.content = staged.sha256 = None

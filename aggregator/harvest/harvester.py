@@ -53,16 +53,22 @@ def make_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
-async def harvest_upstreams(pool: asyncpg.Pool[Any], session: aiohttp.ClientSession,
-                            config: Config, names: Sequence[str] = (), *,
-                            progress: Progress | None = None,
-                            environ: Mapping[str, str] = os.environ) -> list[RunOutcome]:
+async def harvest_upstreams(
+    pool: asyncpg.Pool[Any],
+    session: aiohttp.ClientSession,
+    config: Config,
+    names: Sequence[str] = (),
+    *,
+    progress: Progress | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> list[RunOutcome]:
     """Harvest the upstreams called *names* (all enabled ones when empty), concurrently.
 
     One upstream's failure never affects another's run.
     """
-    chosen = [config.upstream(n) for n in names] if names else [
-        u for u in config.upstreams if u.enabled]
+    chosen = (
+        [config.upstream(n) for n in names] if names else [u for u in config.upstreams if u.enabled]
+    )
     async with pool.acquire() as conn:
         await db_upstreams.upsert_upstreams(conn, config.upstreams)
     harvester = Harvester(pool, session, config, progress=progress, environ=environ)
@@ -72,20 +78,33 @@ async def harvest_upstreams(pool: asyncpg.Pool[Any], session: aiohttp.ClientSess
 class Harvester:
     """Runs harvests against one database with one HTTP session."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], session: aiohttp.ClientSession, config: Config,
-                 *, progress: Progress | None = None,
-                 environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        session: aiohttp.ClientSession,
+        config: Config,
+        *,
+        progress: Progress | None = None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
         self.pool = pool
         self.session = session
         self.config = config
         self.progress = progress or NoProgress()
         self.environ = environ
         h = config.harvest
-        self.circuit = db_upstreams.CircuitPolicy(h.circuit_failures, h.circuit_open_for_s,
-                                                  h.circuit_open_max_s)
+        self.circuit = db_upstreams.CircuitPolicy(
+            h.circuit_failures, h.circuit_open_for_s, h.circuit_open_max_s
+        )
 
-    async def harvest(self, upstream: UpstreamConfig, *, trigger: str = "manual",
-                      next_due: dt.datetime | None = None, slack_s: float = 0.0) -> RunOutcome:
+    async def harvest(
+        self,
+        upstream: UpstreamConfig,
+        *,
+        trigger: str = "manual",
+        next_due: dt.datetime | None = None,
+        slack_s: float = 0.0,
+    ) -> RunOutcome:
         """Harvest *upstream* once, unless another process is harvesting it right now.
 
         *trigger* ``scheduled`` also skips an upstream whose circuit is open or that another
@@ -98,28 +117,51 @@ class Harvester:
         # process that dies mid-run releases it with its connection.
         lock_conn = await connect(self.config.database.url)
         try:
-            upstream_id: int | None = await db_upstreams.fetch_upstream_id(
-                lock_conn, upstream.name)
+            upstream_id: int | None = await db_upstreams.fetch_upstream_id(lock_conn, upstream.name)
             if upstream_id is None:
-                (upstream_id,) = (await db_upstreams.upsert_upstreams(
-                    lock_conn, [upstream])).values()
-            if not await lock_conn.fetchval("select pg_try_advisory_lock($1, $2)",
-                                            HARVEST_LOCK, upstream_id):
-                log.info("harvest_skipped", upstream=upstream.name, trigger=trigger,
-                         reason="already running")
+                (upstream_id,) = (
+                    await db_upstreams.upsert_upstreams(lock_conn, [upstream])
+                ).values()
+            if not await lock_conn.fetchval(
+                "select pg_try_advisory_lock($1, $2)", HARVEST_LOCK, upstream_id
+            ):
+                log.info(
+                    "harvest_skipped",
+                    upstream=upstream.name,
+                    trigger=trigger,
+                    reason="already running",
+                )
                 return RunOutcome(upstream.name, "skipped", error="already running")
             try:
-                return await self._locked(lock_conn, upstream, upstream_id, trigger=trigger,
-                                          next_due=next_due, slack_s=slack_s, started=started)
+                return await self._locked(
+                    lock_conn,
+                    upstream,
+                    upstream_id,
+                    trigger=trigger,
+                    next_due=next_due,
+                    slack_s=slack_s,
+                    started=started,
+                )
             finally:
-                await asyncio.shield(lock_conn.execute(
-                    "select pg_advisory_unlock($1, $2)", HARVEST_LOCK, upstream_id))
+                await asyncio.shield(
+                    lock_conn.execute(
+                        "select pg_advisory_unlock($1, $2)", HARVEST_LOCK, upstream_id
+                    )
+                )
         finally:
             await asyncio.shield(lock_conn.close())
 
-    async def _locked(self, conn: asyncpg.Connection[Any], upstream: UpstreamConfig,
-                      upstream_id: int, *, trigger: str, next_due: dt.datetime | None,
-                      slack_s: float, started: float) -> RunOutcome:
+    async def _locked(
+        self,
+        conn: asyncpg.Connection[Any],
+        upstream: UpstreamConfig,
+        upstream_id: int,
+        *,
+        trigger: str,
+        next_due: dt.datetime | None,
+        slack_s: float,
+        started: float,
+    ) -> RunOutcome:
         reason = await db_upstreams.skip_reason(conn, upstream_id, trigger, slack_s=slack_s)
         if reason is not None:
             log.info("harvest_skipped", upstream=upstream.name, trigger=trigger, reason=reason)
@@ -130,33 +172,54 @@ class Harvester:
             log.info("harvest_started", url=upstream.url, mode=upstream.mode, trigger=trigger)
             token = self.environ.get(upstream.token_env) if upstream.token_env else None
             client = UpstreamClient(self.session, upstream, token=token)
-            run = HarvestRun(self.pool, client, self.config, upstream, upstream_id, run_id,
-                             self.progress)
+            run = HarvestRun(
+                self.pool, client, self.config, upstream, upstream_id, run_id, self.progress
+            )
             try:
                 result = await run.execute()
             except asyncio.CancelledError:
-                await asyncio.shield(db_runs.abandon_run(
-                    conn, run_id, "the worker stopped before the run ended"))
+                await asyncio.shield(
+                    db_runs.abandon_run(conn, run_id, "the worker stopped before the run ended")
+                )
                 log.info("harvest_finished", status="abandoned", reason="worker stopped")
                 raise
-            outcome = RunOutcome(upstream.name, result.status, run_id, result.counts,
-                                 result.error, result.generation,
-                                 time.monotonic() - started)
-            await db_runs.finish_run(conn, run_id, status=outcome.status, counts=outcome.counts,
-                                     listing_complete=result.listing_complete,
-                                     error=outcome.error)
+            outcome = RunOutcome(
+                upstream.name,
+                result.status,
+                run_id,
+                result.counts,
+                result.error,
+                result.generation,
+                time.monotonic() - started,
+            )
+            await db_runs.finish_run(
+                conn,
+                run_id,
+                status=outcome.status,
+                counts=outcome.counts,
+                listing_complete=result.listing_complete,
+                error=outcome.error,
+            )
             await db_runs.delete_staged(conn, [run_id])
             await db_upstreams.record_result(
-                conn, upstream_id, failed=result.status == "failed" or result.upstream_down,
-                policy=self.circuit, next_due=next_due)
+                conn,
+                upstream_id,
+                failed=result.status == "failed" or result.upstream_down,
+                policy=self.circuit,
+                next_due=next_due,
+            )
             if upstream.name in await db_upstreams.pending_requests(conn):
                 # A request that came in during this run wants a run that starts after it.
-                await conn.execute("select pg_notify($1, $2)",
-                                   db_upstreams.HARVEST_REQUEST_CHANNEL, upstream.name)
-            log.info("harvest_finished", status=outcome.status,
-                     duration_ms=round(outcome.duration_s * 1000),
-                     generation=outcome.generation, error=outcome.error,
-                     **{k: v for k, v in asdict(outcome.counts).items()
-                        if k != "error_samples"})
+                await conn.execute(
+                    "select pg_notify($1, $2)", db_upstreams.HARVEST_REQUEST_CHANNEL, upstream.name
+                )
+            log.info(
+                "harvest_finished",
+                status=outcome.status,
+                duration_ms=round(outcome.duration_s * 1000),
+                generation=outcome.generation,
+                error=outcome.error,
+                **{k: v for k, v in asdict(outcome.counts).items() if k != "error_samples"},
+            )
             self.progress.done(upstream.name, outcome.status)
             return outcome

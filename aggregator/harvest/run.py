@@ -74,8 +74,9 @@ class Stager:
     async def add(self, tool: StagedTool) -> None:
         """Stage *tool*; waits while a full batch is written (back-pressure)."""
         self._buffer.append(tool)
-        self._bytes += sum(len(f.content) for v in tool.versions for f in v.files
-                           if f.content is not None)
+        self._bytes += sum(
+            len(f.content) for v in tool.versions for f in v.files if f.content is not None
+        )
         if len(self._buffer) >= STAGE_BATCH or self._bytes >= STAGE_BATCH_BYTES:
             await self.flush()
 
@@ -112,9 +113,16 @@ class RunResult:
 class HarvestRun:
     """The state of one run of *upstream* (row *upstream_id*), recorded as run *run_id*."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], client: UpstreamClient, config: Config,
-                 upstream: UpstreamConfig, upstream_id: int, run_id: int,
-                 progress: Progress) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        client: UpstreamClient,
+        config: Config,
+        upstream: UpstreamConfig,
+        upstream_id: int,
+        run_id: int,
+        progress: Progress,
+    ) -> None:
         self.pool = pool
         self.client = client
         self.config = config
@@ -148,8 +156,14 @@ class HarvestRun:
         c.bytes_fetched = self.client.traffic.bytes
         c.not_modified = self.client.traffic.not_modified
         self.progress.update(
-            self.upstream.name, tools=c.tools_seen, versions=c.versions_seen,
-            files=c.files_stored, requests=c.requests, bytes=c.bytes_fetched, errors=c.errors)
+            self.upstream.name,
+            tools=c.tools_seen,
+            versions=c.versions_seen,
+            files=c.files_stored,
+            requests=c.requests,
+            bytes=c.bytes_fetched,
+            errors=c.errors,
+        )
 
     async def execute(self) -> RunResult:
         """List, fetch and stage; publish in one transaction if the listing completed."""
@@ -172,11 +186,17 @@ class HarvestRun:
             return r
         r.listing_complete = self.listing_clean
         if self.not_refreshed:
-            self.error(f"time budget of {self.upstream.run_budget_s:g}s ran out: "
-                       f"{self.not_refreshed} tools were not refreshed and keep what was "
-                       "published")
-        if self.counts.tools_seen and self.detail_failed and not self.detailed_ok and \
-                not self.confirmed_unchanged:
+            self.error(
+                f"time budget of {self.upstream.run_budget_s:g}s ran out: "
+                f"{self.not_refreshed} tools were not refreshed and keep what was "
+                "published"
+            )
+        if (
+            self.counts.tools_seen
+            and self.detail_failed
+            and not self.detailed_ok
+            and not self.confirmed_unchanged
+        ):
             r.error = self.client.tripped or "no tool could be fetched in full"
             self.report()
             return r
@@ -187,9 +207,14 @@ class HarvestRun:
             await conn.execute("analyze staged_tools")
             await save_service_info(conn, self.upstream_id, service_info, tool_classes)
             r.generation = await publish_run(
-                conn, self.run_id, self.upstream_id, listing_complete=r.listing_complete,
-                tombstone_after=self.config.harvest.tombstone_after, counts=self.counts,
-                max_per_upstream=self.config.merge.max_tools_per_upstream)
+                conn,
+                self.run_id,
+                self.upstream_id,
+                listing_complete=r.listing_complete,
+                tombstone_after=self.config.harvest.tombstone_after,
+                counts=self.counts,
+                max_per_upstream=self.config.merge.max_tools_per_upstream,
+            )
             await self._save_pages(conn)
         for quirk in self.quirks.items:
             log.info("upstream_quirk_seen", quirk=quirk)
@@ -212,8 +237,9 @@ class HarvestRun:
         except TimeoutError:
             if asyncio.get_running_loop().time() < deadline:
                 raise
-            raise RunBudgetExhausted(f"time budget of {self.upstream.run_budget_s:g}s ran out "
-                                     f"before {before}") from None
+            raise RunBudgetExhausted(
+                f"time budget of {self.upstream.run_budget_s:g}s ran out before {before}"
+            ) from None
 
     async def _load_state(self) -> None:
         """What was published for this upstream: each tool's hashes, the listing's pages."""
@@ -223,26 +249,55 @@ class HarvestRun:
                           coalesce(details_fetched_at > now() - make_interval(secs => $2),
                                    false) as fresh
                    from upstream_tools where upstream_id = $1""",
-                self.upstream_id, self.config.harvest.revalidate_after_s)
-            self.known = {r["external_id"]: Known(r["doc_hash"], r["listing_hash"], r["fresh"])
-                          for r in rows}
-            pages = await conn.fetch("select * from listing_pages where upstream_id = $1",
-                                     self.upstream_id)
+                self.upstream_id,
+                self.config.harvest.revalidate_after_s,
+            )
+            self.known = {
+                r["external_id"]: Known(r["doc_hash"], r["listing_hash"], r["fresh"]) for r in rows
+            }
+            pages = await conn.fetch(
+                "select * from listing_pages where upstream_id = $1", self.upstream_id
+            )
             self.stored_pages = {
-                p["url"]: Page(p["url"], Validators(p["etag"], p["last_modified"]),
-                               p["next_page"], list(p["tool_ids"]), list(p["listing_hashes"]))
-                for p in pages}
+                p["url"]: Page(
+                    p["url"],
+                    Validators(p["etag"], p["last_modified"]),
+                    p["next_page"],
+                    list(p["tool_ids"]),
+                    list(p["listing_hashes"]),
+                )
+                for p in pages
+            }
 
     async def _save_pages(self, conn: asyncpg.Connection[Any]) -> None:
         await conn.execute("delete from listing_pages where upstream_id = $1", self.upstream_id)
-        records = [(self.upstream_id, p.url, p.validators.etag, p.validators.last_modified,
-                    p.next_page, p.tool_ids, p.listing_hashes)
-                   for p in self.pages if p.validators.etag or p.validators.last_modified]
+        records = [
+            (
+                self.upstream_id,
+                p.url,
+                p.validators.etag,
+                p.validators.last_modified,
+                p.next_page,
+                p.tool_ids,
+                p.listing_hashes,
+            )
+            for p in self.pages
+            if p.validators.etag or p.validators.last_modified
+        ]
         if records:
             await conn.copy_records_to_table(
-                "listing_pages", records=records,
-                columns=["upstream_id", "url", "etag", "last_modified", "next_page", "tool_ids",
-                         "listing_hashes"])
+                "listing_pages",
+                records=records,
+                columns=[
+                    "upstream_id",
+                    "url",
+                    "etag",
+                    "last_modified",
+                    "next_page",
+                    "tool_ids",
+                    "listing_hashes",
+                ],
+            )
 
     async def _fetch_service_info(self) -> tuple[Any, list[dict[str, Any]] | None]:
         base = self.upstream.url
@@ -268,7 +323,8 @@ class HarvestRun:
     async def _crawl(self) -> None:
         """List every page of /tools while workers fetch each changed tool's details."""
         queue: asyncio.Queue[tuple[dict[str, Any], str | None]] = asyncio.Queue(
-            maxsize=self.upstream.concurrency * 4)
+            maxsize=self.upstream.concurrency * 4
+        )
         failures: list[BaseException] = []
 
         async def worker() -> None:
@@ -293,8 +349,9 @@ class HarvestRun:
         if failures:
             raise failures[0]
 
-    async def _list(self, queue: asyncio.Queue[tuple[dict[str, Any], str | None]],
-                    failures: list[BaseException]) -> None:
+    async def _list(
+        self, queue: asyncio.Queue[tuple[dict[str, Any], str | None]], failures: list[BaseException]
+    ) -> None:
         """Read every listing page; confirm unchanged tools, queue the others for workers."""
         seen: set[str] = set()
         async for page in self._pages():
@@ -338,13 +395,15 @@ class HarvestRun:
             return mode == "listing"
         versions = raw.get("versions") if isinstance(raw, Mapping) else None
         return bool(versions) and all(
-            isinstance(v, Mapping) and v.get("meta_version") not in (None, "")
-            for v in versions)
+            isinstance(v, Mapping) and v.get("meta_version") not in (None, "") for v in versions
+        )
 
     def _replayable(self, page: Page) -> bool:
         """Whether a 304 for *page* would tell everything: all its tools are unchanged."""
-        return all(self._unchanged(t, h) is not None
-                   for t, h in zip(page.tool_ids, page.listing_hashes, strict=True))
+        return all(
+            self._unchanged(t, h) is not None
+            for t, h in zip(page.tool_ids, page.listing_hashes, strict=True)
+        )
 
     async def _pages(self) -> AsyncIterator[list[Any]]:
         """Every page of /tools: raw entries, or (id, listing hash) pairs of a 304 page."""
@@ -356,40 +415,52 @@ class HarvestRun:
             target = URL(url).update_query(params or {})
             signature = str(target.with_query(sorted(target.query.items())))
             if signature in fetched:
-                raise InvalidUpstreamData(f"next_page leads back to a page already fetched: {url}",
-                                          url=url)
+                raise InvalidUpstreamData(
+                    f"next_page leads back to a page already fetched: {url}", url=url
+                )
             fetched.add(signature)
             stored = self.stored_pages.get(signature)
             # The last page is always fetched in full: a 304 cannot say that a page now
             # follows it (ETags cover bodies, not paging headers).
-            conditional = stored is not None and stored.next_page is not None and \
-                self._replayable(stored)
+            conditional = (
+                stored is not None and stored.next_page is not None and self._replayable(stored)
+            )
             async with self._budget("the listing finished", listing=True):
                 response = await self.client.get(
-                    url, params=params, validators=stored.validators if conditional else None)
+                    url, params=params, validators=stored.validators if conditional else None
+                )
             assert response is not None
             if response.not_modified and stored is not None:
                 next_page = response.headers.get("next_page")
-                page: Page = stored if not next_page else dataclasses.replace(
-                    stored, next_page=urljoin(response.url, next_page))
-                items: list[Any] = list(zip(stored.tool_ids, stored.listing_hashes,
-                                            strict=True))
+                page: Page = (
+                    stored
+                    if not next_page
+                    else dataclasses.replace(stored, next_page=urljoin(response.url, next_page))
+                )
+                items: list[Any] = list(zip(stored.tool_ids, stored.listing_hashes, strict=True))
                 ids = set(stored.tool_ids)
             else:
                 body = response.json()
                 if not isinstance(body, list):
-                    raise InvalidUpstreamData(f"/tools did not answer a JSON array "
-                                              f"({response.url})", url=response.url)
+                    raise InvalidUpstreamData(
+                        f"/tools did not answer a JSON array ({response.url})", url=response.url
+                    )
                 items = body
                 ids = {_listed_id(t) for t in body}
                 next_page = response.headers.get("next_page")
-                page = Page(signature, response.validators,
-                            urljoin(response.url, next_page) if next_page else None,
-                            [_listed_id(t) for t in body],
-                            [listing_hash(self.upstream.mode, t) for t in body])
+                page = Page(
+                    signature,
+                    response.validators,
+                    urljoin(response.url, next_page) if next_page else None,
+                    [_listed_id(t) for t in body],
+                    [listing_hash(self.upstream.mode, t) for t in body],
+                )
             if items and ids <= ids_seen:
-                raise InvalidUpstreamData("a /tools page did not advance (every tool on it was "
-                                          f"already listed): {response.url}", url=response.url)
+                raise InvalidUpstreamData(
+                    "a /tools page did not advance (every tool on it was "
+                    f"already listed): {response.url}",
+                    url=response.url,
+                )
             ids_seen |= ids
             self.pages.append(page)
             yield items
@@ -425,12 +496,29 @@ class HarvestRun:
             self.report()
             return
         tool_doc = _without_versions(doc)
-        digest = doc_hash([tool_doc, [(v.key, v.doc, [(f.descriptor_type, f.path, f.file_type,
-                                                         f.sha256) for f in v.files])
-                                      for v in versions]])
-        await self.stager.add(StagedTool(tool_id, tool_doc, digest, detailed=True,
-                                         listing_hash=None if problems else lhash,
-                                         versions=versions))
+        digest = doc_hash(
+            [
+                tool_doc,
+                [
+                    (
+                        v.key,
+                        v.doc,
+                        [(f.descriptor_type, f.path, f.file_type, f.sha256) for f in v.files],
+                    )
+                    for v in versions
+                ],
+            ]
+        )
+        await self.stager.add(
+            StagedTool(
+                tool_id,
+                tool_doc,
+                digest,
+                detailed=True,
+                listing_hash=None if problems else lhash,
+                versions=versions,
+            )
+        )
         self.detailed_ok += 1
         self.counts.tools_fetched += 1
         self.report()
@@ -446,14 +534,17 @@ class HarvestRun:
                    join upstream_versions v on v.id = f.upstream_version_id
                    join upstream_tools t on t.id = v.upstream_tool_id
                    where t.upstream_id = $1 and t.external_id = $2 and f.sha256 is not null""",
-                self.upstream_id, tool_id)
+                self.upstream_id,
+                tool_id,
+            )
         out: dict[str, dict[tuple[str, str], str]] = {}
         for r in rows:
             out.setdefault(r["key"], {})[(r["descriptor_type"], r["path"])] = r["sha256"]
         return out
 
-    async def _fetch_versions(self, tool_id: str, doc: dict[str, Any],
-                              problems: list[str]) -> list[StagedVersion]:
+    async def _fetch_versions(
+        self, tool_id: str, doc: dict[str, Any], problems: list[str]
+    ) -> list[StagedVersion]:
         """The versions of *tool_id* and, in mirror mode, their files; errors about single
         files are recorded and appended to *problems*."""
 
@@ -467,8 +558,9 @@ class HarvestRun:
             got = await self.client.get_json(f"{tool_url}/versions", ok_404=True)
             if got is not None:
                 if not isinstance(got[0], list):
-                    raise InvalidUpstreamData(f"/versions did not answer a JSON array "
-                                              f"({got[1].url})", url=got[1].url)
+                    raise InvalidUpstreamData(
+                        f"/versions did not answer a JSON array ({got[1].url})", url=got[1].url
+                    )
                 listed = {version_key(v): v for v in raw_versions}
                 raw_versions = [read_version(v, tool_id, self.quirks) for v in got[0]]
                 for v in raw_versions:
@@ -488,10 +580,12 @@ class HarvestRun:
             staged = StagedVersion(key, vdoc["id"], position, vdoc)
             if self.upstream.mode == "mirror":
                 version_url = f"{tool_url}/versions/{quote(key, safe='')}"
-                fetcher = VersionFiles(self.client, version_url,
-                                       lambda m, k=key: error(f"tool {tool_id} "
-                                                              f"version {k}: {m}"),
-                                       previous.get(key))
+                fetcher = VersionFiles(
+                    self.client,
+                    version_url,
+                    lambda m, k=key: error(f"tool {tool_id} version {k}: {m}"),
+                    previous.get(key),
+                )
                 staged.files = await fetcher.fetch_all(vdoc["descriptor_type"])
                 self.counts.files_stored += sum(f.content is not None for f in staged.files)
             versions.append(staged)

@@ -38,8 +38,9 @@ def trigger_for(upstream: UpstreamConfig) -> IntervalTrigger | CronTrigger:
     seconds = upstream.interval_seconds()
     if seconds is not None:
         offset = zlib.crc32(upstream.name.encode()) % seconds
-        return IntervalTrigger(seconds=seconds, timezone=dt.UTC,
-                               start_date=_EPOCH + dt.timedelta(seconds=offset))
+        return IntervalTrigger(
+            seconds=seconds, timezone=dt.UTC, start_date=_EPOCH + dt.timedelta(seconds=offset)
+        )
     return CronTrigger.from_crontab(upstream.schedule, timezone=dt.UTC)
 
 
@@ -62,8 +63,9 @@ class Worker:
     notification was missed.
     """
 
-    def __init__(self, pool: asyncpg.Pool[Any], session: aiohttp.ClientSession,
-                 config: Config) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool[Any], session: aiohttp.ClientSession, config: Config
+    ) -> None:
         self.pool = pool
         self.config = config
         self.harvester = Harvester(pool, session, config)
@@ -80,20 +82,32 @@ class Worker:
         ran) is harvested at once.
         """
         rows = await self.pool.fetch("select name, next_harvest_at, now() as now from upstreams")
-        due = {r["name"]: r["next_harvest_at"] is None or r["next_harvest_at"] <= r["now"]
-               for r in rows}
+        due = {
+            r["name"]: r["next_harvest_at"] is None or r["next_harvest_at"] <= r["now"]
+            for r in rows
+        }
         for upstream in self.config.upstreams:
             if not upstream.enabled:
                 continue
             self.scheduler.add_job(
-                self._scheduled, trigger_for(upstream), args=[upstream], id=upstream.name,
-                name=f"harvest {upstream.name}", coalesce=True, max_instances=1,
-                misfire_grace_time=None)
+                self._scheduled,
+                trigger_for(upstream),
+                args=[upstream],
+                id=upstream.name,
+                name=f"harvest {upstream.name}",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=None,
+            )
             if due.get(upstream.name, True):
                 self.scheduler.add_job(
-                    self._scheduled, DateTrigger(dt.datetime.now(dt.UTC)), args=[upstream],
-                    id=f"{upstream.name}:catch-up", name=f"catch up {upstream.name}",
-                    misfire_grace_time=None)
+                    self._scheduled,
+                    DateTrigger(dt.datetime.now(dt.UTC)),
+                    args=[upstream],
+                    id=f"{upstream.name}:catch-up",
+                    name=f"catch up {upstream.name}",
+                    misfire_grace_time=None,
+                )
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
             log.info("harvest_scheduled", job=job.id, next_run=str(job.next_run_time))
@@ -115,8 +129,11 @@ class Worker:
         trigger = trigger_for(upstream)
         now = dt.datetime.now(dt.UTC)
         next_due = trigger.get_next_fire_time(None, now + dt.timedelta(microseconds=1))
-        await self._track(self.harvester.harvest(
-            upstream, trigger="scheduled", next_due=next_due, slack_s=_slack_s(trigger, now)))
+        await self._track(
+            self.harvester.harvest(
+                upstream, trigger="scheduled", next_due=next_due, slack_s=_slack_s(trigger, now)
+            )
+        )
 
     async def _requested(self, upstream: UpstreamConfig) -> None:
         self._requested_running.add(upstream.name)

@@ -73,8 +73,9 @@ def identifying_keys(nodes: Iterable[Node], *, max_per_upstream: int = 1) -> set
     return {k for (k, _) in count} - too_common
 
 
-def merge(nodes: Iterable[Node], *, identifying: set[Key] | None = None,
-          max_per_upstream: int = 1) -> list[Component]:
+def merge(
+    nodes: Iterable[Node], *, identifying: set[Key] | None = None, max_per_upstream: int = 1
+) -> list[Component]:
     """Merge *nodes* into components, sorted by their primary's order.
 
     *identifying* is the set of keys that count (computed from *nodes* when None; pass it in
@@ -165,8 +166,9 @@ class VersionConflict:
     reason: str
 
 
-def merge_versions(component: Component, versions: Sequence[VersionNode]
-                   ) -> tuple[list[MergedVersion], list[VersionConflict]]:
+def merge_versions(
+    component: Component, versions: Sequence[VersionNode]
+) -> tuple[list[MergedVersion], list[VersionConflict]]:
     """Join the members' versions: the same name with the same content is one version with
     several sources; the same name with other content stays a separate, reachable version
     and is reported. Keys clash only by accident and are then qualified as
@@ -178,9 +180,12 @@ def merge_versions(component: Component, versions: Sequence[VersionNode]
         groups = by_name.setdefault(v.name, [])
         for g in groups:
             head = g[0]
-            if head.member != v.member and v.fingerprint is not None and \
-                    head.fingerprint == v.fingerprint and \
-                    all(x.member != v.member for x in g):
+            if (
+                head.member != v.member
+                and v.fingerprint is not None
+                and head.fingerprint == v.fingerprint
+                and all(x.member != v.member for x in g)
+            ):
                 g.append(v)
                 break
         else:
@@ -206,9 +211,13 @@ def merge_versions(component: Component, versions: Sequence[VersionNode]
             unknown = any(g[0].fingerprint is None for g in groups)
             for e in entries:
                 e.conflict = True
-            conflicts.append(VersionConflict(
-                name, [e.key for e in entries],
-                "content unknown" if unknown else "different content under one name"))
+            conflicts.append(
+                VersionConflict(
+                    name,
+                    [e.key for e in entries],
+                    "content unknown" if unknown else "different content under one name",
+                )
+            )
     merged.sort(key=lambda m: (rank[m.served.member], m.position, m.key))
     for i, m in enumerate(merged):
         m.position = i

@@ -28,8 +28,23 @@ _DOI: Final = re.compile(r"^(?:doi:|https?://(?:dx\.)?doi\.org/)?(10\.\d{4,9}/\S
 _DASHED_DOI: Final = re.compile(r"^(10\.\d{4,9})-(\S+)$")
 _ENTRY_PREFIX: Final = re.compile(r"^#(?:workflow|tool|service|notebook)/")
 _HOST: Final = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)+(:\d+)?$")
-_PLACEHOLDER_WORDS: Final = frozenset({"", "null", "none", "n/a", "na", "unknown", "tbd",
-                                       "todo", "latest", "main", "master", "default", "test"})
+_PLACEHOLDER_WORDS: Final = frozenset(
+    {
+        "",
+        "null",
+        "none",
+        "n/a",
+        "na",
+        "unknown",
+        "tbd",
+        "todo",
+        "latest",
+        "main",
+        "master",
+        "default",
+        "test",
+    }
+)
 # Texts registries serve instead of a file's content (Dockstore's LimitedSourceFileBuilder).
 _PLACEHOLDER_CONTENT: Final = (
     b"Dockstore does not store binary files",
@@ -86,8 +101,9 @@ def is_placeholder(size: int, head: bytes) -> bool:
     return any(head.lstrip().startswith(p) for p in _PLACEHOLDER_CONTENT)
 
 
-def evidence(tool_id: str, doc: Mapping[str, Any],
-             descriptors: Iterable[tuple[str, int, bytes]] = ()) -> frozenset[Key]:
+def evidence(
+    tool_id: str, doc: Mapping[str, Any], descriptors: Iterable[tuple[str, int, bytes]] = ()
+) -> frozenset[Key]:
     """The identity keys of one upstream tool.
 
     *descriptors* are its primary descriptors as (sha256, size, first bytes).

@@ -14,8 +14,13 @@ import orjson
 from aggregator.errors import InvalidUpstreamData
 
 DESCRIPTOR_TYPES: Final = ("CWL", "WDL", "NFL", "GALAXY", "SMK")
-FILE_TYPES: Final = ("TEST_FILE", "PRIMARY_DESCRIPTOR", "SECONDARY_DESCRIPTOR", "CONTAINERFILE",
-                     "OTHER")
+FILE_TYPES: Final = (
+    "TEST_FILE",
+    "PRIMARY_DESCRIPTOR",
+    "SECONDARY_DESCRIPTOR",
+    "CONTAINERFILE",
+    "OTHER",
+)
 _HEX64: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 _SHA256_NAMES: Final = {"sha256", "sha-256", "sha_256"}
 
@@ -33,7 +38,7 @@ def parse_descriptor_type(raw: str) -> DescriptorType | None:
     value = raw.strip().upper().replace("-", "_")
     plain = value.startswith("PLAIN_")
     if plain:
-        value = value[len("PLAIN_"):]
+        value = value[len("PLAIN_") :]
     if value == "NEXTFLOW":
         value = "NFL"
     elif value in ("SNAKEMAKE",):
@@ -117,8 +122,9 @@ def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
     return doc
 
 
-def read_version(raw: Any, tool_id: str, quirks: Quirks | None = None, *,
-                 author: str | None = None) -> dict[str, Any]:
+def read_version(
+    raw: Any, tool_id: str, quirks: Quirks | None = None, *, author: str | None = None
+) -> dict[str, Any]:
     """Normalise one upstream ToolVersion; raise InvalidUpstreamData when it has no id."""
     quirks = quirks if quirks is not None else Quirks()
     if not isinstance(raw, Mapping):
@@ -183,8 +189,13 @@ def read_tool_classes(raw: Any) -> list[dict[str, Any]]:
     out = []
     for item in raw:
         if isinstance(item, Mapping) and item.get("name") is not None:
-            out.append({"id": str(item.get("id", "")), "name": str(item["name"]),
-                        "description": str(item.get("description") or "")})
+            out.append(
+                {
+                    "id": str(item.get("id", "")),
+                    "name": str(item["name"]),
+                    "description": str(item.get("description") or ""),
+                }
+            )
     return out
 
 
@@ -197,11 +208,13 @@ def read_files_listing(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(item, Mapping) or not isinstance(item.get("path"), str):
             continue
         file_type = item.get("file_type")
-        out.append({
-            "path": item["path"],
-            "file_type": file_type if file_type in FILE_TYPES else "OTHER",
-            "declared_sha256": declared_sha256(item.get("checksum")),
-        })
+        out.append(
+            {
+                "path": item["path"],
+                "file_type": file_type if file_type in FILE_TYPES else "OTHER",
+                "declared_sha256": declared_sha256(item.get("checksum")),
+            }
+        )
     return out
 
 

@@ -24,8 +24,13 @@ SHA256: Final = "sha-256"
 DESCRIPTOR_TYPES_201: Final = ("CWL", "WDL", "NFL", "GALAXY", "SMK")
 DESCRIPTOR_TYPES_200: Final = ("CWL", "WDL", "NFL")
 IMAGE_TYPES: Final = ("Docker", "Singularity", "Conda")
-FILE_TYPES: Final = ("TEST_FILE", "PRIMARY_DESCRIPTOR", "SECONDARY_DESCRIPTOR", "CONTAINERFILE",
-                     "OTHER")
+FILE_TYPES: Final = (
+    "TEST_FILE",
+    "PRIMARY_DESCRIPTOR",
+    "SECONDARY_DESCRIPTOR",
+    "CONTAINERFILE",
+    "OTHER",
+)
 
 # A field spec: a converter that returns the conforming value, or _DROP.
 _DROP: Final = object()
@@ -48,7 +53,7 @@ def _integer(value: Any) -> Any:
     if isinstance(value, bool):
         return _DROP
     if isinstance(value, int):
-        return value if -2**63 <= value < 2**63 else _DROP
+        return value if -(2**63) <= value < 2**63 else _DROP
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return _DROP
@@ -59,6 +64,7 @@ def _enum(values: Sequence[str]) -> Conv:
 
     def conv(value: Any) -> Any:
         return by_upper.get(value.upper(), _DROP) if isinstance(value, str) else _DROP
+
     return conv
 
 
@@ -68,6 +74,7 @@ def _array(item: Conv) -> Conv:
             return _DROP
         out = [item(v) for v in value]
         return [v for v in out if v is not _DROP]
+
     return conv
 
 
@@ -75,20 +82,28 @@ def _unique(conv: Conv) -> Conv:
     def unique(value: Any) -> Any:
         out = conv(value)
         return out if out is _DROP else list(dict.fromkeys(out))
+
     return unique
 
 
-def _object(fields: Mapping[str, Conv], *, keep_extra: bool,
-            required: Mapping[str, Any] | None = None) -> Conv:
+def _object(
+    fields: Mapping[str, Conv], *, keep_extra: bool, required: Mapping[str, Any] | None = None
+) -> Conv:
     def conv(value: Any) -> Any:
         if not isinstance(value, Mapping):
             return _DROP
         return conform(value, fields, keep_extra=keep_extra, required=required)
+
     return conv
 
 
-def conform(doc: Mapping[str, Any], fields: Mapping[str, Conv], *, keep_extra: bool,
-            required: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def conform(
+    doc: Mapping[str, Any],
+    fields: Mapping[str, Conv],
+    *,
+    keep_extra: bool,
+    required: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """*doc* with every field of *fields* converted (or dropped), and *required* defaults.
 
     Fields not in *fields* are kept when *keep_extra* (``None`` values excepted: no TRS field
@@ -126,25 +141,46 @@ def _schema(strict: bool) -> Schema:
     types = DESCRIPTOR_TYPES_200 if strict else DESCRIPTOR_TYPES_201
     keep = not strict
     checksum = _object({"checksum": _string, "type": _string}, keep_extra=False)
-    image = _object({
-        "registry_host": _string, "image_name": _string, "size": _integer, "updated": _string,
-        "checksum": _array(checksum), "image_type": _enum(IMAGE_TYPES),
-    }, keep_extra=keep)
+    image = _object(
+        {
+            "registry_host": _string,
+            "image_name": _string,
+            "size": _integer,
+            "updated": _string,
+            "checksum": _array(checksum),
+            "image_type": _enum(IMAGE_TYPES),
+        },
+        keep_extra=keep,
+    )
     tool_class = {"id": _string, "name": _string, "description": _string}
     version: dict[str, Conv] = {
-        "author": _array(_string), "name": _string, "url": _string, "id": _string,
-        "is_production": _boolean, "images": _array(image),
-        "descriptor_type": _unique(_array(_enum(types))), "containerfile": _boolean,
-        "meta_version": _string, "verified": _boolean, "verified_source": _array(_string),
-        "signed": _boolean, "included_apps": _array(_string),
+        "author": _array(_string),
+        "name": _string,
+        "url": _string,
+        "id": _string,
+        "is_production": _boolean,
+        "images": _array(image),
+        "descriptor_type": _unique(_array(_enum(types))),
+        "containerfile": _boolean,
+        "meta_version": _string,
+        "verified": _boolean,
+        "verified_source": _array(_string),
+        "signed": _boolean,
+        "included_apps": _array(_string),
     }
     if not strict:
         version["descriptor_type_version"] = _type_versions
     tool: dict[str, Conv] = {
-        "url": _string, "id": _string, "aliases": _unique(_array(_string)),
-        "organization": _string, "name": _string,
-        "toolclass": _object(tool_class, keep_extra=keep), "description": _string,
-        "meta_version": _string, "has_checker": _boolean, "checker_url": _string,
+        "url": _string,
+        "id": _string,
+        "aliases": _unique(_array(_string)),
+        "organization": _string,
+        "name": _string,
+        "toolclass": _object(tool_class, keep_extra=keep),
+        "description": _string,
+        "meta_version": _string,
+        "has_checker": _boolean,
+        "checker_url": _string,
     }
     return Schema(strict, types, tool, version, tool_class)
 
@@ -210,21 +246,30 @@ def _iso(value: dt.datetime) -> str:
 
 
 def _tool_source(s: Source, staleness: Staleness) -> dict[str, Any]:
-    return {"upstream": s.upstream, "upstream_id": s.upstream_id,
-            "upstream_url": upstream_tool_url(s.upstream_base, s.upstream_id),
-            "first_seen": _iso(s.first_seen), "last_confirmed": _iso(s.last_confirmed),
-            "stale": staleness.stale(s.last_confirmed)}
+    return {
+        "upstream": s.upstream,
+        "upstream_id": s.upstream_id,
+        "upstream_url": upstream_tool_url(s.upstream_base, s.upstream_id),
+        "first_seen": _iso(s.first_seen),
+        "last_confirmed": _iso(s.last_confirmed),
+        "stale": staleness.stale(s.last_confirmed),
+    }
 
 
-def _version_source(v: VersionSource, members: Mapping[tuple[str, str], Source],
-                    staleness: Staleness) -> dict[str, Any]:
-    out: dict[str, Any] = {"upstream": v.upstream, "upstream_id": v.upstream_id,
-                           "upstream_tool_id": v.upstream_tool_id,
-                           "upstream_url": upstream_version_url(v)}
+def _version_source(
+    v: VersionSource, members: Mapping[tuple[str, str], Source], staleness: Staleness
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "upstream": v.upstream,
+        "upstream_id": v.upstream_id,
+        "upstream_tool_id": v.upstream_tool_id,
+        "upstream_url": upstream_version_url(v),
+    }
     member = members.get((v.upstream, v.upstream_tool_id))
     first_seen = getattr(v, "first_seen", None) or (member.first_seen if member else None)
     last_confirmed = getattr(v, "last_confirmed", None) or (
-        member.last_confirmed if member else None)
+        member.last_confirmed if member else None
+    )
     if first_seen is not None:
         out["first_seen"] = _iso(first_seen)
     if last_confirmed is not None:
@@ -233,8 +278,13 @@ def _version_source(v: VersionSource, members: Mapping[tuple[str, str], Source],
     return out
 
 
-def render_version(base: str, tool: CatalogueTool, version: CatalogueVersion, schema: Schema,
-                   staleness: Staleness | None) -> dict[str, Any]:
+def render_version(
+    base: str,
+    tool: CatalogueTool,
+    version: CatalogueVersion,
+    schema: Schema,
+    staleness: Staleness | None,
+) -> dict[str, Any]:
     """A ToolVersion: the served source's document with our id and url, conformed to *schema*.
 
     In the default profile (*staleness* given) it names its ``sources``.
@@ -251,15 +301,22 @@ def render_version(base: str, tool: CatalogueTool, version: CatalogueVersion, sc
     return out
 
 
-def render_tool(base: str, tool: CatalogueTool, schema: Schema,
-                staleness: Staleness | None) -> dict[str, Any]:
+def render_tool(
+    base: str, tool: CatalogueTool, schema: Schema, staleness: Staleness | None
+) -> dict[str, Any]:
     """A Tool: the merged document with our id and url and the merged versions.
 
     In the default profile (*staleness* given) it names its ``sources``, primary first.
     """
-    out = conform(tool.doc, schema.tool, keep_extra=not schema.strict, required={
-        "organization": "", "toolclass": lambda: {"id": "", "name": "", "description": ""},
-    })
+    out = conform(
+        tool.doc,
+        schema.tool,
+        keep_extra=not schema.strict,
+        required={
+            "organization": "",
+            "toolclass": lambda: {"id": "", "name": "", "description": ""},
+        },
+    )
     out.pop("versions", None)
     out["id"] = tool.id
     out["url"] = tool_url(base, tool.id)
@@ -275,8 +332,9 @@ def checksums(sha256: str | None) -> list[dict[str, str]]:
     return [{"checksum": sha256, "type": SHA256}] if sha256 else []
 
 
-def file_wrapper(content: bytes | None, sha256: str | None, url: str | None, *,
-                 image_type: str | None = None) -> dict[str, Any]:
+def file_wrapper(
+    content: bytes | None, sha256: str | None, url: str | None, *, image_type: str | None = None
+) -> dict[str, Any]:
     """A FileWrapper for stored bytes; bytes that are not UTF-8 are offered by url only.
 
     *url* is where the upstream serves the original; the content is our mirror's copy, and the
@@ -301,8 +359,10 @@ def file_wrapper(content: bytes | None, sha256: str | None, url: str | None, *,
 
 def tool_file(path: str, file_type: str, sha256: str | None, *, strict: bool) -> dict[str, Any]:
     """A ToolFile; 2.0.1 adds one ``checksum`` object (not an array), which 2.0.0 lacks."""
-    out: dict[str, Any] = {"path": path,
-                           "file_type": file_type if file_type in FILE_TYPES else "OTHER"}
+    out: dict[str, Any] = {
+        "path": path,
+        "file_type": file_type if file_type in FILE_TYPES else "OTHER",
+    }
     if sha256 and not strict:
         out["checksum"] = {"checksum": sha256, "type": SHA256}
     return out
@@ -320,8 +380,11 @@ def union_tool_classes(per_upstream: Sequence[Sequence[Mapping[str, Any]]]) -> l
                 continue
             name = str(c.get("name") or "")
             if name and name.lower() not in seen:
-                seen[name.lower()] = {"id": str(c.get("id") or ""), "name": name,
-                                      "description": str(c.get("description") or "")}
+                seen[name.lower()] = {
+                    "id": str(c.get("id") or ""),
+                    "name": name,
+                    "description": str(c.get("description") or ""),
+                }
     return sorted(seen.values(), key=lambda c: c["name"].lower())
 
 
