@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aggregator.api import openapi, provenance, upstreams
+from aggregator.api import changes, openapi, provenance, search, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
 from aggregator.api.middleware import request_context
@@ -31,4 +31,6 @@ def create_app(config: Config) -> web.Application:
     provenance.add_routes(app)
     openapi.add_routes(app)
     upstreams.add_routes(app)
+    search.add_routes(app)
+    changes.add_routes(app)
     return app

@@ -205,6 +205,29 @@ class MergeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangesConfig:
+    """The change feed (``/aggregator/v1/changes``).
+
+    Attributes:
+        retention: How long changes are kept; a cursor older than this answers 410.
+        heartbeat: How often an idle event stream sends a comment line.
+    """
+
+    retention: str = "30d"
+    heartbeat: str = "15s"
+
+    @property
+    def retention_s(self) -> float:
+        """*retention* in seconds."""
+        return parse_duration(self.retention) or 0.0
+
+    @property
+    def heartbeat_s(self) -> float:
+        """*heartbeat* in seconds."""
+        return parse_duration(self.heartbeat) or 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -212,6 +235,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
+    changes: ChangesConfig = field(default_factory=ChangesConfig)
     upstreams: tuple[UpstreamConfig, ...] = ()
     source: str = "<defaults>"
 
@@ -251,7 +275,7 @@ def from_dict(
     data: Mapping[str, Any], environ: Mapping[str, str] = os.environ, *, source: str = "<dict>"
 ) -> Config:
     """Validate a parsed TOML document into a Config."""
-    _no_unknown(data, "", ("database", "server", "harvest", "merge", "upstreams"))
+    _no_unknown(data, "", ("database", "server", "harvest", "merge", "changes", "upstreams"))
     merge = _section(MergeConfig, data.get("merge", {}), "merge")
     if merge.max_tools_per_upstream < 1:
         raise ConfigError("merge.max_tools_per_upstream", "must be at least 1")
@@ -288,6 +312,10 @@ def from_dict(
             )
         if seconds == 0 and name in ("stale_after", "request_poll"):
             raise ConfigError(f"harvest.{name}", "must be longer than 0s")
+    changes = _section(ChangesConfig, data.get("changes", {}), "changes")
+    for name in ("retention", "heartbeat"):
+        if not parse_duration(getattr(changes, name)):
+            raise ConfigError(f"changes.{name}", "must be a duration longer than 0s, e.g. '30d'")
     raw_upstreams = data.get("upstreams", [])
     if not isinstance(raw_upstreams, list):
         raise ConfigError("upstreams", "must be an array of tables ([[upstreams]])")
@@ -302,6 +330,7 @@ def from_dict(
         server=server,
         harvest=harvest,
         merge=merge,
+        changes=changes,
         upstreams=upstreams,
         source=source,
     )

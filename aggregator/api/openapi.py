@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from aggregator import __version__
+from aggregator.api import changes, search
 from aggregator.api.cache import make_entry, send
 from aggregator.api.profiles import DEFAULT_PROFILE, STRICT_PROFILE
 from aggregator.keys import OPENAPI
@@ -286,6 +287,10 @@ def build() -> dict[str, Any]:
             },
         },
     }
+    doc["paths"].update(search.openapi_paths(own))
+    doc["paths"].update(changes.openapi_paths(own))
+    schemas.update(search.SCHEMAS)
+    schemas.update(changes.SCHEMAS)
     doc["paths"]["/openapi.json"] = {
         "servers": own,
         "get": {
