@@ -312,6 +312,8 @@ begin
     select s.* from catalogue_snapshot s where s.tool_id in (select tool_id from capture_ids);
 
     -- Tools that are gone: removed, merged into one other tool, split into several, or renamed.
+    -- (A consumer drops them; a tool that keeps its id after a split is announced as changed
+    -- below, after this.)
     insert into catalogue_changes (generation, kind, tool_id, related_ids, digest)
     select gen,
            case when d.dest is null then 'removed'
@@ -335,6 +337,11 @@ begin
         join capture_new n on n.tool_id = m.tool_id
         where m.upstream_tool_id = any(o.member_ids)) as d
     where not exists (select 1 from capture_new n where n.tool_id = o.tool_id)
+       -- or its records all moved, together, to a tool that is new: it was renamed (and
+       -- another tool took its id).
+       or (d.same_members and cardinality(d.dest) = 1 and d.dest[1] <> o.tool_id)
+       -- or its records went to several tools (it may keep its id with some of them).
+       or cardinality(d.dest) > 1
     order by o.tool_id;
 
     -- Tools that are new (unless announced above under their previous id).
