@@ -100,10 +100,11 @@ def _host_entries(entries: tuple[str, ...]) -> tuple[frozenset[str], tuple[IPNet
     networks: list[IPNetwork] = []
     for entry in entries:
         value = entry.strip().lower()
+        names.add(value)
         try:
             networks.append(ipaddress.ip_network(value.strip("[]"), strict=False))
         except ValueError:
-            names.add(value)
+            pass
     return frozenset(names), tuple(networks)
 
 
