@@ -11,6 +11,7 @@ import structlog
 from structlog.typing import EventDict
 
 from aggregator import redact
+from aggregator.db.outage import is_unavailable
 
 
 def configure_logging(
@@ -46,6 +47,7 @@ def configure_logging(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _outage_without_traceback,
             structlog.processors.format_exc_info,
             *last,
             _stdlib_renderer(json),
@@ -64,6 +66,16 @@ def configure_logging(
 def _dumps(value: Any, **_: Any) -> bytes:
     """JSON for a log record; what orjson cannot serialise natively is written as str()."""
     return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _outage_without_traceback(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """A library's record of a lost database connection (asyncpg's pool retrying) says what
+    happened in one line: a traceback of an outage tells an operator nothing more."""
+    exc_info = event_dict.get("exc_info")
+    if isinstance(exc_info, tuple) and len(exc_info) == 3 and is_unavailable(exc_info[1]):
+        event_dict.pop("exc_info")
+        event_dict["error"] = f"{type(exc_info[1]).__name__}: {exc_info[1]}"
+    return event_dict
 
 
 def _plain_event(_: Any, __: str, event_dict: EventDict) -> EventDict:
