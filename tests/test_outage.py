@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from aggregator.db.upstreams import request_harvest
 from aggregator.demo.registry import STATE, make_registry_app
 from aggregator.keys import RESPONSE_CACHE
 from tests.pgproxy import PgProxy
-from tests.support import catalogue, config_for, cwl_tool, harvest
+from tests.support import catalogue, config_for, cwl_tool, eventually, harvest
 from tests.test_cli import child_env, free_port, kill, run_cli, stop, write_config
 
 TRS = "/ga4gh/trs/v2"
@@ -42,15 +41,6 @@ async def proxy(db_dsn: str) -> AsyncIterator[PgProxy]:
     p = await PgProxy(db_dsn).start()
     yield p
     await p.close()
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
-    """Wait for *check* to hold, polling; fail after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 async def test_api_serves_cached_answers_and_503_while_the_database_is_away(
@@ -80,7 +70,7 @@ async def test_api_serves_cached_answers_and_503_while_the_database_is_away(
     async def listener_lost() -> bool:
         return cache.generation is None
 
-    await until(listener_lost, "losing the generation listener")
+    await eventually(listener_lost, what="losing the generation listener")
     r = await client.get(f"{TRS}/tools")
     assert r.status == 200 and await r.read() == before
     assert "database unavailable" in r.headers["X-Aggregator-Stale"]
@@ -97,7 +87,7 @@ async def test_api_serves_cached_answers_and_503_while_the_database_is_away(
         r = await client.get(f"{TRS}/tools/t/versions")
         return r.status == 200
 
-    await until(answers, "answering again")
+    await eventually(answers, what="answering again")
     r = await client.get("/aggregator/v1/upstreams")
     assert r.status == 200
 
@@ -181,14 +171,14 @@ async def test_run_survives_an_outage(
                     pytest.fail(f"run exited {proc.returncode}:\n{log.read_text()}")
                 return await status(f"{TRS}/tools/a") == 200
 
-            await until(harvested, "the first harvest being served")
+            await eventually(harvested, what="the first harvest being served")
             assert await status(f"{TRS}/tools/a") == 200  # now cached
             proxy.cut()
 
             async def degraded() -> bool:
                 return await status("/aggregator/v1/upstreams") == 503
 
-            await until(degraded, "503 during the outage")
+            await eventually(degraded, what="503 during the outage")
             assert await status(f"{TRS}/tools/a") == 200
             assert await status(f"{TRS}/tools/a/versions") == 503
             registry.app[STATE].catalogue = catalogue([cwl_tool("a"), cwl_tool("b")])
@@ -199,7 +189,7 @@ async def test_run_survives_an_outage(
             async def harvested_again() -> bool:
                 return await status(f"{TRS}/tools/b") == 200
 
-            await until(harvested_again, "a harvest after the outage", timeout=60)
+            await eventually(harvested_again, what="a harvest after the outage", timeout=60)
         assert await stop(proc, signal.SIGTERM, timeout=15) == 0, log.read_text()
     finally:
         await kill(proc)
