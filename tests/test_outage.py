@@ -7,10 +7,8 @@ path to PostgreSQL, so the server other tests share keeps running.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from aggregator.demo.registry import STATE, make_registry_app
 from aggregator.keys import RESPONSE_CACHE
 from tests.pgproxy import PgProxy
 from tests.support import catalogue, config_for, cwl_tool, eventually, harvest
-from tests.test_cli import child_env, free_port, kill, run_cli, stop, write_config
+from tests.test_cli import free_port, kill, run_cli, start_cli, stop, write_config
 
 TRS = "/ga4gh/trs/v2"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -142,20 +140,7 @@ async def test_run_survives_an_outage(
     config = write_config(tmp_path / "agg.toml", proxy.dsn(), {"up": registry}, port=port)
     log = tmp_path / "run.log"
     base = f"http://127.0.0.1:{port}"
-    with log.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "aggregator",
-            "run",
-            "--config",
-            str(config),
-            cwd=tmp_path,
-            env=child_env(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-        )
+    proc = await start_cli(tmp_path, log, "run", "--config", str(config))
     try:
         async with aiohttp.ClientSession() as session:
 
