@@ -26,7 +26,7 @@ from aggregator.service import (
     serve_forever,
 )
 
-COMMANDS = ("migrate", "harvest", "merge", "serve", "worker", "run", "demo")
+COMMANDS = ("migrate", "harvest", "merge", "export", "serve", "worker", "run", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-merge every upstream record, not only the changed ones",
     )
+    export = sub.add_parser(
+        "export", parents=[common], help="write the catalogue as a static TRS tree"
+    )
+    export.add_argument(
+        "directory", type=Path, metavar="DIR", help="the tree (a symlink swapped atomically)"
+    )
+    export.add_argument(
+        "--public-url",
+        default=None,
+        metavar="URL",
+        help="the origin the tree will be served at, under /ga4gh/trs/v2 "
+        "(default: server.public_url)",
+    )
     sub.add_parser("serve", parents=[common], help="serve the TRS API")
     sub.add_parser("worker", parents=[common], help="harvest upstreams on their schedules")
     sub.add_parser("run", parents=[common], help="serve and worker in one process")
@@ -105,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trs-aggregator: config error: {e}", file=sys.stderr)
         return 2
     redact.register(os.environ.get(u.token_env) for u in config.upstreams if u.token_env)
-    interactive = sys.stderr.isatty() and args.command in ("harvest", "migrate", "demo")
+    interactive = sys.stderr.isatty() and args.command in ("harvest", "migrate", "demo", "export")
     configure_logging(
         json=True if getattr(args, "log_json", False) else None,
         level=logging.DEBUG
@@ -132,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cmd_harvest(config, args.names))
         if args.command == "merge":
             return asyncio.run(cmd_merge(config, full=args.full))
+        if args.command == "export":
+            from aggregator.export import cmd_export
+
+            return asyncio.run(cmd_export(config, args.directory, public_url=args.public_url))
         if args.command == "serve":
             return asyncio.run(serve_forever(config, api=True, worker=False))
         if args.command == "worker":

@@ -7,14 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.populated import (  # noqa: F401 - fixtures
-    CHECKED,
-    TRS,
-    Api,
-    live_origin,
-    populated_db,
-    trs,
-)
+from tests.populated import CHECKED, TRS, Api
 
 SEARCH = "/aggregator/v1/search"
 
