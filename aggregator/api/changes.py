@@ -118,6 +118,21 @@ async def get_changes(request: web.Request) -> web.StreamResponse:
     """GET /aggregator/v1/changes?since=CURSOR&limit=N."""
     if "text/event-stream" in request.headers.get("Accept", ""):
         return await _stream(request)
+    if request.query.get("since", "").strip() == "latest":
+        pool = request.app[DB_POOL]
+        head = await db.head(pool)
+        return web.Response(
+            body=orjson.dumps(
+                {
+                    "aggregator": {"id": await db.instance_id(pool)},
+                    "changes": [],
+                    "cursor": str(head),
+                    "head": str(head),
+                    "more": False,
+                }
+            ),
+            content_type="application/json",
+        )
     since = _cursor(request.query.get("since"), "since")
     raw_limit = request.query.get("limit", "").strip()
     try:
@@ -221,8 +236,15 @@ def openapi_paths(servers: list[dict[str, str]]) -> dict[str, Any]:
                     {
                         "name": "since",
                         "in": "query",
-                        "description": "The cursor to continue from (0 or absent: the start).",
-                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "The cursor to continue from (0 or absent: the start; "
+                        "`latest`: no changes, only the cursor of the newest one, to follow "
+                        "from after reading the whole catalogue).",
+                        "schema": {
+                            "oneOf": [
+                                {"type": "integer", "minimum": 0},
+                                {"type": "string", "enum": ["latest"]},
+                            ]
+                        },
                     },
                     {
                         "name": "limit",

@@ -133,6 +133,17 @@ _SCHEMAS: Final[dict[str, Any]] = {
                         "last_confirmed": _TIMESTAMP,
                         "stale": {"type": "boolean"},
                         "missing_since": {**_TIMESTAMP, "nullable": True},
+                        "origin": {
+                            "type": "object",
+                            "nullable": True,
+                            "description": "For a record harvested from another "
+                            "trs-aggregator: the upstream it comes from there (`upstream`) "
+                            "and the aggregators it came through, nearest first (`via`).",
+                            "properties": {
+                                "upstream": {"type": "string"},
+                                "via": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
                         "joined_by": {
                             "type": "array",
                             "description": "The evidence that joined "

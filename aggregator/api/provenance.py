@@ -24,7 +24,12 @@ def stale_after_s(request: web.Request) -> float:
 
 
 def provenance(
-    tool: CatalogueTool, *, requested: str, now: dt.datetime, stale_after: float
+    tool: CatalogueTool,
+    *,
+    requested: str,
+    now: dt.datetime,
+    stale_after: float,
+    origins: dict[int, Any] | None = None,
 ) -> dict[str, Any]:
     """The full provenance record of *tool*."""
     names = {s.member_id: qualified_id(s.upstream, s.upstream_id) for s in tool.sources}
@@ -40,6 +45,7 @@ def provenance(
             "last_confirmed": s.last_confirmed.isoformat(),
             "stale": (now - s.last_confirmed).total_seconds() > stale_after,
             "missing_since": s.tombstoned_at.isoformat() if s.tombstoned_at else None,
+            "origin": (origins or {}).get(s.member_id),
             "joined_by": [
                 {
                     "with": names.get(j["with"], str(j["with"])),
@@ -91,8 +97,19 @@ async def get_provenance(request: web.Request) -> web.Response:
     tool = (await db.fetch_tools(pool, [tool_id])).get(tool_id) if tool_id else None
     if tool is None:
         raise NotFound(f"no tool with id {requested!r}")
+    origins = {
+        r["id"]: r["origin"]
+        for r in await pool.fetch(
+            "select id, origin from upstream_tools where id = any($1::bigint[])",
+            [s.member_id for s in tool.sources],
+        )
+    }
     body = provenance(
-        tool, requested=requested, now=dt.datetime.now(dt.UTC), stale_after=stale_after_s(request)
+        tool,
+        requested=requested,
+        now=dt.datetime.now(dt.UTC),
+        stale_after=stale_after_s(request),
+        origins=origins,
     )
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 

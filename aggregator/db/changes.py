@@ -72,8 +72,8 @@ class Page:
 
 
 async def instance_id(conn: Conn) -> str:
-    """This instance's stable id (created with the database)."""
-    value: str = await conn.fetchval("select id from aggregator_instance")
+    """This instance's stable id (made once per database, see migration 0010)."""
+    value: str = await conn.fetchval("select aggregator_instance_id()")
     return value
 
 
@@ -98,6 +98,15 @@ async def read_changes(conn: Conn, since: int, limit: int, retention_s: float) -
         limit,
     )
     return Page([Change(**dict(r)) for r in rows], head, False)
+
+
+async def head(conn: Conn) -> int:
+    """The cursor of the newest change (0 when there is none)."""
+    value = await conn.fetchval(
+        """select greatest(coalesce((select max(seq) from catalogue_changes), 0),
+                           (select through from catalogue_changes_pruned))"""
+    )
+    return int(value)
 
 
 async def prune(conn: Conn, retention_s: float) -> int:

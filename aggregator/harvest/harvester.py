@@ -21,6 +21,7 @@ from aggregator.db import upstreams as db_upstreams
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
 from aggregator.db.runs import RunCounts
+from aggregator.harvest.aggregator import AggregatorRun
 from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.run import HarvestRun
 from aggregator.progress import NoProgress, Progress
@@ -196,7 +197,7 @@ class Harvester:
             log.info("harvest_started", url=upstream.url, mode=upstream.mode, trigger=trigger)
             token = self.environ.get(upstream.token_env) if upstream.token_env else None
             client = UpstreamClient(self.session, upstream, token=token)
-            run = HarvestRun(
+            run = (AggregatorRun if upstream.kind == "aggregator" else HarvestRun)(
                 self.pool, client, self.config, upstream, upstream_id, run_id, self.progress
             )
             try:

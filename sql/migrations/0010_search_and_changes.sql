@@ -9,17 +9,62 @@
 
 create extension if not exists pg_trgm;
 
--- This instance: the id its change feed and service-info announce.
+-- This instance: the id its change feed announces. A copy of the database (CREATE DATABASE
+-- ... TEMPLATE, a restore) is another instance: the id is made again when the database's oid
+-- is not the one it was made in.
 create table aggregator_instance (
     singleton boolean primary key default true constraint aggregator_instance_singleton_check
         check (singleton),
-    id text not null default 'trs-aggregator:' || gen_random_uuid()::text
+    id text not null,
+    database_oid oid not null
 );
-insert into aggregator_instance default values;
+
+create function aggregator_instance_id() returns text language plpgsql as $$
+declare
+    here oid := (select oid from pg_database where datname = current_database());
+    found text;
+begin
+    select id into found from aggregator_instance where database_oid = here;
+    if found is null then
+        found := 'trs-aggregator:' || gen_random_uuid()::text;
+        insert into aggregator_instance (id, database_oid) values (found, here)
+        on conflict (singleton) do update set id = excluded.id, database_oid = excluded.database_oid;
+    end if;
+    return found;
+end $$;
 
 -- Where an upstream record really comes from when it was harvested from another aggregator:
 -- {"upstream": <its name there>, "service_id": <the aggregator it came through>, "via": [...]}.
 alter table upstream_tools add column origin jsonb;
+
+-- Where the records an aggregator upstream is about to publish come from (written by its
+-- harvest before publishing; copied onto upstream_tools.origin as the records are written).
+create table aggregator_origins (
+    upstream_id integer not null
+        constraint aggregator_origins_upstream_id_fkey references upstreams (id) on delete cascade,
+    external_id text not null,
+    origin jsonb not null,
+    constraint aggregator_origins_pkey primary key (upstream_id, external_id)
+);
+
+create function upstream_tools_set_origin() returns trigger language plpgsql as $$
+begin
+    select o.origin into new.origin from aggregator_origins o
+    where o.upstream_id = new.upstream_id and o.external_id = new.external_id;
+    return new;
+end $$;
+
+create trigger upstream_tools_origin before insert or update of doc, doc_hash on upstream_tools
+    for each row execute function upstream_tools_set_origin();
+
+-- How far each aggregator upstream's change feed was read, and which aggregator it is.
+create table aggregator_cursors (
+    upstream_id integer primary key
+        constraint aggregator_cursors_upstream_id_fkey references upstreams (id) on delete cascade,
+    remote_id text not null,
+    cursor bigint not null,
+    updated_at timestamptz not null default now()
+);
 
 -- What the running transaction touched, consumed by catalogue_capture() in the same
 -- transaction.
