@@ -98,12 +98,14 @@ class SearchResult:
 
 # The text query: the websearch form (quotes, OR, -word) read both as plain words (names and
 # ids) and as English (descriptions), and a trigram match on names for typos.
-_MATCH: Final = """(d.document @@ (websearch_to_tsquery('simple', {q})
-                                 || websearch_to_tsquery('english', {q}))
-                  or {q} <% d.names)"""
-_SCORE: Final = """round((ts_rank(d.document, websearch_to_tsquery('simple', {q})
-                                  || websearch_to_tsquery('english', {q}))
-                          + 0.5 * word_similarity({q}, d.names))::numeric, 6)"""
+_MATCH: Final = "(d.document @@ t.query or {q} <% d.names)"
+_SCORE: Final = (
+    "round((ts_rank(d.document, t.query) + 0.5 * word_similarity({q}, d.names))::numeric, 6)"
+)
+# The text query once: the websearch form (quotes, OR, -word) read both as plain words (names
+# and ids) and as English (descriptions).
+_TSQUERY: Final = """(select websearch_to_tsquery('simple', {q}) || websearch_to_tsquery('english', {q})
+                      as query) as t"""
 _HEADLINE: Final = "StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5"
 
 
@@ -138,11 +140,17 @@ async def _search(
         q = f"${len(args)}"
         clauses.append(_MATCH.format(q=q))
         score = _SCORE.format(q=q)
+        source = f"search_docs d cross join {_TSQUERY.format(q=q)}"
     else:
         q = "null::text"
         score = "0::numeric"
+        source = "search_docs d"
     where = " and ".join(clauses) or "true"
-    matches = f"select d.*, {score} as score from search_docs d where {where}"
+    matches = (
+        "select d.tool_id, d.name, d.organization, d.description, d.toolclass, d.upstreams, "
+        f"d.descriptor_types, d.toolclasses, d.organizations, d.has_checker, {score} as score "
+        f"from {source} where {where}"
+    )
     page_args = list(args)
     keyset = ""
     if after is not None:

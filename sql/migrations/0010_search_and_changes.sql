@@ -212,6 +212,7 @@ create table catalogue_changes (
     digest text
 );
 create index catalogue_changes_at_idx on catalogue_changes (at);
+create index catalogue_changes_generation_idx on catalogue_changes (generation);
 
 -- The changes up to this seq have been pruned (past retention): older cursors answer 410.
 create table catalogue_changes_pruned (
@@ -342,7 +343,17 @@ end $$;
 -- Compare the catalogue tools in capture_ids with their snapshot; record the differences in
 -- catalogue_changes at *gen* and bring the snapshot and the search index up to date.
 create function catalogue_diff(gen bigint) returns void language plpgsql as $$
+declare
+    large boolean := (select count(*) from capture_ids) >= 500;
 begin
+    -- After a large publish the planner must see the new rows, or the per-tool lookups below
+    -- turn into scans of whole tables.
+    if large then
+        analyze capture_ids;
+        analyze catalogue_tools;
+        analyze catalogue_members;
+        analyze catalogue_versions;
+    end if;
     create temporary table if not exists capture_new (
         tool_id text primary key, member_ids bigint[], metadata text, versions text,
         files text, sources text) on commit drop;
@@ -355,6 +366,10 @@ begin
     truncate capture_old;
     insert into capture_old
     select s.* from catalogue_snapshot s where s.tool_id in (select tool_id from capture_ids);
+    if large then
+        analyze capture_new;
+        analyze capture_old;
+    end if;
 
     -- Tools that are gone: removed, merged into one other tool, split into several, or renamed.
     -- (A consumer drops them; a tool that keeps its id after a split is announced as changed
@@ -394,9 +409,8 @@ begin
     select gen, 'added', n.tool_id, md5(n.metadata || n.versions || n.files || n.sources)
     from capture_new n
     where not exists (select 1 from capture_old o where o.tool_id = n.tool_id)
-      and not exists (select 1 from catalogue_changes ch
-                      where ch.generation = gen and ch.kind = 'id_changed'
-                        and ch.tool_id = n.tool_id)
+      and n.tool_id not in (select ch.tool_id from catalogue_changes ch
+                            where ch.generation = gen and ch.kind = 'id_changed')
     order by n.tool_id;
 
     -- Tools that changed.
