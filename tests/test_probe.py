@@ -108,3 +108,30 @@ async def test_probe_scores_a_conformant_and_a_sloppy_upstream_differently(
         tmp_path, "probe", str(bad.make_url(TRS)), "--json", "--config", str(cfg)
     )
     assert orjson.loads(j.stdout)["score"] == score
+
+
+async def test_every_run_keeps_conformance_figures_shown_with_their_trend(
+    db_dsn: str, pool: Any, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    """Harvesting the sloppy registry records its conversions and violations per run;
+    /aggregator/v1/upstreams shows the last run's figures, recent runs and a trend."""
+    from aggregator.app import create_app
+    from aggregator.config import Config, DatabaseConfig, UpstreamConfig
+    from tests.support import harvest
+
+    bad = await aiohttp_server(sloppy_registry())
+    config = Config(
+        database=DatabaseConfig(url=db_dsn),
+        upstreams=(UpstreamConfig(name="sloppy", url=str(bad.make_url(TRS)), mode="index"),),
+    )
+    for _ in range(2):
+        assert (await harvest(pool, config))["sloppy"].status in ("succeeded", "partial")
+    client = await aiohttp_client(create_app(config))
+    body = await (await client.get("/aggregator/v1/upstreams/sloppy")).json()
+    conformance = body["conformance"]
+    last = conformance["last"]
+    assert last["conversions"] == 2  # 'toolname', string author
+    assert last["violations"] >= 1  # no toolclass
+    assert "pre-release field 'toolname'" in last["problems"]
+    assert [r["conversions"] for r in conformance["recent"]] == [2, 2]
+    assert conformance["trend"]["conversions"] == "steady"

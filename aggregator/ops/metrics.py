@@ -228,7 +228,7 @@ async def metrics(request: web.Request) -> web.Response:
     try:
         body += generate_latest(await _database_registry(request.app[DB_POOL], request.app[CONFIG]))
         up = 1
-    except (OSError, asyncpg.PostgresError, TimeoutError):
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         up = 0
     database = CollectorRegistry()
     Gauge(
@@ -267,7 +267,7 @@ async def readyz(request: web.Request) -> web.Response:
                 if generation is None:
                     generation = await conn.fetchval("select generation from catalogue_state")
                 checks["catalogue"] = f"generation {generation}"
-    except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever went wrong, this process is not ready
         checks.setdefault("database", "unreachable")
         reasons.append(f"the database is unreachable: {type(e).__name__}: {e}".rstrip(": "))
     if reasons:
