@@ -293,3 +293,98 @@ def add_routes(app: web.Application) -> None:
     r.add_post(PREFIX + "/upstreams/{name}/harvest", harvest_now)
     r.add_post(PREFIX + "/upstreams/{name}/cancel", cancel)
     r.add_get(PREFIX + "/audit", audit_log)
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _operation(summary: str, op_id: str, role: str, ok: str, *, body: bool = False,
+               status: str = "200", name: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "description": f"Needs a bearer token of role `{role}`"
+        + (" or `admin`" if role == "operator" else "")
+        + ". Recorded in the audit log.",
+        "operationId": op_id,
+        "tags": ["admin"],
+        "security": [{"bearerToken": []}],
+        "responses": {
+            status: {
+                "description": ok,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "400": _err("The body or a parameter is invalid."),
+            "401": _err("No token, or not a live one."),
+            "403": _err("The token's role does not allow this."),
+        },
+    }
+    if name:
+        op["parameters"] = [
+            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+        ]
+        op["responses"]["404"] = _err("No such upstream.")
+    if body:
+        op["requestBody"] = {
+            "description": "A configuration document (TOML, or JSON with "
+            "`Content-Type: application/json`); only its `upstreams` are read.",
+            "content": {
+                "application/toml": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+        op["responses"]["413"] = _err("The body is over 1 MiB.")
+    return op
+
+
+def describe(doc: dict[str, Any]) -> None:
+    """Add the admin API and its security scheme to the OpenAPI document *doc*."""
+    doc.setdefault("components", {}).setdefault("securitySchemes", {})["bearerToken"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token from `trs-aggregator token create NAME --role admin|operator`.",
+    }
+    plan_text = "The plan: upstream changes and their consequences for merged tools."
+    paths = {
+        "/upstreams/plan": {
+            "post": _operation("What applying the configuration in the body would change",
+                               "adminPlan", "admin", plan_text, body=True, name=False)
+        },
+        "/upstreams/apply": {
+            "post": _operation("Make the upstream list the configuration in the body, live",
+                               "adminApply", "admin", plan_text, body=True, name=False)
+        },
+        "/upstreams/{name}": {
+            "put": _operation("Add or change one upstream (`?dry_run=true` plans only)",
+                              "adminPutUpstream", "admin", plan_text, body=True),
+            "delete": _operation("Remove one upstream; its records are tombstoned, kept "
+                                 "(`?dry_run=true` plans only)",
+                                 "adminDeleteUpstream", "admin", plan_text),
+        },
+        "/upstreams/{name}/pause": {
+            "post": _operation("Stop the upstream's scheduled harvests", "adminPause",
+                               "operator", "Paused.")
+        },
+        "/upstreams/{name}/resume": {
+            "post": _operation("Restart the upstream's scheduled harvests", "adminResume",
+                               "operator", "Resumed.")
+        },
+        "/upstreams/{name}/harvest": {
+            "post": _operation("Ask a worker to harvest the upstream now", "adminHarvest",
+                               "operator", "Requested.", status="202")
+        },
+        "/upstreams/{name}/cancel": {
+            "post": _operation("Ask the worker running the upstream's harvest to cancel it",
+                               "adminCancel", "operator", "Cancel requested.", status="202")
+        },
+        "/audit": {
+            "get": _operation("Admin actions, newest first (`limit`, `before`)", "adminAudit",
+                              "operator", "Audit records.", name=False)
+        },
+    }
+    paths["/upstreams/{name}/cancel"]["post"]["responses"]["409"] = _err("Nothing is running.")
+    for path, item in paths.items():
+        doc["paths"][f"/admin{path}"] = {"servers": [{"url": "/aggregator/v1"}], **item}
