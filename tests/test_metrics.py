@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,10 +91,15 @@ async def test_metrics_count_requests_cache_and_upstreams(
     status = "trs_aggregator_upstream_last_run_status"
     assert value(after, status, upstream="good", status="succeeded") == 1
     assert value(after, status, upstream="dead", status="failed") == 1
-    assert value(after, "trs_aggregator_upstream_last_success_timestamp_seconds", upstream="good") > 0
+    assert (
+        value(after, "trs_aggregator_upstream_last_success_timestamp_seconds", upstream="good") > 0
+    )
     assert value(after, "trs_aggregator_upstream_tools", upstream="good", state="live") == 1
     assert value(after, "trs_aggregator_upstream_circuit_open", upstream="dead") == 0
-    assert value(after, "trs_aggregator_upstream_fetch_errors_total", upstream="dead", kind="http_5xx") >= 1
+    assert (
+        value(after, "trs_aggregator_upstream_fetch_errors_total", upstream="dead", kind="http_5xx")
+        >= 1
+    )
     assert value(after, "trs_aggregator_upstream_schedule_seconds", upstream="good") == 6 * 3600
     assert value(after, "trs_aggregator_upstream_last_run_duration_seconds", upstream="good") > 0
 
@@ -121,7 +125,12 @@ async def _serve_two(
             log = tmp_path / f"serve{i}.log"
             procs.append(
                 await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "aggregator", "serve", "--config", str(cfg),
+                    sys.executable,
+                    "-m",
+                    "aggregator",
+                    "serve",
+                    "--config",
+                    str(cfg),
                     env=child_env(PROMETHEUS_MULTIPROC_DIR=str(shared)),
                     stdout=files.enter_context(log.open("wb")),
                     stderr=asyncio.subprocess.STDOUT,
@@ -139,8 +148,11 @@ async def _serve_two(
                 async with session.get(f"{url}/metrics") as r:
                     got = samples(await r.text())
                 count = value(
-                    got, "trs_aggregator_http_requests_total",
-                    route="/healthz", method="GET", status="200",
+                    got,
+                    "trs_aggregator_http_requests_total",
+                    route="/healthz",
+                    method="GET",
+                    status="200",
                 )
                 assert count >= 8  # 2 x (3 + at least one readiness poll)
     finally:
@@ -155,9 +167,7 @@ async def test_readiness_follows_the_database(
     database refuses connections; /healthz stays 200 throughout."""
     async with database_copy(pg_admin_dsn, template_db) as dsn:
         name = urlsplit(dsn).path.lstrip("/")
-        config = Config(
-            database=DatabaseConfig(url=dsn, pool_max=2), harvest=HarvestConfig()
-        )
+        config = Config(database=DatabaseConfig(url=dsn, pool_max=2), harvest=HarvestConfig())
         client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
         r = await client.get("/readyz")
         assert r.status == 200, await r.text()

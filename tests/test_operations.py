@@ -103,9 +103,9 @@ async def test_plan_shows_each_kind_of_change_and_apply_makes_it_so(
     assert f'~ tool "{shared}": primary source changes: a -> b' in plan.stdout
     assert "Plan: 0 to add, 1 to change, 0 to remove" in plan.stdout
     assert await catalogue_ids(db_dsn) == before  # planning changed nothing
-    assert (
-        await fetch(db_dsn, "select priority from upstreams where name = 'b'")
-    )[0]["priority"] == 20
+    assert (await fetch(db_dsn, "select priority from upstreams where name = 'b'"))[0][
+        "priority"
+    ] == 20
 
     # a removed, c added, b's schedule changed.
     cfg.write_text(
@@ -178,7 +178,10 @@ async def make_token(tmp_path: Path, dsn: str, name: str, role: str) -> str:
 
 
 async def test_tokens_roles_and_audit(
-    db_dsn: str, pool: asyncpg.Pool[Any], two_registries: dict[str, TestServer], tmp_path: Path,
+    db_dsn: str,
+    pool: asyncpg.Pool[Any],
+    two_registries: dict[str, TestServer],
+    tmp_path: Path,
     aiohttp_client: Any,
 ) -> None:
     """No token or a wrong one is 401, an operator changing upstreams is 403 (TRS Error JSON);
@@ -227,8 +230,11 @@ async def test_tokens_roles_and_audit(
     assert [(c["name"], c["action"]) for c in planned["changes"]] == [("c", "add")]
     r = await client.post(f"{ADMIN}/upstreams/apply", data=doc, headers=auth(admin))
     assert (await r.json())["applied"] is True
-    r = await client.post(f"{ADMIN}/upstreams/apply", data="[[upstreams]]\nname = 1\nurl = \"http://127.0.0.1/\"\n",
-                          headers=auth(admin))
+    r = await client.post(
+        f"{ADMIN}/upstreams/apply",
+        data='[[upstreams]]\nname = 1\nurl = "http://127.0.0.1/"\n',
+        headers=auth(admin),
+    )
     assert r.status == 400 and "upstreams[0].name" in (await r.json())["message"]
     # One upstream at a time: PUT changes c's priority, DELETE plans its removal.
     r = await client.put(
@@ -242,8 +248,10 @@ async def test_tokens_roles_and_audit(
     assert (await r.json())["changes"] == [
         {"name": "c", "action": "remove", "keys": {}, "records": 0}
     ]
-    assert "c" in {r["name"] for r in await fetch(db_dsn, "select name from upstreams "
-                                                          "where removed_at is null")}
+    assert "c" in {
+        r["name"]
+        for r in await fetch(db_dsn, "select name from upstreams where removed_at is null")
+    }
     r = await client.post(f"{ADMIN}/upstreams/c/harvest", headers=auth(operator))
     assert r.status == 202
     pending = await fetch(db_dsn, "select requested_by from harvest_requests")
@@ -289,7 +297,10 @@ async def wait_until(probe: Any, timeout: float = 30.0) -> Any:
 
 
 async def test_a_running_worker_follows_apply_pause_and_cancel(
-    db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any, aiohttp_client: Any,
+    db_dsn: str,
+    pool: asyncpg.Pool[Any],
+    aiohttp_server: Any,
+    aiohttp_client: Any,
     tmp_path: Path,
 ) -> None:
     """A worker started with upstream a harvests c once c is applied through the API, skips a

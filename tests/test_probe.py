@@ -37,7 +37,10 @@ def sloppy_registry() -> web.Application:
 
     async def descriptor(request: web.Request) -> web.Response:
         return web.json_response(
-            {"content": "cwlVersion: v1.0\n", "checksum": [{"type": "sha256", "checksum": "0" * 64}]}
+            {
+                "content": "cwlVersion: v1.0\n",
+                "checksum": [{"type": "sha256", "checksum": "0" * 64}],
+            }
         )
 
     app = web.Application()
@@ -71,7 +74,9 @@ async def test_probe_scores_a_conformant_and_a_sloppy_upstream_differently(
     assert findings["paging"]["next_page_advances"] is True
     assert findings["paging"]["numeric_offsets_honoured"] is True
     assert findings["conditional_requests"] == {
-        "etag": True, "last_modified": False, "answers_304": True
+        "etag": True,
+        "last_modified": False,
+        "answers_304": True,
     }
     assert findings["checksums"]["correct"] >= 1 and findings["checksums"]["mismatch"] == 0
     assert findings["estimated_tools"] == 7
@@ -104,9 +109,7 @@ async def test_probe_scores_a_conformant_and_a_sloppy_upstream_differently(
     table = tomllib.loads(block_text)["upstreams"][0]
     assert table["change_detection"] == "fetch"
     upstream_from_table(table)
-    j = await run_cli(
-        tmp_path, "probe", str(bad.make_url(TRS)), "--json", "--config", str(cfg)
-    )
+    j = await run_cli(tmp_path, "probe", str(bad.make_url(TRS)), "--json", "--config", str(cfg))
     assert orjson.loads(j.stdout)["score"] == score
 
 

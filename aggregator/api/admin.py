@@ -302,8 +302,16 @@ def _err(description: str) -> dict[str, Any]:
     }
 
 
-def _operation(summary: str, op_id: str, role: str, ok: str, *, body: bool = False,
-               status: str = "200", name: bool = True) -> dict[str, Any]:
+def _operation(
+    summary: str,
+    op_id: str,
+    role: str,
+    ok: str,
+    *,
+    body: bool = False,
+    status: str = "200",
+    name: bool = True,
+) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "description": f"Needs a bearer token of role `{role}`"
@@ -350,39 +358,77 @@ def describe(doc: dict[str, Any]) -> None:
     plan_text = "The plan: upstream changes and their consequences for merged tools."
     paths = {
         "/upstreams/plan": {
-            "post": _operation("What applying the configuration in the body would change",
-                               "adminPlan", "admin", plan_text, body=True, name=False)
+            "post": _operation(
+                "What applying the configuration in the body would change",
+                "adminPlan",
+                "admin",
+                plan_text,
+                body=True,
+                name=False,
+            )
         },
         "/upstreams/apply": {
-            "post": _operation("Make the upstream list the configuration in the body, live",
-                               "adminApply", "admin", plan_text, body=True, name=False)
+            "post": _operation(
+                "Make the upstream list the configuration in the body, live",
+                "adminApply",
+                "admin",
+                plan_text,
+                body=True,
+                name=False,
+            )
         },
         "/upstreams/{name}": {
-            "put": _operation("Add or change one upstream (`?dry_run=true` plans only)",
-                              "adminPutUpstream", "admin", plan_text, body=True),
-            "delete": _operation("Remove one upstream; its records are tombstoned, kept "
-                                 "(`?dry_run=true` plans only)",
-                                 "adminDeleteUpstream", "admin", plan_text),
+            "put": _operation(
+                "Add or change one upstream (`?dry_run=true` plans only)",
+                "adminPutUpstream",
+                "admin",
+                plan_text,
+                body=True,
+            ),
+            "delete": _operation(
+                "Remove one upstream; its records are tombstoned, kept "
+                "(`?dry_run=true` plans only)",
+                "adminDeleteUpstream",
+                "admin",
+                plan_text,
+            ),
         },
         "/upstreams/{name}/pause": {
-            "post": _operation("Stop the upstream's scheduled harvests", "adminPause",
-                               "operator", "Paused.")
+            "post": _operation(
+                "Stop the upstream's scheduled harvests", "adminPause", "operator", "Paused."
+            )
         },
         "/upstreams/{name}/resume": {
-            "post": _operation("Restart the upstream's scheduled harvests", "adminResume",
-                               "operator", "Resumed.")
+            "post": _operation(
+                "Restart the upstream's scheduled harvests", "adminResume", "operator", "Resumed."
+            )
         },
         "/upstreams/{name}/harvest": {
-            "post": _operation("Ask a worker to harvest the upstream now", "adminHarvest",
-                               "operator", "Requested.", status="202")
+            "post": _operation(
+                "Ask a worker to harvest the upstream now",
+                "adminHarvest",
+                "operator",
+                "Requested.",
+                status="202",
+            )
         },
         "/upstreams/{name}/cancel": {
-            "post": _operation("Ask the worker running the upstream's harvest to cancel it",
-                               "adminCancel", "operator", "Cancel requested.", status="202")
+            "post": _operation(
+                "Ask the worker running the upstream's harvest to cancel it",
+                "adminCancel",
+                "operator",
+                "Cancel requested.",
+                status="202",
+            )
         },
         "/audit": {
-            "get": _operation("Admin actions, newest first (`limit`, `before`)", "adminAudit",
-                              "operator", "Audit records.", name=False)
+            "get": _operation(
+                "Admin actions, newest first (`limit`, `before`)",
+                "adminAudit",
+                "operator",
+                "Audit records.",
+                name=False,
+            )
         },
     }
     paths["/upstreams/{name}/cancel"]["post"]["responses"]["409"] = _err("Nothing is running.")

@@ -71,7 +71,7 @@ class LiveWorker(Worker):
         self, pool: asyncpg.Pool[Any], session: aiohttp.ClientSession, config: Config
     ) -> None:
         super().__init__(pool, session, config)
-        self.harvester = CancellableHarvester(pool, session, config)
+        self.harvester: CancellableHarvester = CancellableHarvester(pool, session, config)
         self._changed = asyncio.Event()
         self._follower: asyncio.Task[None] | None = None
         self._fingerprint: Any = None

@@ -117,6 +117,7 @@ async def _database_registry(pool: asyncpg.Pool[Any], config: Config) -> Collect
     state = await pool.fetchrow(
         "select generation, (select count(*) from catalogue_tools) as tools from catalogue_state"
     )
+    assert state is not None
     Gauge("trs_aggregator_catalogue_generation", "Catalogue generation.", registry=registry).set(
         state["generation"]
     )

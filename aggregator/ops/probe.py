@@ -38,7 +38,7 @@ from typing import Any, Final
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import orjson
 from multidict import CIMultiDict
 from yarl import URL
@@ -217,8 +217,13 @@ def _name_for(url: str) -> str:
 class _Client:
     """GETs within the probe's budgets; bodies capped at MAX_BODY."""
 
-    def __init__(self, session: aiohttp.ClientSession, report: ProbeReport, max_requests: int,
-                 deadline: float) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        report: ProbeReport,
+        max_requests: int,
+        deadline: float,
+    ) -> None:
         self.session = session
         self.report = report
         self.max_requests = max_requests
@@ -235,9 +240,7 @@ class _Client:
         self.report.requests += 1
         started = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=min(30.0, remaining))
-        async with self.session.get(
-            url, headers=headers, timeout=timeout, max_redirects=3
-        ) as r:
+        async with self.session.get(url, headers=headers, timeout=timeout, max_redirects=3) as r:
             body = await r.content.read(MAX_BODY + 1)
             seconds = time.monotonic() - started
             self.latencies.append(seconds)
@@ -295,12 +298,14 @@ async def _run(client: _Client, base: str, report: ProbeReport, state: _State) -
     doc = info.json() if info.status == 200 else None
     if isinstance(doc, dict):
         _check(report, "Service", doc)
-        kind = doc.get("type") if isinstance(doc.get("type"), dict) else {}
+        service_type = doc.get("type")
+        kind: dict[str, Any] = service_type if isinstance(service_type, dict) else {}
+        organization = doc.get("organization")
         f["service_info"] = {
             "name": doc.get("name"),
-            "organization": (doc.get("organization") or {}).get("name")
-            if isinstance(doc.get("organization"), dict)
-            else doc.get("organization"),
+            "organization": organization.get("name")
+            if isinstance(organization, dict)
+            else organization,
             "trs_version": kind.get("version"),
             "artifact": kind.get("artifact"),
         }
@@ -404,16 +409,14 @@ async def _paging(
     else:
         state.total = state.total or len(tools)
     if len(tools) >= 2:
-        probe_offset = await client.get(
-            URL(f"{base}/tools").with_query(offset="1", limit="1")
-        )
-        got = probe_offset.json() if probe_offset.status == 200 else None
+        probe_offset = await client.get(URL(f"{base}/tools").with_query(offset="1", limit="1"))
+        answer = probe_offset.json() if probe_offset.status == 200 else None
         honoured = (
-            isinstance(got, list)
-            and len(got) == 1
-            and isinstance(got[0], dict)
+            isinstance(answer, list)
+            and len(answer) == 1
+            and isinstance(answer[0], dict)
             and isinstance(tools[1], dict)
-            and got[0].get("id") == tools[1].get("id")
+            and answer[0].get("id") == tools[1].get("id")
         )
         paging["numeric_offsets_honoured"] = honoured
         if not honoured:
@@ -468,8 +471,10 @@ async def _sample(
     version_count = 0
     for tool in sample:
         tool_url = f"{base}/tools/{quote(str(tool['id']), safe='')}"
-        listed = await client.get(f"{tool_url}/versions")
-        versions = listed.json() if listed.status == 200 else tool.get("versions")
+        listing_response = await client.get(f"{tool_url}/versions")
+        versions = (
+            listing_response.json() if listing_response.status == 200 else tool.get("versions")
+        )
         if not isinstance(versions, list):
             continue
         version_count += len(versions)

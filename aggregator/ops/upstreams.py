@@ -336,7 +336,9 @@ async def plan_or_apply(
                 max_per_upstream=config.merge.max_tools_per_upstream,
             )
             plan.generation = stats.generation
-            plan.consequences = _consequences(before, await _snapshot(conn, merging, before), ids_before)
+            plan.consequences = _consequences(
+                before, await _snapshot(conn, merging, before), ids_before
+            )
             await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL, str(stats.generation))
         if plan.changes:
             await conn.execute("select pg_notify($1, $2)", UPSTREAMS_CHANNEL, "")

@@ -16,7 +16,7 @@ declared checksum, *paging_anomalies* listing pages that repeat tools or do not 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 CATEGORIES: Final = (
@@ -96,7 +96,7 @@ def run_conformance(quirks: Iterable[str], error_kinds: Mapping[str, int]) -> di
     return record
 
 
-def trend(runs: list[Mapping[str, Any]]) -> dict[str, str]:
+def trend(runs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Per category, whether the newest run has fewer (``improving``), more (``worsening``) or
     as many (``steady``) problems than the mean of the earlier ones in *runs* (newest first);
     ``unknown`` with fewer than two runs."""
