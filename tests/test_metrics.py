@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +20,7 @@ from aggregator.demo.registry import make_registry_app
 from tests.conftest import admin_execute, database_copy
 from tests.support import catalogue, cwl_tool, harvest
 from tests.test_cli import child_env, free_port, kill, wait_for_json, write_config
+from tests.test_upstreams_api import down
 
 TRS = "/ga4gh/trs/v2"
 
@@ -45,12 +45,6 @@ def samples(text: str) -> dict[tuple[str, frozenset[Any]], float]:
 def value(got: dict[tuple[str, frozenset[Any]], float], name: str, **labels: str) -> float:
     """One sample's value; 0 when absent."""
     return got.get((name, frozenset(labels.items())), 0.0)
-
-
-@web.middleware
-async def down(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every request fails with 503."""
-    return web.json_response({"code": 503, "message": "down"}, status=503)
 
 
 async def test_metrics_count_requests_cache_and_upstreams(

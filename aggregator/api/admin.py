@@ -56,55 +56,33 @@ def action(name: str, role: str) -> Callable[[Action], Callable[[web.Request], A
             pool = request.app[DB_POOL]
             target = request.match_info.get("name")
             token = await _token(request)
-            if token is None:
+
+            async def record(outcome: str, status: int, detail: Any = None) -> None:
                 await ops_db.audit(
                     pool,
-                    actor="anonymous",
-                    role=None,
+                    actor=f"token:{token.name}" if token else "anonymous",
+                    role=token.role if token else None,
                     action=name,
                     target=target,
-                    outcome="refused",
-                    status=401,
+                    outcome=outcome,
+                    status=status,
+                    detail=detail,
                 )
+
+            if token is None:
+                await record("refused", 401)
                 response = error_response(401, "a valid bearer token is required")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="trs-aggregator admin"'
                 return response
-            who = f"token:{token.name}"
             if not token.allows(role):
-                await ops_db.audit(
-                    pool,
-                    actor=who,
-                    role=token.role,
-                    action=name,
-                    target=target,
-                    outcome="refused",
-                    status=403,
-                )
+                await record("refused", 403)
                 return error_response(403, f"this needs the {role} role; the token is {token.role}")
             try:
                 status, body, detail = await handler(request, token)
             except _Refused as e:
-                await ops_db.audit(
-                    pool,
-                    actor=who,
-                    role=token.role,
-                    action=name,
-                    target=target,
-                    outcome="failed",
-                    status=e.status,
-                    detail={"error": e.message},
-                )
+                await record("failed", e.status, {"error": e.message})
                 return error_response(e.status, e.message)
-            await ops_db.audit(
-                pool,
-                actor=who,
-                role=token.role,
-                action=name,
-                target=target,
-                outcome="ok",
-                status=status,
-                detail=detail,
-            )
+            await record("ok", status, detail)
             return web.Response(
                 status=status, body=orjson.dumps(body), content_type="application/json"
             )

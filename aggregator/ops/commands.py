@@ -27,6 +27,18 @@ def actor() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
+async def _audit(conn: Any, action: str, target: str | None, ok: bool, **detail: Any) -> None:
+    await ops_db.audit(
+        conn,
+        actor=actor(),
+        role=None,
+        action=action,
+        target=target,
+        outcome="ok" if ok else "failed",
+        detail=detail or None,
+    )
+
+
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the operator's commands to the subparsers *sub*."""
     probe = sub.add_parser(
@@ -96,14 +108,7 @@ async def run_command(args: argparse.Namespace, config: Config) -> int:
         if args.command in ("pause", "resume"):
             paused = args.command == "pause"
             changed = await ops_db.set_paused(conn, args.name, paused, by=actor())
-            await ops_db.audit(
-                conn,
-                actor=actor(),
-                role=None,
-                action=args.command,
-                target=args.name,
-                outcome="failed" if changed is None else "ok",
-            )
+            await _audit(conn, args.command, args.name, changed is not None)
             if changed is None:
                 print(f"trs-aggregator: no upstream named {args.name!r}", file=sys.stderr)
                 return 1
@@ -120,15 +125,7 @@ async def _upstreams(conn: Any, config: Config, *, apply: bool, json: bool) -> i
 
     plan = await plan_or_apply(conn, config, apply=apply)
     if apply:
-        await ops_db.audit(
-            conn,
-            actor=actor(),
-            role=None,
-            action="apply",
-            target=None,
-            outcome="ok",
-            detail=plan.as_json(),
-        )
+        await _audit(conn, "apply", None, True, **plan.as_json())
     if json:
         print(orjson.dumps(plan.as_json()).decode())
     else:
@@ -149,15 +146,7 @@ async def _token(conn: Any, args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"trs-aggregator: {e}", file=sys.stderr)
             return 1
-        await ops_db.audit(
-            conn,
-            actor=actor(),
-            role=None,
-            action="token_create",
-            target=args.name,
-            outcome="ok",
-            detail={"role": args.role},
-        )
+        await _audit(conn, "token_create", args.name, True, role=args.role)
         print(token)
         print(
             f"token {args.name!r} ({args.role}) created; it is shown only now. Send it as "
@@ -166,14 +155,7 @@ async def _token(conn: Any, args: argparse.Namespace) -> int:
         )
         return 0
     revoked = await ops_db.revoke_token(conn, args.name)
-    await ops_db.audit(
-        conn,
-        actor=actor(),
-        role=None,
-        action="token_revoke",
-        target=args.name,
-        outcome="ok" if revoked else "failed",
-    )
+    await _audit(conn, "token_revoke", args.name, revoked)
     if not revoked:
         print(f"trs-aggregator: no live token named {args.name!r}", file=sys.stderr)
         return 1
