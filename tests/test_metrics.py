@@ -17,8 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig, HarvestConfig, UpstreamConfig
 from aggregator.demo.registry import make_registry_app
-from tests.conftest import admin_execute, database_copy
-from tests.support import catalogue, cwl_tool, harvest
+from tests.support import catalogue, cwl_tool, database_copy, fetch, harvest
 from tests.test_cli import child_env, free_port, kill, wait_for_json, write_config
 from tests.test_upstreams_api import down
 
@@ -167,8 +166,8 @@ async def test_readiness_follows_the_database(
         assert r.status == 200, await r.text()
         body = await r.json()
         assert body["status"] == "ready" and body["checks"]["schema"] == "ok"
-        await admin_execute(pg_admin_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin_execute(
+        await fetch(pg_admin_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await fetch(
             pg_admin_dsn,
             f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}'",
         )
@@ -180,7 +179,7 @@ async def test_readiness_follows_the_database(
             assert body["checks"]["database"] == "unreachable"
             assert (await client.get("/healthz")).status == 200
         finally:
-            await admin_execute(pg_admin_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await fetch(pg_admin_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         r = await client.get("/readyz")
         assert r.status == 200, await r.text()
         with contextlib.suppress(Exception):

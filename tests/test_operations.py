@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from aggregator.demo.registry import make_registry_app
 from aggregator.harvest.harvester import make_session
 from aggregator.ops.live import LiveWorker
 from aggregator.ops.upstreams import plan_or_apply
-from tests.support import catalogue, cwl_tool, fetch, harvest
+from tests.support import catalogue, cwl_tool, eventually, fetch, harvest
 from tests.test_cli import run_cli
 
 TRS = "/ga4gh/trs/v2"
@@ -285,19 +284,12 @@ async def test_tokens_roles_and_audit(
     assert revoked.returncode == 0, revoked.stderr
     r = await client.post(f"{ADMIN}/upstreams/a/pause", headers=auth(operator))
     assert r.status == 401
+    doc = await (await client.get("/aggregator/v1/openapi.json")).json()
+    assert doc["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
+    assert doc["paths"]["/admin/upstreams/plan"]["post"]["security"] == [{"bearerToken": []}]
+    assert "403" in doc["paths"]["/admin/upstreams/{name}/pause"]["post"]["responses"]
     tokens = await fetch(db_dsn, "select name from api_tokens where revoked_at is not null")
     assert [t["name"] for t in tokens] == ["oncall"]
-
-
-async def wait_until(probe: Any, timeout: float = 30.0) -> Any:
-    """Poll the coroutine function *probe* until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_running_worker_follows_apply_pause_and_cancel(
@@ -341,16 +333,16 @@ async def test_a_running_worker_follows_apply_pause_and_cancel(
         worker = LiveWorker(pool, session, config)
         await worker.start()
         try:
-            await wait_until(lambda: _finished(runs("a")))
+            await eventually(lambda: _finished(runs("a")))
             r = await client.put(
                 f"{ADMIN}/upstreams/c", data=f'url = "{c.make_url(TRS)}"', headers=auth
             )
             assert r.status == 200, await r.text()
-            await wait_until(lambda: _finished(runs("c")))
+            await eventually(lambda: _finished(runs("c")))
             assert "only-c" in await catalogue_ids(db_dsn)
 
             r = await client.post(f"{ADMIN}/upstreams/c/pause", headers=auth)
-            await wait_until(lambda: _paused_in(worker, "c"))
+            await eventually(lambda: _paused_in(worker, "c"))
             outcome = await worker.harvester.harvest(
                 worker.config.upstream("c"), trigger="scheduled"
             )
@@ -360,10 +352,10 @@ async def test_a_running_worker_follows_apply_pause_and_cancel(
                 f"{ADMIN}/upstreams/slow", data=f'url = "{slow.make_url(TRS)}"', headers=auth
             )
             assert r.status == 200
-            await wait_until(lambda: _running(runs("slow")))
+            await eventually(lambda: _running(runs("slow")))
             r = await client.post(f"{ADMIN}/upstreams/slow/cancel", headers=auth)
             assert r.status == 202, await r.text()
-            done = await wait_until(lambda: _finished(runs("slow")))
+            done = await eventually(lambda: _finished(runs("slow")))
             assert done[-1]["status"] == "abandoned"
             assert done[-1]["error"] == "cancelled by token:ci"
         finally:
