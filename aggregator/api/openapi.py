@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from aggregator import __version__
-from aggregator.api import changes, search
+from aggregator.api import admin, changes, search
 from aggregator.api.cache import make_entry, send
 from aggregator.api.profiles import DEFAULT_PROFILE, STRICT_PROFILE
 from aggregator.keys import OPENAPI
@@ -316,6 +316,7 @@ def build() -> dict[str, Any]:
             },
         },
     }
+    admin.describe(doc)
     return doc
 
 
