@@ -96,17 +96,21 @@ class SearchResult:
     next_after: tuple[float, str] | None = None
 
 
-# The text query: the websearch form (quotes, OR, -word) read both as plain words (names and
-# ids) and as English (descriptions), and a trigram match on names for typos.
-_MATCH: Final = "(d.document @@ t.query or {q} <% d.names)"
-_SCORE: Final = (
-    "round((ts_rank(d.document, t.query) + 0.5 * word_similarity({q}, d.names))::numeric, 6)"
-)
-# The text query once: the websearch form (quotes, OR, -word) read both as plain words (names
-# and ids) and as English (descriptions).
-_TSQUERY: Final = """(select websearch_to_tsquery('simple', {q}) || websearch_to_tsquery('english', {q})
-                      as query) as t"""
 _HEADLINE: Final = "StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5"
+_WORD: Final = re.compile(r"[^\W_]{3,}")
+
+# The counts of each filter value among all hits (m), as one JSON object.
+_FACETS: Final = """jsonb_build_object(
+    'upstream', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select u as k, count(*) as n from m, unnest(m.upstreams) u group by u) x),
+    'descriptor_type', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select t as k, count(*) as n from m, unnest(m.descriptor_types) t group by t) x),
+    'toolclass', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select c as k, count(*) as n from m, unnest(m.toolclasses) c group by c) x),
+    'organization', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select o as k, count(*) as n from m, unnest(m.organizations) o group by o) x),
+    'has_checker', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select m.has_checker::text as k, count(*) as n from m group by 1) x))"""
 
 
 async def search(
@@ -120,8 +124,27 @@ async def search(
     """The page of *limit* hits after *after* (score, id) of *query*, best first (ties by
     id), with the total and, when *facets*, the counts of each filter value among all hits."""
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await conn.execute(f"set local pg_trgm.word_similarity_threshold = {TYPO_SIMILARITY}")
+        await conn.execute(f"set local pg_trgm.similarity_threshold = {TYPO_SIMILARITY}")
         return await _search(conn, query, limit=limit, after=after, facets=facets)
+
+
+async def corrected(conn: Any, text: str) -> str:
+    """*text* with each word that is no name word of the catalogue replaced by the most
+    similar one that is (unchanged when there is none)."""
+    words = sorted({w.lower() for w in _WORD.findall(text)})
+    if not words:
+        return text
+    rows = await conn.fetch(
+        """select q.w, (select l.word from search_lexicon l where l.word % q.w
+                        order by similarity(l.word, q.w) desc, l.word limit 1) as fix
+           from unnest($1::text[]) as q(w)
+           where not exists (select 1 from search_lexicon l where l.word = q.w)""",
+        words,
+    )
+    fixes = {r["w"]: r["fix"] for r in rows if r["fix"]}
+    if not fixes:
+        return text
+    return _WORD.sub(lambda m: fixes.get(m.group(0).lower(), m.group(0)), text)
 
 
 async def _search(
@@ -136,42 +159,52 @@ async def _search(
     text = sanitise(query.text)
     clauses = query.where(args)
     if text:
-        args.append(text)
-        q = f"${len(args)}"
-        clauses.append(_MATCH.format(q=q))
-        score = _SCORE.format(q=q)
-        source = f"search_docs d cross join {_TSQUERY.format(q=q)}"
+        fixed = await corrected(conn, text)
+        args += [text, fixed]
+        q, c = f"${len(args) - 1}", f"${len(args)}"
+        # The websearch form (quotes, or, -word) read as plain words (names and ids) and as
+        # English (descriptions), and again with typos in name words corrected.
+        tsquery = f"websearch_to_tsquery('simple', {q}) || websearch_to_tsquery('english', {q})" + (
+            f" || websearch_to_tsquery('simple', {c})" if fixed != text else ""
+        )
+        source = f"search_docs d cross join (select {tsquery} as query) as t"
+        clauses.append("d.document @@ t.query")
+        score = "round(ts_rank(d.document, t.query)::numeric, 6)"
+        headline = f"""ts_headline('english', p.description, websearch_to_tsquery('english', {q})
+                           || websearch_to_tsquery('english', {c}), '{_HEADLINE}') as hl_description,
+                       ts_headline('simple', p.name, websearch_to_tsquery('simple', {q})
+                           || websearch_to_tsquery('simple', {c}), '{_HEADLINE}') as hl_name"""
     else:
-        q = "null::text"
-        score = "0::numeric"
         source = "search_docs d"
+        score = "0::numeric"
+        headline = "null as hl_description, null as hl_name"
     where = " and ".join(clauses) or "true"
-    matches = (
-        "select d.tool_id, d.name, d.organization, d.description, d.toolclass, d.upstreams, "
-        f"d.descriptor_types, d.toolclasses, d.organizations, d.has_checker, {score} as score "
-        f"from {source} where {where}"
-    )
-    page_args = list(args)
     keyset = ""
     if after is not None:
-        page_args += [after[0], after[1]]
-        n = len(page_args)
+        args += [after[0], after[1]]
+        n = len(args)
         keyset = (
             f"where (score < round(${n - 1}::float8::numeric, 6) or "
             f"(score = round(${n - 1}::float8::numeric, 6) and tool_id > ${n}))"
         )
-    page_args.append(limit + 1)
+    args.append(limit + 1)
     rows = await conn.fetch(
-        f"""select m.tool_id, m.score, m.name, m.organization, m.toolclass, m.upstreams,
-                   m.descriptor_types, m.has_checker,
-                   case when {q} is null then null else ts_headline('english', m.description,
-                       websearch_to_tsquery('english', {q}), '{_HEADLINE}') end as hl_description,
-                   case when {q} is null then null else ts_headline('simple', m.name,
-                       websearch_to_tsquery('simple', {q}), '{_HEADLINE}') end as hl_name
-            from (select * from ({matches}) as x {keyset}
-                  order by score desc, tool_id limit ${len(page_args)}) as m
-            order by m.score desc, m.tool_id""",
-        *page_args,
+        f"""with m as materialized (
+                select d.tool_id, d.name, d.organization, d.toolclass,
+                       d.upstreams, d.descriptor_types, d.toolclasses, d.organizations,
+                       d.has_checker, {score} as score
+                from {source} where {where}),
+            p as (select x.*, d.description
+                  from (select * from m {keyset} order by score desc, tool_id
+                        limit ${len(args)}) as x
+                  join search_docs d on d.tool_id = x.tool_id)
+            select f.total, f.facets, p.tool_id, p.score, p.name, p.organization, p.toolclass,
+                   p.upstreams, p.descriptor_types, p.has_checker, {headline}
+            from (select (select count(*) from m) as total,
+                         {_FACETS if facets else "null::jsonb"} as facets) as f
+            left join p on true
+            order by p.score desc, p.tool_id""",
+        *args,
     )
     hits = [
         Hit(
@@ -190,31 +223,14 @@ async def _search(
             },
         )
         for r in rows[:limit]
+        if r["tool_id"] is not None
     ]
-    result = SearchResult(total=0, hits=hits)
+    result = SearchResult(total=int(rows[0]["total"]) if rows else 0, hits=hits)
     if len(rows) > limit and hits:
         result.next_after = (hits[-1].score, hits[-1].id)
-    counts = await conn.fetch(
-        f"""with m as ({matches})
-            select 'total' as facet, null as value, count(*) as n from m
-            {_FACET_SQL if facets else ""}""",
-        *args,
-    )
-    for r in counts:
-        if r["facet"] == "total":
-            result.total = int(r["n"])
-        else:
-            result.facets.setdefault(r["facet"], {})[r["value"]] = int(r["n"])
-    if facets:
-        for name in FACETS:
-            result.facets.setdefault(name, {})
+    if facets and rows:
+        found = rows[0]["facets"] or {}
+        result.facets = {
+            name: {str(k): int(v) for k, v in (found.get(name) or {}).items()} for name in FACETS
+        }
     return result
-
-
-_FACET_SQL: Final = """
-union all select 'upstream', u, count(*) from m, unnest(m.upstreams) u group by u
-union all select 'descriptor_type', t, count(*) from m, unnest(m.descriptor_types) t group by t
-union all select 'toolclass', k, count(*) from m, unnest(m.toolclasses) k group by k
-union all select 'organization', o, count(*) from m, unnest(m.organizations) o group by o
-union all select 'has_checker', m.has_checker::text, count(*) from m group by m.has_checker
-"""

@@ -243,6 +243,11 @@ create index search_docs_names_trgm_idx on search_docs using gin (names gin_trgm
 create index search_docs_upstreams_idx on search_docs using gin (upstreams);
 create index search_docs_descriptor_types_idx on search_docs using gin (descriptor_types);
 
+-- Every word of the tools' names and ids, for typo tolerance: a query word that is not one
+-- of them is also searched as the most similar one (trigram similarity).
+create table search_lexicon (word text primary key);
+create index search_lexicon_word_trgm_idx on search_lexicon using gin (word gin_trgm_ops);
+
 create function search_words(value text) returns text language sql immutable as $$
     select coalesce(value, '') || ' ' || regexp_replace(coalesce(value, ''), '[^[:alnum:]]+', ' ', 'g')
 $$;
@@ -303,6 +308,13 @@ begin
         cross join lateral unnest(search_text_array(v.doc->'descriptor_type')) as d
         where cv.tool_id = c.id) as y
     where c.id in (select tool_id from capture_ids);
+    insert into search_lexicon (word)
+    select distinct w
+    from search_docs d
+    cross join lateral unnest(tsvector_to_array(to_tsvector('simple', search_words(d.names)))) as w
+    where d.tool_id in (select tool_id from capture_ids)
+      and length(w) between 3 and 60 and w ~ '[[:alpha:]]'
+    on conflict do nothing;
 end $$;
 
 -- The digests of each part of the catalogue tools listed in capture_ids, from the catalogue.
