@@ -98,7 +98,7 @@ async def populate(dsn: str, n: int) -> None:
     from aggregator.db.migrate import migrate
     from aggregator.db.pool import create_pool
     from aggregator.demo.registry import make_registry_app
-    from aggregator.harvest.harvester import harvest_upstreams, make_session
+    from aggregator.harvest.runner import harvest_upstreams, make_session
 
     await migrate(dsn)
     server = TestServer(make_registry_app(synthetic_catalogue(n), page_size=1000), host="127.0.0.1")

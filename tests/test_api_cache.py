@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from aggregator.api.cache import LISTENER_NAME, ResponseCache, make_entry
 from aggregator.app import create_app
-from aggregator.db.publish import CATALOGUE_CHANNEL
+from aggregator.db.generation import CATALOGUE_CHANNEL
 from aggregator.db.queries import ToolQuery, page_ids, page_index
 from aggregator.keys import RESPONSE_CACHE
 from tests.populated import (  # noqa: F401 - fixtures

@@ -28,8 +28,8 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from aggregator.db.publish import CATALOGUE_CHANNEL
-from aggregator.db.queries import PageIndex, ToolQuery, catalogue_generation, page_index
+from aggregator.db.generation import CATALOGUE_CHANNEL, catalogue_generation
+from aggregator.db.queries import PageIndex, ToolQuery, page_index
 from aggregator.keys import CONFIG, DB_POOL, RESPONSE_CACHE
 
 log = structlog.get_logger()
@@ -354,10 +354,7 @@ class GenerationWatcher:
                         await asyncio.wait_for(lost.wait(), self.poll_s)
                     if lost.is_set():
                         raise ConnectionResetError("the listening connection was closed")
-                    generation = await conn.fetchval(
-                        "select generation from catalogue_state", timeout=self.poll_s
-                    )
-                    self.cache.set_generation(generation)
+                    self.cache.set_generation(await catalogue_generation(conn, timeout=self.poll_s))
             except (
                 OSError,
                 asyncio.TimeoutError,

@@ -14,6 +14,7 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
+from aggregator.db.generation import advance_generation
 from aggregator.merge.engine import (
     Component,
     Node,
@@ -27,7 +28,8 @@ from aggregator.merge.identity import Key, evidence
 log = structlog.get_logger()
 
 QUALIFIED_PREFIX: Final = "#upstream/"
-# Dirty tools from which the statistics of the tables the merge reads are refreshed first.
+# Changed tools from which the statistics of the tables a publish writes and the merge reads
+# are refreshed inside the transaction (the planner must see a large change's rows).
 ANALYZE_AFTER: Final = 500
 
 
@@ -54,7 +56,8 @@ async def remerge(
     full: bool = False,
 ) -> MergeStats:
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
-    tools, and bump the generation. Call inside the publishing transaction."""
+    tools, and advance (and announce) the generation. Call inside the publishing transaction
+    (``db.publish``)."""
     live = "t.missed_listings < $1"
     if full:
         dirty = [r["id"] for r in await conn.fetch("select id from upstream_tools")]
@@ -84,10 +87,7 @@ async def remerge(
     versions = await _load_versions(conn, [n.id for n in nodes])
     old_ids = await _drop_tools(conn, affected)
     await _write(conn, components, versions, old_ids)
-    generation: int = await conn.fetchval(
-        """update catalogue_state set generation = generation + 1, published_at = now()
-           returning generation"""
-    )
+    generation = await advance_generation(conn)
     stats = MergeStats(len(dirty), len(nodes), len(components), generation)
     log.info(
         "merge_finished",

@@ -206,12 +206,6 @@ async def page_ids(
     return [r["id"] for r in rows]
 
 
-async def catalogue_generation(conn: Conn) -> int:
-    """The catalogue's current generation."""
-    value: int = await conn.fetchval("select generation from catalogue_state")
-    return value
-
-
 async def tool_classes(conn: Conn) -> list[list[Any]]:
     """Tool classes per upstream, best priority first: those its /toolClasses declared, then
     those its tools in the catalogue use."""

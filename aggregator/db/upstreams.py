@@ -162,8 +162,16 @@ async def request_harvest(
                 name,
                 requested_by,
             )
-            await conn.execute("select pg_notify($1, $2)", HARVEST_REQUEST_CHANNEL, name)
+            await announce_request(conn, name)
     return ids
+
+
+_ANNOUNCE_REQUEST: Final = "select pg_notify($1, $2)"
+
+
+async def announce_request(conn: asyncpg.Connection[Any], name: str) -> None:
+    """Tell the workers listening on HARVEST_REQUEST_CHANNEL that *name* has a request."""
+    await conn.execute(_ANNOUNCE_REQUEST, HARVEST_REQUEST_CHANNEL, name)
 
 
 async def pending_requests(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[str]:
@@ -223,3 +231,13 @@ async def fetch_upstream_id(
     """The id of the upstream called *name*, if there is one."""
     upstream_id: int | None = await conn.fetchval("select id from upstreams where name = $1", name)
     return upstream_id
+
+
+_DUE: Final = (
+    "select name, next_harvest_at is null or next_harvest_at <= now() as due from upstreams"
+)
+
+
+async def due_now(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[str, bool]:
+    """Whether each upstream is due now (never harvested, or its due time has passed), by name."""
+    return {r["name"]: r["due"] for r in await conn.fetch(_DUE)}

@@ -19,7 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db import upstreams as db_upstreams
 from aggregator.db.pool import connect
-from aggregator.harvest.harvester import Harvester
+from aggregator.harvest.runner import Harvester
 
 log = structlog.get_logger()
 
@@ -81,11 +81,7 @@ class Worker:
         An upstream that is due (never harvested, or its due time has passed while no worker
         ran) is harvested at once.
         """
-        rows = await self.pool.fetch("select name, next_harvest_at, now() as now from upstreams")
-        due = {
-            r["name"]: r["next_harvest_at"] is None or r["next_harvest_at"] <= r["now"]
-            for r in rows
-        }
+        due = await db_upstreams.due_now(self.pool)
         for upstream in self.config.upstreams:
             if not upstream.enabled:
                 continue

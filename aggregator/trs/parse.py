@@ -80,6 +80,19 @@ class Quirks:
             self.items.append(message)
 
 
+def _id_string(value: Any) -> str | None:
+    """An id as a string: a string as is, an integer (some servers send numbers) in decimal."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) else None
+
+
+def listed_tool_id(raw: Any) -> str | None:
+    """The id of a listed tool as read_tool reads it; None when it has no usable one."""
+    tool_id = _id_string(raw.get("id")) if isinstance(raw, Mapping) else None
+    return tool_id if tool_id is not None and tool_id.strip() else None
+
+
 def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
     """Normalise one upstream Tool; raise InvalidUpstreamData when it has no usable id.
 
@@ -90,12 +103,11 @@ def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise InvalidUpstreamData(f"a tool must be a JSON object, not {type(raw).__name__}")
     doc = dict(raw)
-    tool_id = doc.get("id")
-    if isinstance(tool_id, int) and not isinstance(tool_id, bool):
-        tool_id = str(tool_id)
-        quirks.add("tool id is a number, not a string")
-    if not isinstance(tool_id, str) or not tool_id.strip():
+    tool_id = listed_tool_id(doc)
+    if tool_id is None:
         raise InvalidUpstreamData("a tool has no id")
+    if not isinstance(doc["id"], str):
+        quirks.add("tool id is a number, not a string")
     doc["id"] = tool_id
     if "toolclass" not in doc and isinstance(doc.get("tool_class"), Mapping):
         doc["toolclass"] = doc.pop("tool_class")
@@ -130,10 +142,8 @@ def read_version(
     if not isinstance(raw, Mapping):
         raise InvalidUpstreamData(f"tool {tool_id!r}: a version must be a JSON object")
     doc = dict(raw)
-    vid = doc.get("id")
-    if isinstance(vid, int) and not isinstance(vid, bool):
-        vid = str(vid)
-    if not isinstance(vid, str) or not vid:
+    vid = _id_string(doc.get("id"))
+    if not vid:
         vid = doc.get("name") if isinstance(doc.get("name"), str) else None
         if not vid:
             raise InvalidUpstreamData(f"tool {tool_id!r}: a version has neither id nor name")
