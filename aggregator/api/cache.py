@@ -28,13 +28,14 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from aggregator.api.negotiation import accepts_gzip, not_modified, wants_zip
+from aggregator.config import ServerConfig
 from aggregator.db.generation import CATALOGUE_CHANNEL, catalogue_generation
 from aggregator.db.queries import PageIndex, ToolQuery, page_index
-from aggregator.keys import CONFIG, DB_POOL, RESPONSE_CACHE
+from aggregator.keys import CONFIG, DB_POOL
 
 log = structlog.get_logger()
 
-DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
 #: Bodies at least this large are sent gzip-compressed to clients that accept it.
 GZIP_MIN_BYTES: Final = 1024
 #: Bodies larger than this are compressed in a thread rather than on the event loop.
@@ -54,6 +55,7 @@ CORS_HEADERS: Final = {
     ),
 }
 
+#: Renders one answer from a connection in a snapshot, at the catalogue generation given.
 Render = Callable[["asyncpg.Connection[Any]", int], Awaitable["Entry"]]
 
 
@@ -103,11 +105,7 @@ class Entry:
 def cache_key(request: web.Request) -> Hashable:
     """What an answer depends on: the URL as sent (scheme, host, path and query) and whether
     the client asked for a zip by Accept header."""
-    accept = request.headers.get("Accept")
-    zip_accept = (
-        accept is not None and "application/zip" in accept and ("application/json" not in accept)
-    )
-    return (request.scheme, request.host, request.raw_path, zip_accept)
+    return (request.scheme, request.host, request.raw_path, wants_zip(request))
 
 
 def make_entry(
@@ -144,26 +142,11 @@ def _gzip(entry: Entry, body: bytes) -> Entry:
     return Entry(entry.status, body, headers, etag, entry.expires)
 
 
-def _etag_matches(header: str, etag: str) -> bool:
-    bare = etag.strip('"')
-    for tag in header.split(","):
-        tag = tag.strip().removeprefix("W/").strip('"')
-        if tag in ("*", bare) or tag.removesuffix("-gz") == bare:
-            return True
-    return False
-
-
-def _accepts_gzip(header: str) -> bool:
-    for part in header.split(","):
-        coding, _, params = part.partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            q = params.strip().removeprefix("q=")
-            return not (params and q.replace(".", "").strip("0") == "")
-    return False
+_GZIP_SUFFIX: Final = "-gz"
 
 
 def _gzip_etag(etag: str | None) -> str | None:
-    return etag[:-1] + '-gz"' if etag else None
+    return etag[:-1] + _GZIP_SUFFIX + '"' if etag else None
 
 
 def respond(request: web.Request, entry: Entry) -> web.Response | None:
@@ -171,10 +154,8 @@ def respond(request: web.Request, entry: Entry) -> web.Response | None:
 
     None when the gzip variant has yet to be made (``await compress(entry)``, then again).
     """
-    headers = request.headers
-    gz = entry.compressible and _accepts_gzip(headers.get("Accept-Encoding", ""))
-    inm = headers.get("If-None-Match")
-    if inm is not None and entry.etag is not None and _etag_matches(inm, entry.etag):
+    gz = entry.compressible and accepts_gzip(request)
+    if entry.etag is not None and not_modified(request, entry.etag, suffix=_GZIP_SUFFIX):
         keep = {
             k: v
             for k, v in entry.headers.items()
@@ -217,7 +198,9 @@ class ResponseCache:
     """Entries by request key, for the current generation only, least recently used dropped
     first beyond *max_bytes*; and the page indexes of /tools queries."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool[Any], *, max_bytes: int = ServerConfig().cache_mb * 1024 * 1024
+    ) -> None:
         self.pool = pool
         self.max_bytes = max_bytes
         self.generation: int | None = None
@@ -316,6 +299,9 @@ class ResponseCache:
         return index
 
 
+RESPONSE_CACHE: Final = web.AppKey("response_cache", ResponseCache)
+
+
 class GenerationWatcher:
     """Keeps a ResponseCache's generation current: LISTEN for publishes, and poll as a backstop."""
 
@@ -355,12 +341,7 @@ class GenerationWatcher:
                     if lost.is_set():
                         raise ConnectionResetError("the listening connection was closed")
                     self.cache.set_generation(await catalogue_generation(conn, timeout=self.poll_s))
-            except (
-                OSError,
-                asyncio.TimeoutError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-            ) as e:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("catalogue_listener_lost", error=str(e), retry_in_s=delay)
                 self.cache.set_generation(None)
                 self.ready.set()
@@ -375,10 +356,7 @@ class GenerationWatcher:
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """The response cache and its generation listener, for the app's lifetime."""
     config = app[CONFIG]
-    max_mb = getattr(config.server, "cache_mb", None)
-    cache = ResponseCache(
-        app[DB_POOL], max_bytes=int(max_mb * 1024 * 1024) if max_mb else DEFAULT_MAX_BYTES
-    )
+    cache = ResponseCache(app[DB_POOL], max_bytes=config.server.cache_mb * 1024 * 1024)
     app[RESPONSE_CACHE] = cache
     assert config.database.url is not None
     watcher = GenerationWatcher(config.database.url, cache)

@@ -13,9 +13,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from aggregator.api.cache import CORS_HEADERS, cache_key, respond
+from aggregator.api.cache import CORS_HEADERS, RESPONSE_CACHE, cache_key, respond
 from aggregator.errors import BadRequest, NotFound
-from aggregator.keys import RESPONSE_CACHE
 from aggregator.trs.render import error
 
 log = structlog.get_logger()

@@ -194,7 +194,7 @@ _ANALYZE_FILES: Final = "analyze upstream_files"
 _DELETE_PAGES: Final = "delete from listing_pages where upstream_id = $1"
 
 
-async def publish_run(  # noqa: PLR0913 - one call publishes everything a run produced
+async def publish_run(
     conn: asyncpg.Connection[Any],
     run_id: int,
     upstream_id: int,

@@ -72,9 +72,14 @@ class ToolQuery:
         """Whether no filter is set."""
         return all(getattr(self, f.name) is None for f in fields(self))
 
-    def where(self, first_arg: int = 1) -> tuple[list[str], list[Any]]:
-        """SQL conditions on ``catalogue_tools c`` and their arguments, numbered from
-        *first_arg*."""
+    def statement(self, template: str, *, first_arg: int) -> tuple[str, list[Any]]:
+        """*template* (a statement over ``catalogue_tools c`` with a ``{where}`` slot) with the
+        conditions of these filters, and their arguments numbered from *first_arg*."""
+        clauses, args = self._conditions(first_arg)
+        where = "".join(" and " + c for c in clauses)
+        return template.format(where=where), args
+
+    def _conditions(self, first_arg: int) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         args: list[Any] = []
 
@@ -164,19 +169,25 @@ class PageIndex:
     checkpoints: tuple[str, ...]
 
 
+# Templates: ToolQuery.statement fills {where} with its conditions (values are $n arguments).
+_PAGE_INDEX: Final = """
+select sort_key, total from (
+    select c.sort_key, row_number() over (order by c.sort_key) - 1 as n,
+           count(*) over () as total
+    from catalogue_tools c where true{where}) as x
+where n % $1 = 0 order by n
+"""
+_PAGE_IDS: Final = """
+select c.id from catalogue_tools c
+where c.sort_key >= $1{where}
+order by c.sort_key limit $2 offset $3
+"""
+
+
 async def page_index(conn: Conn, query: ToolQuery, *, stride: int = 128) -> PageIndex:
     """Count the tools matching *query* and take a checkpoint every *stride* rows (one scan)."""
-    clauses, args = query.where(first_arg=2)
-    where = (" where " + " and ".join(clauses)) if clauses else ""
-    rows = await conn.fetch(
-        f"""select sort_key, total from (
-                select c.sort_key, row_number() over (order by c.sort_key) - 1 as n,
-                       count(*) over () as total
-                from catalogue_tools c{where}) as x
-            where n % $1 = 0 order by n""",  # noqa: S608 - clauses are ours, values are $n
-        stride,
-        *args,
-    )
+    statement, args = query.statement(_PAGE_INDEX, first_arg=2)
+    rows = await conn.fetch(statement, stride, *args)
     total = int(rows[0]["total"]) if rows else 0
     return PageIndex(total, stride, tuple(r["sort_key"] for r in rows))
 
@@ -192,33 +203,27 @@ async def page_ids(
     if offset >= index.total or limit <= 0:
         return []
     checkpoint = index.checkpoints[offset // index.stride]
-    clauses, args = query.where(first_arg=4)
-    extra = "".join(" and " + c for c in clauses)
-    rows = await conn.fetch(
-        f"""select c.id from catalogue_tools c
-            where c.sort_key >= $1{extra}
-            order by c.sort_key limit $2 offset $3""",  # noqa: S608 - clauses are ours
-        checkpoint,
-        limit,
-        offset % index.stride,
-        *args,
-    )
+    statement, args = query.statement(_PAGE_IDS, first_arg=4)
+    rows = await conn.fetch(statement, checkpoint, limit, offset % index.stride, *args)
     return [r["id"] for r in rows]
+
+
+_TOOL_CLASSES: Final = """
+select u.tool_classes,
+       coalesce((select jsonb_agg(distinct t.doc->'toolclass')
+                 from upstream_tools t
+                 join catalogue_members m on m.upstream_tool_id = t.id
+                 where t.upstream_id = u.id
+                   and jsonb_typeof(t.doc->'toolclass') = 'object'),
+                '[]'::jsonb) as used
+from upstreams u order by u.priority, u.name
+"""
 
 
 async def tool_classes(conn: Conn) -> list[list[Any]]:
     """Tool classes per upstream, best priority first: those its /toolClasses declared, then
     those its tools in the catalogue use."""
-    rows = await conn.fetch(
-        """select u.tool_classes,
-                  coalesce((select jsonb_agg(distinct t.doc->'toolclass')
-                            from upstream_tools t
-                            join catalogue_members m on m.upstream_tool_id = t.id
-                            where t.upstream_id = u.id
-                              and jsonb_typeof(t.doc->'toolclass') = 'object'),
-                           '[]'::jsonb) as used
-           from upstreams u order by u.priority, u.name"""
-    )
+    rows = await conn.fetch(_TOOL_CLASSES)
     out: list[list[Any]] = []
     for r in rows:
         declared = r["tool_classes"] if isinstance(r["tool_classes"], list) else []
@@ -240,24 +245,30 @@ class UpstreamSummary:
     last_confirmed: Any
 
 
+_UPSTREAM_SUMMARIES: Final = """
+select u.name, u.url, u.kind, u.mode, u.priority,
+       u.service_info->>'name' as service_name,
+       count(m.upstream_tool_id) as tools, max(t.last_confirmed) as last_confirmed
+from upstreams u
+left join upstream_tools t on t.upstream_id = u.id
+left join catalogue_members m on m.upstream_tool_id = t.id
+group by u.id order by u.priority, u.name
+"""
+
+
 async def upstream_summaries(conn: Conn) -> list[UpstreamSummary]:
     """Every configured upstream with the number of its records in the catalogue."""
-    rows = await conn.fetch(
-        """select u.name, u.url, u.kind, u.mode, u.priority,
-                  u.service_info->>'name' as service_name,
-                  count(m.upstream_tool_id) as tools, max(t.last_confirmed) as last_confirmed
-           from upstreams u
-           left join upstream_tools t on t.upstream_id = u.id
-           left join catalogue_members m on m.upstream_tool_id = t.id
-           group by u.id order by u.priority, u.name"""
-    )
+    rows = await conn.fetch(_UPSTREAM_SUMMARIES)
     return [UpstreamSummary(**dict(r)) for r in rows]
+
+
+_CATALOGUE_SUMMARY: Final = """
+select (select count(*) from catalogue_tools) as tools, generation, published_at
+from catalogue_state
+"""
 
 
 async def catalogue_summary(conn: Conn) -> tuple[int, int, Any]:
     """The catalogue's tool count, generation and publication time."""
-    row = await conn.fetchrow(
-        """select (select count(*) from catalogue_tools) as tools, generation, published_at
-           from catalogue_state"""
-    )
+    row = await conn.fetchrow(_CATALOGUE_SUMMARY)
     return int(row["tools"]), int(row["generation"]), row["published_at"]

@@ -14,8 +14,9 @@ from aggregator.config import UpstreamConfig
 #: NOTIFY channel of "harvest now" requests; the payload is the upstream's name.
 HARVEST_REQUEST_CHANNEL: Final = "trs_aggregator_harvest"
 
+_PRIORITY: Final = "select priority from upstreams where name = $1"
 # A changed schedule makes the upstream due at once, so a shorter interval takes effect now.
-UPSERT_UPSTREAM: Final = """
+_UPSERT_UPSTREAM: Final = """
 insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source)
 values ($1, $2, $3, $4, $5, $6, $7, 'config')
 on conflict (name) do update set
@@ -35,23 +36,31 @@ returning id
 """
 
 
+_MARK_UPSTREAM_DIRTY: Final = "update upstream_tools set merge_dirty = true where upstream_id = $1"
+
+
 async def upsert_upstreams(
     conn: asyncpg.Connection[Any], upstreams: Sequence[UpstreamConfig]
 ) -> dict[str, int]:
     """Insert or update the configured *upstreams*; return their ids by name."""
     ids: dict[str, int] = {}
     for u in upstreams:
-        before = await conn.fetchval("select priority from upstreams where name = $1", u.name)
+        before = await conn.fetchval(_PRIORITY, u.name)
         ids[u.name] = await conn.fetchval(
-            UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled
+            _UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled
         )
         if before is not None and before != u.priority:
             # Priority decides merged records' primaries and plain-id claims: re-merge them at
             # the next publish.
-            await conn.execute(
-                "update upstream_tools set merge_dirty = true where upstream_id = $1", ids[u.name]
-            )
+            await conn.execute(_MARK_UPSTREAM_DIRTY, ids[u.name])
     return ids
+
+
+_SAVE_SERVICE_INFO: Final = """
+update upstreams set service_info = coalesce($2, service_info),
+                     tool_classes = coalesce($3, tool_classes)
+where id = $1
+"""
 
 
 async def save_service_info(
@@ -62,9 +71,7 @@ async def save_service_info(
 ) -> None:
     """Store what the upstream said about itself; None leaves the previous value."""
     await conn.execute(
-        """update upstreams set service_info = coalesce($2, service_info),
-                                tool_classes = coalesce($3, tool_classes)
-           where id = $1""",
+        _SAVE_SERVICE_INFO,
         upstream_id,
         service_info,
         tool_classes,
@@ -86,6 +93,14 @@ class CircuitPolicy:
     open_max_s: float
 
 
+_SKIP_REASON: Final = """
+select now() as now, next_harvest_at, circuit_open_until,
+       exists (select 1 from harvest_requests r
+               where r.upstream_id = u.id and r.served_at is null) as requested
+from upstreams u where id = $1
+"""
+
+
 async def skip_reason(
     conn: asyncpg.Connection[Any], upstream_id: int, trigger: str, *, slack_s: float = 0.0
 ) -> str | None:
@@ -96,10 +111,7 @@ async def skip_reason(
     A requested run is skipped when no request is pending (another run served it).
     """
     row = await conn.fetchrow(
-        """select now() as now, next_harvest_at, circuit_open_until,
-                  exists (select 1 from harvest_requests r
-                          where r.upstream_id = u.id and r.served_at is null) as requested
-           from upstreams u where id = $1""",
+        _SKIP_REASON,
         upstream_id,
     )
     if trigger == "scheduled":
@@ -111,6 +123,20 @@ async def skip_reason(
     if trigger == "requested" and not row["requested"]:
         return "no pending request"
     return None
+
+
+_RECORD_RESULT: Final = """
+update upstreams set
+    consecutive_failures = case when $2 then consecutive_failures + 1 else 0 end,
+    circuit_open_until = case
+        when not $2 then null
+        when consecutive_failures + 1 >= $3 then now() + make_interval(
+            secs => least($5::float8,
+                          $4::float8 * 2 ^ (consecutive_failures + 1 - $3)))
+        else circuit_open_until end,
+    next_harvest_at = coalesce($6, next_harvest_at)
+where id = $1
+"""
 
 
 async def record_result(
@@ -127,16 +153,7 @@ async def record_result(
     *policy.failures*; a success closes it. *next_due* None leaves the due time alone.
     """
     await conn.execute(
-        """update upstreams set
-               consecutive_failures = case when $2 then consecutive_failures + 1 else 0 end,
-               circuit_open_until = case
-                   when not $2 then null
-                   when consecutive_failures + 1 >= $3 then now() + make_interval(
-                       secs => least($5::float8,
-                                     $4::float8 * 2 ^ (consecutive_failures + 1 - $3)))
-                   else circuit_open_until end,
-               next_harvest_at = coalesce($6, next_harvest_at)
-           where id = $1""",
+        _RECORD_RESULT,
         upstream_id,
         failed,
         policy.failures,
@@ -144,6 +161,12 @@ async def record_result(
         policy.open_max_s,
         next_due,
     )
+
+
+_REQUEST_HARVEST: Final = """
+insert into harvest_requests (upstream_id, requested_by)
+select id, $2 from upstreams where name = $1 returning id
+"""
 
 
 async def request_harvest(
@@ -157,8 +180,7 @@ async def request_harvest(
     async with conn.transaction():
         for name in names:
             ids[name] = await conn.fetchval(
-                """insert into harvest_requests (upstream_id, requested_by)
-                   select id, $2 from upstreams where name = $1 returning id""",
+                _REQUEST_HARVEST,
                 name,
                 requested_by,
             )
@@ -174,12 +196,15 @@ async def announce_request(conn: asyncpg.Connection[Any], name: str) -> None:
     await conn.execute(_ANNOUNCE_REQUEST, HARVEST_REQUEST_CHANNEL, name)
 
 
+_PENDING_REQUESTS: Final = """
+select distinct u.name from harvest_requests r join upstreams u on u.id = r.upstream_id
+where r.served_at is null order by u.name
+"""
+
+
 async def pending_requests(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[str]:
     """Names of the upstreams with a "harvest now" request no run has served yet."""
-    rows = await conn.fetch(
-        """select distinct u.name from harvest_requests r join upstreams u on u.id = r.upstream_id
-           where r.served_at is null order by u.name"""
-    )
+    rows = await conn.fetch(_PENDING_REQUESTS)
     return [r["name"] for r in rows]
 
 
@@ -192,15 +217,15 @@ select u.id, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled, u
        ok.id as last_success_id, ok.started_at as last_success_started_at,
        ok.finished_at as last_success_finished_at,
        (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and t.missed_listings < $2) as tools,
+        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)) as tools,
        (select count(*) from upstream_tools t
         where t.upstream_id = u.id and t.tombstoned_at is not null
-          and t.missed_listings < $2) as tools_tombstoned,
+          and upstream_tool_live(t.missed_listings, $2)) as tools_tombstoned,
        (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and t.missed_listings < $2
+        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)
           and t.last_confirmed < now() - make_interval(secs => $3)) as tools_stale,
        (select count(*) from upstream_versions v join upstream_tools t on t.id = v.upstream_tool_id
-        where t.upstream_id = u.id and t.missed_listings < $2) as versions,
+        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)) as versions,
        (select count(*) from harvest_requests r
         where r.upstream_id = u.id and r.served_at is null) as pending_requests
 from upstreams u
@@ -225,11 +250,14 @@ async def list_upstreams(
     return await conn.fetch(_LIST_UPSTREAMS, name, tombstone_after, stale_after_s)
 
 
+_FETCH_UPSTREAM_ID: Final = "select id from upstreams where name = $1"
+
+
 async def fetch_upstream_id(
     conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], name: str
 ) -> int | None:
     """The id of the upstream called *name*, if there is one."""
-    upstream_id: int | None = await conn.fetchval("select id from upstreams where name = $1", name)
+    upstream_id: int | None = await conn.fetchval(_FETCH_UPSTREAM_ID, name)
     return upstream_id
 
 

@@ -16,14 +16,16 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from aggregator.api.negotiation import not_modified, wants_zip
+from aggregator.api.paging import query_int
 from aggregator.demo.catalogues import Catalogue, as_catalogue
+from aggregator.errors import BadRequest
+from aggregator.trs.model import DESCRIPTOR_TYPES
 from aggregator.trs.parse import sha256_hex
 
 __all__ = ["CONFIG", "REQUESTS", "STATE", "Catalogue", "RegistryState", "make_registry_app"]
 
 log = logging.getLogger(__name__)
-
-DESCRIPTOR_TYPES: Final = frozenset({"CWL", "WDL", "NFL", "GALAXY", "SMK"})
 
 
 class RegistryState:
@@ -73,19 +75,12 @@ def _root(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{request.app[CONFIG].base_path}"
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
-    return "*" in tags or etag in tags
-
-
 def _respond(
     request: web.Request, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """Answer `body` with a strong ETag, or 304 when If-None-Match matches it."""
     all_headers = {**(headers or {}), "ETag": '"' + sha256_hex(body)[:40] + '"'}
-    if _etag_matches(request.headers.get("If-None-Match"), all_headers["ETag"]):
+    if not_modified(request, all_headers["ETag"]):
         return web.Response(status=304, headers=all_headers)
     charset = "utf-8" if content_type.startswith("text/") else None
     return web.Response(body=body, content_type=content_type, charset=charset, headers=all_headers)
@@ -191,19 +186,6 @@ def _version_json(root: str, tool: Mapping[str, Any], version: Mapping[str, Any]
     return {"url": url, **body, "containerfile": bool(version.get("containerfile"))}
 
 
-def _int_param(request: web.Request, name: str, default: int, minimum: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise TRSError(400, f"Bad {name}: {raw!r} is not an integer") from None
-    if value < minimum:
-        raise TRSError(400, f"Bad {name}: must be >= {minimum}")
-    return value
-
-
 _FILTERS: Final[Mapping[str, Callable[[Mapping[str, Any], str], bool]]] = {
     "id": lambda t, v: t.get("id") == v,
     "alias": lambda t, v: v in (t.get("aliases") or ()),
@@ -227,8 +209,8 @@ async def _tool_classes(request: web.Request) -> web.Response:
 
 async def _list_tools(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
-    limit = min(_int_param(request, "limit", cfg.page_size, 1), cfg.page_size)
-    offset = _int_param(request, "offset", 0, 0)
+    limit = min(query_int(request.query, "limit", cfg.page_size, low=1), cfg.page_size)
+    offset = query_int(request.query, "offset", 0, low=0)
     active = [(f, request.query[k]) for k, f in _FILTERS.items() if k in request.query]
     tools = [t for t in request.app[STATE].catalogue.tools if all(f(t, v) for f, v in active)]
     per_page = cfg.offset_style == "page"
@@ -285,8 +267,7 @@ async def _files(request: web.Request) -> web.Response:
     fmt = request.query.get("format")
     if fmt not in (None, "zip"):
         raise TRSError(400, f"Unsupported format {fmt!r}; only 'zip' is supported")
-    accept = request.headers.get("Accept", "")
-    if fmt == "zip" or ("application/zip" in accept and "application/json" not in accept):
+    if fmt == "zip" or wants_zip(request):
         return _zip(request, f"{tool['id']}-{version['id']}", entries)
     listing = [
         {
@@ -355,7 +336,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     """Turn every error (ours, aiohttp's routing errors, crashes) into TRS `Error` JSON."""
     try:
         return await handler(request)
-    except TRSError as exc:
+    except (TRSError, BadRequest) as exc:
         return _error(exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -204,7 +204,7 @@ class UpstreamClient:
                 self._failed(message)
                 raise UpstreamUnavailable(message, url=url)
             if delay is None:
-                delay = random.uniform(0, self.upstream.backoff_s * 2**attempt)  # noqa: S311
+                delay = random.uniform(0, self.upstream.backoff_s * 2**attempt)
             attempt += 1
             log.info(
                 "upstream_request_retried",

@@ -50,7 +50,7 @@ class Listing:
     listing unclean (``clean``): it then tombstones nothing.
     """
 
-    def __init__(  # noqa: PLR0913 - the listing's collaborators, each named
+    def __init__(
         self,
         client: UpstreamClient,
         upstream: UpstreamConfig,

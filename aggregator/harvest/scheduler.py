@@ -190,4 +190,4 @@ class Worker:
                 continue
             log.info("harvest_requested", upstream=name)
             self._requested_running.add(name)
-            asyncio.create_task(self._requested(upstream))  # noqa: RUF006 - tracked in _tasks
+            asyncio.create_task(self._requested(upstream))

@@ -12,15 +12,8 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from aggregator.errors import InvalidUpstreamData
+from aggregator.trs.model import DESCRIPTOR_TYPES, FILE_TYPES
 
-DESCRIPTOR_TYPES: Final = ("CWL", "WDL", "NFL", "GALAXY", "SMK")
-FILE_TYPES: Final = (
-    "TEST_FILE",
-    "PRIMARY_DESCRIPTOR",
-    "SECONDARY_DESCRIPTOR",
-    "CONTAINERFILE",
-    "OTHER",
-)
 _HEX64: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 _SHA256_NAMES: Final = {"sha256", "sha-256", "sha_256"}
 
