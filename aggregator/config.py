@@ -305,7 +305,7 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
     for required in ("name", "url"):
         if required not in raw:
             raise ConfigError(f"{key}.{required}", "is required")
-    u = _section(UpstreamConfig, raw, key)
+    u: UpstreamConfig = _section(UpstreamConfig, raw, key)
     if not UPSTREAM_NAME_RE.match(u.name):
         raise ConfigError(
             f"{key}.name",
@@ -370,10 +370,11 @@ def _section(cls: type[Any], raw: Any, key: str) -> Any:
                 f"{key}.{name}", f"must be {_type_word(str(expected))}, not {type(value).__name__}"
             )
         if str(expected) == "float":
-            value = float(value)
+            values[name] = float(value)
         elif str(expected).startswith("tuple["):
-            value = tuple(value)
-        values[name] = value
+            values[name] = tuple(value)
+        else:
+            values[name] = value
     return cls(**values)
 
 
@@ -409,7 +410,7 @@ def _type_word(expected: str) -> str:
 
 def _is_crontab(schedule: str) -> bool:
     """Whether *schedule* is a five-field cron expression the scheduler accepts."""
-    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - apscheduler loads slowly
 
     try:
         CronTrigger.from_crontab(schedule, timezone=dt.UTC)

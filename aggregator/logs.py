@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import structlog
@@ -26,7 +28,7 @@ def configure_logging(
     renderer: structlog.typing.Processor
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        logger_factory: object = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        logger_factory: Callable[..., Any] = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
@@ -41,7 +43,7 @@ def configure_logging(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            _stdlib_renderer(json),
+            _stdlib_renderer(json=json),
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -54,7 +56,7 @@ def configure_logging(
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def _stdlib_renderer(json: bool) -> structlog.typing.Processor:
+def _stdlib_renderer(*, json: bool) -> structlog.typing.Processor:
     if json:
         return structlog.processors.JSONRenderer(serializer=lambda v, **_: orjson.dumps(v).decode())
     return structlog.dev.ConsoleRenderer()

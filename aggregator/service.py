@@ -141,8 +141,7 @@ async def running_site(app: web.Application, host: str, port: int) -> AsyncItera
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server else ()
-    bound = sockets[0].getsockname()[1] if sockets else port
+    bound = runner.addresses[0][1] if runner.addresses else port
     try:
         yield f"http://{host}:{bound}"
     finally:

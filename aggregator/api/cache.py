@@ -21,7 +21,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import structlog
@@ -33,6 +33,9 @@ from aggregator.config import ServerConfig
 from aggregator.db.generation import CATALOGUE_CHANNEL, catalogue_generation
 from aggregator.db.queries import PageIndex, ToolQuery, page_index
 from aggregator.keys import CONFIG, DB_POOL
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
@@ -56,7 +59,7 @@ CORS_HEADERS: Final = {
 }
 
 #: Renders one answer from a connection in a snapshot, at the catalogue generation given.
-Render = Callable[["asyncpg.Connection[Any]", int], Awaitable["Entry"]]
+Render = Callable[["Connection", int], Awaitable["Entry"]]
 
 
 class Entry:
@@ -113,7 +116,7 @@ def make_entry(
     body: bytes,
     content_type: str,
     *,
-    generation: int | None,
+    generation: int | None,  # noqa: ARG001 - says what it was rendered at; the ETag ignores it
     headers: dict[str, str] | None = None,
     expires: float | None = None,
     vary: str = "Accept-Encoding",
@@ -271,7 +274,6 @@ class ResponseCache:
                 entry = await render(conn, generation)
             self.put(key, entry, generation)
             future.set_result(entry)
-            return entry
         except Exception as e:
             future.set_exception(e)
             future.exception()  # retrieved: followers re-raise it, nobody else must
@@ -279,12 +281,12 @@ class ResponseCache:
         except BaseException:
             future.cancel()
             raise
+        else:
+            return entry
         finally:
             del self._inflight[key]
 
-    async def page_index(
-        self, conn: asyncpg.Connection[Any], generation: int, query: ToolQuery
-    ) -> PageIndex:
+    async def page_index(self, conn: Connection, generation: int, query: ToolQuery) -> PageIndex:
         """The page index of *query* at *generation*, computed once per generation."""
         if generation == self.generation:
             index = self._indexes.get(query)
@@ -311,9 +313,9 @@ class GenerationWatcher:
         self.poll_s = poll_s
         self.ready = asyncio.Event()
 
-    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
-            generation = int(payload)
+            generation = int(str(payload))
         except ValueError:
             log.warning("catalogue_notification_unreadable", payload=payload)
             return
@@ -324,7 +326,7 @@ class GenerationWatcher:
         """Listen until cancelled, reconnecting with backoff; the cache is off while down."""
         delay = 0.5
         while True:
-            conn: asyncpg.Connection[Any] | None = None
+            conn: Connection | None = None
             try:
                 conn = await asyncpg.connect(
                     self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME}

@@ -22,7 +22,7 @@ from aggregator.trs.model import CatalogueVersion
 from aggregator.trs.parse import DescriptorType
 
 if TYPE_CHECKING:
-    import asyncpg
+    from aggregator.db.pool import Connection
 
 #: Entries of a zip carry this timestamp, so the same files make the same bytes.
 _ZIP_TIME: Final = (1980, 1, 1, 0, 0, 0)
@@ -98,7 +98,7 @@ def redirect_entry(v: CatalogueVersion, tail: str, query: str) -> Entry:
 
 
 async def descriptor(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     generation: int,
     v: CatalogueVersion,
     t: DescriptorType,
@@ -133,7 +133,7 @@ async def descriptor(
 
 
 async def files(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     generation: int,
     tool_id: str,
     v: CatalogueVersion,
@@ -177,9 +177,7 @@ async def files(
     )
 
 
-async def tests(
-    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion, t: DescriptorType
-) -> Entry:
+async def tests(conn: Connection, generation: int, v: CatalogueVersion, t: DescriptorType) -> Entry:
     """The test files of a version for one type: FileWrappers, or their contents joined by
     newlines for PLAIN types."""
     found = _served(
@@ -205,9 +203,7 @@ async def tests(
     )
 
 
-async def containerfiles(
-    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion
-) -> Entry:
+async def containerfiles(conn: Connection, generation: int, v: CatalogueVersion) -> Entry:
     """The container specifications of a version, each once."""
     rows = await db.fetch_files(conn, v.served.version_row_id, file_types=["CONTAINERFILE"])
     unique: dict[str, FileRow] = {}

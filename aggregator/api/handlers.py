@@ -53,7 +53,7 @@ def _tool_query(q: Any) -> queries.ToolQuery:
 
     def get(name: str) -> str | None:
         value = q.get(name)
-        return value if value else None
+        return value or None
 
     descriptor_type = None
     if get("descriptorType"):

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiMapping
 from yarl import URL
 
 from aggregator.errors import BadRequest
@@ -64,7 +64,7 @@ def last_offset(page: Page, total: int) -> int:
 
 
 def paging_headers(
-    tools_url: str, query: MultiDictProxy[str] | MultiDict[str], page: Page, total: int
+    tools_url: str, query: MultiMapping[str], page: Page, total: int
 ) -> dict[str, str]:
     """``self_link``, ``next_page`` (absent on the last page), ``last_page``,
     ``current_offset``, ``current_limit`` and ``Link``, every link keeping the request's

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
-
-import asyncpg
+from typing import TYPE_CHECKING, Final
 
 from aggregator.trs.model import CatalogueTool, CatalogueVersion, Source, VersionSource
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Executor
 
 _RESOLVE: Final = "select catalogue_resolve($1)"
 
 
-async def resolve_tool_id(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], requested: str
-) -> str | None:
+async def resolve_tool_id(conn: Executor, requested: str) -> str | None:
     """The catalogue tool that *requested* names, if any: its own id, a member's qualified or
     plain upstream id, or an id it once had (see ``catalogue_resolve`` in sql/)."""
     tool_id: str | None = await conn.fetchval(_RESOLVE, requested)
@@ -48,9 +47,7 @@ order by cv.tool_id, cv.position, cv.key, s.n
 """
 
 
-async def fetch_tools(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], tool_ids: Sequence[str]
-) -> dict[str, CatalogueTool]:
+async def fetch_tools(conn: Executor, tool_ids: Sequence[str]) -> dict[str, CatalogueTool]:
     """The catalogue tools *tool_ids* with their sources and versions (absent ids left out)."""
     ids = list(tool_ids)
     out: dict[str, CatalogueTool] = {}
@@ -127,7 +124,7 @@ _FILES_WITHOUT_CONTENT: Final = _FILES_TEMPLATE.format(content="null::bytea")
 
 
 async def fetch_files(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+    conn: Executor,
     version_id: int,
     *,
     descriptor_type: str | None = None,

@@ -7,9 +7,10 @@ generation) and drop what they cached for older generations.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
-import asyncpg
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection, Executor
 
 #: NOTIFY channel of new catalogue generations; the payload is the generation number.
 CATALOGUE_CHANNEL: Final = "trs_aggregator_catalogue"
@@ -23,12 +24,12 @@ _ANNOUNCE: Final = "select pg_notify($1, $2)"
 _GENERATION: Final = "select generation from catalogue_state"
 
 
-async def lock_catalogue(conn: asyncpg.Connection[Any]) -> None:
+async def lock_catalogue(conn: Connection) -> None:
     """Serialise catalogue changes: hold the catalogue's state row until the transaction ends."""
     await conn.execute(_LOCK)
 
 
-async def advance_generation(conn: asyncpg.Connection[Any]) -> int:
+async def advance_generation(conn: Connection) -> int:
     """Bump the generation and announce it on CATALOGUE_CHANNEL; return it.
 
     Call inside the transaction that changed the catalogue: the notification is delivered
@@ -40,8 +41,10 @@ async def advance_generation(conn: asyncpg.Connection[Any]) -> int:
 
 
 async def catalogue_generation(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], *, timeout: float | None = None
+    conn: Executor,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 - asyncpg's own per-query timeout
 ) -> int:
-    """The catalogue's current generation."""
+    """The catalogue's current generation (waiting at most *timeout* seconds for it)."""
     value: int = await conn.fetchval(_GENERATION, timeout=timeout)
     return value

@@ -3,11 +3,12 @@ their validators, and the sha256 of each stored file."""
 
 from __future__ import annotations
 
-from typing import Any, Final
-
-import asyncpg
+from typing import TYPE_CHECKING, Final
 
 from aggregator.trs.staged import KnownTool, ListingPage
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 _KNOWN_TOOLS: Final = """
 select external_id, doc_hash, listing_hash,
@@ -17,7 +18,7 @@ from upstream_tools where upstream_id = $1
 
 
 async def fetch_known_tools(
-    conn: asyncpg.Connection[Any], upstream_id: int, *, revalidate_after_s: float
+    conn: Connection, upstream_id: int, *, revalidate_after_s: float
 ) -> dict[str, KnownTool]:
     """What was published for each tool of *upstream_id*, by upstream id; *fresh* when its
     details were fetched less than *revalidate_after_s* ago."""
@@ -31,9 +32,7 @@ from listing_pages where upstream_id = $1
 """
 
 
-async def fetch_listing_pages(
-    conn: asyncpg.Connection[Any], upstream_id: int
-) -> dict[str, ListingPage]:
+async def fetch_listing_pages(conn: Connection, upstream_id: int) -> dict[str, ListingPage]:
     """The listing pages stored by the last publish of *upstream_id*, by URL."""
     rows = await conn.fetch(_LISTING_PAGES, upstream_id)
     return {
@@ -59,7 +58,7 @@ where t.upstream_id = $1 and t.external_id = $2 and f.sha256 is not null
 
 
 async def fetch_stored_files(
-    conn: asyncpg.Connection[Any], upstream_id: int, external_id: str
+    conn: Connection, upstream_id: int, external_id: str
 ) -> dict[str, dict[tuple[str, str], str]]:
     """The sha256 published for each file of tool *external_id*: by version key, then by
     (descriptor type, path)."""

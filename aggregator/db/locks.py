@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
-import asyncpg
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 HARVEST_LOCK: Final = 0x7472_7368  # "trsh"
 MERGE_LOCK: Final = 0x7472_736D_6572_6765  # "trsmerge"
@@ -29,7 +30,7 @@ _UNLOCK_MIGRATE: Final = "select pg_advisory_unlock($1)"
 
 
 @contextlib.asynccontextmanager
-async def try_harvest_lock(conn: asyncpg.Connection[Any], upstream_id: int) -> AsyncIterator[bool]:
+async def try_harvest_lock(conn: Connection, upstream_id: int) -> AsyncIterator[bool]:
     """Try to take *upstream_id*'s harvest lock on *conn*; yield whether it was taken.
 
     A taken lock is released when the block ends, even when the block is cancelled.
@@ -42,13 +43,13 @@ async def try_harvest_lock(conn: asyncpg.Connection[Any], upstream_id: int) -> A
             await asyncio.shield(conn.execute(_UNLOCK_HARVEST, HARVEST_LOCK, upstream_id))
 
 
-async def lock_merge(conn: asyncpg.Connection[Any]) -> None:
+async def lock_merge(conn: Connection) -> None:
     """Take the merge lock until *conn*'s transaction ends."""
     await conn.execute(_MERGE, MERGE_LOCK)
 
 
 @contextlib.asynccontextmanager
-async def migrate_lock(conn: asyncpg.Connection[Any]) -> AsyncIterator[None]:
+async def migrate_lock(conn: Connection) -> AsyncIterator[None]:
     """Hold the migration lock on *conn* (waiting for it) while the block runs."""
     await conn.execute(_MIGRATE, MIGRATE_LOCK)
     try:

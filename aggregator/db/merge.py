@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
 import structlog
 
 from aggregator.db.generation import advance_generation
@@ -24,6 +23,9 @@ from aggregator.merge.engine import (
     merge_versions,
 )
 from aggregator.merge.identity import Key, evidence
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
@@ -57,7 +59,7 @@ update upstream_tools set merge_dirty = false where id = any($1::bigint[]) and m
 
 
 async def remerge(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     *,
     tombstone_after: int,
     max_per_upstream: int = 1,
@@ -115,9 +117,7 @@ where v.upstream_tool_id = any($1::bigint[]) and f.file_type = 'PRIMARY_DESCRIPT
 """
 
 
-async def _refresh_evidence(
-    conn: asyncpg.Connection[Any], ids: list[int], tombstone_after: int
-) -> set[Key]:
+async def _refresh_evidence(conn: Connection, ids: list[int], tombstone_after: int) -> set[Key]:
     """Recompute the evidence of tools *ids* (none for tools no longer live); return the keys
     they held before."""
     if not ids:
@@ -187,7 +187,7 @@ _IDENTIFYING_KEYS: Final = "select kind, value from merge_keys where identifying
 
 
 async def _closure(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     seeds: set[int],
     old_keys: set[Key],
     max_per_upstream: int,
@@ -217,7 +217,7 @@ async def _closure(
 _KEYS_OF: Final = "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])"
 
 
-async def _keys_of(conn: asyncpg.Connection[Any], ids: set[int]) -> set[Key]:
+async def _keys_of(conn: Connection, ids: set[int]) -> set[Key]:
     rows = await conn.fetch(_KEYS_OF, list(ids))
     return {(r["kind"], r["value"]) for r in rows}
 
@@ -228,7 +228,7 @@ join tool_evidence e on e.kind = k.kind and e.value = k.value
 """
 
 
-async def _holders(conn: asyncpg.Connection[Any], keys: set[Key]) -> set[int]:
+async def _holders(conn: Connection, keys: set[Key]) -> set[int]:
     if not keys:
         return set()
     kinds, values = zip(*keys, strict=True)
@@ -248,9 +248,7 @@ group by t.id, u.name, u.priority, t.external_id
 """
 
 
-async def _load_nodes(
-    conn: asyncpg.Connection[Any], ids: set[int], tombstone_after: int
-) -> list[Node]:
+async def _load_nodes(conn: Connection, ids: set[int], tombstone_after: int) -> list[Node]:
     rows = await conn.fetch(_NODES, tombstone_after, list(ids))
     return [
         Node(
@@ -275,9 +273,7 @@ from upstream_versions v where v.upstream_tool_id = any($1::bigint[])
 """
 
 
-async def _load_versions(
-    conn: asyncpg.Connection[Any], member_ids: list[int]
-) -> dict[int, list[VersionNode]]:
+async def _load_versions(conn: Connection, member_ids: list[int]) -> dict[int, list[VersionNode]]:
     rows = await conn.fetch(_VERSIONS, member_ids)
     out: dict[int, list[VersionNode]] = defaultdict(list)
     for r in rows:
@@ -296,7 +292,7 @@ returning c.id
 """
 
 
-async def _drop_tools(conn: asyncpg.Connection[Any], affected: set[int]) -> list[str]:
+async def _drop_tools(conn: Connection, affected: set[int]) -> list[str]:
     """Delete the catalogue tools holding any affected upstream tool; return their ids."""
     rows = await conn.fetch(_DROP_TOOLS, list(affected))
     return [r["id"] for r in rows]
@@ -315,7 +311,7 @@ on conflict (id, upstream_tool_id) do nothing
 
 
 async def _write(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     components: list[Component],
     versions: dict[int, list[VersionNode]],
     released: list[str],
@@ -326,7 +322,7 @@ async def _write(
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
         merged, conflicts = merge_versions(comp, member_versions)
-        report = [
+        report: list[dict[str, Any]] = [
             {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
             for c in conflicts
         ]
@@ -386,7 +382,7 @@ _RENAME: Final = "update catalogue_tools set id = $2, sort_key = $2 where id = $
 
 
 async def _assign_ids(
-    conn: asyncpg.Connection[Any], components: list[Component], released: list[str]
+    conn: Connection, components: list[Component], released: list[str]
 ) -> list[str]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
     the same id (then the qualified id). Tools elsewhere in the catalogue that lose or regain

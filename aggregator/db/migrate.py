@@ -7,13 +7,16 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import structlog
 
 from aggregator.db.locks import migrate_lock
 from aggregator.errors import MigrationError
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection, Executor
 
 log = structlog.get_logger()
 
@@ -89,7 +92,7 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
 _APPLIED: Final = "select version, name, sha256 from schema_migrations"
 
 
-async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> list[str]:
+async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
     applied_names: list[str] = []
     async with migrate_lock(conn):
         await conn.execute(_CREATE_TABLE)
@@ -119,14 +122,14 @@ async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> 
 _RECORD: Final = "insert into schema_migrations (version, name, sha256) values ($1, $2, $3)"
 
 
-async def _record(conn: asyncpg.Connection[Any], m: Migration) -> None:
+async def _record(conn: Connection, m: Migration) -> None:
     await conn.execute(_RECORD, m.version, m.name, m.sha256)
 
 
 _APPLIED_NAMES: Final = "select name from schema_migrations"
 
 
-async def missing_migrations(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[str]:
+async def missing_migrations(conn: Executor) -> list[str]:
     """The names of the migrations not applied to the database, in order."""
     names = [m.name for m in load_migrations(default_directory())]
     try:

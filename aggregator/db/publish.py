@@ -9,9 +9,7 @@ what changed and announce the new generation (``db.generation``) in one transact
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
-
-import asyncpg
+from typing import TYPE_CHECKING, Any, Final
 
 from aggregator.db.generation import lock_catalogue
 from aggregator.db.locks import lock_merge
@@ -20,6 +18,9 @@ from aggregator.db.runs import RunCounts
 from aggregator.db.upstreams import save_service_info
 from aggregator.trs.staged import ListingPage, StagedTool
 
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
+
 _STAGE_CONTENTS: Final = """
 insert into file_contents (sha256, content, size)
 select s, c, length(c) from unnest($1::text[], $2::bytea[]) as x(s, c)
@@ -27,9 +28,7 @@ on conflict (sha256) do nothing
 """
 
 
-async def stage_tools(
-    conn: asyncpg.Connection[Any], run_id: int, tools: Sequence[StagedTool]
-) -> None:
+async def stage_tools(conn: Connection, run_id: int, tools: Sequence[StagedTool]) -> None:
     """Stage *tools* of run *run_id*: documents, versions, files and their contents."""
     contents = {
         f.sha256: f.content
@@ -183,7 +182,8 @@ _MARK_MISSED: Final = """
 update upstream_tools t set missed_listings = missed_listings + 1,
     tombstoned_at = coalesce(tombstoned_at, now()), merge_dirty = true
 where t.upstream_id = $2
-  and not exists (select 1 from staged_tools s where s.run_id = $1 and s.external_id = t.external_id)
+  and not exists (select 1 from staged_tools s
+                  where s.run_id = $1 and s.external_id = t.external_id)
 """
 
 
@@ -195,7 +195,7 @@ _DELETE_PAGES: Final = "delete from listing_pages where upstream_id = $1"
 
 
 async def publish_run(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     run_id: int,
     upstream_id: int,
     *,
@@ -234,7 +234,7 @@ async def publish_run(
 
 
 async def remerge_catalogue(
-    conn: asyncpg.Connection[Any], *, tombstone_after: int, max_per_upstream: int, full: bool
+    conn: Connection, *, tombstone_after: int, max_per_upstream: int, full: bool
 ) -> MergeStats:
     """Re-merge without a harvest and announce the new generation, in one transaction.
 
@@ -250,7 +250,7 @@ async def remerge_catalogue(
 
 
 async def _apply_run(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     run_id: int,
     upstream_id: int,
     *,
@@ -259,6 +259,7 @@ async def _apply_run(
 ) -> None:
     """Write the staged rows of *run_id* over the upstream's records; count the changes."""
     changes = await conn.fetchrow(_COUNT_CHANGES, run_id, upstream_id)
+    assert changes is not None
     counts.tools_new, counts.tools_changed, counts.tools_unchanged = (
         changes["new"],
         changes["changed"],
@@ -284,9 +285,7 @@ async def _apply_run(
         counts.tools_tombstoned = int(status.split()[-1])
 
 
-async def _save_pages(
-    conn: asyncpg.Connection[Any], upstream_id: int, pages: Sequence[ListingPage]
-) -> None:
+async def _save_pages(conn: Connection, upstream_id: int, pages: Sequence[ListingPage]) -> None:
     """Keep the listing pages that came with validators, for conditional requests next run."""
     await conn.execute(_DELETE_PAGES, upstream_id)
     records = [

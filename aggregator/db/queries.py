@@ -10,9 +10,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    import asyncpg
-
-    Conn = asyncpg.Connection[Any] | asyncpg.Pool[Any]
+    from aggregator.db.pool import Executor
 
 _MEMBERS: Final = """exists (select 1 from catalogue_members m
     join upstream_tools t on t.id = m.upstream_tool_id
@@ -184,7 +182,7 @@ order by c.sort_key limit $2 offset $3
 """
 
 
-async def page_index(conn: Conn, query: ToolQuery, *, stride: int = 128) -> PageIndex:
+async def page_index(conn: Executor, query: ToolQuery, *, stride: int = 128) -> PageIndex:
     """Count the tools matching *query* and take a checkpoint every *stride* rows (one scan)."""
     statement, args = query.statement(_PAGE_INDEX, first_arg=2)
     rows = await conn.fetch(statement, stride, *args)
@@ -193,7 +191,7 @@ async def page_index(conn: Conn, query: ToolQuery, *, stride: int = 128) -> Page
 
 
 async def page_ids(
-    conn: Conn, query: ToolQuery, index: PageIndex, *, offset: int, limit: int
+    conn: Executor, query: ToolQuery, index: PageIndex, *, offset: int, limit: int
 ) -> list[str]:
     """The ids of the tools at rows [offset, offset + limit) of *query*, in sort-key order.
 
@@ -220,7 +218,7 @@ from upstreams u order by u.priority, u.name
 """
 
 
-async def tool_classes(conn: Conn) -> list[list[Any]]:
+async def tool_classes(conn: Executor) -> list[list[Any]]:
     """Tool classes per upstream, best priority first: those its /toolClasses declared, then
     those its tools in the catalogue use."""
     rows = await conn.fetch(_TOOL_CLASSES)
@@ -256,7 +254,7 @@ group by u.id order by u.priority, u.name
 """
 
 
-async def upstream_summaries(conn: Conn) -> list[UpstreamSummary]:
+async def upstream_summaries(conn: Executor) -> list[UpstreamSummary]:
     """Every configured upstream with the number of its records in the catalogue."""
     rows = await conn.fetch(_UPSTREAM_SUMMARIES)
     return [UpstreamSummary(**dict(r)) for r in rows]
@@ -268,7 +266,8 @@ from catalogue_state
 """
 
 
-async def catalogue_summary(conn: Conn) -> tuple[int, int, Any]:
+async def catalogue_summary(conn: Executor) -> tuple[int, int, Any]:
     """The catalogue's tool count, generation and publication time."""
     row = await conn.fetchrow(_CATALOGUE_SUMMARY)
+    assert row is not None
     return int(row["tools"]), int(row["generation"]), row["published_at"]

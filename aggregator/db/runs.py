@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection, Executor
 
 MAX_ERROR_SAMPLES: Final = 20
 
@@ -47,7 +50,7 @@ where upstream_id = $1 and served_at is null
 
 
 async def insert_run(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     upstream_id: int,
     *,
     trigger: str = "manual",
@@ -83,7 +86,7 @@ where id = $1
 
 
 async def finish_run(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     run_id: int,
     *,
     status: str,
@@ -122,7 +125,7 @@ where upstream_id = $1 and status = 'running' returning id
 """
 
 
-async def abandon_stale_runs(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
+async def abandon_stale_runs(conn: Connection, upstream_id: int) -> int:
     """Mark runs left 'running' by a dead process as abandoned and drop their staged rows.
 
     Only call while holding the upstream's harvest lock: then no other run of it is alive.
@@ -143,7 +146,7 @@ where id = $1 and status = 'running'
 """
 
 
-async def abandon_run(conn: asyncpg.Connection[Any], run_id: int, reason: str) -> None:
+async def abandon_run(conn: Connection, run_id: int, reason: str) -> None:
     """Close run *run_id* as abandoned (its process is stopping) and drop its staged rows."""
     await conn.execute(
         _ABANDON_RUN,
@@ -161,7 +164,7 @@ order by id desc limit $3
 
 
 async def list_runs(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+    conn: Executor,
     upstream_id: int,
     *,
     limit: int,
@@ -183,7 +186,7 @@ _DELETE_STAGED: Final = (
 )
 
 
-async def delete_staged(conn: asyncpg.Connection[Any], run_ids: list[int]) -> None:
+async def delete_staged(conn: Connection, run_ids: list[int]) -> None:
     """Remove what the runs *run_ids* staged."""
     for statement in _DELETE_STAGED:
         await conn.execute(statement, run_ids)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
 from aggregator.config import UpstreamConfig
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection, Executor
 
 #: NOTIFY channel of "harvest now" requests; the payload is the upstream's name.
 HARVEST_REQUEST_CHANNEL: Final = "trs_aggregator_harvest"
@@ -39,9 +42,7 @@ returning id
 _MARK_UPSTREAM_DIRTY: Final = "update upstream_tools set merge_dirty = true where upstream_id = $1"
 
 
-async def upsert_upstreams(
-    conn: asyncpg.Connection[Any], upstreams: Sequence[UpstreamConfig]
-) -> dict[str, int]:
+async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]) -> dict[str, int]:
     """Insert or update the configured *upstreams*; return their ids by name."""
     ids: dict[str, int] = {}
     for u in upstreams:
@@ -64,7 +65,7 @@ where id = $1
 
 
 async def save_service_info(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     upstream_id: int,
     service_info: Any,
     tool_classes: list[dict[str, Any]] | None,
@@ -102,7 +103,7 @@ from upstreams u where id = $1
 
 
 async def skip_reason(
-    conn: asyncpg.Connection[Any], upstream_id: int, trigger: str, *, slack_s: float = 0.0
+    conn: Connection, upstream_id: int, trigger: str, *, slack_s: float = 0.0
 ) -> str | None:
     """Why a run of *trigger* should not start now, or None when it should.
 
@@ -110,10 +111,8 @@ async def skip_reason(
     not due yet (*slack_s* allows for clocks that differ): another worker harvested this tick.
     A requested run is skipped when no request is pending (another run served it).
     """
-    row = await conn.fetchrow(
-        _SKIP_REASON,
-        upstream_id,
-    )
+    row = await conn.fetchrow(_SKIP_REASON, upstream_id)
+    assert row is not None
     if trigger == "scheduled":
         if row["circuit_open_until"] is not None and row["circuit_open_until"] > row["now"]:
             return f"circuit open until {row['circuit_open_until'].isoformat()}"
@@ -140,7 +139,7 @@ where id = $1
 
 
 async def record_result(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     upstream_id: int,
     *,
     failed: bool,
@@ -170,7 +169,7 @@ select id, $2 from upstreams where name = $1 returning id
 
 
 async def request_harvest(
-    conn: asyncpg.Connection[Any], names: Sequence[str], *, requested_by: str = ""
+    conn: Connection, names: Sequence[str], *, requested_by: str = ""
 ) -> dict[str, int]:
     """Ask running workers to harvest *names* now; return the request ids by name.
 
@@ -191,7 +190,7 @@ async def request_harvest(
 _ANNOUNCE_REQUEST: Final = "select pg_notify($1, $2)"
 
 
-async def announce_request(conn: asyncpg.Connection[Any], name: str) -> None:
+async def announce_request(conn: Connection, name: str) -> None:
     """Tell the workers listening on HARVEST_REQUEST_CHANNEL that *name* has a request."""
     await conn.execute(_ANNOUNCE_REQUEST, HARVEST_REQUEST_CHANNEL, name)
 
@@ -202,7 +201,7 @@ where r.served_at is null order by u.name
 """
 
 
-async def pending_requests(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[str]:
+async def pending_requests(conn: Executor) -> list[str]:
     """Names of the upstreams with a "harvest now" request no run has served yet."""
     rows = await conn.fetch(_PENDING_REQUESTS)
     return [r["name"] for r in rows]
@@ -240,7 +239,7 @@ order by u.priority, u.name
 
 
 async def list_upstreams(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+    conn: Executor,
     *,
     tombstone_after: int,
     stale_after_s: float,
@@ -253,9 +252,7 @@ async def list_upstreams(
 _FETCH_UPSTREAM_ID: Final = "select id from upstreams where name = $1"
 
 
-async def fetch_upstream_id(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], name: str
-) -> int | None:
+async def fetch_upstream_id(conn: Executor, name: str) -> int | None:
     """The id of the upstream called *name*, if there is one."""
     upstream_id: int | None = await conn.fetchval(_FETCH_UPSTREAM_ID, name)
     return upstream_id
@@ -266,6 +263,6 @@ _DUE: Final = (
 )
 
 
-async def due_now(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[str, bool]:
+async def due_now(conn: Executor) -> dict[str, bool]:
     """Whether each upstream is due now (never harvested, or its due time has passed), by name."""
     return {r["name"]: r["due"] for r in await conn.fetch(_DUE)}

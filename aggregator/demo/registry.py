@@ -318,10 +318,11 @@ async def _record_requests(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
         status = response.status
-        return response
     except web.HTTPException as exc:
         status = exc.status
         raise
+    else:
+        return response
     finally:
         request.app[REQUESTS].append(f"{request.method} {request.raw_path} > {status}")
 

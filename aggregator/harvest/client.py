@@ -16,6 +16,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 import orjson
 import structlog
+from aiolimiter import AsyncLimiter
 from multidict import CIMultiDictProxy
 
 from aggregator.config import UpstreamConfig
@@ -119,7 +120,7 @@ class UpstreamClient:
     traffic: Traffic = field(default_factory=Traffic)
     tripped: str | None = None
     _semaphore: asyncio.Semaphore = field(init=False)
-    _next_slot: float = 0.0
+    _limiter: AsyncLimiter | None = field(init=False)
     _not_before: float = 0.0
     _failures_in_a_row: int = 0
     _redirect_hosts: frozenset[str] = field(init=False)
@@ -127,6 +128,9 @@ class UpstreamClient:
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.upstream.concurrency)
+        # A bucket of one request that empties at the rate limit: requests evenly spaced.
+        rate = self.upstream.rate_limit
+        self._limiter = AsyncLimiter(1, 1.0 / rate) if rate > 0 else None
         self._redirect_hosts = frozenset(h.lower() for h in self.upstream.redirect_hosts)
         self._timeout = aiohttp.ClientTimeout(
             total=self.upstream.timeout_s,
@@ -204,7 +208,7 @@ class UpstreamClient:
                 self._failed(message)
                 raise UpstreamUnavailable(message, url=url)
             if delay is None:
-                delay = random.uniform(0, self.upstream.backoff_s * 2**attempt)
+                delay = random.uniform(0, self.upstream.backoff_s * 2**attempt)  # noqa: S311 - jitter
             attempt += 1
             log.info(
                 "upstream_request_retried",
@@ -236,16 +240,12 @@ class UpstreamClient:
             log.warning("upstream_circuit_tripped", reason=self.tripped)
 
     async def _wait_turn(self) -> None:
-        """Wait for any Retry-After pause and for the next slot of the rate limit."""
-        if not self._not_before and not self.upstream.rate_limit:
-            return
-        now = time.monotonic()
-        start = max(now, self._not_before)
-        if self.upstream.rate_limit > 0:
-            start = max(start, self._next_slot)
-            self._next_slot = start + 1.0 / self.upstream.rate_limit
-        if start > now:
-            await asyncio.sleep(start - now)
+        """Wait out any Retry-After pause, then for the next slot of the rate limit."""
+        pause = self._not_before - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        if self._limiter is not None:
+            await self._limiter.acquire()
 
     def _redirect_allowed(self, origin: str, target: str) -> bool:
         parts = urlsplit(target)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
@@ -101,7 +102,7 @@ class RunOutcome:
 class Crawl:
     """The state of one run of *upstream* (row *upstream_id*), recorded as run *run_id*."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the run's collaborators, built by the runner only
         self,
         pool: asyncpg.Pool[Any],
         client: UpstreamClient,
@@ -324,7 +325,7 @@ class Crawl:
         problems: list[str] = []
         try:
             if loop.time() >= self.deadline:
-                raise TimeoutError
+                raise TimeoutError  # noqa: TRY301 - handled below, with the budget running out
             async with asyncio.timeout_at(self.deadline):
                 versions = await self._fetch_versions(tool_id, doc, problems)
         except TimeoutError:
@@ -416,7 +417,7 @@ class Crawl:
                 fetcher = VersionFiles(
                     self.client,
                     version_url,
-                    lambda m, k=key: error(f"tool {tool_id} version {k}: {m}"),
+                    functools.partial(_file_error, error, f"tool {tool_id} version {key}"),
                     previous.get(key),
                 )
                 staged.files = await fetcher.fetch_all(vdoc["descriptor_type"])
@@ -424,6 +425,10 @@ class Crawl:
             versions.append(staged)
             self.counts.versions_seen += 1
         return versions
+
+
+def _file_error(report: Callable[[str], None], where: str, message: str) -> None:
+    report(f"{where}: {message}")
 
 
 def _without_versions(doc: dict[str, Any]) -> dict[str, Any]:

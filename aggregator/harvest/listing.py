@@ -111,8 +111,12 @@ class Listing:
         if mode != "auto":
             return mode == "listing"
         versions = raw.get("versions") if isinstance(raw, Mapping) else None
-        return bool(versions) and all(
-            isinstance(v, Mapping) and v.get("meta_version") not in (None, "") for v in versions
+        return (
+            isinstance(versions, list)
+            and bool(versions)
+            and all(
+                isinstance(v, Mapping) and v.get("meta_version") not in (None, "") for v in versions
+            )
         )
 
     def _replayable(self, page: ListingPage) -> bool:

@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import asyncpg
@@ -24,6 +24,9 @@ from aggregator.db.pool import connect
 from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.crawl import Crawl, RunOutcome
 from aggregator.progress import NoProgress, Progress
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
@@ -131,7 +134,7 @@ class Harvester:
 
     async def _locked(
         self,
-        conn: asyncpg.Connection[Any],
+        conn: Connection,
         upstream: UpstreamConfig,
         upstream_id: int,
         *,

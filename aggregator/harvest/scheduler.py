@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import zlib
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import asyncpg
@@ -20,6 +20,9 @@ from aggregator.config import Config, UpstreamConfig
 from aggregator.db import upstreams as db_upstreams
 from aggregator.db.pool import connect
 from aggregator.harvest.runner import Harvester
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
@@ -46,9 +49,13 @@ def trigger_for(upstream: UpstreamConfig) -> IntervalTrigger | CronTrigger:
 
 def _slack_s(trigger: IntervalTrigger | CronTrigger, now: dt.datetime) -> float:
     """How early a tick may come against the due time another worker set (clock skew)."""
-    first = trigger.get_next_fire_time(None, now)
-    second = trigger.get_next_fire_time(first, first + dt.timedelta(microseconds=1))
-    if first is None or second is None:
+    first: dt.datetime | None = trigger.get_next_fire_time(None, now)
+    if first is None:
+        return 0.0
+    second: dt.datetime | None = trigger.get_next_fire_time(
+        first, first + dt.timedelta(microseconds=1)
+    )
+    if second is None:
         return 0.0
     return min(5.0, (second - first).total_seconds() / 4)
 
@@ -154,7 +161,7 @@ class Worker:
     async def _listen(self) -> None:
         """Serve "harvest now" requests until cancelled."""
         poll = self.config.harvest.request_poll_s
-        conn: asyncpg.Connection[Any] | None = None
+        conn: Connection | None = None
         try:
             while True:
                 if conn is None or conn.is_closed():
@@ -167,7 +174,7 @@ class Worker:
             if conn is not None and not conn.is_closed():
                 await conn.close()
 
-    async def _subscribe(self) -> asyncpg.Connection[Any] | None:
+    async def _subscribe(self) -> Connection | None:
         assert self.config.database.url is not None
         try:
             conn = await connect(self.config.database.url)
@@ -190,4 +197,4 @@ class Worker:
                 continue
             log.info("harvest_requested", upstream=name)
             self._requested_running.add(name)
-            asyncio.create_task(self._requested(upstream))
+            asyncio.create_task(self._requested(upstream))  # noqa: RUF006 - tracked in _tasks

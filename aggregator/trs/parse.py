@@ -34,9 +34,9 @@ def parse_descriptor_type(raw: str) -> DescriptorType | None:
         value = value[len("PLAIN_") :]
     if value == "NEXTFLOW":
         value = "NFL"
-    elif value in ("SNAKEMAKE",):
+    elif value == "SNAKEMAKE":
         value = "SMK"
-    elif value in ("GXFORMAT2",):
+    elif value == "GXFORMAT2":
         value = "GALAXY"
     return DescriptorType(value, plain) if value in DESCRIPTOR_TYPES else None
 
@@ -69,6 +69,7 @@ class Quirks:
     items: list[str] = field(default_factory=list)
 
     def add(self, message: str) -> None:
+        """Note *message* once (at most 50 notes)."""
         if len(self.items) < 50 and message not in self.items:
             self.items.append(message)
 
@@ -179,7 +180,7 @@ def version_key(doc: Mapping[str, Any]) -> str:
     url = doc.get("url")
     if isinstance(url, str):
         path = urlsplit(url).path.rstrip("/")
-        head, sep, last = path.rpartition("/versions/")
+        _, sep, last = path.rpartition("/versions/")
         if sep and last and "/" not in last:
             return unquote(last)
     return str(doc["id"])
@@ -189,17 +190,15 @@ def read_tool_classes(raw: Any) -> list[dict[str, Any]]:
     """Normalise a /toolClasses answer; anything that is not a list of objects is empty."""
     if not isinstance(raw, list):
         return []
-    out = []
-    for item in raw:
-        if isinstance(item, Mapping) and item.get("name") is not None:
-            out.append(
-                {
-                    "id": str(item.get("id", "")),
-                    "name": str(item["name"]),
-                    "description": str(item.get("description") or ""),
-                }
-            )
-    return out
+    return [
+        {
+            "id": str(item.get("id", "")),
+            "name": str(item["name"]),
+            "description": str(item.get("description") or ""),
+        }
+        for item in raw
+        if isinstance(item, Mapping) and item.get("name") is not None
+    ]
 
 
 def read_files_listing(raw: Any) -> list[dict[str, Any]]:

@@ -136,7 +136,7 @@ class Schema:
     tool_class: Mapping[str, Conv]
 
 
-def _schema(strict: bool) -> Schema:
+def _schema(*, strict: bool) -> Schema:
     types = DESCRIPTOR_TYPES_200 if strict else DESCRIPTOR_TYPES
     keep = not strict
     checksum = _object({"checksum": _string, "type": _string}, keep_extra=False)
