@@ -59,7 +59,7 @@ async def test_fresh_database_gets_every_migration(empty_dsn: str) -> None:
     applied = await migrate(empty_dsn)
     assert applied == [m.name for m in files]
     assert await recorded(empty_dsn) == [(m.version, m.name) for m in files]
-    assert CORE_TABLES <= await tables(empty_dsn)
+    assert await tables(empty_dsn) >= CORE_TABLES
     rows = await fetch(empty_dsn, "select name, sha256 from schema_migrations")
     assert {r["name"]: r["sha256"] for r in rows} == {m.name: m.sha256 for m in files}
 
