@@ -33,6 +33,43 @@ _AUTHORS: Final = _elements("v.doc->'author'", text=True)
 _IMAGE_NAME: Final = r"lower(regexp_replace(i->>'image_name', '^.*/|[:@].*$', '', 'g'))"
 
 
+def _member(condition: str) -> str:
+    """*condition* on ``t``, any member (upstream tool) of catalogue tool ``c``."""
+    return _MEMBERS.format(condition)
+
+
+def _version(condition: str) -> str:
+    """*condition* on ``v``, any version of any member of catalogue tool ``c``."""
+    return _VERSIONS.format(condition)
+
+
+# The condition of each text filter, with {v} for its argument (see ToolQuery).
+_FILTERS: Final = {
+    "id": "c.id = catalogue_resolve({v})",
+    "alias": _member(f"exists (select 1 from {_ALIASES} a where lower(a) = lower({{v}}))"),
+    "toolclass": _member("lower(t.doc->'toolclass'->>'name') = lower({v})"),
+    "descriptor_type": _version(f"exists (select 1 from {_TYPES} d where upper(d) = upper({{v}}))"),
+    "registry": _version(
+        f"exists (select 1 from {_IMAGES} i where lower(i->>'registry_host') = lower({{v}}))"
+    ),
+    "organization": _member("lower(t.doc->>'organization') = lower({v})"),
+    "name": "("
+    + _member("lower(t.doc->>'name') = lower({v})")
+    + " or "
+    + _version(f"exists (select 1 from {_IMAGES} i where {_IMAGE_NAME} = lower({{v}}))")
+    + ")",
+    "toolname": _member("lower(t.doc->>'name') = lower({v})"),
+    "description": _member("strpos(lower(t.doc->>'description'), lower({v})) > 0"),
+    "author": _version(
+        f"exists (select 1 from {_AUTHORS} a where strpos(lower(a), lower({{v}})) > 0)"
+    ),
+}
+_IS_CHECKER: Final = _member(
+    "t.doc->>'url' in (select x.doc->>'checker_url' from upstream_tools x "
+    "where x.doc ? 'checker_url')"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ToolQuery:
     """The /tools filters; ``None`` is "not filtered". Text comparisons ignore case.
@@ -80,75 +117,15 @@ class ToolQuery:
     def _conditions(self, first_arg: int) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         args: list[Any] = []
-
-        def arg(value: Any, cast: str = "text") -> str:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "checker":
+                clauses.append(_IS_CHECKER if value else f"not {_IS_CHECKER}")
+                continue
             args.append(value)
-            return f"${first_arg + len(args) - 1}::{cast}"
-
-        if self.id is not None:
-            clauses.append(f"c.id = catalogue_resolve({arg(self.id)})")
-        if self.alias is not None:
-            clauses.append(
-                _MEMBERS.format(
-                    f"exists (select 1 from {_ALIASES} a where lower(a) = lower({arg(self.alias)}))"
-                )
-            )
-        if self.toolclass is not None:
-            clauses.append(
-                _MEMBERS.format(
-                    f"lower(t.doc->'toolclass'->>'name') = lower({arg(self.toolclass)})"
-                )
-            )
-        if self.descriptor_type is not None:
-            clauses.append(
-                _VERSIONS.format(
-                    f"exists (select 1 from {_TYPES}"
-                    f" d where upper(d) = upper({arg(self.descriptor_type)}))"
-                )
-            )
-        if self.registry is not None:
-            clauses.append(
-                _VERSIONS.format(
-                    f"exists (select 1 from {_IMAGES} i "
-                    f"where lower(i->>'registry_host') = lower({arg(self.registry)}))"
-                )
-            )
-        if self.organization is not None:
-            clauses.append(
-                _MEMBERS.format(f"lower(t.doc->>'organization') = lower({arg(self.organization)})")
-            )
-        if self.name is not None:
-            value = arg(self.name)
-            clauses.append(
-                "("
-                + _MEMBERS.format(f"lower(t.doc->>'name') = lower({value})")
-                + " or "
-                + _VERSIONS.format(
-                    f"exists (select 1 from {_IMAGES} i where {_IMAGE_NAME} = lower({value}))"
-                )
-                + ")"
-            )
-        if self.toolname is not None:
-            clauses.append(_MEMBERS.format(f"lower(t.doc->>'name') = lower({arg(self.toolname)})"))
-        if self.description is not None:
-            clauses.append(
-                _MEMBERS.format(
-                    f"strpos(lower(t.doc->>'description'), lower({arg(self.description)})) > 0"
-                )
-            )
-        if self.author is not None:
-            clauses.append(
-                _VERSIONS.format(
-                    f"exists (select 1 from {_AUTHORS} a "
-                    f"where strpos(lower(a), lower({arg(self.author)})) > 0)"
-                )
-            )
-        if self.checker is not None:
-            is_checker = _MEMBERS.format(
-                "t.doc->>'url' in (select x.doc->>'checker_url' from upstream_tools x "
-                "where x.doc ? 'checker_url')"
-            )
-            clauses.append(is_checker if self.checker else f"not {is_checker}")
+            clauses.append(_FILTERS[f.name].format(v=f"${first_arg + len(args) - 1}::text"))
         return clauses, args
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
@@ -41,35 +41,25 @@ class ListedTool:
     trusted: bool
 
 
+@dataclass(slots=True)
 class Listing:
     """Every page of one upstream's /tools, following ``next_page``.
 
     A page stored by the last publish is asked for conditionally when a 304 would tell
     everything (*unchanged* holds for every tool on it); a 304 replays its tools. *budget*
     bounds each page request. Entries that cannot be read are reported to *error* and make the
-    listing unclean (``clean``): it then tombstones nothing.
+    listing unclean (``clean``): it then tombstones nothing. ``pages`` are the pages read.
     """
 
-    def __init__(
-        self,
-        client: UpstreamClient,
-        upstream: UpstreamConfig,
-        stored: Mapping[str, ListingPage],
-        *,
-        unchanged: Callable[[str, str], bool],
-        budget: Callable[[], AbstractAsyncContextManager[None]],
-        quirks: Quirks,
-        error: Callable[[str], None],
-    ) -> None:
-        self.client = client
-        self.upstream = upstream
-        self.stored = stored
-        self.unchanged = unchanged
-        self.budget = budget
-        self.quirks = quirks
-        self.error = error
-        self.clean = True
-        self.pages: list[ListingPage] = []
+    client: UpstreamClient
+    upstream: UpstreamConfig
+    stored: Mapping[str, ListingPage]
+    unchanged: Callable[[str, str], bool]
+    budget: Callable[[], AbstractAsyncContextManager[None]]
+    quirks: Quirks
+    error: Callable[[str], None]
+    clean: bool = field(default=True, init=False)
+    pages: list[ListingPage] = field(default_factory=list, init=False)
 
     async def tools(self) -> AsyncIterator[list[ListedTool]]:
         """The tools of each page in turn, each tool once."""
