@@ -11,6 +11,20 @@ from aggregator.trs.model import CatalogueTool, CatalogueVersion, Source, Versio
 if TYPE_CHECKING:
     from aggregator.db.pool import Executor
 
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """One stored file of a version."""
+
+    descriptor_type: str
+    path: str
+    file_type: str
+    sha256: str | None
+    checksum_status: str
+    url: str | None
+    content: bytes | None
+
+
 _RESOLVE: Final = "select catalogue_resolve($1)"
 
 
@@ -93,19 +107,6 @@ async def fetch_tools(conn: Executor, tool_ids: Sequence[str]) -> dict[str, Cata
             out[current_tool].versions.append(current)
         current.sources.append(source)
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class FileRow:
-    """One stored file of a version."""
-
-    descriptor_type: str
-    path: str
-    file_type: str
-    sha256: str | None
-    checksum_status: str
-    url: str | None
-    content: bytes | None
 
 
 # Without content the join to file_contents is removed by the planner.

@@ -61,17 +61,8 @@ async def insert_run(
     *trigger* is why it runs (``manual``, ``scheduled``, ``requested``), *worker* which
     process runs it. Pending "harvest now" requests of the upstream are served by this run.
     """
-    run_id: int = await conn.fetchval(
-        _INSERT_RUN,
-        upstream_id,
-        trigger,
-        worker,
-    )
-    await conn.execute(
-        _SERVE_REQUESTS,
-        upstream_id,
-        run_id,
-    )
+    run_id: int = await conn.fetchval(_INSERT_RUN, upstream_id, trigger, worker)
+    await conn.execute(_SERVE_REQUESTS, upstream_id, run_id)
     return run_id
 
 
@@ -130,10 +121,7 @@ async def abandon_stale_runs(conn: Connection, upstream_id: int) -> int:
 
     Only call while holding the upstream's harvest lock: then no other run of it is alive.
     """
-    stale = await conn.fetch(
-        _ABANDON_STALE_RUNS,
-        upstream_id,
-    )
+    stale = await conn.fetch(_ABANDON_STALE_RUNS, upstream_id)
     ids = [r["id"] for r in stale]
     if ids:
         await delete_staged(conn, ids)
@@ -148,11 +136,7 @@ where id = $1 and status = 'running'
 
 async def abandon_run(conn: Connection, run_id: int, reason: str) -> None:
     """Close run *run_id* as abandoned (its process is stopping) and drop its staged rows."""
-    await conn.execute(
-        _ABANDON_RUN,
-        run_id,
-        reason,
-    )
+    await conn.execute(_ABANDON_RUN, run_id, reason)
     await delete_staged(conn, [run_id])
 
 
@@ -164,19 +148,10 @@ order by id desc limit $3
 
 
 async def list_runs(
-    conn: Executor,
-    upstream_id: int,
-    *,
-    limit: int,
-    before: int | None = None,
+    conn: Executor, upstream_id: int, *, limit: int, before: int | None = None
 ) -> list[asyncpg.Record]:
     """Runs of *upstream_id*, newest first, older than run *before* when given."""
-    return await conn.fetch(
-        _LIST_RUNS,
-        upstream_id,
-        before,
-        limit,
-    )
+    return await conn.fetch(_LIST_RUNS, upstream_id, before, limit)
 
 
 _DELETE_STAGED: Final = (

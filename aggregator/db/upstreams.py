@@ -65,18 +65,10 @@ where id = $1
 
 
 async def save_service_info(
-    conn: Connection,
-    upstream_id: int,
-    service_info: Any,
-    tool_classes: list[dict[str, Any]] | None,
+    conn: Connection, upstream_id: int, service_info: Any, tool_classes: list[dict[str, Any]] | None
 ) -> None:
     """Store what the upstream said about itself; None leaves the previous value."""
-    await conn.execute(
-        _SAVE_SERVICE_INFO,
-        upstream_id,
-        service_info,
-        tool_classes,
-    )
+    await conn.execute(_SAVE_SERVICE_INFO, upstream_id, service_info, tool_classes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,11 +231,7 @@ order by u.priority, u.name
 
 
 async def list_upstreams(
-    conn: Executor,
-    *,
-    tombstone_after: int,
-    stale_after_s: float,
-    name: str | None = None,
+    conn: Executor, *, tombstone_after: int, stale_after_s: float, name: str | None = None
 ) -> list[asyncpg.Record]:
     """Every upstream (or the one called *name*) with its last runs and record counts."""
     return await conn.fetch(_LIST_UPSTREAMS, name, tombstone_after, stale_after_s)

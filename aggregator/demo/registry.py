@@ -19,7 +19,7 @@ from aiohttp.typedefs import Handler, Middleware
 from aggregator.api.negotiation import not_modified, wants_zip
 from aggregator.api.paging import query_int
 from aggregator.demo.catalogues import Catalogue, as_catalogue
-from aggregator.errors import BadRequest
+from aggregator.errors import BadRequest, NotFound
 from aggregator.trs.model import DESCRIPTOR_TYPES
 from aggregator.trs.parse import sha256_hex
 
@@ -58,15 +58,6 @@ STATE: Final = web.AppKey("trs_state", RegistryState)
 CONFIG: Final = web.AppKey("trs_config", RegistryConfig)
 
 
-class TRSError(Exception):
-    """An error answered as TRS `Error` JSON."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _q(value: str) -> str:
     return quote(value, safe="")
 
@@ -101,7 +92,7 @@ def _path_param(request: web.Request, name: str, index: int) -> str:
     raw_parts = request.rel_url.raw_parts
     pos = 1 + base_parts + index
     if pos >= len(raw_parts) or unquote(raw_parts[pos]) != value:
-        raise TRSError(404, f"{name} {value!r} is not a single percent-encoded path segment")
+        raise NotFound(f"{name} {value!r} is not a single percent-encoded path segment")
     return value
 
 
@@ -109,7 +100,7 @@ def _find_tool(request: web.Request) -> Mapping[str, Any]:
     tool_id = _path_param(request, "id", 1)
     tool = request.app[STATE].catalogue.tool(tool_id)
     if tool is None:
-        raise TRSError(404, f"Tool {tool_id!r} not found")
+        raise NotFound(f"Tool {tool_id!r} not found")
     return tool
 
 
@@ -119,7 +110,7 @@ def _find_version(request: web.Request) -> tuple[Mapping[str, Any], Mapping[str,
     for version in tool.get("versions") or ():
         if version.get("id") == version_id:
             return tool, version
-    raise TRSError(404, f"Version {version_id!r} of tool {tool['id']!r} not found")
+    raise NotFound(f"Version {version_id!r} of tool {tool['id']!r} not found")
 
 
 def _parse_type(raw: str) -> tuple[str, bool]:
@@ -128,14 +119,14 @@ def _parse_type(raw: str) -> tuple[str, bool]:
     plain = norm.startswith("PLAIN_")
     dtype = norm.removeprefix("PLAIN_")
     if dtype not in DESCRIPTOR_TYPES:
-        raise TRSError(404, f"Unknown descriptor type {raw!r}")
+        raise NotFound(f"Unknown descriptor type {raw!r}")
     return dtype, plain
 
 
 def _typed_files(version: Mapping[str, Any], dtype: str) -> list[Mapping[str, Any]]:
     files = (version.get("files") or {}).get(dtype)
     if not files:
-        raise TRSError(404, f"Type {dtype} not available for version {version.get('id')!r}")
+        raise NotFound(f"Type {dtype} not available for version {version.get('id')!r}")
     return list(files)
 
 
@@ -148,14 +139,14 @@ def _file_at(files: Sequence[Mapping[str, Any]], relative_path: str) -> Mapping[
     for f in files:
         if posixpath.normpath(f["path"]) == wanted:
             return f
-    raise TRSError(404, f"File {relative_path!r} not found")
+    raise NotFound(f"File {relative_path!r} not found")
 
 
 def _primary(files: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     for f in files:
         if f.get("file_type") == "PRIMARY_DESCRIPTOR":
             return f
-    raise TRSError(404, "No primary descriptor")
+    raise NotFound("No primary descriptor")
 
 
 def _version_base(root: str, tool: Mapping[str, Any], version: Mapping[str, Any]) -> str:
@@ -266,7 +257,7 @@ async def _files(request: web.Request) -> web.Response:
     entries += [{**c, "file_type": "CONTAINERFILE"} for c in version.get("containerfile") or ()]
     fmt = request.query.get("format")
     if fmt not in (None, "zip"):
-        raise TRSError(400, f"Unsupported format {fmt!r}; only 'zip' is supported")
+        raise BadRequest(f"Unsupported format {fmt!r}; only 'zip' is supported")
     if fmt == "zip" or wants_zip(request):
         return _zip(request, f"{tool['id']}-{version['id']}", entries)
     listing = [
@@ -306,7 +297,7 @@ async def _containerfile(request: web.Request) -> web.Response:
     tool, version = _find_version(request)
     containerfiles = version.get("containerfile") or ()
     if not containerfiles:
-        raise TRSError(404, f"Version {version['id']!r} has no containerfile")
+        raise NotFound(f"Version {version['id']!r} has no containerfile")
     url = _version_base(_root(request), tool, version) + "/containerfile"
     return _json(request, [_wrapper(c["content"], url) for c in containerfiles])
 
@@ -335,18 +326,20 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 @web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error (ours, aiohttp's routing errors, crashes) into TRS `Error` JSON."""
+    keep: dict[str, str] = {}
     try:
         return await handler(request)
-    except (TRSError, BadRequest) as exc:
-        return _error(exc.status, exc.message)
+    except (NotFound, BadRequest) as exc:
+        status, message = exc.status, exc.message
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        status, message = exc.status, exc.reason
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return _error(exc.status, exc.reason, keep)
     except Exception:
         log.exception("demo registry handler failed for %s", request.raw_path)
-        return _error(500, "Internal Server Error")
+        status, message = 500, "Internal Server Error"
+    return _error(status, message, keep)
 
 
 def make_registry_app(
