@@ -137,7 +137,7 @@ async def test_stale_postmaster_pid_does_not_block_start(short_tmp: Path) -> Non
     await _execute(dsn, "checkpoint")
     os.kill(_postmaster_pid(data_dir), signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while cluster.is_running() and time.monotonic() < deadline:
+    while cluster.is_running() and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a process
         await asyncio.sleep(0.05)
     assert not cluster.is_running()
     assert (data_dir / "postmaster.pid").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -157,7 +158,7 @@ async def test_two_workers_harvest_each_upstream_once_per_tick(
     for name, server in servers.items():
         mine = [r for r in runs if r["name"] == name]
         assert len(mine) <= elapsed / 2 + 2, "more runs than ticks"
-        for earlier, later in zip(mine, mine[1:], strict=False):
+        for earlier, later in itertools.pairwise(mine):
             assert earlier["finished_at"] <= later["started_at"], "two runs at once"
             gap = (later["started_at"] - earlier["started_at"]).total_seconds()
             assert gap > 1.0, f"{name} harvested twice in one tick"
