@@ -165,15 +165,18 @@ class Harvester:
                 log.info("harvest_finished", status="abandoned", reason="worker stopped")
                 raise
             outcome.duration_s = time.monotonic() - started
-            await db_runs.finish_run(
-                conn,
-                run_id,
-                status=outcome.status,
-                counts=outcome.counts,
-                listing_complete=outcome.listing_complete,
-                error=outcome.error,
-            )
-            await db_runs.delete_staged(conn, [run_id])
+            # One transaction: a run is never seen closed with its staged rows still there (a
+            # worker stopped in between would leave them to nobody).
+            async with conn.transaction():
+                await db_runs.finish_run(
+                    conn,
+                    run_id,
+                    status=outcome.status,
+                    counts=outcome.counts,
+                    listing_complete=outcome.listing_complete,
+                    error=outcome.error,
+                )
+                await db_runs.delete_staged(conn, [run_id])
             await db_upstreams.record_result(
                 conn,
                 upstream_id,
