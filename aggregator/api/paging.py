@@ -14,6 +14,8 @@ from aggregator.errors import BadRequest
 _T = TypeVar("_T")
 
 DEFAULT_LIMIT: Final = 1000
+#: The largest integer a parameter may hold (PostgreSQL's bigint): offsets, run ids.
+MAX_BIGINT: Final = 2**63 - 1
 #: Larger limits are served as this many (``current_limit`` says so), as Dockstore does.
 MAX_LIMIT: Final = 1000
 
@@ -30,7 +32,8 @@ def parse_page(query: Mapping[str, str]) -> Page:
     """Read ``limit`` (1 or more; above MAX_LIMIT means MAX_LIMIT) and ``offset`` (a row index,
     0 or more); raise BadRequest naming the parameter when either is not such a number."""
     limit = query_int(query, "limit", DEFAULT_LIMIT, low=1)
-    return Page(limit=min(limit, MAX_LIMIT), offset=query_int(query, "offset", 0, low=0))
+    offset = query_int(query, "offset", 0, low=0, high=MAX_BIGINT)
+    return Page(limit=min(limit, MAX_LIMIT), offset=offset)
 
 
 def query_int(
@@ -45,12 +48,10 @@ def query_int(
         value = int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        raise BadRequest(
-            f"{name} must be between {low} and {high}, not {value}"
-            if high is not None
-            else f"{name} must be at least {low}, not {value}"
-        )
+    if value < low:
+        raise BadRequest(f"{name} must be at least {low}, not {value}")
+    if high is not None and value > high:
+        raise BadRequest(f"{name} must be at most {high}")
     return value
 
 

@@ -10,7 +10,8 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from aggregator.api.paging import query_int
+from aggregator import redact
+from aggregator.api.paging import MAX_BIGINT, query_int
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
 from aggregator.errors import NotFound
@@ -43,7 +44,7 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
             "status": row["last_run_status"],
             "started_at": _iso(row["last_run_started_at"]),
             "finished_at": _iso(row["last_run_finished_at"]),
-            "error": row["last_run_error"],
+            "error": _masked(row["last_run_error"]),
         }
     last_success = None
     if row["last_success_id"] is not None:
@@ -54,7 +55,7 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
         }
     return {
         "name": row["name"],
-        "url": row["url"],
+        "url": redact.text(row["url"]),
         "kind": row["kind"],
         "mode": row["mode"],
         "priority": row["priority"],
@@ -110,9 +111,13 @@ def run_json(row: asyncpg.Record) -> dict[str, Any]:
                 "errors",
             )
         },
-        "error": row["error"],
-        "error_samples": row["error_samples"],
+        "error": _masked(row["error"]),
+        "error_samples": redact.deep(row["error_samples"]),
     }
+
+
+def _masked(value: str | None) -> str | None:
+    return None if value is None else redact.text(value)
 
 
 def _json(body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -156,7 +161,7 @@ async def list_runs(request: web.Request) -> web.Response:
     if upstream_id is None:
         raise NotFound(f"no upstream named {name!r}")
     limit = query_int(request.query, "limit", DEFAULT_RUNS, low=1, high=MAX_RUNS)
-    before = query_int(request.query, "before", None, low=1)
+    before = query_int(request.query, "before", None, low=1, high=MAX_BIGINT)
     rows = await db_runs.list_runs(pool, upstream_id, limit=limit + 1, before=before)
     headers = {}
     if len(rows) > limit:

@@ -238,7 +238,11 @@ class Crawl:
 
     async def _fetch_service_info(self) -> tuple[Any, list[dict[str, Any]] | None]:
         base = self.upstream.url
-        got = await self.client.get_json(f"{base}/service-info", ok_404=True)
+        try:
+            got = await self.client.get_json(f"{base}/service-info", ok_404=True)
+        except InvalidUpstreamData as e:  # a record like any other: it fails only itself
+            self.error(f"service-info: {e}")
+            got = None
         service_info = got[0] if got and isinstance(got[0], dict) else None
         if got is None:
             self.quirks.add("no /service-info")

@@ -14,6 +14,7 @@ from yarl import URL
 
 from aggregator.config import UpstreamConfig
 from aggregator.errors import InvalidUpstreamData
+from aggregator.harvest import records
 from aggregator.harvest.client import UpstreamClient, Validators
 from aggregator.trs.parse import Quirks, doc_hash, listed_tool_id, read_tool
 from aggregator.trs.staged import ListingPage
@@ -90,6 +91,15 @@ class Listing:
             return None
         return ListedTool(doc["id"], lhash, doc, trusted=self._trusted(item))
 
+    def _screened(self, entries: list[Any]) -> list[Any]:
+        """The listing entries that can be stored; each other one is reported and skipped
+        (and the listing is then not complete: nothing is counted missing)."""
+        good, refused = records.screen(entries)
+        for index, why in refused:
+            self.clean = False
+            self.error(f"listing: refused tool {records.label(entries[index], index)}: {why}")
+        return good
+
     def _trusted(self, raw: Any) -> bool:
         """Whether an unchanged listing entry means an unchanged tool (see change_detection).
 
@@ -159,6 +169,7 @@ class Listing:
                     raise InvalidUpstreamData(
                         f"/tools did not answer a JSON array ({response.url})", url=response.url
                     )
+                body = self._screened(body)
                 items = body
                 listed_ids = [listed_tool_id(t) or "" for t in body]
                 ids = set(listed_ids)
