@@ -20,11 +20,13 @@ from aggregator.config import Config, UpstreamConfig
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
 from aggregator.db.locks import try_harvest_lock
+from aggregator.db.operations import save_conformance
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
 from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.crawl import Crawl, RunOutcome
 from aggregator.progress import NoProgress, Progress
+from aggregator.trs.conformance import run_conformance
 
 if TYPE_CHECKING:
     from aggregator.db.pool import Connection
@@ -209,6 +211,9 @@ class Harvester:
                     counts=outcome.counts,
                     listing_complete=outcome.listing_complete,
                     error=outcome.error,
+                )
+                await save_conformance(
+                    conn, run_id, run_conformance(crawl.quirks.items, outcome.counts.error_kinds)
                 )
                 await db_runs.delete_staged(conn, [run_id])
             await db_upstreams.record_result(
