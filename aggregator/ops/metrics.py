@@ -257,10 +257,12 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             async with request.app[DB_POOL].acquire() as conn:
-                checks["database"] = "ok"
+                # Only an answer says the database is reachable: a pooled connection the
+                # server has just closed is handed out before anyone notices.
                 applied = {
                     r["name"] for r in await conn.fetch("select name from schema_migrations")
                 }
+                checks["database"] = "ok"
                 missing = sorted({m.name for m in load_migrations(default_directory())} - applied)
                 checks["schema"] = "ok" if not missing else "missing " + ", ".join(missing)
                 if missing:
