@@ -21,30 +21,101 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
+import aiohttp
+from aiohttp import web
 
-from aggregator.app import create_app  # noqa: E402
-from aggregator.config import Config, DatabaseConfig  # noqa: E402
-from aggregator.db import search as db_search  # noqa: E402
-from aggregator.db.migrate import migrate  # noqa: E402
-from aggregator.db.pool import connect, create_pool  # noqa: E402
-from aggregator.pgcluster import LocalCluster  # noqa: E402
+from aggregator.app import create_app
+from aggregator.config import Config, DatabaseConfig
+from aggregator.db import search as db_search
+from aggregator.db.migrate import migrate
+from aggregator.db.pool import connect, create_pool
+from aggregator.pgcluster import LocalCluster
 
 UPSTREAMS = ("dockstore", "workflowhub", "biocontainers", "yevis", "galaxy")
-WORDS = (
-    "align bwa samtools sort variant calling germline somatic rnaseq salmon star kallisto "
-    "fastqc trimming adapter qc metagenome kraken bracken assembly spades megahit annotation "
-    "prokka busco phylogeny iqtree mafft blast diamond hmmer chipseq macs peak atacseq "
-    "methylation bismark singlecell scanpy seurat proteomics maxquant structural gatk mutect "
-    "deepvariant bcftools vcf bam cram coverage mosdepth pangenome nanopore minimap medaka"
-).split()
+WORDS = [
+    "align",
+    "bwa",
+    "samtools",
+    "sort",
+    "variant",
+    "calling",
+    "germline",
+    "somatic",
+    "rnaseq",
+    "salmon",
+    "star",
+    "kallisto",
+    "fastqc",
+    "trimming",
+    "adapter",
+    "qc",
+    "metagenome",
+    "kraken",
+    "bracken",
+    "assembly",
+    "spades",
+    "megahit",
+    "annotation",
+    "prokka",
+    "busco",
+    "phylogeny",
+    "iqtree",
+    "mafft",
+    "blast",
+    "diamond",
+    "hmmer",
+    "chipseq",
+    "macs",
+    "peak",
+    "atacseq",
+    "methylation",
+    "bismark",
+    "singlecell",
+    "scanpy",
+    "seurat",
+    "proteomics",
+    "maxquant",
+    "structural",
+    "gatk",
+    "mutect",
+    "deepvariant",
+    "bcftools",
+    "vcf",
+    "bam",
+    "cram",
+    "coverage",
+    "mosdepth",
+    "pangenome",
+    "nanopore",
+    "minimap",
+    "medaka",
+]
 TYPES = ("CWL", "WDL", "NFL", "SMK", "GALAXY")
-SYLLABLES = "ba ce di fo gu ka le mi no pu ra se ti vo zu xan tor mel qui dra".split()
+SYLLABLES = [
+    "ba",
+    "ce",
+    "di",
+    "fo",
+    "gu",
+    "ka",
+    "le",
+    "mi",
+    "no",
+    "pu",
+    "ra",
+    "se",
+    "ti",
+    "vo",
+    "zu",
+    "xan",
+    "tor",
+    "mel",
+    "qui",
+    "dra",
+]
 # A vocabulary of 8,000 made-up words, drawn with a Zipf-like skew, stands for the long tail
 # of real descriptions and names (a tiny vocabulary would make every word match a third of
 # the catalogue).

@@ -56,9 +56,11 @@ class Registries:
             await s.close()
 
     def publish(self, name: str, tools: Sequence[dict[str, Any]]) -> None:
+        """Serve *tools* from registry *name* from now on."""
         self.apps[name][STATE].catalogue = catalogue(tools)
 
     def config(self, dsn: str, **changes: Any) -> Config:
+        """A config harvesting both registries into *dsn* ("a" first in priority)."""
         config = config_for(dsn, self.servers)
         config = with_priority(config, "a", 1)
         return dataclasses.replace(

@@ -38,7 +38,7 @@ def static_app(folder: Path) -> web.Application:
         rel = unquote(request.match_info["path"]).strip("/")
         target = (folder / rel / "index.json").resolve()
         if folder.resolve() not in target.parents or not target.is_file():
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound
         kind = "application/json" if "PLAIN_" not in rel and "plain-" not in rel else "text/plain"
         return web.Response(body=target.read_bytes(), content_type=kind)
 

@@ -15,8 +15,8 @@ from aiohttp import web
 from yarl import URL
 
 from aggregator.db import changes as db
+from aggregator.db.generation import CATALOGUE_CHANNEL
 from aggregator.db.pool import connect
-from aggregator.db.publish import CATALOGUE_CHANNEL
 from aggregator.errors import BadRequest
 from aggregator.keys import CONFIG, DB_POOL
 
@@ -51,10 +51,10 @@ class Publishes:
         return self.event
 
     @staticmethod
-    async def wait(event: asyncio.Event, timeout: float) -> None:
-        """Return when *event* is set, or after *timeout* seconds."""
+    async def wait(event: asyncio.Event, seconds: float) -> None:
+        """Return when *event* is set, or after *seconds*."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), seconds)
 
     async def close(self) -> None:
         """Close the LISTEN connection."""

@@ -72,7 +72,7 @@ class Page:
 
 
 async def instance_id(conn: Conn) -> str:
-    """This instance's stable id (made once per database, see migration 0010)."""
+    """The stable id of this instance (made once per database, see migration 0010)."""
     value: str = await conn.fetchval("select aggregator_instance_id()")
     return value
 
@@ -90,14 +90,14 @@ async def read_changes(conn: Conn, since: int, limit: int, retention_s: float) -
     assert row is not None
     head = max(int(row["head"]), int(row["pruned"]))
     if since < row["pruned"] or row["old"] or since > head:
-        return Page([], head, True)
+        return Page([], head, expired=True)
     rows = await conn.fetch(
         """select seq, generation, at, kind, tool_id, related_ids, parts, digest
            from catalogue_changes where seq > $1 order by seq limit $2""",
         since,
         limit,
     )
-    return Page([Change(**dict(r)) for r in rows], head, False)
+    return Page([Change(**dict(r)) for r in rows], head, expired=False)
 
 
 async def head(conn: Conn) -> int:
@@ -133,6 +133,7 @@ async def snapshot_digests(conn: Conn) -> dict[str, str]:
            insert into capture_ids select id from catalogue_tools"""
     )
     rows = await conn.fetch(
-        "select tool_id, md5(metadata || versions || files || sources) as digest from catalogue_parts()"
+        "select tool_id, md5(metadata || versions || files || sources) as digest "
+        "from catalogue_parts()"
     )
     return {r["tool_id"]: r["digest"] for r in rows}

@@ -170,8 +170,10 @@ async def _search(
         source = f"search_docs d cross join (select {tsquery} as query) as t"
         clauses.append("d.document @@ t.query")
         score = "round(ts_rank(d.document, t.query)::numeric, 6)"
-        headline = f"""ts_headline('english', p.description, websearch_to_tsquery('english', {q})
-                           || websearch_to_tsquery('english', {c}), '{_HEADLINE}') as hl_description,
+        headline = f"""ts_headline('english', p.description,
+                           websearch_to_tsquery('english', {q})
+                           || websearch_to_tsquery('english', {c}), '{_HEADLINE}')
+                       as hl_description,
                        ts_headline('simple', p.name, websearch_to_tsquery('simple', {q})
                            || websearch_to_tsquery('simple', {c}), '{_HEADLINE}') as hl_name"""
     else:

@@ -26,7 +26,8 @@ import structlog
 
 from aggregator.db import changes as db_changes
 from aggregator.errors import InvalidUpstreamData, UpstreamError, UpstreamHTTPError
-from aggregator.harvest.run import HarvestRun, RunResult
+from aggregator.harvest.crawl import Crawl, RunOutcome
+from aggregator.harvest.listing import Listing
 from aggregator.trs.parse import read_tool
 
 log = structlog.get_logger()
@@ -48,12 +49,12 @@ def origin_of(url: str) -> str:
     return url.rstrip("/").removesuffix(TRS_SUFFIX)
 
 
-class AggregatorRun(HarvestRun):
-    """A HarvestRun whose tool list comes from another aggregator's change feed."""
+class AggregatorCrawl(Crawl):
+    """A Crawl whose tool list comes from another aggregator's change feed."""
 
     remote: Remote | None = None
 
-    async def execute(self) -> RunResult:
+    async def execute(self) -> RunOutcome:
         """Run, and remember how far the feed was read once the run is published."""
         result = await super().execute()
         if result.generation is not None and result.listing_complete and self.remote:
@@ -107,6 +108,16 @@ class AggregatorRun(HarvestRun):
                 return remote_id, int(body.get("head") or cursor), ids
 
     async def _crawl(self) -> None:
+        # No /tools listing pages to keep; its cleanliness is that of the records read.
+        self.listing = Listing(
+            self.client,
+            self.upstream,
+            {},
+            unchanged=lambda _t, _h: False,
+            budget=lambda: self._budget("the listing finished", listing=True),
+            quirks=self.quirks,
+            error=self.error,
+        )
         own = await db_changes.instance_id(self.pool)
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -215,7 +226,8 @@ class AggregatorRun(HarvestRun):
         try:
             doc = read_tool(got[0], self.quirks)
         except InvalidUpstreamData as e:
-            self.listing_clean = False
+            assert self.listing is not None
+            self.listing.clean = False
             self.error(f"tool {tool_id}: {e}")
             return
         await self._harvest_tool(doc, None)
