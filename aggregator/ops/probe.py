@@ -161,7 +161,12 @@ class ProbeReport:
         lines.append("")
         lines.append("[[upstreams]]")
         lines += [f"{k} = {_toml(v)}" for k, v in self.upstream_block().items()]
-        return "\n".join(lines) + "\n"
+        # What the upstream sent is printed: no control characters reach the terminal.
+        return "\n".join(_printable(line) for line in lines) + "\n"
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def _text(value: Any) -> str:
