@@ -546,7 +546,8 @@ def _suggest(
         estimate = max(estimate, requests / state.rate_limit)
     report.findings["estimated_first_harvest"] = (
         f"{int(requests)} requests, about {_duration(estimate)} "
-        f"(median latency {latency * 1000:.0f} ms, concurrency {concurrency})"
+        f"of network time (median latency {latency * 1000:.0f} ms, concurrency {concurrency}; "
+        "storing and merging add to it)"
     )
     kind = "aggregator" if state.aggregator else "trs"
     if not report.findings.get("paging", {}).get("headers") and not state.page_limit_honoured:
