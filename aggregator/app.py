@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from aggregator import console
 from aggregator.api import openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
@@ -31,4 +32,5 @@ def create_app(config: Config) -> web.Application:
     provenance.add_routes(app)
     openapi.add_routes(app)
     upstreams.add_routes(app)
+    console.add_routes(app)
     return app
