@@ -11,7 +11,6 @@ from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
-from multidict import MultiDictProxy
 
 from aggregator.api.files import find_file, normalise
 from aggregator.api.handlers import find_version
@@ -160,9 +159,7 @@ async def home(request: web.Request) -> web.Response:
             multi=params["multi"] == "1",
             **{f: params[p] or None for p, f in FILTERS.items()},
         )
-        found = await db_console.search(
-            conn, search, offset=(page - 1) * PER_PAGE, limit=PER_PAGE
-        )
+        found = await db_console.search(conn, search, offset=(page - 1) * PER_PAGE, limit=PER_PAGE)
         last = max(1, -(-min(found.total, MAX_RESULTS) // PER_PAGE))
         window = range(max(1, page - 3), min(last, page + 3) + 1)
         filters = [(p, params[p]) for p in (*FILTERS, "multi") if params[p]]
@@ -226,9 +223,14 @@ def _expires_in(tool: CatalogueTool, now: dt.datetime, stale_after: float) -> fl
 def bioschemas(tool: CatalogueTool, page_url: str, trs: str) -> dict[str, Any]:
     """Bioschemas ComputationalWorkflow (or SoftwareApplication) JSON-LD of *tool*."""
     doc = tool.doc
-    is_workflow = "workflow" in text(
-        (doc.get("toolclass") or {}).get("name") if isinstance(doc.get("toolclass"), dict) else ""
-    ).lower()
+    is_workflow = (
+        "workflow"
+        in text(
+            (doc.get("toolclass") or {}).get("name")
+            if isinstance(doc.get("toolclass"), dict)
+            else ""
+        ).lower()
+    )
     types = sorted({t for v in tool.versions for t in _types(v)})
     out: dict[str, Any] = {
         "@context": "https://schema.org",
@@ -358,7 +360,9 @@ async def tool_page(request: web.Request) -> web.Response:
             for c in tool.conflicts:
                 if c.get("kind") == "version":
                     columns = await _conflict_columns(conn, tool, c.get("keys") or [])
-                    clashes.append({"name": c.get("version"), "reason": c.get("reason"), "columns": columns})
+                    clashes.append(
+                        {"name": c.get("version"), "reason": c.get("reason"), "columns": columns}
+                    )
         return Page(
             "tool.html",
             {
@@ -398,9 +402,7 @@ class Node:
     files: list[tuple[str, FileRow, str]] = field(default_factory=list)
 
 
-def file_tree(
-    tool_id: str, key: str, rows: Sequence[FileRow], descriptor_type: str
-) -> Node:
+def file_tree(tool_id: str, key: str, rows: Sequence[FileRow], descriptor_type: str) -> Node:
     """The files of one descriptor type as a tree of directories, each file with its page."""
     root = Node("")
     for r in rows:
@@ -469,7 +471,7 @@ async def version_page(request: web.Request) -> web.Response:
 
 async def file_page(request: web.Request) -> web.Response:
     """GET /tools/{id}/versions/{version_id}/files?type=T&path=P: one file, highlighted."""
-    q: MultiDictProxy[str] = request.query
+    q = request.query
 
     async def build(conn: Any, generation: int) -> Page:
         descriptor_type = q.get("type", "")
@@ -478,18 +480,26 @@ async def file_page(request: web.Request) -> web.Response:
             raise BadRequest("path is required")
         tool, v = await _version(conn, request)
         rows = await db.fetch_files(
-            conn, v.served.version_row_id, descriptor_type=descriptor_type or None,
+            conn,
+            v.served.version_row_id,
+            descriptor_type=descriptor_type or None,
             with_content=False,
         )
         if descriptor_type:
             rows = [r for r in rows if r.descriptor_type in (descriptor_type, "")]
         found = find_file(rows, requested)
         full = await db.fetch_files(
-            conn, v.served.version_row_id, descriptor_type=found.descriptor_type or None,
+            conn,
+            v.served.version_row_id,
+            descriptor_type=found.descriptor_type or None,
             path=found.path,
         )
-        content = next((r.content for r in full if r.descriptor_type == found.descriptor_type), None)
-        shown = highlight.show(content, found.path, descriptor_type) if content is not None else None
+        content = next(
+            (r.content for r in full if r.descriptor_type == found.descriptor_type), None
+        )
+        shown = (
+            highlight.show(content, found.path, descriptor_type) if content is not None else None
+        )
         trs = origin(request) + TRS_MOUNT
         base = version_url(trs, tool.id, v.key)
         api_type = descriptor_type or next(iter(_types(v)), "")
@@ -510,7 +520,9 @@ async def file_page(request: web.Request) -> web.Response:
                 "descriptor_type": descriptor_type,
                 "shown": shown,
                 "size": len(content) if content is not None else None,
-                "tree": file_tree(tool.id, v.key, groups.get(descriptor_type, rows), descriptor_type),
+                "tree": file_tree(
+                    tool.id, v.key, groups.get(descriptor_type, rows), descriptor_type
+                ),
                 "trs_json": trs_json,
                 "raw": raw,
                 "upstream_url": safe_href(found.url) or upstream_version_url(v.served),

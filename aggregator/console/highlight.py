@@ -78,4 +78,4 @@ def show(content: bytes, path: str, descriptor_type: str) -> Shown:
     except ClassNotFound:
         lexer = get_lexer_by_name("text", stripnl=False)
     html = highlight(source, lexer, _FORMATTER)
-    return Shown(Markup(html), lexer.name, truncated, source.count("\n") + 1)  # noqa: S704
+    return Shown(Markup(html), lexer.name, truncated, source.count("\n") + 1)

@@ -176,7 +176,7 @@ def jsonld(data: Any) -> Markup:
         ("\u2029", "\\u2029"),
     ):
         text = text.replace(raw, escaped)
-    return Markup(text)  # noqa: S704 - escaped above
+    return Markup(text)
 
 
 def text_list(value: Any) -> list[str]:
