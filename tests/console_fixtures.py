@@ -18,9 +18,8 @@ from aggregator.config import Config, DatabaseConfig, UpstreamConfig
 from aggregator.db.pool import create_pool
 from aggregator.demo.registry import make_registry_app
 from aggregator.harvest.harvester import Harvester, make_session
-from tests.conftest import admin_execute, dsn_with_db, run_sync
 from tests.populated import TRS, live_api
-from tests.support import catalogue, cwl_tool
+from tests.support import catalogue, cwl_tool, dsn_with_db, fetch, run_sync
 
 #: Debian's chromium; never a browser Playwright downloads.
 CHROMIUM = os.environ.get("AGGREGATOR_CHROMIUM", "/usr/bin/chromium")
@@ -100,13 +99,13 @@ async def _harvest_hostile(dsn: str) -> None:
 def hostile_origin(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
     """An API over a catalogue of hostile strings and a failing upstream."""
     name = f"hostile_{uuid.uuid4().hex[:12]}"
-    run_sync(admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    run_sync(fetch(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
     try:
         run_sync(_harvest_hostile(dsn_with_db(pg_admin_dsn, name)))
         with live_api(pg_admin_dsn, name, prefix="hostile") as origin:
             yield origin
     finally:
-        run_sync(admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(fetch(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

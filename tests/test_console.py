@@ -19,15 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from aggregator.console.render import ASSETS, CSP
 from aggregator.keys import RESPONSE_CACHE
-from tests.populated import (
-    BWA,
-    live_origin,
-    own_trs,
-    populated_db,
-    populated_dsn,
-)
-
-__all__ = ["live_origin", "own_trs", "populated_db", "populated_dsn"]
+from tests.populated import BWA
 
 TOOL = "/tools/" + quote(BWA, safe="")
 PAGES = [

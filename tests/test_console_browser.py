@@ -9,21 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.console_fixtures import (
-    AXE,
-    HOSTILE_ID,
-    HOSTILE_NAME,
-    IMG,
-    RTL,
-    SCRIPT,
-    browser,
-    hostile_origin,
-    page,
-    screenshot,
-)
-from tests.populated import BWA, live_origin, populated_db
-
-__all__ = ["browser", "hostile_origin", "live_origin", "page", "populated_db"]
+from tests.console_fixtures import AXE, HOSTILE_ID, HOSTILE_NAME, IMG, RTL, SCRIPT, screenshot
+from tests.populated import BWA
 
 _INJECTED = """() => {
   const bad = [];
