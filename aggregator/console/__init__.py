@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from aggregator.console import catalogue, operators, render
+from aggregator.console import catalogue, operators, render, search
 
 
 def add_routes(app: web.Application) -> None:
     """Mount the console's pages and assets on *app* (the API's application)."""
     render.setup(app)
     version = "/tools/{id}/versions/{version_id}"
-    app.router.add_get("/", catalogue.home)
+    app.router.add_get("/", search.home)
     app.router.add_get("/tools/{id}", catalogue.tool_page)
     app.router.add_get(version, catalogue.version_page)
     app.router.add_get(version + "/files", catalogue.file_page)

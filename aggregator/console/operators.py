@@ -10,7 +10,7 @@ from aiohttp import web
 
 from aggregator.api.upstreams import state_of
 from aggregator.console import chart
-from aggregator.console.render import LIVE_TTL_S, Page, serve_page
+from aggregator.console.render import LIVE_TTL_S, Page, positive_int, serve_page
 from aggregator.db import console as db_console
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
@@ -41,19 +41,6 @@ def console_state(row: asyncpg.Record, stale_after_s: float) -> str:
         if old or row["tools_stale"]:
             return "stale"
     return state
-
-
-def _positive(request: web.Request, key: str) -> int | None:
-    raw = request.query.get(key, "")
-    if raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{key} must be a whole number, not {raw!r}") from None
-    if value < 1:
-        raise BadRequest(f"{key} must be at least 1")
-    return value
 
 
 async def _upstreams(
@@ -91,7 +78,7 @@ async def upstream_page(request: web.Request) -> web.Response:
     name = request.match_info["name"]
 
     async def build(conn: Any, generation: int) -> Page:
-        before = _positive(request, "before")
+        before = positive_int(request.query, "before")
         items = await _upstreams(conn, request, name)
         if not items:
             raise NotFound(f"no upstream named {name!r}")
