@@ -108,9 +108,11 @@ def hostile_origin(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
         run_sync(fetch(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session (Debian's package, launched by Playwright)."""
+    """One headless Chromium (Debian's package, launched by Playwright) for the module that
+    holds every browser test: Playwright's synchronous API keeps an event loop running in this
+    thread until it stops, which the asyncio tests of other modules cannot share."""
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
     from playwright.sync_api import sync_playwright
