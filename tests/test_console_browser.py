@@ -145,7 +145,7 @@ def test_upstream_to_run(page: Any, hostile_origin: str, tmp_path: Path) -> None
     screenshot(page, "upstreams", tmp_path)
     grid.locator("a", has_text="dead").first.click()
     page.wait_for_url(re.compile(r"/upstreams/dead$"))
-    assert page.locator("figure.chart svg rect.bar").count() == 1
+    assert page.locator("figure.chart svg rect.bar.run-failed").count() == 2
     screenshot(page, "upstream", tmp_path)
     page.locator("main table a").first.click()
     page.wait_for_url(re.compile(r"/upstreams/dead/runs/\d+$"))
@@ -200,7 +200,7 @@ def test_accessibility_axe(browser: Any, live_origin: str, hostile_origin: str) 
         tool + "/versions/1.2.0/files?type=CWL&path=main.cwl",
         hostile_origin + "/upstreams",
         hostile_origin + "/upstreams/dead",
-        hostile_origin + "/upstreams/dead/runs/2",
+        hostile_origin + "/upstreams/dead/runs/4",
     ]
     # The page's own policy would refuse the injected axe script.
     context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})

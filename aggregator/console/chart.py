@@ -14,6 +14,8 @@ _LEFT: Final = 48
 _RIGHT: Final = 48
 _TOP: Final = 12
 _BOTTOM: Final = 28
+#: The widest bar, so a short history does not draw slabs.
+_MAX_BAR: Final = 36.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ def layout(runs: Sequence[Any]) -> Chart:
         duration = float(r["duration_s"] or 0)
         h = max(duration / max_d * plot_h, 1.0)
         x = _LEFT + i * slot
+        width = min(max(slot * 0.7, 1.0), _MAX_BAR)
         point_y = _TOP + plot_h - int(r["tools_seen"]) / max_t * plot_h
         points.append(f"{x + slot / 2:.1f},{point_y:.1f}")
         started = r["started_at"].astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -73,9 +76,9 @@ def layout(runs: Sequence[Any]) -> Chart:
             Bar(
                 r["id"],
                 r["status"],
-                round(x + slot * 0.15, 1),
+                round(x + (slot - width) / 2, 1),
                 round(_TOP + plot_h - h, 1),
-                round(max(slot * 0.7, 1.0), 1),
+                round(width, 1),
                 round(h, 1),
                 round(point_y, 1),
                 f"run {r['id']} {started}: {r['status']}, {_seconds(duration)}, "
