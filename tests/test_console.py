@@ -161,8 +161,10 @@ async def test_pages_are_cached_per_generation(own_trs: TestClient[Any, Any]) ->
 
     pool = own_trs.server.app[RESPONSE_CACHE].pool
     await pool.execute("update upstream_tools set last_confirmed = now() - interval '30 days'")
-    cache.set_generation(None)  # as a publish would: the next answer is rendered anew
-    cache.set_generation(await pool.fetchval("select generation from catalogue_state"))
+    bumped = await pool.fetchval(
+        "update catalogue_state set generation = generation + 1 returning generation"
+    )
+    cache.set_generation(bumped)  # as a publish would: the next answer is rendered anew
     stale = await (await own_trs.get(TOOL)).text()
     assert ">stale<" in stale
 
