@@ -55,14 +55,14 @@ def main() -> int:
         asyncio.run(api_bench.populate(dsn, args.tools))
         print(f"harvested {args.tools} tools in {time.monotonic() - started:.1f}s", file=sys.stderr)
         port, nginx_port = api_bench.free_port(), api_bench.free_port()
-        for _ in range(args.workers):
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, api_bench.__file__, "--serve", dsn, str(port), "INFO"],
-                    stderr=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                )
+        workers.extend(
+            subprocess.Popen(
+                [sys.executable, api_bench.__file__, "--serve", dsn, str(port), "INFO"],
+                stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
             )
+            for _ in range(args.workers)
+        )
         origin = f"http://127.0.0.1:{port}"
         api_bench.wait_ready(origin + "/ga4gh/trs/v2/toolClasses")
         name = f"workflow-{args.tools // 2:06d}"

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from aggregator.config import Config, DatabaseConfig, UpstreamConfig
 from aggregator.db.pool import create_pool
 from aggregator.demo.registry import make_registry_app
-from aggregator.harvest.harvester import Harvester, make_session
+from aggregator.harvest.runner import Harvester, make_session
 from tests.populated import TRS, live_api
 from tests.support import catalogue, cwl_tool, dsn_with_db, fetch, run_sync
 

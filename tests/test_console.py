@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from aggregator.api.cache import RESPONSE_CACHE
 from aggregator.console.render import ASSETS, CSP
-from aggregator.keys import RESPONSE_CACHE
 from tests.populated import BWA
 from tests.test_cwltool import cwltool_validate
 

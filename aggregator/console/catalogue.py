@@ -164,14 +164,14 @@ def snippets(tool: CatalogueTool, own: str, trs: str) -> list[dict[str, Any]]:
             "code": f"curl {shlex.quote(version_url(trs, tool.id, v.key))}",
         }
     )
-    for s in v.sources:
-        out.append(
-            {
-                "title": f"TRS ({s.upstream})",
-                "note": "The original record at its registry.",
-                "code": f"curl {shlex.quote(upstream_version_url(s))}",
-            }
-        )
+    out.extend(
+        {
+            "title": f"TRS ({s.upstream})",
+            "note": "The original record at its registry.",
+            "code": f"curl {shlex.quote(upstream_version_url(s))}",
+        }
+        for s in v.sources
+    )
     return out
 
 
@@ -202,7 +202,7 @@ async def tool_page(request: web.Request) -> web.Response:
     requested = request.match_info["id"]
     tab = request.query.get("tab") or "overview"
 
-    async def build(conn: Any, generation: int) -> Page:
+    async def build(conn: Any) -> Page:
         if tab not in TABS:
             raise BadRequest(f"tab must be one of {', '.join(TABS)}, not {tab!r}")
         tool = await _tool(conn, requested)
@@ -295,7 +295,7 @@ async def _version(conn: Any, request: web.Request) -> tuple[CatalogueTool, Cata
 async def version_page(request: web.Request) -> web.Response:
     """GET /tools/{id}/versions/{version_id}: the version, its sources and its file trees."""
 
-    async def build(conn: Any, generation: int) -> Page:
+    async def build(conn: Any) -> Page:
         tool, v = await _version(conn, request)
         rows = await db.fetch_files(conn, v.served.version_row_id, with_content=False)
         trs = origin(request) + TRS_MOUNT
@@ -329,7 +329,7 @@ async def file_page(request: web.Request) -> web.Response:
     """GET /tools/{id}/versions/{version_id}/files?type=T&path=P: one file, highlighted."""
     q = request.query
 
-    async def build(conn: Any, generation: int) -> Page:
+    async def build(conn: Any) -> Page:
         descriptor_type = q.get("type", "")
         requested = q.get("path", "")
         if not requested:
@@ -369,7 +369,8 @@ async def file_page(request: web.Request) -> web.Response:
         return Page(
             "file.html",
             {
-                "title": f"{posixpath.basename(found.path)} · {text(tool.doc.get('name')) or tool.id}",
+                "title": posixpath.basename(found.path)
+                + f" · {text(tool.doc.get('name')) or tool.id}",
                 "tool": tool,
                 "v": v,
                 "f": found,

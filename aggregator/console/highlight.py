@@ -78,4 +78,5 @@ def show(content: bytes, path: str, descriptor_type: str) -> Shown:
     except ClassNotFound:
         lexer = get_lexer_by_name("text", stripnl=False)
     html = highlight(source, lexer, _FORMATTER)
-    return Shown(Markup(html), lexer.name, truncated, source.count("\n") + 1)
+    markup = Markup(html)  # noqa: S704 - Pygments escapes the source it formats
+    return Shown(markup, lexer.name, truncated, source.count("\n") + 1)

@@ -59,7 +59,7 @@ async def _upstreams(
 async def upstreams_page(request: web.Request) -> web.Response:
     """GET /upstreams: every upstream with its state, last and next run, counts."""
 
-    async def build(conn: Any, generation: int) -> Page:
+    async def build(conn: Any) -> Page:
         items = await _upstreams(conn, request)
         counts: dict[str, int] = {}
         for item in items:
@@ -77,7 +77,7 @@ async def upstream_page(request: web.Request) -> web.Response:
     """GET /upstreams/{name}: state, run history chart, run counts, runs paged by ``before``."""
     name = request.match_info["name"]
 
-    async def build(conn: Any, generation: int) -> Page:
+    async def build(conn: Any) -> Page:
         before = positive_int(request.query, "before")
         items = await _upstreams(conn, request, name)
         if not items:
@@ -121,7 +121,7 @@ async def run_page(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     raw = request.match_info["run_id"]
 
-    async def build(conn: Any, generation: int) -> Page:
+    async def build(conn: Any) -> Page:
         if not raw.isdigit():
             raise BadRequest(f"a run id is a whole number, not {raw!r}")
         upstream_id = await db_upstreams.fetch_upstream_id(conn, name)

@@ -24,11 +24,11 @@ import orjson
 from aiohttp import web
 from markupsafe import Markup
 
-from aggregator.api.cache import Entry, cache_key, make_entry, send
+from aggregator.api.cache import RESPONSE_CACHE, Entry, cache_key, make_entry, send
 from aggregator.console.highlight import STYLE_CSS
 from aggregator.db import queries
 from aggregator.errors import BadRequest, NotFound
-from aggregator.keys import CONFIG, RESPONSE_CACHE
+from aggregator.keys import CONFIG
 
 #: No inline script or style, nothing from elsewhere; JSON-LD is a data block, never run.
 CSP: Final = (
@@ -68,7 +68,7 @@ class Page:
     expires_in_s: float | None = None
 
 
-Build = Callable[[Any, int], Awaitable[Page]]
+Build = Callable[[Any], Awaitable[Page]]
 
 
 # -- static assets ---------------------------------------------------------------------------
@@ -113,7 +113,7 @@ async def get_static(request: web.Request) -> web.Response:
     return await send(request, asset.entry)
 
 
-async def no_icon(request: web.Request) -> web.Response:
+async def no_icon(_request: web.Request) -> web.Response:
     """GET /favicon.ico: none (browsers ask for it beside any document, text ones too)."""
     return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
 
@@ -176,7 +176,7 @@ def jsonld(data: Any) -> Markup:
         ("\u2029", "\\u2029"),
     ):
         text = text.replace(raw, escaped)
-    return Markup(text)
+    return Markup(text)  # noqa: S704 - every character that could end the block is escaped
 
 
 def text_list(value: Any) -> list[str]:
@@ -267,7 +267,7 @@ async def serve_page(request: web.Request, build: Build) -> web.Response:
         async def render(conn: Any, generation: int) -> Entry:
             chrome = await _chrome(conn, generation)
             try:
-                page = await build(conn, generation)
+                page = await build(conn)
             except (NotFound, BadRequest) as e:
                 page = error_page(e.status, e.message)
             return _entry(request, page, chrome, generation)

@@ -107,7 +107,7 @@ async def home(request: web.Request) -> web.Response:
     q = request.query
     params = {k: q.get(k, "").strip() for k in ("q", "multi", "page", *FILTERS)}
 
-    async def build(conn: Any, generation: int) -> Page:
+    async def build(conn: Any) -> Page:
         page = positive_int(q, "page") or 1
         if (page - 1) * PER_PAGE >= MAX_RESULTS:
             raise BadRequest(
