@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from aggregator import console
 from aggregator.api import admin, changes, openapi, provenance, search, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
@@ -36,4 +37,5 @@ def create_app(config: Config) -> web.Application:
     metrics.add_routes(app)
     search.add_routes(app)
     changes.add_routes(app)
+    console.add_routes(app)
     return app
