@@ -10,9 +10,10 @@ from aggregator.api import openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
 from aggregator.api.middleware import request_context
+from aggregator.api.reqlog import request_log_ctx, request_log_for
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
-from aggregator.keys import CONFIG, DB_POOL
+from aggregator.keys import CONFIG, DB_POOL, REQUEST_LOG
 
 
 async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -26,7 +27,8 @@ def create_app(config: Config) -> web.Application:
     """Build the API application for *config*."""
     app = web.Application(middlewares=[request_context])
     app[CONFIG] = config
-    app.cleanup_ctx.extend([db_pool_ctx, cache_ctx])  # the cache reads through the pool
+    app[REQUEST_LOG] = request_log_for(config.server)
+    app.cleanup_ctx.extend([request_log_ctx, db_pool_ctx, cache_ctx])  # cache reads the pool
     add_routes(app)
     provenance.add_routes(app)
     openapi.add_routes(app)

@@ -11,8 +11,10 @@ from aggregator.config import Config
 
 if TYPE_CHECKING:
     from aggregator.api.cache import ResponseCache
+    from aggregator.api.reqlog import RequestLog
 
 CONFIG: Final = web.AppKey("config", Config)
 DB_POOL: Final = web.AppKey("db_pool", asyncpg.Pool)
 RESPONSE_CACHE: Final = web.AppKey["ResponseCache"]("response_cache")
+REQUEST_LOG: Final = web.AppKey["RequestLog"]("request_log")
 OPENAPI: Final = web.AppKey("openapi", bytes)

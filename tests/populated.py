@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from aggregator.api.fastpath import FastRunner
 from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig
 from aggregator.db.pool import create_pool
@@ -252,7 +253,7 @@ def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
     name = f"live_{uuid.uuid4().hex[:12]}"
     run_sync(admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{populated_db}"'))
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(api_config(dsn_with_db(pg_admin_dsn, name))))
+    runner = FastRunner(create_app(api_config(dsn_with_db(pg_admin_dsn, name))))
     ready: concurrent.futures.Future[str] = concurrent.futures.Future()
 
     def serve() -> None:

@@ -100,7 +100,7 @@ class Entry:
         return len(self.body) + 512 + (self.gzipped.size if self.gzipped else 0)
 
 
-def cache_key(request: web.Request) -> Hashable:
+def cache_key(request: web.BaseRequest) -> Hashable:
     """What an answer depends on: the URL as sent (scheme, host, path and query) and whether
     the client asked for a zip by Accept header."""
     accept = request.headers.get("Accept")
@@ -166,7 +166,7 @@ def _gzip_etag(etag: str | None) -> str | None:
     return etag[:-1] + '-gz"' if etag else None
 
 
-def respond(request: web.Request, entry: Entry) -> web.Response | None:
+def respond(request: web.BaseRequest, entry: Entry) -> web.Response | None:
     """Send *entry*: 304 when If-None-Match names it, gzip when accepted and worth it.
 
     None when the gzip variant has yet to be made (``await compress(entry)``, then again).

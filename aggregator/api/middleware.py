@@ -3,8 +3,6 @@ preflight, one canonical log line per request."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from typing import Final
 
@@ -14,18 +12,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from aggregator.api.cache import CORS_HEADERS, cache_key, respond
+from aggregator.api.reqlog import new_request_id
 from aggregator.errors import BadRequest, NotFound
-from aggregator.keys import RESPONSE_CACHE
+from aggregator.keys import REQUEST_LOG, RESPONSE_CACHE
 from aggregator.trs.render import error
 
 log = structlog.get_logger()
 
 _ERROR_HEADERS: Final = {"Content-Type": "application/json", **CORS_HEADERS}
 _PREFLIGHT_MAX_AGE: Final = "86400"
-_CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
-# Request ids: unique per process by a counter, across processes by a random prefix.
-_ID_PREFIX: Final = os.urandom(4).hex() + "-"
-_ID_COUNTER: Final = itertools.count(1)
+CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -45,14 +41,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     Otherwise the request id is bound for whatever the handler logs.
     """
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+    request_id = request.headers.get("X-Request-Id") or new_request_id()
     status = 500
+    warm = False
     try:
         response: web.StreamResponse | None = None
-        if request.method in _CACHED_METHODS:
+        if request.method in CACHED_METHODS:
             entry = request.app[RESPONSE_CACHE].get(cache_key(request))
             if entry is not None:
                 response = respond(request, entry)
+                warm = response is not None
         if response is None:
             with structlog.contextvars.bound_contextvars(request_id=request_id):
                 response = await _trs_errors(request, handler)
@@ -60,13 +58,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
-        log.info(
-            "request_finished",
-            request_id=request_id,
-            method=request.method,
-            path=request.raw_path,
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        request.app[REQUEST_LOG].finished(
+            request_id, request.method, request.raw_path, status, started, warm=warm
         )
 
 

@@ -1,0 +1,61 @@
+"""Warm answers before aiohttp's routing and middleware.
+
+``FastRunner`` is the ``AppRunner`` the service runs the API with. Its low-level server calls a
+handler in front of the application: a GET or HEAD whose answer is in the response cache (the
+key is the request line and two headers, ``cache.cache_key``) is answered there, with its
+request id and log line, without resolving a route or entering the middleware. Everything
+else (misses, other methods, 304s and gzip variants not made yet) goes to the application as
+before, whose middleware looks in the cache once more and renders on a miss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from aggregator.api.cache import cache_key, respond
+from aggregator.api.middleware import CACHED_METHODS
+from aggregator.api.reqlog import new_request_id
+from aggregator.keys import REQUEST_LOG, RESPONSE_CACHE
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def front(app: web.Application, handle: Handler) -> Handler:
+    """A request handler answering warm cache hits of *app* itself and passing the rest to
+    *handle* (the application's own)."""
+    cache = app[RESPONSE_CACHE]
+    reqlog = app[REQUEST_LOG]
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method in CACHED_METHODS:
+            started = time.perf_counter()
+            entry = cache.get(cache_key(request))
+            if entry is not None:
+                response = respond(request, entry)
+                if response is not None:
+                    request_id = request.headers.get("X-Request-Id") or new_request_id()
+                    response.headers["X-Request-Id"] = request_id
+                    reqlog.finished(
+                        request_id,
+                        request.method,
+                        request.raw_path,
+                        response.status,
+                        started,
+                        warm=True,
+                    )
+                    return response
+        return await handle(request)
+
+    return handler
+
+
+class FastRunner(web.AppRunner):
+    """An AppRunner whose server answers warm cache hits in front of the application."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # the app has started: its cache exists
+        server.request_handler = front(self.app, server.request_handler)
+        return server
