@@ -49,6 +49,9 @@ class DatabaseConfig:
     pool_max: int = 10
 
 
+REQUEST_LOG_MODES: Final = ("all", "sample", "errors")
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """The HTTP API.
@@ -57,11 +60,21 @@ class ServerConfig:
         host: Address to bind.
         port: Port to bind.
         public_url: Base URL clients reach us at; empty means derived from each request.
+        workers: API processes sharing the port (``SO_REUSEPORT``), each with its own
+            database pool and response cache; 0 means one per CPU this process may run on.
+        request_log: ``all`` logs one line per request; ``sample`` logs every error and
+            every answer that was not served from memory, one in ``1 / request_log_sample``
+            of the rest, and a ``requests_summary`` line (counts by status) every minute;
+            ``errors`` is ``sample`` with no warm answer logged.
+        request_log_sample: The fraction of warm answers logged in ``sample`` mode.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""
+    workers: int = 0
+    request_log: str = "all"
+    request_log_sample: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +282,12 @@ def from_dict(
         raise ConfigError("server.port", "must be between 0 and 65535")
     if server.public_url and not _is_http_url(server.public_url):
         raise ConfigError("server.public_url", "must be an http(s) URL")
+    if server.workers < 0:
+        raise ConfigError("server.workers", "must be 0 (one per CPU) or more")
+    if server.request_log not in REQUEST_LOG_MODES:
+        raise ConfigError("server.request_log", f"must be one of {', '.join(REQUEST_LOG_MODES)}")
+    if not 0 <= server.request_log_sample <= 1:
+        raise ConfigError("server.request_log_sample", "must be between 0 and 1")
     harvest = _section(HarvestConfig, data.get("harvest", {}), "harvest")
     if harvest.tombstone_after < 1:
         raise ConfigError("harvest.tombstone_after", "must be at least 1")
