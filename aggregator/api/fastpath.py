@@ -53,9 +53,11 @@ def front(app: web.Application, handle: Handler) -> Handler:
 
 
 class FastRunner(web.AppRunner):
-    """An AppRunner whose server answers warm cache hits in front of the application."""
+    """An AppRunner whose server answers warm cache hits in front of the application (an
+    application without a response cache is run as AppRunner runs it)."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # the app has started: its cache exists
-        server.request_handler = front(self.app, server.request_handler)
+        if RESPONSE_CACHE in self.app and REQUEST_LOG in self.app:
+            server.request_handler = front(self.app, server.request_handler)
         return server
