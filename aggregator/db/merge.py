@@ -82,7 +82,7 @@ async def remerge(
         nodes = await _load_nodes(conn, affected, live, tombstone_after)
     components = merge(nodes, identifying=identifying)
     versions = await _load_versions(conn, [n.id for n in nodes])
-    old_ids = await _drop_tools(conn, affected)
+    old_ids = await _tools_holding(conn, affected)
     await _write(conn, components, versions, old_ids)
     generation: int = await conn.fetchval(
         """update catalogue_state set generation = generation + 1, published_at = now()
@@ -285,16 +285,15 @@ async def _load_versions(
     return out
 
 
-async def _drop_tools(conn: asyncpg.Connection[Any], affected: set[int]) -> list[str]:
-    """Delete the catalogue tools holding any affected upstream tool; return their ids."""
+async def _tools_holding(conn: asyncpg.Connection[Any], affected: set[int]) -> list[str]:
+    """The ids of the catalogue tools holding any affected upstream tool: what the merge
+    rewrites."""
     rows = await conn.fetch(
-        """delete from catalogue_tools c where c.id in (
-               select m.tool_id from catalogue_members m
-               where m.upstream_tool_id = any($1::bigint[]))
-           returning c.id""",
+        """select distinct m.tool_id from catalogue_members m
+           where m.upstream_tool_id = any($1::bigint[])""",
         list(affected),
     )
-    return [r["id"] for r in rows]
+    return [r["tool_id"] for r in rows]
 
 
 async def _write(
@@ -303,8 +302,9 @@ async def _write(
     versions: dict[int, list[VersionNode]],
     released: list[str],
 ) -> None:
-    """Insert the merged tools, settling plain-id claims against the rest of the catalogue."""
-    ids = await _assign_ids(conn, components, released)
+    """Write the merged tools in place of the *released* ones, settling plain-id claims against
+    the rest of the catalogue."""
+    ids, renames = await _assign_ids(conn, components, released)
     tools, members, cat_versions, history = [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
@@ -337,19 +337,10 @@ async def _write(
             (tool_id, mv.key, mv.position, mv.served.id, [s.id for s in mv.sources], mv.conflict)
             for mv in merged
         ]
-    await conn.copy_records_to_table(
-        "catalogue_tools",
-        records=tools,
-        columns=["id", "sort_key", "primary_member_id", "conflicts"],
-    )
-    await conn.copy_records_to_table(
-        "catalogue_members", records=members, columns=["upstream_tool_id", "tool_id", "joined_by"]
-    )
-    await conn.copy_records_to_table(
-        "catalogue_versions",
-        records=cat_versions,
-        columns=["tool_id", "key", "position", "upstream_version_id", "source_ids", "conflict"],
-    )
+    if released or renames:
+        await _replace(conn, tools, members, cat_versions, released, renames)
+    else:  # none of these tools is in the catalogue yet (a first merge, a new upstream)
+        await _insert(conn, tools, members, cat_versions)
     # The ids each tool had, so they keep resolving after its members change.
     await conn.execute(
         """create temporary table if not exists merge_history (
@@ -368,10 +359,11 @@ async def _write(
 
 async def _assign_ids(
     conn: asyncpg.Connection[Any], components: list[Component], released: list[str]
-) -> list[str]:
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
-    the same id (then the qualified id). Tools elsewhere in the catalogue that lose or regain
-    a plain id are renamed here."""
+    the same id (then the qualified id); and the renames (current id, new id) of tools
+    elsewhere in the catalogue that lose or regain a plain id, losers first. The *released*
+    tools are the ones the components replace."""
     claims: dict[str, list[tuple[tuple[int, str, str], int | None]]] = defaultdict(list)
     for i, comp in enumerate(components):
         p = comp.primary
@@ -383,8 +375,9 @@ async def _assign_ids(
            from upstream_tools t
            join catalogue_tools c on c.primary_member_id = t.id
            join upstreams u on u.id = t.upstream_id
-           where t.external_id = any($1::text[])""",
+           where t.external_id = any($1::text[]) and c.id <> all($2::text[])""",
         list(contested),
+        released,
     )
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
@@ -404,8 +397,121 @@ async def _assign_ids(
                 renames.append((current, wanted))
     # Losers step aside to their qualified ids before winners take the plain ones.
     renames.sort(key=lambda r: not r[1].startswith(QUALIFIED_PREFIX))
+    return ids, renames
+
+
+_TOOL_COLUMNS: Final = ["id", "sort_key", "primary_member_id", "conflicts"]
+_MEMBER_COLUMNS: Final = ["upstream_tool_id", "tool_id", "joined_by"]
+_VERSION_COLUMNS: Final = [
+    "tool_id",
+    "key",
+    "position",
+    "upstream_version_id",
+    "source_ids",
+    "conflict",
+]
+
+
+async def _insert(
+    conn: asyncpg.Connection[Any],
+    tools: list[tuple[Any, ...]],
+    members: list[tuple[Any, ...]],
+    versions: list[tuple[Any, ...]],
+) -> None:
+    """Write tools none of whose ids or members the catalogue holds yet."""
+    await conn.copy_records_to_table("catalogue_tools", records=tools, columns=_TOOL_COLUMNS)
+    await conn.copy_records_to_table("catalogue_members", records=members, columns=_MEMBER_COLUMNS)
+    await conn.copy_records_to_table(
+        "catalogue_versions", records=versions, columns=_VERSION_COLUMNS
+    )
+
+
+# The merged rows are loaded into these, then only the catalogue rows that differ are written.
+_REPLACE_TABLES: Final = """
+create temporary table if not exists merge_new_tools (
+    id text primary key, sort_key text collate "C", primary_member_id bigint,
+    conflicts jsonb);
+create temporary table if not exists merge_new_members (
+    upstream_tool_id bigint primary key, tool_id text, joined_by jsonb);
+create temporary table if not exists merge_new_versions (
+    tool_id text, key text, position integer, upstream_version_id bigint, source_ids bigint[],
+    conflict boolean, primary key (tool_id, key));
+truncate merge_new_tools, merge_new_members, merge_new_versions
+"""
+
+# In order: the replaced tools the merge no longer has go (their members and versions with
+# them); then, after the renames, tools, members and versions are updated where they differ,
+# inserted where new, and removed where the merge no longer has them.
+_DROP_RELEASED: Final = """
+delete from catalogue_tools c where c.id = any($1::text[])
+  and not exists (select 1 from merge_new_tools n where n.id = c.id)
+"""
+_WRITE_TOOLS: Final = """
+update catalogue_tools c
+set sort_key = n.sort_key, primary_member_id = n.primary_member_id, conflicts = n.conflicts
+from merge_new_tools n
+where c.id = n.id and (c.sort_key, c.primary_member_id, c.conflicts)
+                      is distinct from (n.sort_key, n.primary_member_id, n.conflicts);
+insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
+select n.id, n.sort_key, n.primary_member_id, n.conflicts from merge_new_tools n
+where not exists (select 1 from catalogue_tools c where c.id = n.id);
+"""
+_WRITE_MEMBERS: Final = """
+delete from catalogue_members m
+using merge_new_tools t
+where m.tool_id = t.id
+  and not exists (select 1 from merge_new_members n where n.upstream_tool_id = m.upstream_tool_id);
+update catalogue_members m set tool_id = n.tool_id, joined_by = n.joined_by
+from merge_new_members n
+where m.upstream_tool_id = n.upstream_tool_id
+  and (m.tool_id, m.joined_by) is distinct from (n.tool_id, n.joined_by);
+insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
+select n.upstream_tool_id, n.tool_id, n.joined_by from merge_new_members n
+where not exists (select 1 from catalogue_members m where m.upstream_tool_id = n.upstream_tool_id);
+"""
+_WRITE_VERSIONS: Final = """
+delete from catalogue_versions v
+using merge_new_tools t
+where v.tool_id = t.id
+  and not exists (select 1 from merge_new_versions n where n.tool_id = v.tool_id and n.key = v.key);
+update catalogue_versions v
+set position = n.position, upstream_version_id = n.upstream_version_id,
+    source_ids = n.source_ids, conflict = n.conflict
+from merge_new_versions n
+where v.tool_id = n.tool_id and v.key = n.key
+  and (v.position, v.upstream_version_id, v.source_ids, v.conflict)
+      is distinct from (n.position, n.upstream_version_id, n.source_ids, n.conflict);
+insert into catalogue_versions (tool_id, key, position, upstream_version_id, source_ids, conflict)
+select n.tool_id, n.key, n.position, n.upstream_version_id, n.source_ids, n.conflict
+from merge_new_versions n
+where not exists (select 1 from catalogue_versions v
+                  where v.tool_id = n.tool_id and v.key = n.key);
+"""
+
+
+async def _replace(
+    conn: asyncpg.Connection[Any],
+    tools: list[tuple[Any, ...]],
+    members: list[tuple[Any, ...]],
+    versions: list[tuple[Any, ...]],
+    released: list[str],
+    renames: list[tuple[str, str]],
+) -> None:
+    """Make the catalogue hold *tools* (with their members and versions) in place of the
+    *released* tools, after renaming other tools as *renames* says, writing only the rows that
+    differ from what is there."""
+    await conn.execute(_REPLACE_TABLES)
+    await conn.copy_records_to_table("merge_new_tools", records=tools, columns=_TOOL_COLUMNS)
+    await conn.copy_records_to_table("merge_new_members", records=members, columns=_MEMBER_COLUMNS)
+    await conn.copy_records_to_table(
+        "merge_new_versions", records=versions, columns=_VERSION_COLUMNS
+    )
+    await conn.execute("analyze merge_new_tools, merge_new_members, merge_new_versions")
+    await conn.execute(_DROP_RELEASED, released)
     for current, wanted in renames:
         await conn.execute(
             "update catalogue_tools set id = $2, sort_key = $2 where id = $1", current, wanted
         )
-    return ids
+    await conn.execute(_WRITE_TOOLS)
+    await conn.execute(_WRITE_MEMBERS)
+    await conn.execute(_WRITE_VERSIONS)
