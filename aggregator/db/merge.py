@@ -7,6 +7,7 @@ as a full re-merge (tested), which ``full=True`` performs.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Final
@@ -56,6 +57,7 @@ async def remerge(
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
     tools, and bump the generation. Call inside the publishing transaction."""
     live = "t.missed_listings < $1"
+    lap = _Laps()
     if full:
         dirty = [r["id"] for r in await conn.fetch("select id from upstream_tools")]
     else:
@@ -71,6 +73,7 @@ async def remerge(
             "where id = any($1::bigint[]) and merge_dirty",
             dirty,
         )
+    lap("evidence")
     if full:
         affected = set(dirty)
         nodes = await _load_nodes(conn, affected, live, tombstone_after)
@@ -80,10 +83,14 @@ async def remerge(
             conn, set(dirty), old_keys, max_per_upstream, tombstone_after
         )
         nodes = await _load_nodes(conn, affected, live, tombstone_after)
+    lap("closure_and_load")
     components = merge(nodes, identifying=identifying)
+    lap("merge")
     versions = await _load_versions(conn, [n.id for n in nodes])
+    lap("load_versions")
     old_ids = await _tools_holding(conn, affected)
     await _write(conn, components, versions, old_ids)
+    lap("write")
     generation: int = await conn.fetchval(
         """update catalogue_state set generation = generation + 1, published_at = now()
            returning generation"""
@@ -96,8 +103,22 @@ async def remerge(
         tools=stats.tools,
         generation=generation,
         full=full,
+        seconds=lap.seconds,
     )
     return stats
+
+
+class _Laps:
+    """Seconds spent in each phase, for the log."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
 
 
 async def _refresh_evidence(
