@@ -94,7 +94,8 @@ async def bench_db(n: int, dsn: str) -> None:
     await admin.execute("drop database if exists trs_merge_bench")
     await admin.execute("create database trs_merge_bench")
     await admin.close()
-    db = dsn.rsplit("/", 1)[0] + "/trs_merge_bench"
+    base, sep, query = dsn.partition("?")
+    db = base.rsplit("/", 1)[0] + "/trs_merge_bench" + sep + query
     await migrate(db)
     conn = await connect(db)
     t0 = time.perf_counter()
@@ -161,6 +162,7 @@ def main() -> None:
         from aggregator.pgcluster import LocalCluster
 
         work = Path(tempfile.mkdtemp(prefix="trsagg-merge-bench-"))
+        work.chmod(0o755)  # the server runs as postgres when we are root
         cluster = LocalCluster(work / "pg")  # durable, as a real database is
         try:
             asyncio.run(bench_db(args.tools, cluster.start()))
