@@ -23,15 +23,9 @@ from aggregator.api.reqlog import RequestLog
 from aggregator.app import create_app
 from aggregator.keys import REQUEST_LOG
 from aggregator.service import running_site
-from tests.populated import (  # noqa: F401 - fixtures
-    NESTED,
-    TRS,
-    api_config,
-    enc,
-    populated_db,
-    populated_dsn,
-)
-from tests.test_api_cache import eventually, publish, rewrite_description
+from tests.populated import NESTED, TRS, api_config, enc
+from tests.support import eventually
+from tests.test_api_cache import publish, rewrite_description
 
 TIMEOUT = 60.0
 
@@ -146,7 +140,7 @@ async def test_processes_share_the_port_and_all_hear_of_a_publish(
                     "announced to every process"
                 }
 
-            await eventually(all_fresh, timeout=TIMEOUT)
+            await eventually(all_fresh, timeout=TIMEOUT, what="every process serving the publish")
 
             service.proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(service.proc.wait(), TIMEOUT) == 0
@@ -154,7 +148,7 @@ async def test_processes_share_the_port_and_all_hear_of_a_publish(
             async def closed() -> bool:
                 return await listeners(db) == 0
 
-            await eventually(closed, timeout=TIMEOUT)
+            await eventually(closed, timeout=TIMEOUT, what="every listener closed")
             with pytest.raises(aiohttp.ClientConnectionError):
                 await answers(service.url, 1)
     finally:
