@@ -42,11 +42,15 @@ class DatabaseConfig:
         url: A PostgreSQL DSN; ``None`` means not configured (``demo`` then starts its own).
         pool_min: Smallest number of pooled connections.
         pool_max: Largest number of pooled connections.
+        replica_url: A streaming replica of ``url`` the API reads from (optional). The API
+            learns the catalogue's generation from the replica itself, so it never serves a
+            generation the replica has not replayed; harvests and merges write to ``url``.
     """
 
     url: str | None = None
     pool_min: int = 1
     pool_max: int = 10
+    replica_url: str | None = None
 
 
 REQUEST_LOG_MODES: Final = ("all", "sample", "errors")
@@ -273,6 +277,10 @@ def from_dict(
         database = dataclasses.replace(database, url=environ[DATABASE_URL_ENV])
     if database.url is not None and not database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url", "must be a postgresql:// URL")
+    if database.replica_url is not None and not database.replica_url.startswith(
+        ("postgres://", "postgresql://")
+    ):
+        raise ConfigError("database.replica_url", "must be a postgresql:// URL")
     if database.pool_min < 1:
         raise ConfigError("database.pool_min", "must be at least 1")
     if database.pool_max < database.pool_min:

@@ -30,7 +30,7 @@ from multidict import CIMultiDict
 
 from aggregator.db.publish import CATALOGUE_CHANNEL
 from aggregator.db.queries import PageIndex, ToolQuery, catalogue_generation, page_index
-from aggregator.keys import CONFIG, DB_POOL, RESPONSE_CACHE
+from aggregator.keys import CONFIG, DB_POOL, GENERATION_WATCHER, RESPONSE_CACHE
 
 log = structlog.get_logger()
 
@@ -41,6 +41,8 @@ GZIP_MIN_BYTES: Final = 1024
 _GZIP_INLINE_MAX: Final = 256 * 1024
 #: How often the listener also reads the generation (a lost connection is noticed too).
 POLL_S: Final = 5.0
+#: How often a replica's generation is read while it has yet to replay an announced one.
+REPLAY_POLL_S: Final = 0.05
 _MAX_INDEXES: Final = 256
 #: The application_name of the listening connection (as pg_stat_activity shows it).
 LISTENER_NAME: Final = "trs-aggregator-catalogue-listener"
@@ -317,13 +319,31 @@ class ResponseCache:
 
 
 class GenerationWatcher:
-    """Keeps a ResponseCache's generation current: LISTEN for publishes, and poll as a backstop."""
+    """Keeps a ResponseCache's generation current: LISTEN for publishes, and poll as a backstop.
 
-    def __init__(self, dsn: str, cache: ResponseCache, *, poll_s: float = POLL_S) -> None:
+    With a *replica*, the generation is read from the replica (LISTEN does not reach a standby):
+    a notification from the primary makes the watcher read the replica's generation until it
+    has replayed the announced one (every ``REPLAY_POLL_S``), so the cache never holds a
+    generation the replica has not replayed, and answers rendered on the replica are cached
+    from the moment it has.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        cache: ResponseCache,
+        *,
+        poll_s: float = POLL_S,
+        replica: str | None = None,
+    ) -> None:
         self.dsn = dsn
+        self.replica = replica
         self.cache = cache
         self.poll_s = poll_s
         self.ready = asyncio.Event()
+        #: The newest generation the primary announced.
+        self.announced = 0
+        self._wake = asyncio.Event()
 
     def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
         try:
@@ -331,33 +351,57 @@ class GenerationWatcher:
         except ValueError:
             log.warning("catalogue_notification_unreadable", payload=payload)
             return
+        self.announced = max(self.announced, generation)
+        if self.replica is not None:
+            self._wake.set()
+            return
         if self.cache.generation is None or generation > self.cache.generation:
             self.cache.set_generation(generation)
+
+    async def _follow(self, reader: asyncpg.Connection[Any], lost: asyncio.Event) -> None:
+        """Read the generation from *reader* every poll_s, and (with a replica) soon after each
+        announcement until the replica has caught up; return when the connection is lost."""
+        while True:
+            self._wake.clear()
+            waits = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if lost.is_set():
+                raise ConnectionResetError("the listening connection was closed")
+            generation = await asyncio.wait_for(catalogue_generation(reader), self.poll_s)
+            self.cache.set_generation(generation)
+            while generation < self.announced and not lost.is_set():
+                await asyncio.sleep(REPLAY_POLL_S)
+                generation = await asyncio.wait_for(catalogue_generation(reader), self.poll_s)
+                self.cache.set_generation(generation)
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff; the cache is off while down."""
         delay = 0.5
         while True:
-            conn: asyncpg.Connection[Any] | None = None
+            conns: list[asyncpg.Connection[Any]] = []
             try:
                 conn = await asyncpg.connect(
                     self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME}
                 )
+                conns.append(conn)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
+                reader = conn
+                if self.replica is not None:
+                    reader = await asyncpg.connect(
+                        self.replica,
+                        timeout=10,
+                        server_settings={"application_name": LISTENER_NAME},
+                    )
+                    conns.append(reader)
+                    reader.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CATALOGUE_CHANNEL, self._notified)
-                self.cache.set_generation(await catalogue_generation(conn))
+                self.cache.set_generation(await catalogue_generation(reader))
                 self.ready.set()
                 delay = 0.5
-                while True:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self.poll_s)
-                    if lost.is_set():
-                        raise ConnectionResetError("the listening connection was closed")
-                    generation = await conn.fetchval(
-                        "select generation from catalogue_state", timeout=self.poll_s
-                    )
-                    self.cache.set_generation(generation)
+                await self._follow(reader, lost)
             except (
                 OSError,
                 asyncio.TimeoutError,
@@ -370,9 +414,9 @@ class GenerationWatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
             finally:
-                if conn is not None:
+                for c in conns:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        await asyncio.wait_for(c.close(), 2)
 
 
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -384,7 +428,9 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[RESPONSE_CACHE] = cache
     assert config.database.url is not None
-    watcher = GenerationWatcher(config.database.url, cache)
+    app[GENERATION_WATCHER] = watcher = GenerationWatcher(
+        config.database.url, cache, replica=config.database.replica_url
+    )
     task = asyncio.create_task(watcher.run(), name="catalogue-generation-watcher")
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(watcher.ready.wait(), 10)
