@@ -17,14 +17,16 @@ select (select count(*) from catalogue_members m
         where not exists (select 1 from catalogue_tools c where c.id = v.tool_id)
            or not exists (select 1 from upstream_versions u where u.id = v.upstream_version_id)),
        (select count(*) from catalogue_tools c
-        where not exists (select 1 from upstream_tools t where t.id = c.primary_member_id))
+        where not exists (select 1 from upstream_tools t where t.id = c.primary_member_id)),
+       (select count(*) from catalogue_id_history h
+        where not exists (select 1 from upstream_tools t where t.id = h.upstream_tool_id))
 """
 
 
 async def test_deletes_and_renames_leave_no_orphan(populated_dsn: str) -> None:
     conn: asyncpg.Connection[Any] = await asyncpg.connect(populated_dsn)
     try:
-        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0)
+        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0, 0)
         tools = await conn.fetchval("select count(*) from catalogue_tools")
 
         # A renamed tool keeps its members and versions.
@@ -40,11 +42,11 @@ async def test_deletes_and_renames_leave_no_orphan(populated_dsn: str) -> None:
         assert await conn.fetchval(
             "select count(*) from catalogue_members where tool_id = 'renamed'"
         )
-        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0)
+        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0, 0)
 
         # A deleted tool takes its members and versions with it.
         await conn.execute("delete from catalogue_tools where id = 'renamed'")
-        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0)
+        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0, 0)
         assert await conn.fetchval("select count(*) from catalogue_tools") == tools - 1
 
         # A deleted version, or a whole upstream's records, leave nothing behind.
@@ -52,10 +54,10 @@ async def test_deletes_and_renames_leave_no_orphan(populated_dsn: str) -> None:
             "delete from upstream_versions where id = (select min(upstream_version_id) "
             "from catalogue_versions)"
         )
-        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0)
+        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0, 0)
         removed = await conn.fetchval("delete from upstreams where name = 'quirky' returning id")
         assert removed is not None
-        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0)
+        assert tuple(await conn.fetchrow(ORPHANS)) == (0, 0, 0, 0)
         assert await conn.fetchval("select count(*) from catalogue_tools") < tools - 1
     finally:
         await conn.close()

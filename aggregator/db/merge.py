@@ -373,7 +373,9 @@ async def _write(
     )
     await conn.execute(
         """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-           select id, upstream_tool_id, was_primary from merge_history
+           select h.id, h.upstream_tool_id, h.was_primary from merge_history h
+           where not exists (select 1 from catalogue_id_history x
+                             where x.id = h.id and x.upstream_tool_id = h.upstream_tool_id)
            on conflict (id, upstream_tool_id) do nothing"""
     )
 
@@ -477,11 +479,12 @@ insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
 select n.id, n.sort_key, n.primary_member_id, n.conflicts from merge_new_tools n
 where not exists (select 1 from catalogue_tools c where c.id = n.id);
 """
-_WRITE_MEMBERS: Final = """
+_DELETE_MEMBERS: Final = """
 delete from catalogue_members m
-using merge_new_tools t
-where m.tool_id = t.id
-  and not exists (select 1 from merge_new_members n where n.upstream_tool_id = m.upstream_tool_id);
+where m.tool_id = any($1::text[])
+  and not exists (select 1 from merge_new_members n where n.upstream_tool_id = m.upstream_tool_id)
+"""
+_WRITE_MEMBERS: Final = """
 update catalogue_members m set tool_id = n.tool_id, joined_by = n.joined_by
 from merge_new_members n
 where m.upstream_tool_id = n.upstream_tool_id
@@ -490,11 +493,12 @@ insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
 select n.upstream_tool_id, n.tool_id, n.joined_by from merge_new_members n
 where not exists (select 1 from catalogue_members m where m.upstream_tool_id = n.upstream_tool_id);
 """
-_WRITE_VERSIONS: Final = """
+_DELETE_VERSIONS: Final = """
 delete from catalogue_versions v
-using merge_new_tools t
-where v.tool_id = t.id
-  and not exists (select 1 from merge_new_versions n where n.tool_id = v.tool_id and n.key = v.key);
+where v.tool_id = any($1::text[])
+  and not exists (select 1 from merge_new_versions n where n.tool_id = v.tool_id and n.key = v.key)
+"""
+_WRITE_VERSIONS: Final = """
 update catalogue_versions v
 set position = n.position, upstream_version_id = n.upstream_version_id,
     source_ids = n.source_ids, conflict = n.conflict
@@ -534,5 +538,8 @@ async def _replace(
             "update catalogue_tools set id = $2, sort_key = $2 where id = $1", current, wanted
         )
     await conn.execute(_WRITE_TOOLS)
+    new_ids = [t[0] for t in tools]
+    await conn.execute(_DELETE_MEMBERS, new_ids)
     await conn.execute(_WRITE_MEMBERS)
+    await conn.execute(_DELETE_VERSIONS, new_ids)
     await conn.execute(_WRITE_VERSIONS)

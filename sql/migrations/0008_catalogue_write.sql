@@ -1,7 +1,7 @@
 -- 0008_catalogue_write.sql
--- Purpose: the merge writes catalogue rows without a foreign-key check per row (it already
---          guarantees what they checked: every member, version and primary it writes exists,
---          in the same transaction). What the foreign keys also did is kept, by triggers that
+-- Purpose: the merge writes catalogue rows (and the id history) without a foreign-key check
+--          per row (it already guarantees what they checked: every member, version and primary
+--          it writes exists, in the same transaction). What the foreign keys also did is kept, by triggers that
 --          run only then: a deleted catalogue tool takes its members and versions with it, a
 --          renamed one keeps them, and deleted upstream records leave no catalogue row behind.
 -- Created: 2026-12-01
@@ -11,6 +11,7 @@ alter table catalogue_members drop constraint catalogue_members_upstream_tool_id
 alter table catalogue_members drop constraint catalogue_members_tool_id_fkey;
 alter table catalogue_versions drop constraint catalogue_versions_tool_id_fkey;
 alter table catalogue_versions drop constraint catalogue_versions_upstream_version_id_fkey;
+alter table catalogue_id_history drop constraint catalogue_id_history_upstream_tool_id_fkey;
 
 create function catalogue_tools_deleted() returns trigger
 language plpgsql as $$
@@ -41,6 +42,7 @@ language plpgsql as $$
 begin
     delete from catalogue_tools c using gone g where c.primary_member_id = g.id;
     delete from catalogue_members m using gone g where m.upstream_tool_id = g.id;
+    delete from catalogue_id_history h using gone g where h.upstream_tool_id = g.id;
     return null;
 end
 $$;
