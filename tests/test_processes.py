@@ -202,6 +202,7 @@ async def test_warm_answers_skip_the_application(populated_dsn: str) -> None:
             assert r.status == 200 and await r.read() == first
             assert r.headers["ETag"] == headers["ETag"]
             assert r.headers["X-Request-Id"] != headers["X-Request-Id"]
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
         async with session.get(tool, headers={"If-None-Match": headers["ETag"]}) as r:
             assert r.status == 304
         async with session.get(tool, headers={"X-Request-Id": "mine"}) as r:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from aggregator.api.cache import cache_key, respond
-from aggregator.api.middleware import CACHED_METHODS
+from aggregator.api.middleware import CACHED_METHODS, NOSNIFF
 from aggregator.api.reqlog import new_request_id
 from aggregator.keys import REQUEST_LOG, RESPONSE_CACHE
 
@@ -38,6 +38,7 @@ def front(app: web.Application, handle: Handler) -> Handler:
                 if response is not None:
                     request_id = request.headers.get("X-Request-Id") or new_request_id()
                     response.headers["X-Request-Id"] = request_id
+                    response.headers[NOSNIFF[0]] = NOSNIFF[1]
                     reqlog.finished(
                         request_id,
                         request.method,

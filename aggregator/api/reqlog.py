@@ -2,7 +2,7 @@
 
 When the service logs JSON at level INFO (``logs.json_sink()``), lines are rendered here with
 orjson in the shape structlog gives every other event (the same keys, ``level`` and an ISO
-``timestamp``) and written in batches: at most every ``FLUSH_S`` seconds or ``FLUSH_BYTES``
+``timestamp``, secrets masked as ``logs`` masks them) and written in batches: at most every ``FLUSH_S`` seconds or ``FLUSH_BYTES``
 bytes, and when the application stops. Otherwise (a console, level WARNING, tests) they go
 through structlog like any other event.
 
@@ -28,6 +28,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from aggregator import redact
 from aggregator.config import ServerConfig
 from aggregator.keys import REQUEST_LOG
 from aggregator.logs import json_sink
@@ -111,9 +112,9 @@ class RequestLog:
             return
         line = orjson.dumps(
             {
-                "request_id": request_id,
+                "request_id": redact.text(request_id),
                 "method": method,
-                "path": path,
+                "path": redact.text(path),
                 "status": status,
                 "duration_ms": duration_ms,
                 "event": "request_finished",

@@ -201,7 +201,7 @@ class VersionFiles:
                 if not fetch:
                     self.on_error(f"{t or 'containerfile'} {path}: no content and no url")
                     return
-                response = await self.client.get(fetch, accept="text/plain, */*")
+                response = await self.client.get(fetch, accept="text/plain, */*", purpose="file")
                 assert response is not None
                 content = response.body
         except UpstreamError as e:
