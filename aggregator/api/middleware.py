@@ -109,7 +109,7 @@ async def _outage(request: web.Request, e: BaseException) -> web.StreamResponse:
     """While the database cannot be reached: the last known answer, marked, or a 503."""
     log.warning("database_unavailable", error=str(unavailable(e)), path=request.raw_path)
     cache = request.app[RESPONSE_CACHE]
-    entry = cache.last(cache_key(request)) if request.method in _CACHED_METHODS else None
+    entry = cache.last(cache_key(request)) if request.method in CACHED_METHODS else None
     if entry is not None:
         response = await send(request, entry)
         generation = cache.generation if cache.generation is not None else cache.last_generation
