@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aggregator.api import openapi, provenance, upstreams
+from aggregator.api import admin, openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
 from aggregator.api.middleware import request_context
@@ -15,6 +15,7 @@ from aggregator.api.reqlog import request_log_ctx, request_log_for
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
 from aggregator.keys import CONFIG, DB_POOL, REQUEST_LOG
+from aggregator.ops import metrics
 
 
 async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -30,7 +31,7 @@ async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config) -> web.Application:
     """Build the API application for *config*."""
-    app = web.Application(middlewares=[request_context])
+    app = web.Application(middlewares=[metrics.observe, request_context, metrics.mark_handled])
     app[CONFIG] = config
     app[REQUEST_LOG] = request_log_for(config.server)
     app.cleanup_ctx.extend([request_log_ctx, db_pool_ctx, cache_ctx])  # cache reads the pool
@@ -38,4 +39,6 @@ def create_app(config: Config) -> web.Application:
     provenance.add_routes(app)
     openapi.add_routes(app)
     upstreams.add_routes(app)
+    admin.add_routes(app)
+    metrics.add_routes(app)
     return app

@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from aggregator.api.cache import LISTENER_NAME
 from aggregator.api.reqlog import RequestLog
@@ -198,6 +199,7 @@ async def test_warm_answers_skip_the_application(populated_dsn: str) -> None:
         async with session.get(tool) as r:
             first, headers = await r.read(), r.headers
         assert len(routed) == 1
+        counted = _requests_counted()
         async with session.get(tool) as r:
             assert r.status == 200 and await r.read() == first
             assert r.headers["ETag"] == headers["ETag"]
@@ -208,6 +210,7 @@ async def test_warm_answers_skip_the_application(populated_dsn: str) -> None:
         async with session.get(tool, headers={"X-Request-Id": "mine"}) as r:
             assert r.headers["X-Request-Id"] == "mine"
         assert len(routed) == 1, "warm answers never reached the router"
+        assert _requests_counted() == counted + 3, "warm answers are counted in the metrics"
         async with session.get(f"{url}{TRS}/toolClasses") as r:
             assert r.status == 200  # not cached yet: routed
         assert len(routed) == 2
@@ -238,3 +241,14 @@ async def test_sampled_request_log_keeps_errors_and_counts_the_rest() -> None:
     assert dict(reqlog.counts) == {200: 2, 404: 1}
     reqlog.summarize()
     assert not reqlog.counts
+
+
+def _requests_counted() -> float:
+    """Every request the metrics have counted in this process."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "trs_aggregator_http_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )

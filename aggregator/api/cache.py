@@ -74,7 +74,16 @@ class Entry:
         gzipped: The gzip-compressed variant, once made.
     """
 
-    __slots__ = ("body", "compressible", "etag", "expires", "gzipped", "headers", "status")
+    __slots__ = (
+        "body",
+        "compressible",
+        "etag",
+        "expires",
+        "gzipped",
+        "headers",
+        "route",
+        "status",
+    )
 
     def __init__(
         self,
@@ -90,6 +99,8 @@ class Entry:
         self.etag = etag
         self.expires = expires
         self.gzipped: Entry | None = None
+        #: The route template that rendered it, once known (for the request metrics).
+        self.route: str | None = None
         self.compressible = (
             len(body) >= GZIP_MIN_BYTES
             and "Content-Encoding" not in headers
@@ -233,6 +244,8 @@ class ResponseCache:
         self._last: OrderedDict[Hashable, Entry] = OrderedDict()
         self._last_bytes = 0
         self.last_generation: int | None = None
+        #: ``time.monotonic()`` until which the database is taken to be unreachable.
+        self.unavailable_until = 0.0
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -5,13 +5,16 @@ handler in front of the application: a GET or HEAD whose answer is in the respon
 key is the request line and two headers, ``cache.cache_key``) is answered there, with its
 request id and log line, without resolving a route or entering the middleware. Everything
 else (misses, other methods, 304s and gzip variants not made yet) goes to the application as
-before, whose middleware looks in the cache once more and renders on a miss.
+before, whose middleware looks in the cache once more and renders on a miss. The first time
+an answer goes through the application its route template is noted on the cached entry, so
+the warm answers are counted in the request metrics (``ops.metrics``) under the same route.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -19,6 +22,7 @@ from aggregator.api.cache import cache_key, respond
 from aggregator.api.middleware import CACHED_METHODS, NOSNIFF
 from aggregator.api.reqlog import new_request_id
 from aggregator.keys import REQUEST_LOG, RESPONSE_CACHE
+from aggregator.ops import metrics
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -28,12 +32,26 @@ def front(app: web.Application, handle: Handler) -> Handler:
     *handle* (the application's own)."""
     cache = app[RESPONSE_CACHE]
     reqlog = app[REQUEST_LOG]
+    counters: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def count(route: str, method: str, status: int, seconds: float) -> None:
+        """What metrics.observe counts for a request the application answers."""
+        children = counters.get((route, method, status))
+        if children is None:
+            children = counters[(route, method, status)] = (
+                metrics.REQUESTS.labels(route, method, str(status)),
+                metrics.LATENCY.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+        metrics.CACHE_HITS.inc()
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         if request.method in CACHED_METHODS:
             started = time.perf_counter()
-            entry = cache.get(cache_key(request))
-            if entry is not None:
+            key = cache_key(request)
+            entry = cache.get(key)
+            if entry is not None and entry.route is not None:
                 response = respond(request, entry)
                 if response is not None:
                     request_id = request.headers.get("X-Request-Id") or new_request_id()
@@ -47,7 +65,17 @@ def front(app: web.Application, handle: Handler) -> Handler:
                         started,
                         warm=True,
                     )
+                    count(
+                        entry.route, request.method, response.status, time.perf_counter() - started
+                    )
                     return response
+            answer = await handle(request)
+            entry = cache.get(key)
+            if entry is not None and entry.route is None:  # learn its route once
+                match_info = getattr(request, "match_info", None)
+                resource = match_info.route.resource if match_info is not None else None
+                entry.route = resource.canonical if resource is not None else "unmatched"
+            return answer
         return await handle(request)
 
     return handler
