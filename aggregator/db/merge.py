@@ -373,9 +373,7 @@ async def _write(
     )
     await conn.execute(
         """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-           select h.id, h.upstream_tool_id, h.was_primary from merge_history h
-           where not exists (select 1 from catalogue_id_history x
-                             where x.id = h.id and x.upstream_tool_id = h.upstream_tool_id)
+           select id, upstream_tool_id, was_primary from merge_history
            on conflict (id, upstream_tool_id) do nothing"""
     )
 
