@@ -462,7 +462,8 @@ truncate merge_new_tools, merge_new_members, merge_new_versions
 
 # In order: the replaced tools the merge no longer has go (their members and versions with
 # them); then, after the renames, tools, members and versions are updated where they differ,
-# inserted where new, and removed where the merge no longer has them.
+# inserted where new, and removed where the merge no longer has them. Inserts skip existing
+# rows by their unique index (an anti-join against the table being filled can turn quadratic).
 _DROP_RELEASED: Final = """
 delete from catalogue_tools c where c.id = any($1::text[])
   and not exists (select 1 from merge_new_tools n where n.id = c.id)
@@ -475,7 +476,7 @@ where c.id = n.id and (c.sort_key, c.primary_member_id, c.conflicts)
                       is distinct from (n.sort_key, n.primary_member_id, n.conflicts);
 insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
 select n.id, n.sort_key, n.primary_member_id, n.conflicts from merge_new_tools n
-where not exists (select 1 from catalogue_tools c where c.id = n.id);
+on conflict (id) do nothing;
 """
 _DELETE_MEMBERS: Final = """
 delete from catalogue_members m
@@ -489,7 +490,7 @@ where m.upstream_tool_id = n.upstream_tool_id
   and (m.tool_id, m.joined_by) is distinct from (n.tool_id, n.joined_by);
 insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
 select n.upstream_tool_id, n.tool_id, n.joined_by from merge_new_members n
-where not exists (select 1 from catalogue_members m where m.upstream_tool_id = n.upstream_tool_id);
+on conflict (upstream_tool_id) do nothing;
 """
 _DELETE_VERSIONS: Final = """
 delete from catalogue_versions v
@@ -507,8 +508,7 @@ where v.tool_id = n.tool_id and v.key = n.key
 insert into catalogue_versions (tool_id, key, position, upstream_version_id, source_ids, conflict)
 select n.tool_id, n.key, n.position, n.upstream_version_id, n.source_ids, n.conflict
 from merge_new_versions n
-where not exists (select 1 from catalogue_versions v
-                  where v.tool_id = n.tool_id and v.key = n.key);
+on conflict (tool_id, key) do nothing;
 """
 
 
