@@ -11,10 +11,10 @@ from aggregator.api import admin, openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
 from aggregator.api.middleware import request_context
-from aggregator.api.reqlog import request_log_ctx, request_log_for
+from aggregator.api.reqlog import REQUEST_LOG, request_log_ctx, request_log_for
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
-from aggregator.keys import CONFIG, DB_POOL, REQUEST_LOG
+from aggregator.keys import CONFIG, DB_POOL
 from aggregator.ops import metrics
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import orjson
@@ -30,7 +31,7 @@ def configure_logging(
 
     *json* defaults to "stderr is not a terminal". Call once, from the CLI; never at import.
     """
-    global _json_sink
+    global _json_sink  # noqa: PLW0603 - the one switch this function owns
     if json is None:
         json = not sys.stderr.isatty()
     _json_sink = sys.stderr.buffer if json and level <= logging.INFO else None
@@ -43,7 +44,7 @@ def configure_logging(
     renderer: structlog.typing.Processor
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
-        logger_factory: object = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        logger_factory: Callable[..., Any] = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
@@ -61,7 +62,7 @@ def configure_logging(
             _outage_without_traceback,
             structlog.processors.format_exc_info,
             *last,
-            _stdlib_renderer(json),
+            _stdlib_renderer(json=json),
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -105,7 +106,7 @@ def _redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
     }
 
 
-def _stdlib_renderer(json: bool) -> structlog.typing.Processor:
+def _stdlib_renderer(*, json: bool) -> structlog.typing.Processor:
     if json:
         return structlog.processors.JSONRenderer(serializer=lambda v, **_: _dumps(v).decode())
     return structlog.dev.ConsoleRenderer()

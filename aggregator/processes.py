@@ -28,6 +28,7 @@ from aggregator.api.fastpath import FastRunner
 from aggregator.app import create_app
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
+from aggregator.errors import ConfigError
 from aggregator.service import check_schema, serve_forever, wait_for_signal
 
 log = structlog.get_logger()
@@ -52,6 +53,8 @@ def api_processes(config: Config, override: int | None = None) -> int:
     """How many API processes to run: *override* (``--workers``), else ``server.workers``,
     where 0 means one per CPU."""
     n = override if override is not None else config.server.workers
+    if n < 0:
+        raise ConfigError("--workers", "must be 0 (one per CPU) or more")
     return n if n > 0 else cpu_count()
 
 
@@ -59,7 +62,7 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run *main* to completion on a new event loop: uvloop's where it is installed."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
-        import uvloop
+        import uvloop  # noqa: PLC0415 - optional off Linux
 
         factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -83,7 +86,7 @@ def reuseport_sockets(host: str, port: int, n: int) -> list[socket.socket]:
             sock.bind(address)
             address = sock.getsockname()  # the port chosen for the first one
             sock.listen(_BACKLOG)
-            sock.setblocking(False)
+            sock.setblocking(False)  # noqa: FBT003 - the socket API
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -211,7 +214,7 @@ class _Children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+                os.waitpid(pid, 0)  # noqa: ASYNC222 - it was just killed: returns at once
         self.live.clear()
 
 

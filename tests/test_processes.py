@@ -20,9 +20,8 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from aggregator.api.cache import LISTENER_NAME
-from aggregator.api.reqlog import RequestLog
+from aggregator.api.reqlog import REQUEST_LOG, RequestLog
 from aggregator.app import create_app
-from aggregator.keys import REQUEST_LOG
 from aggregator.service import running_site
 from tests.populated import NESTED, TRS, api_config, enc
 from tests.support import eventually
@@ -59,6 +58,7 @@ class Service:
         return [int(p) for p in path.read_text().split()]
 
     def events(self, name: str) -> list[dict[str, Any]]:
+        """The log lines of event *name*."""
         return [line for line in self.lines if line.get("event") == name]
 
 

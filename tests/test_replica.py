@@ -16,9 +16,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from aggregator.api.cache import GENERATION_WATCHER, RESPONSE_CACHE
 from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig
-from aggregator.keys import DB_POOL, GENERATION_WATCHER, RESPONSE_CACHE
+from aggregator.keys import DB_POOL
 from aggregator.pgcluster import LocalCluster
 from tests.populated import NESTED, TRS, enc
 from tests.support import dsn_with_db, eventually
@@ -44,7 +45,7 @@ def replica_dsn(pg_admin_dsn: str) -> Iterator[str]:
         data.mkdir(mode=0o700)
         if os.geteuid() == 0:
             shutil.chown(data, "postgres", "postgres")
-        bindir = cluster._bindir()  # noqa: SLF001 - the server binaries the suite found
+        bindir = cluster._bindir()
         subprocess.run(
             [
                 *_as_server_user(),

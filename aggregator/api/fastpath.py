@@ -18,10 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from aggregator.api.cache import cache_key, respond
+from aggregator.api.cache import RESPONSE_CACHE, cache_key, respond
 from aggregator.api.middleware import CACHED_METHODS, NOSNIFF
-from aggregator.api.reqlog import new_request_id
-from aggregator.keys import REQUEST_LOG, RESPONSE_CACHE
+from aggregator.api.reqlog import REQUEST_LOG, new_request_id
 from aggregator.ops import metrics
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]

@@ -22,7 +22,7 @@ from aggregator.trs.model import CatalogueVersion
 from aggregator.trs.parse import DescriptorType
 
 if TYPE_CHECKING:
-    import asyncpg
+    from aggregator.db.pool import Connection
 
 #: Entries of a zip carry this timestamp, so the same files make the same bytes.
 _ZIP_TIME: Final = (1980, 1, 1, 0, 0, 0)
@@ -102,7 +102,7 @@ def redirect_entry(v: CatalogueVersion, tail: str, query: str) -> Entry:
 
 
 async def descriptor(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     generation: int,
     v: CatalogueVersion,
     t: DescriptorType,
@@ -137,7 +137,7 @@ async def descriptor(
 
 
 async def files(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     generation: int,
     tool_id: str,
     v: CatalogueVersion,
@@ -181,9 +181,7 @@ async def files(
     )
 
 
-async def tests(
-    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion, t: DescriptorType
-) -> Entry:
+async def tests(conn: Connection, generation: int, v: CatalogueVersion, t: DescriptorType) -> Entry:
     """The test files of a version for one type: FileWrappers, or their contents joined by
     newlines for PLAIN types."""
     found = _served(
@@ -209,9 +207,7 @@ async def tests(
     )
 
 
-async def containerfiles(
-    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion
-) -> Entry:
+async def containerfiles(conn: Connection, generation: int, v: CatalogueVersion) -> Entry:
     """The container specifications of a version, each once."""
     rows = await db.fetch_files(conn, v.served.version_row_id, file_types=["CONTAINERFILE"])
     unique: dict[str, FileRow] = {}

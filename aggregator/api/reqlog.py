@@ -2,9 +2,9 @@
 
 When the service logs JSON at level INFO (``logs.json_sink()``), lines are rendered here with
 orjson in the shape structlog gives every other event (the same keys, ``level`` and an ISO
-``timestamp``, secrets masked as ``logs`` masks them) and written in batches: at most every ``FLUSH_S`` seconds or ``FLUSH_BYTES``
-bytes, and when the application stops. Otherwise (a console, level WARNING, tests) they go
-through structlog like any other event.
+``timestamp``, secrets masked as ``logs`` masks them) and written in batches: at most every
+``FLUSH_S`` seconds or ``FLUSH_BYTES`` bytes, and when the application stops. Otherwise (a
+console, level WARNING, tests) they go through structlog like any other event.
 
 ``server.request_log`` chooses what is logged: ``all`` (every request), ``sample`` (errors,
 answers not served from memory, and a sample of warm answers) or ``errors`` (errors and
@@ -30,7 +30,6 @@ from aiohttp import web
 
 from aggregator import redact
 from aggregator.config import ServerConfig
-from aggregator.keys import REQUEST_LOG
 from aggregator.logs import json_sink
 
 log = structlog.get_logger()
@@ -97,7 +96,7 @@ class RequestLog:
         """Record one request; *warm* when it was answered from memory."""
         if self.mode != "all":
             self.counts[status] += 1
-            if warm and status < 400 and (not self.sample or random.random() >= self.sample):
+            if warm and status < 400 and (not self.sample or random.random() >= self.sample):  # noqa: S311
                 return
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         if self.sink is None:
@@ -150,6 +149,9 @@ class RequestLog:
         counts = {str(status): n for status, n in sorted(self.counts.items())}
         self.counts.clear()
         log.info("requests_summary", total=sum(counts.values()), by_status=counts)
+
+
+REQUEST_LOG: Final = web.AppKey("request_log", RequestLog)
 
 
 def request_log_for(server: ServerConfig) -> RequestLog:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
 import structlog
 
+from aggregator.db.generation import advance_generation
 from aggregator.merge.engine import (
     Component,
     Node,
@@ -25,10 +25,14 @@ from aggregator.merge.engine import (
 )
 from aggregator.merge.identity import Key, evidence
 
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
+
 log = structlog.get_logger()
 
 QUALIFIED_PREFIX: Final = "#upstream/"
-# Dirty tools from which the statistics of the tables the merge reads are refreshed first.
+# Changed tools from which the statistics of the tables a publish writes and the merge reads
+# are refreshed inside the transaction (the planner must see a large change's rows).
 ANALYZE_AFTER: Final = 500
 
 
@@ -47,42 +51,41 @@ def qualified_id(upstream: str, external_id: str) -> str:
     return f"{QUALIFIED_PREFIX}{upstream}/{external_id}"
 
 
+_ALL_TOOLS: Final = "select id from upstream_tools"
+_DIRTY_TOOLS: Final = "select id from upstream_tools where merge_dirty"
+_ANALYZE_EVIDENCE: Final = "analyze tool_evidence"
+_CLEAR_DIRTY: Final = """
+update upstream_tools set merge_dirty = false where id = any($1::bigint[]) and merge_dirty
+"""
+
+
 async def remerge(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     *,
     tombstone_after: int,
     max_per_upstream: int = 1,
     full: bool = False,
 ) -> MergeStats:
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
-    tools, and bump the generation. Call inside the publishing transaction."""
-    live = "t.missed_listings < $1"
+    tools, and advance (and announce) the generation. Call inside the publishing transaction
+    (``db.publish``)."""
     lap = _Laps()
-    if full:
-        dirty = [r["id"] for r in await conn.fetch("select id from upstream_tools")]
-    else:
-        dirty = [
-            r["id"] for r in await conn.fetch("select id from upstream_tools where merge_dirty")
-        ]
+    dirty = [r["id"] for r in await conn.fetch(_ALL_TOOLS if full else _DIRTY_TOOLS)]
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if len(dirty) >= ANALYZE_AFTER:
-        await conn.execute("analyze tool_evidence")
+        await conn.execute(_ANALYZE_EVIDENCE)
     if dirty:
-        await conn.execute(
-            "update upstream_tools set merge_dirty = false "
-            "where id = any($1::bigint[]) and merge_dirty",
-            dirty,
-        )
+        await conn.execute(_CLEAR_DIRTY, dirty)
     lap("evidence")
     if full:
         affected = set(dirty)
-        nodes = await _load_nodes(conn, affected, live, tombstone_after)
+        nodes = await _load_nodes(conn, affected, tombstone_after)
         identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
     else:
         affected, identifying = await _closure(
             conn, set(dirty), old_keys, max_per_upstream, tombstone_after
         )
-        nodes = await _load_nodes(conn, affected, live, tombstone_after)
+        nodes = await _load_nodes(conn, affected, tombstone_after)
     lap("closure_and_load")
     components = merge(nodes, identifying=identifying)
     lap("merge")
@@ -91,10 +94,7 @@ async def remerge(
     old_ids = await _tools_holding(conn, affected)
     await _write(conn, components, versions, old_ids)
     lap("write")
-    generation: int = await conn.fetchval(
-        """update catalogue_state set generation = generation + 1, published_at = now()
-           returning generation"""
-    )
+    generation = await advance_generation(conn)
     stats = MergeStats(len(dirty), len(nodes), len(components), generation)
     log.info(
         "merge_finished",
@@ -121,35 +121,32 @@ class _Laps:
         self._last = now
 
 
-async def _refresh_evidence(
-    conn: asyncpg.Connection[Any], ids: list[int], tombstone_after: int
-) -> set[Key]:
+_DELETE_EVIDENCE: Final = """
+delete from tool_evidence where upstream_tool_id = any($1::bigint[]) returning kind, value
+"""
+_LIVE_ALIASES: Final = """
+select t.id, t.external_id, t.doc->'aliases' as aliases
+from upstream_tools t
+where t.id = any($1::bigint[]) and upstream_tool_live(t.missed_listings, $2)
+"""
+_PRIMARY_DESCRIPTORS: Final = """
+select v.upstream_tool_id as id, f.sha256, fc.size, substring(fc.content from 1 for 64) as head
+from upstream_versions v
+join upstream_files f on f.upstream_version_id = v.id
+join file_contents fc on fc.sha256 = f.sha256
+where v.upstream_tool_id = any($1::bigint[]) and f.file_type = 'PRIMARY_DESCRIPTOR'
+"""
+
+
+async def _refresh_evidence(conn: Connection, ids: list[int], tombstone_after: int) -> set[Key]:
     """Recompute the evidence of tools *ids* (none for tools no longer live); return the keys
     they held before."""
     if not ids:
         return set()
-    old = await conn.fetch(
-        "delete from tool_evidence where upstream_tool_id = any($1::bigint[]) "
-        "returning kind, value",
-        ids,
-    )
-    tools = await conn.fetch(
-        """select t.id, t.external_id, t.doc->'aliases' as aliases
-           from upstream_tools t where t.id = any($1::bigint[]) and t.missed_listings < $2""",
-        ids,
-        tombstone_after,
-    )
+    old = await conn.fetch(_DELETE_EVIDENCE, ids)
+    tools = await conn.fetch(_LIVE_ALIASES, ids, tombstone_after)
     descriptors: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
-    for r in await conn.fetch(
-        """select v.upstream_tool_id as id, f.sha256, fc.size,
-                      substring(fc.content from 1 for 64) as head
-               from upstream_versions v
-               join upstream_files f on f.upstream_version_id = v.id
-               join file_contents fc on fc.sha256 = f.sha256
-               where v.upstream_tool_id = any($1::bigint[])
-                 and f.file_type = 'PRIMARY_DESCRIPTOR'""",
-        ids,
-    ):
+    for r in await conn.fetch(_PRIMARY_DESCRIPTORS, ids):
         descriptors[r["id"]].append((r["sha256"], r["size"], bytes(r["head"])))
     rows = []
     for t in tools:
@@ -186,7 +183,8 @@ judged as (
     from (select fr.kind, fr.value, t.upstream_id, count(*) as c
           from fresh fr
           join tool_evidence e on e.kind = fr.kind and e.value = fr.value
-          join upstream_tools t on t.id = e.upstream_tool_id and t.missed_listings < $1
+          join upstream_tools t on t.id = e.upstream_tool_id
+                                and upstream_tool_live(t.missed_listings, $1)
           group by fr.kind, fr.value, t.upstream_id) as x
     group by x.kind, x.value
     returning kind, value, identifying),
@@ -205,8 +203,12 @@ select coalesce(array_agg(id), '{}') from added
 """
 
 
+_TRUNCATE_FRONTIER: Final = "truncate merge_frontier"
+_IDENTIFYING_KEYS: Final = "select kind, value from merge_keys where identifying"
+
+
 async def _closure(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     seeds: set[int],
     old_keys: set[Key],
     max_per_upstream: int,
@@ -225,50 +227,50 @@ async def _closure(
     frontier = seeds | holders
     affected = set(frontier)
     while frontier:
-        await conn.execute("truncate merge_frontier")
+        await conn.execute(_TRUNCATE_FRONTIER)
         await conn.copy_records_to_table("merge_frontier", records=[(i,) for i in frontier])
         frontier = set(await conn.fetchval(_CLOSURE_STEP, tombstone_after, max_per_upstream))
         affected |= frontier
-    rows = await conn.fetch("select kind, value from merge_keys where identifying")
+    rows = await conn.fetch(_IDENTIFYING_KEYS)
     return affected, {(r["kind"], r["value"]) for r in rows}
 
 
-async def _keys_of(conn: asyncpg.Connection[Any], ids: set[int]) -> set[Key]:
-    rows = await conn.fetch(
-        "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])",
-        list(ids),
-    )
+_KEYS_OF: Final = "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])"
+
+
+async def _keys_of(conn: Connection, ids: set[int]) -> set[Key]:
+    rows = await conn.fetch(_KEYS_OF, list(ids))
     return {(r["kind"], r["value"]) for r in rows}
 
 
-async def _holders(conn: asyncpg.Connection[Any], keys: set[Key]) -> set[int]:
+_HOLDERS: Final = """
+select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
+join tool_evidence e on e.kind = k.kind and e.value = k.value
+"""
+
+
+async def _holders(conn: Connection, keys: set[Key]) -> set[int]:
     if not keys:
         return set()
     kinds, values = zip(*keys, strict=True)
-    rows = await conn.fetch(
-        """select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
-           join tool_evidence e on e.kind = k.kind and e.value = k.value""",
-        list(kinds),
-        list(values),
-    )
+    rows = await conn.fetch(_HOLDERS, list(kinds), list(values))
     return {r["upstream_tool_id"] for r in rows}
 
 
-async def _load_nodes(
-    conn: asyncpg.Connection[Any], ids: set[int], live: str, tombstone_after: int
-) -> list[Node]:
-    rows = await conn.fetch(
-        f"""select t.id, u.name, u.priority, t.external_id,
-                   coalesce(array_agg(e.kind) filter (where e.kind is not null), '{{}}') as kinds,
-                   coalesce(array_agg(e.value) filter (where e.kind is not null), '{{}}') as vals
-            from upstream_tools t
-            join upstreams u on u.id = t.upstream_id
-            left join tool_evidence e on e.upstream_tool_id = t.id
-            where t.id = any($2::bigint[]) and {live}
-            group by t.id, u.name, u.priority, t.external_id""",  # noqa: S608
-        tombstone_after,
-        list(ids),
-    )
+_NODES: Final = """
+select t.id, u.name, u.priority, t.external_id,
+       coalesce(array_agg(e.kind) filter (where e.kind is not null), '{}') as kinds,
+       coalesce(array_agg(e.value) filter (where e.kind is not null), '{}') as vals
+from upstream_tools t
+join upstreams u on u.id = t.upstream_id
+left join tool_evidence e on e.upstream_tool_id = t.id
+where t.id = any($2::bigint[]) and upstream_tool_live(t.missed_listings, $1)
+group by t.id, u.name, u.priority, t.external_id
+"""
+
+
+async def _load_nodes(conn: Connection, ids: set[int], tombstone_after: int) -> list[Node]:
+    rows = await conn.fetch(_NODES, tombstone_after, list(ids))
     return [
         Node(
             r["id"],
@@ -281,21 +283,19 @@ async def _load_nodes(
     ]
 
 
-async def _load_versions(
-    conn: asyncpg.Connection[Any], member_ids: list[int]
-) -> dict[int, list[VersionNode]]:
-    rows = await conn.fetch(
-        """select v.id, v.upstream_tool_id, v.key, coalesce(v.doc->>'name', v.key) as name,
-                  v.position,
-                  (select md5(string_agg(f.descriptor_type || '/' || f.path || '=' || f.sha256,
-                                         ',' order by f.descriptor_type, f.path))
-                   from upstream_files f
-                   where f.upstream_version_id = v.id and f.sha256 is not null
-                     and f.file_type in ('PRIMARY_DESCRIPTOR', 'SECONDARY_DESCRIPTOR'))
-                  as fingerprint
-           from upstream_versions v where v.upstream_tool_id = any($1::bigint[])""",
-        member_ids,
-    )
+_VERSIONS: Final = """
+select v.id, v.upstream_tool_id, v.key, coalesce(v.doc->>'name', v.key) as name, v.position,
+       (select md5(string_agg(f.descriptor_type || '/' || f.path || '=' || f.sha256,
+                              ',' order by f.descriptor_type, f.path))
+        from upstream_files f
+        where f.upstream_version_id = v.id and f.sha256 is not null
+          and f.file_type in ('PRIMARY_DESCRIPTOR', 'SECONDARY_DESCRIPTOR')) as fingerprint
+from upstream_versions v where v.upstream_tool_id = any($1::bigint[])
+"""
+
+
+async def _load_versions(conn: Connection, member_ids: list[int]) -> dict[int, list[VersionNode]]:
+    rows = await conn.fetch(_VERSIONS, member_ids)
     out: dict[int, list[VersionNode]] = defaultdict(list)
     for r in rows:
         out[r["upstream_tool_id"]].append(
@@ -306,19 +306,32 @@ async def _load_versions(
     return out
 
 
-async def _tools_holding(conn: asyncpg.Connection[Any], affected: set[int]) -> list[str]:
+_TOOLS_HOLDING: Final = """
+select distinct m.tool_id from catalogue_members m where m.upstream_tool_id = any($1::bigint[])
+"""
+
+
+async def _tools_holding(conn: Connection, affected: set[int]) -> list[str]:
     """The ids of the catalogue tools holding any affected upstream tool: what the merge
     rewrites."""
-    rows = await conn.fetch(
-        """select distinct m.tool_id from catalogue_members m
-           where m.upstream_tool_id = any($1::bigint[])""",
-        list(affected),
-    )
+    rows = await conn.fetch(_TOOLS_HOLDING, list(affected))
     return [r["tool_id"] for r in rows]
 
 
+_HISTORY_TABLE: Final = """
+create temporary table if not exists merge_history (
+    id text, upstream_tool_id bigint, was_primary boolean);
+truncate merge_history
+"""
+_SAVE_HISTORY: Final = """
+insert into catalogue_id_history (id, upstream_tool_id, was_primary)
+select id, upstream_tool_id, was_primary from merge_history
+on conflict (id, upstream_tool_id) do nothing
+"""
+
+
 async def _write(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     components: list[Component],
     versions: dict[int, list[VersionNode]],
     released: list[str],
@@ -330,7 +343,7 @@ async def _write(
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
         merged, conflicts = merge_versions(comp, member_versions)
-        report = [
+        report: list[dict[str, Any]] = [
             {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
             for c in conflicts
         ]
@@ -359,27 +372,29 @@ async def _write(
             for mv in merged
         ]
     if released or renames:
-        await _replace(conn, tools, members, cat_versions, released, renames)
+        await _replace(conn, tools, members, cat_versions, released=released, renames=renames)
     else:  # none of these tools is in the catalogue yet (a first merge, a new upstream)
         await _insert(conn, tools, members, cat_versions)
     # The ids each tool had, so they keep resolving after its members change.
-    await conn.execute(
-        """create temporary table if not exists merge_history (
-               id text, upstream_tool_id bigint, was_primary boolean);
-           truncate merge_history"""
-    )
+    await conn.execute(_HISTORY_TABLE)
     await conn.copy_records_to_table(
         "merge_history", records=history, columns=["id", "upstream_tool_id", "was_primary"]
     )
-    await conn.execute(
-        """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-           select id, upstream_tool_id, was_primary from merge_history
-           on conflict (id, upstream_tool_id) do nothing"""
-    )
+    await conn.execute(_SAVE_HISTORY)
+
+
+_CLAIMANTS: Final = """
+select c.id, t.external_id, u.name, u.priority
+from upstream_tools t
+join catalogue_tools c on c.primary_member_id = t.id
+join upstreams u on u.id = t.upstream_id
+where t.external_id = any($1::text[]) and c.id <> all($2::text[])
+"""
+_RENAME: Final = "update catalogue_tools set id = $2, sort_key = $2 where id = $1"
 
 
 async def _assign_ids(
-    conn: asyncpg.Connection[Any], components: list[Component], released: list[str]
+    conn: Connection, components: list[Component], released: list[str]
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
     the same id (then the qualified id); and the renames (current id, new id) of tools
@@ -391,15 +406,7 @@ async def _assign_ids(
         if not p.external_id.startswith(QUALIFIED_PREFIX):
             claims[p.external_id].append((p.order, i))
     contested = set(claims) | {r for r in released if not r.startswith(QUALIFIED_PREFIX)}
-    others = await conn.fetch(
-        """select c.id, t.external_id, u.name, u.priority
-           from upstream_tools t
-           join catalogue_tools c on c.primary_member_id = t.id
-           join upstreams u on u.id = t.upstream_id
-           where t.external_id = any($1::text[]) and c.id <> all($2::text[])""",
-        list(contested),
-        released,
-    )
+    others = await conn.fetch(_CLAIMANTS, list(contested), released)
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         claims[r["external_id"]].append(((r["priority"], r["name"], r["external_id"]), None))
@@ -434,7 +441,7 @@ _VERSION_COLUMNS: Final = [
 
 
 async def _insert(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     tools: list[tuple[Any, ...]],
     members: list[tuple[Any, ...]],
     versions: list[tuple[Any, ...]],
@@ -464,6 +471,7 @@ truncate merge_new_tools, merge_new_members, merge_new_versions
 # them); then, after the renames, tools, members and versions are updated where they differ,
 # inserted where new, and removed where the merge no longer has them. Inserts skip existing
 # rows by their unique index (an anti-join against the table being filled can turn quadratic).
+_ANALYZE_NEW: Final = "analyze merge_new_tools, merge_new_members, merge_new_versions"
 _DROP_RELEASED: Final = """
 delete from catalogue_tools c where c.id = any($1::text[])
   and not exists (select 1 from merge_new_tools n where n.id = c.id)
@@ -513,10 +521,11 @@ on conflict (tool_id, key) do nothing;
 
 
 async def _replace(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     tools: list[tuple[Any, ...]],
     members: list[tuple[Any, ...]],
     versions: list[tuple[Any, ...]],
+    *,
     released: list[str],
     renames: list[tuple[str, str]],
 ) -> None:
@@ -529,12 +538,10 @@ async def _replace(
     await conn.copy_records_to_table(
         "merge_new_versions", records=versions, columns=_VERSION_COLUMNS
     )
-    await conn.execute("analyze merge_new_tools, merge_new_members, merge_new_versions")
+    await conn.execute(_ANALYZE_NEW)
     await conn.execute(_DROP_RELEASED, released)
     for current, wanted in renames:
-        await conn.execute(
-            "update catalogue_tools set id = $2, sort_key = $2 where id = $1", current, wanted
-        )
+        await conn.execute(_RENAME, current, wanted)
     await conn.execute(_WRITE_TOOLS)
     new_ids = [t[0] for t in tools]
     await conn.execute(_DELETE_MEMBERS, new_ids)
