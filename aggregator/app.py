@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -20,12 +19,8 @@ from aggregator.ops import metrics
 
 
 async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the database pool for the app's lifetime: to the replica when one is configured
-    (the API only reads)."""
-    database = app[CONFIG].database
-    if database.replica_url:
-        database = dataclasses.replace(database, url=database.replica_url)
-    app[DB_POOL] = pool = await create_pool(database)
+    """Open the database pool for the app's lifetime."""
+    app[DB_POOL] = pool = await create_pool(app[CONFIG].database)
     yield
     await pool.close()
 

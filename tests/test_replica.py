@@ -86,7 +86,8 @@ async def test_api_reads_a_replica_and_serves_only_what_it_has_replayed(
         config = Config(database=DatabaseConfig(url=populated_dsn, replica_url=replica))
         client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
         app = client.server.app
-        assert await app[DB_POOL].fetchval("select pg_is_in_recovery()")
+        assert await app[RESPONSE_CACHE].pool.fetchval("select pg_is_in_recovery()")
+        assert not await app[DB_POOL].fetchval("select pg_is_in_recovery()")
         assert await _description(client) is None
         before = app[RESPONSE_CACHE].generation
 

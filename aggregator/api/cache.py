@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -31,6 +32,7 @@ from multidict import CIMultiDict
 from aggregator.api.negotiation import accepts_gzip, not_modified, wants_zip
 from aggregator.config import ServerConfig
 from aggregator.db.generation import CATALOGUE_CHANNEL, catalogue_generation
+from aggregator.db.pool import create_pool
 from aggregator.db.queries import PageIndex, ToolQuery, page_index
 from aggregator.keys import CONFIG, DB_POOL
 
@@ -442,9 +444,17 @@ GENERATION_WATCHER: Final = web.AppKey("generation_watcher", GenerationWatcher)
 
 
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The response cache and its generation listener, for the app's lifetime."""
+    """The response cache and its generation listener, for the app's lifetime. With
+    ``database.replica_url`` the cache renders from a pool of its own on the replica (everything
+    else, the admin API's writes included, uses the primary's pool)."""
     config = app[CONFIG]
-    cache = ResponseCache(app[DB_POOL], max_bytes=config.server.cache_mb * 1024 * 1024)
+    replica = config.database.replica_url
+    pool = (
+        await create_pool(dataclasses.replace(config.database, url=replica))
+        if replica
+        else app[DB_POOL]
+    )
+    cache = ResponseCache(pool, max_bytes=config.server.cache_mb * 1024 * 1024)
     app[RESPONSE_CACHE] = cache
     assert config.database.url is not None
     app[GENERATION_WATCHER] = watcher = GenerationWatcher(
@@ -457,3 +467,5 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if pool is not app[DB_POOL]:
+        await pool.close()

@@ -446,12 +446,18 @@ async def _insert(
     members: list[tuple[Any, ...]],
     versions: list[tuple[Any, ...]],
 ) -> None:
-    """Write tools none of whose ids or members the catalogue holds yet."""
+    """Write tools none of whose ids or members the catalogue holds yet; after many, refresh
+    the tables' statistics (the next merge's joins are planned on them)."""
     await conn.copy_records_to_table("catalogue_tools", records=tools, columns=_TOOL_COLUMNS)
     await conn.copy_records_to_table("catalogue_members", records=members, columns=_MEMBER_COLUMNS)
     await conn.copy_records_to_table(
         "catalogue_versions", records=versions, columns=_VERSION_COLUMNS
     )
+    if len(members) >= ANALYZE_AFTER:
+        await conn.execute(_ANALYZE_CATALOGUE)
+
+
+_ANALYZE_CATALOGUE: Final = "analyze catalogue_tools, catalogue_members, catalogue_versions"
 
 
 # The merged rows are loaded into these, then only the catalogue rows that differ are written.
