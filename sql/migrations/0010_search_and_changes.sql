@@ -137,6 +137,20 @@ begin
     return null;
 end $$;
 
+-- An upstream record whose document changed (the merge may leave its catalogue rows as they
+-- were).
+create function catalogue_touch_upstream_tools() returns trigger language plpgsql as $$
+begin
+    insert into catalogue_touched (upstream_tool_id)
+    select n.id from new_rows n join old_rows o on o.id = n.id
+    where n.doc_hash is distinct from o.doc_hash;
+    return null;
+end $$;
+
+create trigger upstream_tools_touch_upd after update on upstream_tools
+    referencing new table as new_rows old table as old_rows
+    for each statement execute function catalogue_touch_upstream_tools();
+
 create trigger catalogue_tools_touch_ins after insert on catalogue_tools
     referencing new table as new_rows for each statement execute function catalogue_touch_tools();
 create trigger catalogue_tools_touch_upd after update on catalogue_tools
