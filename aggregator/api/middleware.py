@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
@@ -38,6 +39,24 @@ _CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
 # Request ids: unique per process by a counter, across processes by a random prefix.
 _ID_PREFIX: Final = os.urandom(4).hex() + "-"
 _ID_COUNTER: Final = itertools.count(1)
+
+
+async def with_final_status(
+    request: web.Request, handler: Handler, record: Callable[[int], None]
+) -> web.StreamResponse:
+    """Call *handler*, then *record* the status finally answered (an HTTP exception's too; 500
+    for anything else that escapes)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    else:
+        return response
+    finally:
+        record(status)
 
 
 def error_response(status: int, message: str) -> web.Response:

@@ -32,6 +32,12 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _STOP_TIMEOUT_S: Final = 10.0
 
 
+async def close_if_open(conn: Connection | None) -> None:
+    """Close *conn* unless it is missing or closed already."""
+    if conn is not None and not conn.is_closed():
+        await conn.close()
+
+
 def trigger_for(upstream: UpstreamConfig) -> IntervalTrigger | CronTrigger:
     """The apscheduler trigger of *upstream*'s schedule.
 
@@ -91,31 +97,37 @@ class Worker:
         """
         due = await db_upstreams.due_now(self.pool)
         for upstream in self.config.upstreams:
-            if not upstream.enabled:
-                continue
-            self.scheduler.add_job(
-                self._scheduled,
-                trigger_for(upstream),
-                args=[upstream],
-                id=upstream.name,
-                name=f"harvest {upstream.name}",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=None,
-            )
-            if due.get(upstream.name, True):
-                self.scheduler.add_job(
-                    self._scheduled,
-                    DateTrigger(dt.datetime.now(dt.UTC)),
-                    args=[upstream],
-                    id=f"{upstream.name}:catch-up",
-                    name=f"catch up {upstream.name}",
-                    misfire_grace_time=None,
-                )
+            if upstream.enabled:
+                self.schedule(upstream, catch_up=due.get(upstream.name, True))
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
             log.info("harvest_scheduled", job=job.id, next_run=str(job.next_run_time))
         self._listener = asyncio.create_task(self._listen())
+
+    def schedule(self, upstream: UpstreamConfig, *, catch_up: bool) -> None:
+        """Add (or replace) the job harvesting *upstream* on its schedule; with *catch_up*, a
+        harvest now too."""
+        self.scheduler.add_job(
+            self._scheduled,
+            trigger_for(upstream),
+            args=[upstream],
+            id=upstream.name,
+            name=f"harvest {upstream.name}",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+            replace_existing=True,
+        )
+        if catch_up:
+            self.scheduler.add_job(
+                self._scheduled,
+                DateTrigger(dt.datetime.now(dt.UTC)),
+                args=[upstream],
+                id=f"{upstream.name}:catch-up",
+                name=f"catch up {upstream.name}",
+                misfire_grace_time=None,
+                replace_existing=True,
+            )
 
     async def stop(self) -> None:
         """Stop scheduling; cancel running harvests, which record themselves abandoned."""
@@ -175,8 +187,7 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), poll)
                 self._wake.clear()
         finally:
-            if conn is not None and not conn.is_closed():
-                await conn.close()
+            await close_if_open(conn)
 
     async def _subscribe(self) -> Connection | None:
         assert self.config.database.url is not None

@@ -6,20 +6,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
 import structlog
-from apscheduler.triggers.date import DateTrigger
 
 from aggregator.config import Config, UpstreamConfig
-from aggregator.db.operations import CANCEL_CHANNEL, UPSTREAMS_CHANNEL, cancel_requested
+from aggregator.db.operations import (
+    CANCEL_CHANNEL,
+    UPSTREAMS_CHANNEL,
+    cancel_requested,
+    upstreams_fingerprint,
+)
 from aggregator.db.pool import connect
 from aggregator.harvest.crawl import RunOutcome
 from aggregator.harvest.runner import Harvester
-from aggregator.harvest.scheduler import Worker, trigger_for
+from aggregator.harvest.scheduler import Worker, close_if_open
 from aggregator.ops.upstreams import stored_upstreams
 
 if TYPE_CHECKING:
@@ -99,10 +102,7 @@ class LiveWorker(Worker):
         self.harvester.config = self.config
 
     async def _read_fingerprint(self) -> Any:
-        return await self.pool.fetchval(
-            "select coalesce(array_agg(array[name, updated_at::text, paused::text, "
-            "coalesce(removed_at::text, '')] order by name), '{}') from upstreams"
-        )
+        return await upstreams_fingerprint(self.pool)
 
     async def reload(self) -> None:
         """Reschedule after the upstream list in the database changed."""
@@ -119,26 +119,7 @@ class LiveWorker(Worker):
                     self.harvester.cancel(name)
         for name, u in new.items():
             if old.get(name) != u and u.enabled:
-                self.scheduler.add_job(
-                    self._scheduled,
-                    trigger_for(u),
-                    args=[u],
-                    id=u.name,
-                    name=f"harvest {u.name}",
-                    coalesce=True,
-                    max_instances=1,
-                    misfire_grace_time=None,
-                    replace_existing=True,
-                )
-                if name not in old:
-                    self.scheduler.add_job(
-                        self._scheduled,
-                        DateTrigger(dt.datetime.now(dt.UTC)),
-                        args=[u],
-                        id=f"{u.name}:catch-up",
-                        misfire_grace_time=None,
-                        replace_existing=True,
-                    )
+                self.schedule(u, catch_up=name not in old)
         log.info("upstreams_reloaded", upstreams=sorted(new))
 
     def _notified(self, *_: Any) -> None:
@@ -169,5 +150,4 @@ class LiveWorker(Worker):
                     await asyncio.wait_for(self._changed.wait(), poll)
                 self._changed.clear()
         finally:
-            if conn is not None and not conn.is_closed():
-                await conn.close()
+            await close_if_open(conn)
