@@ -32,12 +32,6 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _STOP_TIMEOUT_S: Final = 10.0
 
 
-async def close_if_open(conn: Connection | None) -> None:
-    """Close *conn* unless it is missing or closed already."""
-    if conn is not None and not conn.is_closed():
-        await conn.close()
-
-
 def trigger_for(upstream: UpstreamConfig) -> IntervalTrigger | CronTrigger:
     """The apscheduler trigger of *upstream*'s schedule.
 
@@ -105,8 +99,7 @@ class Worker:
         self._listener = asyncio.create_task(self._listen())
 
     def schedule(self, upstream: UpstreamConfig, *, catch_up: bool) -> None:
-        """Add (or replace) the job harvesting *upstream* on its schedule; with *catch_up*, a
-        harvest now too."""
+        """(Re)schedule *upstream*'s harvests; with *catch_up*, also harvest it at once."""
         self.scheduler.add_job(
             self._scheduled,
             trigger_for(upstream),
@@ -187,7 +180,8 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), poll)
                 self._wake.clear()
         finally:
-            await close_if_open(conn)
+            if conn is not None and not conn.is_closed():
+                await conn.close()
 
     async def _subscribe(self) -> Connection | None:
         assert self.config.database.url is not None

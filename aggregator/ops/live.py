@@ -22,7 +22,7 @@ from aggregator.db.operations import (
 from aggregator.db.pool import connect
 from aggregator.harvest.crawl import RunOutcome
 from aggregator.harvest.runner import Harvester
-from aggregator.harvest.scheduler import Worker, close_if_open
+from aggregator.harvest.scheduler import Worker
 from aggregator.ops.upstreams import stored_upstreams
 
 if TYPE_CHECKING:
@@ -132,22 +132,24 @@ class LiveWorker(Worker):
         conn: Connection | None = None
         try:
             while True:
-                if conn is None or conn.is_closed():
-                    with contextlib.suppress(OSError, asyncpg.PostgresError):
+                # Whatever fails (the database is away), the worker goes on and tries again.
+                try:
+                    if conn is None or conn.is_closed():
                         conn = await connect(self.config.database.url)
                         await conn.add_listener(UPSTREAMS_CHANNEL, self._notified)
                         await conn.add_listener(CANCEL_CHANNEL, self._notified)
-                try:
                     fingerprint = await self._read_fingerprint()
                     if fingerprint != self._fingerprint:
                         self._fingerprint = fingerprint
                         await self.reload()
                     for name in await cancel_requested(self.pool):
                         self.harvester.cancel(name)
-                except (OSError, asyncpg.PostgresError) as e:
-                    log.warning("upstreams_unreadable", error=str(e))
+                except Exception as e:  # noqa: BLE001 - logged; the next poll retries
+                    log.warning("upstreams_unreadable", error=f"{type(e).__name__}: {e}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), poll)
                 self._changed.clear()
         finally:
-            await close_if_open(conn)
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await conn.close()

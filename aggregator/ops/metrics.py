@@ -37,6 +37,7 @@ from aggregator.db import metrics as db_metrics
 from aggregator.db.generation import catalogue_generation
 from aggregator.db.migrate import applied_migrations, default_directory, load_migrations
 from aggregator.db.upstreams import list_upstreams
+from aggregator.errors import ConfigError
 from aggregator.harvest.scheduler import trigger_for
 from aggregator.keys import CONFIG, DB_POOL
 from aggregator.ops.upstreams import stored_upstream
@@ -197,7 +198,10 @@ async def _database_registry(pool: asyncpg.Pool[Any], config: Config) -> Collect
         failures.labels(name).set(r["consecutive_failures"])
         paused.labels(name).set(1 if r["paused"] else 0)
     for r in await db_metrics.scheduled_upstreams(pool):
-        seconds = _schedule_seconds(r)
+        try:
+            seconds = _schedule_seconds(r)
+        except ConfigError:  # a row no configuration accepts any more: no schedule to show
+            continue
         if seconds is not None:
             schedule.labels(r["name"]).set(seconds)
     for name, kind, n in await db_metrics.fetch_error_counts(pool):
