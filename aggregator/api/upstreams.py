@@ -111,6 +111,7 @@ def run_json(row: asyncpg.Record) -> dict[str, Any]:
         },
         "error": row["error"],
         "error_samples": row["error_samples"],
+        "file_hosts": row["file_hosts"],
     }
 
 

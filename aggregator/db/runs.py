@@ -27,6 +27,8 @@ class RunCounts:
     not_modified: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    #: Per host other than the upstream's own: files fetched, failed, skipped, last error.
+    file_hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def error(self, message: str) -> None:
         """Count an error and keep the first few as samples."""
@@ -79,7 +81,8 @@ async def finish_run(
                error = $4, tools_seen = $5, tools_new = $6, tools_changed = $7,
                tools_unchanged = $8, tools_tombstoned = $9, versions_seen = $10,
                files_stored = $11, requests = $12, bytes_fetched = $13, errors = $14,
-               error_samples = $15, tools_fetched = $16, not_modified = $17
+               error_samples = $15, tools_fetched = $16, not_modified = $17,
+               file_hosts = $18
            where id = $1""",
         run_id,
         status,
@@ -98,6 +101,7 @@ async def finish_run(
         c["error_samples"],
         c["tools_fetched"],
         c["not_modified"],
+        c["file_hosts"],
     )
 
 

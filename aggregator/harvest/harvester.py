@@ -21,6 +21,7 @@ from aggregator.db import upstreams as db_upstreams
 from aggregator.db.pool import connect
 from aggregator.db.runs import RunCounts
 from aggregator.harvest.client import UpstreamClient
+from aggregator.harvest.static import StaticTreeClient
 from aggregator.harvest.run import HarvestRun
 from aggregator.progress import NoProgress, Progress
 
@@ -171,7 +172,8 @@ class Harvester:
         with structlog.contextvars.bound_contextvars(upstream=upstream.name, run_id=run_id):
             log.info("harvest_started", url=upstream.url, mode=upstream.mode, trigger=trigger)
             token = self.environ.get(upstream.token_env) if upstream.token_env else None
-            client = UpstreamClient(self.session, upstream, token=token)
+            kind = StaticTreeClient if upstream.kind == "static" else UpstreamClient
+            client = kind(self.session, upstream, token=token)
             run = HarvestRun(
                 self.pool, client, self.config, upstream, upstream_id, run_id, self.progress
             )

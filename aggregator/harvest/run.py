@@ -22,6 +22,7 @@ from aggregator.db.upstreams import save_service_info
 from aggregator.errors import AggregatorError, InvalidUpstreamData, UpstreamError
 from aggregator.harvest.client import CircuitOpen, UpstreamClient, Validators
 from aggregator.harvest.files import VersionFiles
+from aggregator.harvest.hosts import FileHosts
 from aggregator.progress import Progress
 from aggregator.trs.parse import (
     Quirks,
@@ -134,6 +135,7 @@ class HarvestRun:
         self.counts = self.result.counts
         self.quirks = Quirks()
         self.stager = Stager(pool, run_id)
+        self.file_hosts = FileHosts(client.session, upstream, client)
         self.known: dict[str, Known] = {}
         self.stored_pages: dict[str, Page] = {}
         self.pages: list[Page] = []
@@ -155,6 +157,7 @@ class HarvestRun:
         c.requests = self.client.traffic.requests
         c.bytes_fetched = self.client.traffic.bytes
         c.not_modified = self.client.traffic.not_modified
+        c.file_hosts = self.file_hosts.summary()
         self.progress.update(
             self.upstream.name,
             tools=c.tools_seen,
@@ -393,6 +396,8 @@ class HarvestRun:
         mode = self.upstream.change_detection
         if mode != "auto":
             return mode == "listing"
+        if self.upstream.kind == "static":
+            return True  # a static tree is published whole: an unchanged entry is unchanged
         versions = raw.get("versions") if isinstance(raw, Mapping) else None
         return bool(versions) and all(
             isinstance(v, Mapping) and v.get("meta_version") not in (None, "") for v in versions
@@ -423,7 +428,9 @@ class HarvestRun:
             # The last page is always fetched in full: a 304 cannot say that a page now
             # follows it (ETags cover bodies, not paging headers).
             conditional = (
-                stored is not None and stored.next_page is not None and self._replayable(stored)
+                stored is not None
+                and (stored.next_page is not None or self.upstream.kind == "static")
+                and self._replayable(stored)
             )
             async with self._budget("the listing finished", listing=True):
                 response = await self.client.get(
@@ -585,6 +592,7 @@ class HarvestRun:
                     version_url,
                     lambda m, k=key: error(f"tool {tool_id} version {k}: {m}"),
                     previous.get(key),
+                    self.file_hosts,
                 )
                 staged.files = await fetcher.fetch_all(vdoc["descriptor_type"])
                 self.counts.files_stored += sum(f.content is not None for f in staged.files)

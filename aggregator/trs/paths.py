@@ -89,7 +89,7 @@ def relative_to_root(path: str, root: str) -> str:
         return path.lstrip("/")
     stripped = path.lstrip("/")
     prefix = root.strip("/") + "/"
-    return stripped[len(prefix) :] if stripped.startswith(prefix) else stripped
+    return stripped.removeprefix(prefix)
 
 
 def parent(directory: str, levels: int = 1) -> str | None:
