@@ -307,7 +307,7 @@ class TrsApi:
 
         async def build(conn: Any, generation: int) -> Entry:
             t = self._type(request)
-            _, v = await self._version(conn, request)
+            tool_id, v = await self._version(conn, request)
             relative = request.match_info.get("relative_path")
             if v.served.mode == "index":
                 tail = f"{request.match_info['type']}/descriptor"
@@ -315,8 +315,58 @@ class TrsApi:
                     tail += "/" + quote(relative, safe="")
                 return files.redirect_entry(v, tail, request.query_string)
             return await files.descriptor(
-                conn, generation, v, t, relative, strict=self.profile.strict
+                conn,
+                generation,
+                v,
+                t,
+                relative,
+                strict=self.profile.strict,
+                version_url=render.version_url(self.base_url(request), tool_id, v.key),
             )
+
+        return await self._serve(request, build)
+
+    async def get_above_descriptor(self, request: web.Request) -> web.Response:
+        """GET …/{type}/{path}: a file cwltool asks for after resolving a primary descriptor's
+        ``../`` import against ``…/{type}/descriptor/{encoded primary path}``.
+
+        ``…/{type}/x`` is one level above ``descriptor/``; when ``{type}`` is no descriptor
+        type (or no file is found that way), ``{type}/x`` is read two levels above it, as
+        ``…/versions/{v}/{dir}/x`` (``../../{dir}/x``), and answered as plain bytes. Deeper
+        imports cannot be told from the TRS routes above ``/versions/{v}`` (see find_file).
+        """
+
+        async def build(conn: Any, generation: int) -> Entry:
+            tool_id, v = await self._version(conn, request)
+            raw_type = request.match_info["type"]
+            relative = request.match_info["relative_path"]
+            if v.served.mode == "index":
+                tail = f"{quote(raw_type, safe='')}/{quote(relative, safe='/')}"
+                return files.redirect_entry(v, tail, request.query_string)
+            attempts: list[tuple[DescriptorType, str, int]] = []
+            parsed = parse_descriptor_type(raw_type)
+            if parsed is not None:
+                attempts.append((parsed, relative, 1))
+            for name in v.doc.get("descriptor_type") or ():
+                attempts.append(
+                    (DescriptorType(str(name), plain=True), f"{raw_type}/{relative}", 2)
+                )
+            version_url = render.version_url(self.base_url(request), tool_id, v.key)
+            for t, path, level in attempts:
+                try:
+                    return await files.descriptor(
+                        conn,
+                        generation,
+                        v,
+                        t,
+                        path,
+                        strict=self.profile.strict,
+                        version_url=version_url,
+                        level=level,
+                    )
+                except NotFound:
+                    continue
+            raise NotFound(f"no file {raw_type}/{relative!r} in version {v.key!r}")
 
         return await self._serve(request, build)
 
@@ -390,7 +440,7 @@ class TrsApi:
         # cwltool resolves a primary descriptor's "../x" imports against a URL in which the
         # primary's own directory was encoded into one segment: "…/{type}/x". Last, so that
         # the routes above win.
-        app.router.add_get(v + "/{type}/{relative_path:.+}", self.get_descriptor)
+        app.router.add_get(v + "/{type}/{relative_path:.+}", self.get_above_descriptor)
 
 
 def add_routes(app: web.Application) -> None:

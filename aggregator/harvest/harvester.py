@@ -21,8 +21,8 @@ from aggregator.db import upstreams as db_upstreams
 from aggregator.db.pool import connect
 from aggregator.db.runs import RunCounts
 from aggregator.harvest.client import UpstreamClient
-from aggregator.harvest.static import StaticTreeClient
 from aggregator.harvest.run import HarvestRun
+from aggregator.harvest.static import StaticTreeClient
 from aggregator.progress import NoProgress, Progress
 
 log = structlog.get_logger()

@@ -337,8 +337,9 @@ def file_wrapper(
 ) -> dict[str, Any]:
     """A FileWrapper for stored bytes; bytes that are not UTF-8 are offered by url only.
 
-    *url* is where the upstream serves the original; the content is our mirror's copy, and the
-    checksum is of exactly the bytes in ``content``.
+    *url* is where the bytes are served (the upstream's original, or our own endpoint for a
+    binary file); the content is our mirror's copy, and the checksum is of exactly the bytes
+    stored, whether or not they are inline.
     """
     out: dict[str, Any] = {}
     text: str | None = None
@@ -349,7 +350,7 @@ def file_wrapper(
             text = None
     if text is not None:
         out["content"] = text
-    out["checksum"] = checksums(sha256) if text is not None else []
+    out["checksum"] = checksums(sha256) if content is not None else []
     if url:
         out["url"] = url
     if image_type is not None:
