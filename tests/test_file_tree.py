@@ -128,12 +128,12 @@ async def test_every_url_cwltool_builds_in_the_tree_answers_that_file(live_api: 
             urls[path] = urljoin(primary_url, relative)
         checked = 0
         for source, source_url in urls.items():
-            for target in FILES:
+            for target, content in FILES.items():
                 relative = posixpath.relpath(target, posixpath.dirname(source))
                 url = urljoin(source_url, relative)
                 async with http.get(url) as r:
                     assert r.status == 200, (source, target, url, await r.text())
-                    assert await r.text() == FILES[target], (source, target, url)
+                    assert await r.text() == content, (source, target, url)
                 checked += 1
         assert checked == len(FILES) ** 2
         for spelling in (PRIMARY, "/" + PRIMARY, "./" + PRIMARY, "workflow/y/../x/main.cwl"):

@@ -11,7 +11,7 @@ import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 from aiohttp import web
@@ -163,6 +163,9 @@ class TrsApi:
 
     async def _tool(self, conn: Any, requested: str) -> CatalogueTool:
         tool_id = await db.resolve_tool_id(conn, requested)
+        if tool_id is None and "%" in requested:
+            # Encoded twice by the client (trs-cli quotes an id that is already quoted).
+            tool_id = await db.resolve_tool_id(conn, unquote(requested))
         tool = (await db.fetch_tools(conn, [tool_id])).get(tool_id) if tool_id else None
         if tool is None:
             raise NotFound(f"no tool with id {requested!r}")
@@ -187,6 +190,19 @@ class TrsApi:
             tools, _, published_at = await queries.catalogue_summary(conn)
             listed = ", ".join(f"{u.name} ({u.tools} tools)" for u in upstreams)
             origin = base[: -len(self.mount)]
+            plain = {
+                "id": _service_id(request.host),
+                "name": "trs-aggregator",
+                "type": {"group": "org.ga4gh", "artifact": "trs", "version": "2.0.0"},
+                "description": f"A federated GA4GH TRS catalogue of {tools} tools",
+                "organization": {"name": "trs-aggregator", "url": origin + "/"},
+                "documentationUrl": origin + "/aggregator/v1/openapi.json",
+                "updatedAt": published_at.isoformat(),
+                "version": __version__,
+            }
+            if self.profile.strict:
+                # Only the fields of GA4GH service-info 1.0: strict clients forbid others.
+                return files.json_entry(plain, generation)
             return files.json_entry(
                 {
                     "id": _service_id(request.host),
@@ -425,8 +441,7 @@ class TrsApi:
         """Mount every endpoint of the profile under the base path (HEAD with each GET)."""
         m = self.mount
         v = m + "/tools/{id}/versions/{version_id}"
-        if self.profile.service_info:
-            app.router.add_get(m + "/service-info", self.get_service_info)
+        app.router.add_get(m + "/service-info", self.get_service_info)
         app.router.add_get(m + "/toolClasses", self.list_tool_classes)
         app.router.add_get(m + "/tools", self.list_tools)
         app.router.add_get(m + "/tools/{id}", self.get_tool)
