@@ -11,11 +11,7 @@ from urllib.parse import quote, urlsplit
 
 import trs_cli
 
-from tests.populated import (  # noqa: F401 - fixtures
-    NESTED,
-    live_origin,
-    populated_db,
-)
+from tests.populated import NESTED
 
 
 async def test_trs_cli_passes_every_read_call_on_the_strict_profile(
