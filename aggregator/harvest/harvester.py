@@ -76,6 +76,17 @@ async def harvest_upstreams(
     return list(await asyncio.gather(*(harvester.harvest(u) for u in chosen)))
 
 
+def _next_tick(upstream: UpstreamConfig) -> dt.datetime | None:
+    """When *upstream*'s schedule next fires after now."""
+    from aggregator.harvest.scheduler import trigger_for  # noqa: PLC0415 - it imports this module
+
+    now = dt.datetime.now(dt.UTC)
+    fire: dt.datetime | None = trigger_for(upstream).get_next_fire_time(
+        None, now + dt.timedelta(microseconds=1)
+    )
+    return fire
+
+
 class Harvester:
     """Runs harvests against one database with one HTTP session."""
 
@@ -114,6 +125,10 @@ class Harvester:
         """
         started = time.monotonic()
         assert self.config.database.url is not None
+        if trigger == "manual" and next_due is None:
+            # This run stands for the schedule's current tick: a worker started right after
+            # it (demo, run) waits for the next one instead of harvesting again.
+            next_due = _next_tick(upstream)
         # A connection of its own: the session-level lock lives as long as it does, and a
         # process that dies mid-run releases it with its connection.
         lock_conn = await connect(self.config.database.url)

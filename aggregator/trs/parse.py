@@ -84,7 +84,7 @@ def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
     """Normalise one upstream Tool; raise InvalidUpstreamData when it has no usable id.
 
     Pre-release names (``toolname``, ``tool_class``, string ``author``) are mapped to their
-    2.0.1 names; versions are read with read_version.
+    2.0.1 names and kept as sent; versions are read with read_version.
     """
     quirks = quirks if quirks is not None else Quirks()
     if not isinstance(raw, Mapping):
@@ -98,12 +98,12 @@ def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
         raise InvalidUpstreamData("a tool has no id")
     doc["id"] = tool_id
     if "toolclass" not in doc and isinstance(doc.get("tool_class"), Mapping):
-        doc["toolclass"] = doc.pop("tool_class")
+        doc["toolclass"] = doc["tool_class"]
         quirks.add("'tool_class' instead of 'toolclass'")
     if "name" not in doc and isinstance(doc.get("toolname"), str):
-        doc["name"] = doc.pop("toolname")
+        doc["name"] = doc["toolname"]
         quirks.add("pre-release field 'toolname'")
-    author = doc.pop("author", None) if isinstance(doc.get("author"), str) else None
+    author = doc["author"] if isinstance(doc.get("author"), str) else None
     if author is not None:
         quirks.add("pre-release string field Tool.author")
     if not isinstance(doc.get("toolclass"), Mapping):
@@ -140,7 +140,7 @@ def read_version(
         quirks.add("version without an id")
     doc["id"] = vid
     if "is_production" not in doc and isinstance(doc.get("immutable"), bool):
-        doc["is_production"] = doc.pop("immutable")
+        doc["is_production"] = doc["immutable"]
         quirks.add("pre-release field 'immutable'")
     if author is not None and "author" not in doc:
         doc["author"] = [author]
@@ -162,7 +162,7 @@ def read_version(
 def _read_image(raw: Mapping[str, Any]) -> dict[str, Any]:
     image = dict(raw)
     if "checksum" not in image and isinstance(image.get("hashcode"), str):
-        image["checksum"] = [{"checksum": image.pop("hashcode"), "type": "sha-256"}]
+        image["checksum"] = [{"checksum": image["hashcode"], "type": "sha-256"}]
     return image
 
 
