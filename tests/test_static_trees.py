@@ -131,6 +131,8 @@ async def test_an_unchanged_tree_is_re_harvested_with_conditional_requests(
     assert first.status == "succeeded", first.counts.error_samples
     assert second.status == "succeeded" and second.counts.tools_fetched == 0
     assert second.counts.tools_unchanged == 2
+    # Nothing changed: the catalogue keeps its generation, so API caches stay warm.
+    assert second.generation == first.generation is not None
     assert [r for r in again if "/tools/" in r] == ["GET /tools/index.json 304"], again
 
     client = await aiohttp_client(create_app(config))

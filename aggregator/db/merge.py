@@ -62,6 +62,11 @@ async def remerge(
         dirty = [
             r["id"] for r in await conn.fetch("select id from upstream_tools where merge_dirty")
         ]
+    if not dirty:
+        # Nothing changed: the catalogue and its generation stay, so caches stay warm.
+        generation: int = await conn.fetchval("select generation from catalogue_state")
+        log.info("merge_skipped", reason="nothing changed", generation=generation)
+        return MergeStats(0, 0, 0, generation)
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if len(dirty) >= ANALYZE_AFTER:
         await conn.execute("analyze tool_evidence")
@@ -84,7 +89,7 @@ async def remerge(
     versions = await _load_versions(conn, [n.id for n in nodes])
     old_ids = await _drop_tools(conn, affected)
     await _write(conn, components, versions, old_ids)
-    generation: int = await conn.fetchval(
+    generation = await conn.fetchval(
         """update catalogue_state set generation = generation + 1, published_at = now()
            returning generation"""
     )
