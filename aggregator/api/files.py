@@ -100,6 +100,12 @@ def redirect_entry(v: CatalogueVersion, tail: str, query: str) -> Entry:
     return make_entry(307, b"", "text/plain", generation=None, headers={"Location": target})
 
 
+def _extra(f: FileRow, kind: str) -> dict[str, Any] | None:
+    """The upstream's own fields of *f*'s FileWrapper or ToolFile (*kind*)."""
+    found = (f.extra or {}).get(kind)
+    return found if isinstance(found, dict) else None
+
+
 def _is_text(content: bytes) -> bool:
     try:
         content.decode("utf-8")
@@ -149,7 +155,13 @@ async def descriptor(
     url = _file_url(v, t, f)
     if not text and version_url is not None:
         url = f"{version_url}/PLAIN_{t.name}/descriptor/{quote(tree_path(f.path), safe='/')}"
-    wrapper = render.file_wrapper(f.content, f.sha256, url, image_type=None if strict else t.name)
+    wrapper = render.file_wrapper(
+        f.content,
+        f.sha256,
+        url,
+        image_type=None if strict else t.name,
+        extra=None if strict else _extra(f, "wrapper"),
+    )
     return json_entry(wrapper, generation)
 
 
@@ -178,7 +190,13 @@ async def files(
     if not want_zip:
         return json_entry(
             [
-                render.tool_file(tree_path(r.path), r.file_type, r.sha256, strict=strict)
+                render.tool_file(
+                    tree_path(r.path),
+                    r.file_type,
+                    r.sha256,
+                    strict=strict,
+                    extra=_extra(r, "tool_file"),
+                )
                 for r in rows
             ],
             generation,

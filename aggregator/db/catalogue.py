@@ -107,6 +107,7 @@ class FileRow:
     checksum_status: str
     url: str | None
     content: bytes | None
+    extra: dict[str, Any] | None = None
 
 
 async def fetch_files(
@@ -125,7 +126,7 @@ async def fetch_files(
     content = "fc.content" if with_content else "null::bytea"
     rows = await conn.fetch(
         f"""select f.descriptor_type, f.path, f.file_type, f.sha256, f.checksum_status, f.url,
-                   {content} as content
+                   {content} as content, f.extra
             from upstream_files f left join file_contents fc on fc.sha256 = f.sha256
             where f.upstream_version_id = $1
               and ($2::text is null or f.descriptor_type in ($2, ''))

@@ -198,6 +198,7 @@ class VersionFiles:
                     url=primary["url"] or f"{base}/descriptor",
                     wrapper=primary,
                     declared=declared,
+                    listing_extra=(primary_entry or {}).get("extra"),
                 )
         for e in entries:
             path = self._tree_path(t, layout, e["path"])
@@ -214,11 +215,18 @@ class VersionFiles:
                     url=e["path"],
                     raw_url=e["path"],
                     declared=e["declared_sha256"],
+                    listing_extra=e["extra"],
                 )
             else:
                 url = f"{base}/descriptor/{_encode_path(e['path'])}"
                 await self._add(
-                    t, path, e["file_type"], url=url, wrapper_url=url, declared=e["declared_sha256"]
+                    t,
+                    path,
+                    e["file_type"],
+                    url=url,
+                    wrapper_url=url,
+                    declared=e["declared_sha256"],
+                    listing_extra=e["extra"],
                 )
         tests_got = await self.client.get_json(f"{base}/tests", ok_404=True)
         if tests_got and isinstance(tests_got[0], list):
@@ -288,6 +296,7 @@ class VersionFiles:
         wrapper: dict[str, Any] | None = None,
         wrapper_url: str | None = None,
         raw_url: str | None = None,
+        listing_extra: dict[str, Any] | None = None,
     ) -> None:
         staged = StagedFile(t, path, file_type, url, declared_sha256=declared)
         self.files[(t, path)] = staged
@@ -297,6 +306,15 @@ class VersionFiles:
                 assert got is not None
                 wrapper = read_file_wrapper(got[0])
                 staged.declared_sha256 = declared or wrapper["declared_sha256"]
+            extra = {
+                k: v
+                for k, v in (
+                    ("wrapper", (wrapper or {}).get("extra")),
+                    ("tool_file", listing_extra),
+                )
+                if v
+            }
+            staged.extra = extra or None
             if wrapper is not None and wrapper["content"] is not None:
                 content = wrapper["content"].encode("utf-8")
             else:

@@ -573,6 +573,8 @@ class HarvestRun:
                 for v in raw_versions:
                     # A pre-release string Tool.author is only in the listing's tool.
                     author = listed.get(version_key(v), {}).get("author")
+                    if author is None and isinstance(doc.get("author"), str):
+                        author = [doc["author"]]
                     if "author" not in v and author is not None:
                         v["author"] = author
         previous = await self._previous_files(tool_id)

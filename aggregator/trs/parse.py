@@ -213,6 +213,7 @@ def read_files_listing(raw: Any) -> list[dict[str, Any]]:
                 "path": item["path"],
                 "file_type": file_type if file_type in FILE_TYPES else "OTHER",
                 "declared_sha256": declared_sha256(item.get("checksum")),
+                "extra": _extra(item, TOOL_FILE_FIELDS),
             }
         )
     return out
@@ -221,7 +222,7 @@ def read_files_listing(raw: Any) -> list[dict[str, Any]]:
 def read_file_wrapper(raw: Any) -> dict[str, Any]:
     """Normalise a FileWrapper: content (str or None), url (str or None), declared sha256."""
     if isinstance(raw, str):
-        return {"content": raw, "url": None, "declared_sha256": None}
+        return {"content": raw, "url": None, "declared_sha256": None, "extra": None}
     if not isinstance(raw, Mapping):
         raise InvalidUpstreamData("a FileWrapper must be a JSON object")
     content = raw.get("content")
@@ -230,7 +231,19 @@ def read_file_wrapper(raw: Any) -> dict[str, Any]:
         "content": content if isinstance(content, str) else None,
         "url": url if isinstance(url, str) and url else None,
         "declared_sha256": declared_sha256(raw.get("checksum")),
+        "extra": _extra(raw, FILE_WRAPPER_FIELDS),
     }
+
+
+#: The fields TRS gives a FileWrapper and a ToolFile; an upstream's others are kept as sent.
+FILE_WRAPPER_FIELDS: Final = frozenset({"content", "checksum", "url", "image_type"})
+TOOL_FILE_FIELDS: Final = frozenset({"path", "file_type", "checksum"})
+
+
+def _extra(raw: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any] | None:
+    """The fields of *raw* beyond *known* (nulls dropped), or None when there are none."""
+    out = {k: v for k, v in raw.items() if k not in known and v is not None}
+    return out or None
 
 
 def doc_hash(doc: Any) -> str:
