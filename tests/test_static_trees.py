@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import asyncpg
+import orjson
 from aiohttp import web
 
 from aggregator.app import create_app
@@ -150,3 +151,65 @@ async def test_an_unchanged_tree_is_re_harvested_with_conditional_requests(
     archive = await client.get(f"{base}/CWL/files?format=zip")
     names = zipfile.ZipFile(io.BytesIO(await archive.read())).namelist()
     assert sorted(names) == sorted(f["path"] for f in listing)
+
+
+def zenodo_bytes(url: str) -> bytes:
+    """What the stand-in Zenodo serves: binary bytes for binary names, text for the others."""
+    name = url.rsplit("/", 1)[-1]
+    if name.endswith((".gz", ".tbi", ".png", ".pdf", ".crai", ".bam")):
+        return b"\x1f\x8b\x08\x00\xff\xfe" + name.encode()
+    return f"stand-in content of {name}\n".encode()
+
+
+async def test_files_on_a_reachable_host_land_under_their_yevis_targets_with_binary_bytes(
+    tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
+    """With Zenodo up, a Yevis CWL tool's ~195 files are stored under the targets
+    yevis-metadata.json gives them (``./output/…`` becomes ``output/…``), verified against the
+    tree's checksums; a binary file's FileWrapper has its checksum and a url serving its bytes,
+    and the zip holds every listed path."""
+    zenodo_app = web.Application()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=zenodo_bytes(str(request.url)))
+
+    zenodo_app.router.add_get("/{path:.*}", serve)
+    zenodo = await aiohttp_server(zenodo_app, host="127.0.0.5")
+    origin = str(zenodo.make_url("/"))
+    tree = copy_tree(
+        REALDATA / MANA,
+        tmp_path / "mana",
+        {ZENODO: origin},
+        stand_in=lambda url: zenodo_bytes(url) if url.startswith(origin) else None,
+    )
+    with serve_folder(tree) as (base, _):
+        config = static_config(db_dsn, {"manabuishii": base})
+        outcome = (await harvest(pool, config))["manabuishii"]
+    assert outcome.status == "succeeded", outcome.counts.error_samples
+    assert outcome.counts.file_hosts["127.0.0.5"]["failed"] == 0
+    statuses = await fetch(db_dsn, "select distinct checksum_status from upstream_files")
+    assert {r["checksum_status"] for r in statuses} <= {"verified", "undeclared"}
+
+    tool = "cde4e5b9-9847-46af-b458-5e7d41d5cca8"
+    metadata = orjson.loads(
+        (REALDATA / MANA / "tools" / tool / "versions/1.0.0/yevis-metadata.json").read_bytes()
+    )
+    urls = {f["target"].removeprefix("./"): f["url"] for f in metadata["workflow"]["files"]}
+    targets = set(urls)
+    client = await aiohttp_client(create_app(config))
+    version = f"{TRS}/tools/{tool}/versions/1.0.0"
+    listing = await (await client.get(f"{version}/CWL/files")).json()
+    listed = {f["path"] for f in listing if f["file_type"] != "TEST_FILE"}
+    assert listed == targets
+    binary = next(p for p in sorted(listed) if p.endswith(".png"))
+    wrapper = await (await client.get(f"{version}/CWL/descriptor/{binary}")).json()
+    assert "content" not in wrapper
+    expected = zenodo_bytes(urls[binary])
+    assert wrapper["checksum"][0]["checksum"] == hashlib.sha256(expected).hexdigest()
+    raw = await client.get(wrapper["url"].split(str(client.make_url("")).rstrip("/"), 1)[-1])
+    assert raw.status == 200 and await raw.read() == expected
+    archive = zipfile.ZipFile(
+        io.BytesIO(await (await client.get(f"{version}/CWL/files?format=zip")).read())
+    )
+    assert set(archive.namelist()) == {f["path"] for f in listing}
+    assert archive.read(binary) == expected
