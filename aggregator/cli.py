@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 
-from aggregator import __version__
+from aggregator import __version__, redact
 from aggregator import config as config_mod
+from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.logs import configure_logging
 from aggregator.pgcluster import ClusterError, PgBinariesNotFound
@@ -102,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"trs-aggregator: config error: {e}", file=sys.stderr)
         return 2
+    redact.register(os.environ.get(u.token_env) for u in config.upstreams if u.token_env)
     interactive = sys.stderr.isatty() and args.command in ("harvest", "migrate", "demo")
     configure_logging(
         json=True if getattr(args, "log_json", False) else None,
@@ -119,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "database.url",
                 f"no database configured; set [database] url or {config_mod.DATABASE_URL_ENV}",
             )
+        if args.command in ("harvest", "worker", "run") and not getattr(args, "queue", False):
+            config_mod.check_tokens(config, getattr(args, "names", ()))
         if args.command == "migrate":
             return asyncio.run(cmd_migrate(config))
         if args.command == "harvest" and args.queue:
@@ -140,3 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if not is_unavailable(e):
+            raise
+        print(f"trs-aggregator: {unavailable(e)}", file=sys.stderr)
+        return 1

@@ -8,7 +8,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -153,6 +153,9 @@ class UpstreamConfig:
             whose listing did not finish publishes nothing.
         redirect_hosts: Hosts (``name`` or ``name:port``) a redirect may lead to besides the
             upstream's own.
+        file_hosts: Hosts (``name``, ``name:port``, an IP address or network such as
+            ``10.0.0.0/8``) that files at absolute URLs may be fetched from even at a
+            loopback, private, link-local or multicast address.
         change_detection: How a run tells that a tool is unchanged and need not be fetched:
             ``listing`` trusts an unchanged listing entry, ``fetch`` fetches every tool's
             details every run, ``auto`` trusts entries whose versions carry ``meta_version``.
@@ -181,6 +184,7 @@ class UpstreamConfig:
     abort_after_failures: int = 5
     run_budget_s: float = 6 * 3600.0
     redirect_hosts: tuple[str, ...] = ()
+    file_hosts: tuple[str, ...] = ()
     change_detection: str = "auto"
     allow_http: bool = False
     token_env: str = ""
@@ -329,6 +333,12 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
         )
     if not _is_http_url(u.url):
         raise ConfigError(f"{key}.url", "must be an http(s) URL")
+    if "@" in urlsplit(u.url).netloc:
+        raise ConfigError(
+            f"{key}.url",
+            "must not carry credentials (user:password@); put a token in an environment "
+            "variable and name it with token_env",
+        )
     if urlsplit(u.url).scheme == "http" and not u.allow_http and not _is_loopback(u.url):
         raise ConfigError(
             f"{key}.url", "plain http to a remote host; use https or set allow_http = true"
@@ -361,7 +371,39 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
             raise ConfigError(
                 f"{key}.redirect_hosts[{i}]", "must be a host name, optionally with ':port'"
             )
+    for i, host in enumerate(u.file_hosts):
+        if not _is_host_or_network(host):
+            raise ConfigError(
+                f"{key}.file_hosts[{i}]",
+                "must be a host name (optionally with ':port'), an IP address or a network",
+            )
+    if u.token_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", u.token_env):
+        raise ConfigError(f"{key}.token_env", "must be the name of an environment variable")
     return dataclasses.replace(u, url=u.url.rstrip("/"))
+
+
+def check_tokens(
+    config: Config, names: Sequence[str] = (), environ: Mapping[str, str] = os.environ
+) -> None:
+    """Raise ConfigError naming the key when an upstream that would be harvested (*names*, or
+    every enabled one) names in ``token_env`` a variable that is not set."""
+    for i, u in enumerate(config.upstreams):
+        chosen = u.name in names if names else u.enabled
+        if chosen and u.token_env and not environ.get(u.token_env):
+            raise ConfigError(
+                f"upstreams[{i}].token_env",
+                f"environment variable {u.token_env} is not set (upstream {u.name!r})",
+            )
+
+
+def _is_host_or_network(entry: str) -> bool:
+    if not entry or entry != entry.strip() or "@" in entry:
+        return False
+    try:
+        ipaddress.ip_network(entry.strip("[]"), strict=False)
+    except ValueError:
+        return "/" not in entry and _is_http_url(f"http://{entry}/")
+    return True
 
 
 def _section(cls: type[Any], raw: Any, key: str) -> Any:

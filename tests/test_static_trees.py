@@ -40,6 +40,8 @@ def static_config(dsn: str, origins: dict[str, str], **options: Any) -> Config:
                 backoff_s=0.05,
                 timeout_s=10,
                 abort_after_failures=3,
+                # The stand-ins for Zenodo and raw GitHub listen on loopback addresses.
+                file_hosts=("127.0.0.0/8",),
                 **options,
             )
             for name, origin in origins.items()

@@ -225,6 +225,12 @@ class ResponseCache:
         self._bytes = 0
         self._inflight: dict[Hashable, asyncio.Future[Entry]] = {}
         self._indexes: OrderedDict[ToolQuery, PageIndex] = OrderedDict()
+        # The answers of the last known generation while the listener is down: served only
+        # when the database cannot be reached, and again as current if it comes back at the
+        # same generation.
+        self._last: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._last_bytes = 0
+        self.last_generation: int | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -238,10 +244,21 @@ class ResponseCache:
                 new=generation,
                 dropped=len(self._entries),
             )
+            if generation is None:
+                if self._entries:
+                    self._last, self._last_bytes = self._entries, self._bytes
+                    self.last_generation = self.generation
+                self._entries = OrderedDict()
+                self._bytes = 0
+            elif generation == self.last_generation:
+                self._entries, self._bytes = self._last, self._last_bytes
+                self._last, self._last_bytes, self.last_generation = OrderedDict(), 0, None
+            else:
+                self._entries.clear()
+                self._bytes = 0
+                self._last, self._last_bytes, self.last_generation = OrderedDict(), 0, None
             self.generation = generation
-            self._entries.clear()
             self._indexes.clear()
-            self._bytes = 0
 
     def get(self, key: Hashable) -> Entry | None:
         """The cached entry for *key*, if it is still good."""
@@ -253,6 +270,12 @@ class ResponseCache:
             return None
         self._entries.move_to_end(key)
         return entry
+
+    def last(self, key: Hashable) -> Entry | None:
+        """The answer of the last known generation for *key*, for when the database cannot be
+        reached (None when there is none)."""
+        entry = self._entries.get(key) or self._last.get(key)
+        return entry if entry is not None and entry.status == 200 else None
 
     def _drop(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)

@@ -8,7 +8,7 @@ import re
 import zipfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -95,8 +95,12 @@ def _file_url(v: CatalogueVersion, t: DescriptorType, f: FileRow) -> str:
 
 
 def redirect_entry(v: CatalogueVersion, tail: str, query: str) -> Entry:
-    """In index mode, file endpoints send clients to the upstream's own URL."""
+    """In index mode, file endpoints send clients to the upstream's own URL (*query* raw, as
+    the client sent it); never to another origin than the upstream's."""
     target = f"{render.upstream_version_url(v.served)}/{tail}" + (f"?{query}" if query else "")
+    base, there = urlsplit(v.served.upstream_base), urlsplit(target)
+    if (there.scheme, there.netloc) != (base.scheme, base.netloc) or not target.isprintable():
+        raise NotFound("this file's upstream URL is not on its upstream's origin")
     return make_entry(307, b"", "text/plain", generation=None, headers={"Location": target})
 
 

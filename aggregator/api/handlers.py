@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote
 import orjson
 from aiohttp import web
 
-from aggregator import __version__
+from aggregator import __version__, redact
 from aggregator.api import files
 from aggregator.api.cache import Entry, cache_key, make_entry, send
 from aggregator.api.paging import paging_headers, parse_page
@@ -225,7 +225,7 @@ class TrsApi:
                     "upstreams": [
                         {
                             "name": u.name,
-                            "url": u.url,
+                            "url": redact.text(u.url),
                             "kind": u.kind,
                             "mode": u.mode,
                             "priority": u.priority,
@@ -329,7 +329,7 @@ class TrsApi:
                 tail = f"{request.match_info['type']}/descriptor"
                 if relative is not None:
                     tail += "/" + quote(relative, safe="")
-                return files.redirect_entry(v, tail, request.query_string)
+                return files.redirect_entry(v, tail, request.rel_url.raw_query_string)
             return await files.descriptor(
                 conn,
                 generation,
@@ -398,7 +398,7 @@ class TrsApi:
                 raise BadRequest(f"format must be 'zip', not {fmt!r}")
             if v.served.mode == "index":
                 return files.redirect_entry(
-                    v, f"{request.match_info['type']}/files", request.query_string
+                    v, f"{request.match_info['type']}/files", request.rel_url.raw_query_string
                 )
             return await files.files(
                 conn,
@@ -420,7 +420,7 @@ class TrsApi:
             _, v = await self._version(conn, request)
             if v.served.mode == "index":
                 return files.redirect_entry(
-                    v, f"{request.match_info['type']}/tests", request.query_string
+                    v, f"{request.match_info['type']}/tests", request.rel_url.raw_query_string
                 )
             return await files.tests(conn, generation, v, t)
 
@@ -432,7 +432,7 @@ class TrsApi:
         async def build(conn: Any, generation: int) -> Entry:
             _, v = await self._version(conn, request)
             if v.served.mode == "index":
-                return files.redirect_entry(v, "containerfile", request.query_string)
+                return files.redirect_entry(v, "containerfile", request.rel_url.raw_query_string)
             return await files.containerfiles(conn, generation, v)
 
         return await self._serve(request, build)

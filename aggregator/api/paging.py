@@ -12,6 +12,8 @@ from yarl import URL
 from aggregator.errors import BadRequest
 
 DEFAULT_LIMIT: Final = 1000
+#: The largest offset (PostgreSQL's bigint).
+MAX_OFFSET: Final = 2**63 - 1
 #: Larger limits are served as this many (``current_limit`` says so), as Dockstore does.
 MAX_LIMIT: Final = 1000
 
@@ -28,10 +30,13 @@ def parse_page(query: Mapping[str, str]) -> Page:
     """Read ``limit`` (1 or more; above MAX_LIMIT means MAX_LIMIT) and ``offset`` (a row index,
     0 or more); raise BadRequest naming the parameter when either is not such a number."""
     limit = _int(query, "limit", DEFAULT_LIMIT, low=1)
-    return Page(limit=min(limit, MAX_LIMIT), offset=_int(query, "offset", 0, low=0))
+    offset = _int(query, "offset", 0, low=0, high=MAX_OFFSET)
+    return Page(limit=min(limit, MAX_LIMIT), offset=offset)
 
 
-def _int(query: Mapping[str, str], name: str, default: int, *, low: int) -> int:
+def _int(
+    query: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None
+) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
         return default
@@ -41,6 +46,8 @@ def _int(query: Mapping[str, str], name: str, default: int, *, low: int) -> int:
         raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
     if value < low:
         raise BadRequest(f"{name} must be at least {low}, not {value}")
+    if high is not None and value > high:
+        raise BadRequest(f"{name} must be at most {high}")
     return value
 
 

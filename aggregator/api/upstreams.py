@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from aggregator import redact
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
 from aggregator.errors import BadRequest, NotFound
@@ -42,7 +43,7 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
             "status": row["last_run_status"],
             "started_at": _iso(row["last_run_started_at"]),
             "finished_at": _iso(row["last_run_finished_at"]),
-            "error": row["last_run_error"],
+            "error": _masked(row["last_run_error"]),
         }
     last_success = None
     if row["last_success_id"] is not None:
@@ -53,7 +54,7 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
         }
     return {
         "name": row["name"],
-        "url": row["url"],
+        "url": redact.text(row["url"]),
         "kind": row["kind"],
         "mode": row["mode"],
         "priority": row["priority"],
@@ -109,10 +110,14 @@ def run_json(row: asyncpg.Record) -> dict[str, Any]:
                 "errors",
             )
         },
-        "error": row["error"],
-        "error_samples": row["error_samples"],
-        "file_hosts": row["file_hosts"],
+        "error": _masked(row["error"]),
+        "error_samples": redact.deep(row["error_samples"]),
+        "file_hosts": redact.deep(row["file_hosts"]),
     }
+
+
+def _masked(value: str | None) -> str | None:
+    return None if value is None else redact.text(value)
 
 
 def _json(body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -175,7 +180,7 @@ async def list_runs(request: web.Request) -> web.Response:
     if upstream_id is None:
         raise NotFound(f"no upstream named {name!r}")
     limit = _int_param(request, "limit", DEFAULT_RUNS, 1, MAX_RUNS)
-    before = _int_param(request, "before", None, 1)
+    before = _int_param(request, "before", None, 1, 2**63 - 1)
     assert limit is not None
     rows = await db_runs.list_runs(pool, upstream_id, limit=limit + 1, before=before)
     headers = {}

@@ -39,8 +39,9 @@ def _encode_path(path: str) -> str:
 
 
 def _url_path(url: str) -> str:
-    """The decoded path of *url*, without its leading ``/``."""
-    return unquote(urlsplit(url).path).lstrip("/")
+    """The host name and decoded path of *url*: ``host/a/b.cwl``."""
+    parts = urlsplit(url)
+    return f"{(parts.hostname or '').lower()}/{unquote(parts.path).lstrip('/')}"
 
 
 @dataclass(slots=True)
@@ -49,8 +50,9 @@ class TreeLayout:
 
     A path that is not a URL is the upstream's relative (or tree-rooted ``/a.cwl``) path. A URL
     path takes the ``target`` Yevis recorded for it in ``yevis-metadata.json`` (the file's
-    place in the workflow) when there is one, else its URL path relative to the common root of
-    every URL the version lists, so that relative imports between them still resolve.
+    place in the workflow) when there is one, else its host and URL path relative to the
+    common root of every URL the version lists (on one host, the host is part of that root),
+    so that relative imports between them still resolve.
 
     Attributes:
         targets: URL to Yevis target.
@@ -202,7 +204,12 @@ class VersionFiles:
                 )
         for e in entries:
             path = self._tree_path(t, layout, e["path"])
-            if path is None or (t, path) in self.files:
+            if path is None:
+                continue
+            if (t, path) in self.files:
+                taken = self.files[(t, path)].url
+                if _is_url(e["path"]) and taken not in (None, e["path"]):
+                    self.on_error(f"{t} {e['path']}: its path {path!r} is taken by {taken}")
                 continue
             if e["file_type"] == "CONTAINERFILE" and not _is_url(e["path"]):
                 self.containerfile_entries.append({**e, "path": path})
@@ -325,7 +332,9 @@ class VersionFiles:
                 if self.hosts is not None:
                     content = await self.hosts.fetch(fetch)
                 else:
-                    response = await self.client.get(fetch, accept="text/plain, */*")
+                    response = await self.client.get(
+                        fetch, accept="text/plain, */*", purpose="file"
+                    )
                     assert response is not None
                     content = response.body
         except UpstreamError as e:

@@ -18,6 +18,7 @@ import structlog
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
+from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
 from aggregator.db.runs import RunCounts
 from aggregator.harvest.client import UpstreamClient
@@ -73,7 +74,30 @@ async def harvest_upstreams(
     async with pool.acquire() as conn:
         await db_upstreams.upsert_upstreams(conn, config.upstreams)
     harvester = Harvester(pool, session, config, progress=progress, environ=environ)
-    return list(await asyncio.gather(*(harvester.harvest(u) for u in chosen)))
+    results = await asyncio.gather(*(harvester.harvest(u) for u in chosen), return_exceptions=True)
+    return isolate(chosen, results)
+
+
+def isolate(
+    chosen: Sequence[UpstreamConfig], results: Sequence[RunOutcome | BaseException]
+) -> list[RunOutcome]:
+    """Outcomes of concurrent runs: a run that raised is ``failed`` with its error, and never
+    takes the others with it. A database that cannot be reached is raised, once, after every
+    run has ended (their records are cleaned up by the next run)."""
+    outcomes: list[RunOutcome] = []
+    down: BaseException | None = None
+    for u, r in zip(chosen, results, strict=True):
+        if isinstance(r, RunOutcome):
+            outcomes.append(r)
+        elif isinstance(r, Exception) and not is_unavailable(r):
+            outcomes.append(RunOutcome(u.name, "failed", error=f"{type(r).__name__}: {r}"))
+        elif isinstance(r, Exception):
+            down = down or r
+        else:
+            raise r
+    if down is not None:
+        raise unavailable(down) from None
+    return outcomes
 
 
 def _next_tick(upstream: UpstreamConfig) -> dt.datetime | None:
@@ -200,6 +224,17 @@ class Harvester:
                 )
                 log.info("harvest_finished", status="abandoned", reason="worker stopped")
                 raise
+            except Exception as e:
+                if is_unavailable(e):
+                    raise unavailable(e) from None
+                # Whatever went wrong is this run's alone: it fails, recorded, and the others go on.
+                log.exception("harvest_crashed", error=f"{type(e).__name__}: {e}")
+                run.error(f"{type(e).__name__}: {e}")
+                result = run.result
+                result.status, result.error = "failed", f"{type(e).__name__}: {e}"
+            finally:
+                await client.close()
+                await run.file_hosts.close()
             outcome = RunOutcome(
                 upstream.name,
                 result.status,

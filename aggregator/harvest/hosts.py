@@ -9,7 +9,9 @@ published, and are retried on the next run (a tool with file errors is fetched a
 are reported as skipped. Each run records, per host, how many files it fetched, failed and
 skipped, and the last error.
 
-No credentials are ever sent to these hosts.
+No credentials are ever sent to these hosts, and which of them may be fetched at all is the
+upstream's egress policy (``egress``): public addresses, or hosts the operator listed in
+``file_hosts``.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class FileHosts:
     async def fetch(self, url: str) -> bytes:
         """The bytes at *url*; raises UpstreamError (HostGivenUp once its host is given up)."""
         if not self.is_foreign(url):
-            response = await self.client.get(url, accept="text/plain, */*")
+            response = await self.client.get(url, accept="text/plain, */*", purpose="file")
             assert response is not None
             return response.body
         host = (urlsplit(url).hostname or "").lower()
@@ -98,7 +100,7 @@ class FileHosts:
                 url=url,
             )
         try:
-            response = await self.foreign_client.get(url, accept="text/plain, */*")
+            response = await self.foreign_client.get(url, accept="text/plain, */*", purpose="file")
         except UpstreamError as e:
             stats.failed += 1
             stats.last_error = str(e)
@@ -111,6 +113,10 @@ class FileHosts:
         stats.fetched += 1
         stats.failures_in_a_row = 0
         return response.body
+
+    async def close(self) -> None:
+        """Release the connections of the client for other hosts."""
+        await self.foreign_client.close()
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per host: files fetched, failed, skipped, the last error."""

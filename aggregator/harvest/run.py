@@ -20,6 +20,7 @@ from aggregator.db.publish import StagedTool, StagedVersion, publish_run, stage_
 from aggregator.db.runs import RunCounts
 from aggregator.db.upstreams import save_service_info
 from aggregator.errors import AggregatorError, InvalidUpstreamData, UpstreamError
+from aggregator.harvest import records
 from aggregator.harvest.client import CircuitOpen, UpstreamClient, Validators
 from aggregator.harvest.files import VersionFiles
 from aggregator.harvest.hosts import FileHosts
@@ -304,7 +305,11 @@ class HarvestRun:
 
     async def _fetch_service_info(self) -> tuple[Any, list[dict[str, Any]] | None]:
         base = self.upstream.url
-        got = await self.client.get_json(f"{base}/service-info", ok_404=True)
+        try:
+            got = await self.client.get_json(f"{base}/service-info", ok_404=True)
+        except InvalidUpstreamData as e:  # a record like any other: it fails only itself
+            self.error(f"service-info: {e}")
+            got = None
         service_info = got[0] if got and isinstance(got[0], dict) else None
         if got is None:
             self.quirks.add("no /service-info")
@@ -452,6 +457,7 @@ class HarvestRun:
                     raise InvalidUpstreamData(
                         f"/tools did not answer a JSON array ({response.url})", url=response.url
                     )
+                body = self._screened(body)
                 items = body
                 ids = {_listed_id(t) for t in body}
                 next_page = response.headers.get("next_page")
@@ -472,6 +478,15 @@ class HarvestRun:
             self.pages.append(page)
             yield items
             url, params = page.next_page, None
+
+    def _screened(self, entries: list[Any]) -> list[Any]:
+        """The listing entries that can be stored; each other one is reported and skipped
+        (and the listing is then not complete: nothing is counted missing)."""
+        good, refused = records.screen(entries)
+        for index, why in refused:
+            self.listing_clean = False
+            self.error(f"listing: refused tool {records.label(entries[index], index)}: {why}")
+        return good
 
     async def _harvest_tool(self, doc: dict[str, Any], lhash: str | None) -> None:
         """Fetch one tool's versions and files and stage them.

@@ -18,6 +18,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db import upstreams as db_upstreams
+from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
 from aggregator.harvest.harvester import Harvester
 
@@ -147,8 +148,11 @@ class Worker:
         self._tasks.add(task)
         try:
             await task
-        except Exception:  # one upstream's crash never stops the worker
-            log.exception("harvest_crashed")
+        except Exception as e:  # one upstream's crash never stops the worker
+            if is_unavailable(e):
+                log.error("harvest_failed", error=str(unavailable(e)))
+            else:
+                log.exception("harvest_crashed")
         finally:
             self._tasks.discard(task)
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from aggregator.errors import UpstreamHTTPError
 from aggregator.harvest.client import Response, UpstreamClient, Validators
+from aggregator.harvest.egress import Purpose
 
 INDEX: Final = "index.json"
 
@@ -58,17 +59,23 @@ class StaticTreeClient(UpstreamClient):
         accept: str = "application/json",
         ok_404: bool = False,
         validators: Validators | None = None,
+        purpose: Purpose = "api",
     ) -> Response | None:
         """GET the tree's document for *url* (see the module docstring); other URLs as they
         are."""
         candidates = self.tree_urls(url)
         if candidates is None:
             return await super().get(
-                url, params=params, accept=accept, ok_404=ok_404, validators=validators
+                url,
+                params=params,
+                accept=accept,
+                ok_404=ok_404,
+                validators=validators,
+                purpose=purpose,
             )
         for candidate in candidates:
             response = await super().get(
-                candidate, accept=accept, ok_404=True, validators=validators
+                candidate, accept=accept, ok_404=True, validators=validators, purpose=purpose
             )
             if response is not None and (response.not_modified or not _is_html(response)):
                 return response

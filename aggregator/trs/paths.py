@@ -41,8 +41,6 @@ def tree_path(raw: str) -> str:
         raise UnsafePath(f"path {raw!r} contains a percent-encoded dot, slash or NUL")
     if raw.startswith("//"):
         raise UnsafePath(f"path {raw!r} names a host")
-    if _PREFIX.match(raw):
-        raise UnsafePath(f"path {raw!r} starts with a drive, scheme or home directory")
     parts: list[str] = []
     for segment in raw.split("/"):
         if segment in ("", "."):
@@ -55,6 +53,8 @@ def tree_path(raw: str) -> str:
         parts.append(segment)
     if not parts:
         raise UnsafePath(f"path {raw!r} names no file")
+    if _PREFIX.match(raw.lstrip("/")) or _PREFIX.match(parts[0]):
+        raise UnsafePath(f"path {raw!r} starts with a drive, scheme or home directory")
     return "/".join(parts)
 
 
