@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from aggregator.pgcluster import LocalCluster, server_can_reach, shared_data_dir
-from tests.test_cli import child_env, demo_session, free_port, kill
+from tests.test_cli import demo_session, kill, start_demo
 
 
 async def test_demo_starts_from_a_checkout_in_a_private_home(tmp_path: Path) -> None:
@@ -27,20 +26,7 @@ async def test_demo_starts_from_a_checkout_in_a_private_home(tmp_path: Path) -> 
     moved = shared_data_dir(preferred) if as_root else None
     cluster = LocalCluster(moved or preferred)
     try:
-        with log.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "aggregator",
-                "demo",
-                "--port",
-                str(free_port()),
-                cwd=checkout,
-                env=child_env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-            )
+        proc = await start_demo(checkout, log)
         await asyncio.wait_for(demo_session(proc, log), 120)
         said = log.read_text()
         assert f"starting a private PostgreSQL cluster in {cluster.data_dir}" in said, said
