@@ -124,6 +124,8 @@ async def test_an_unchanged_tree_is_re_harvested_with_conditional_requests(
         {RAW_GITHUB: raw_origin, ZENODO: dead_origin() + "/"},
         stand_in=lambda url: stand_in_bytes(url) if url.startswith(raw_origin) else None,
     )
+    # Without its index.json, service-info/ is an HTML directory listing: a 404, not an error.
+    (tree / "service-info" / "index.json").unlink()
     with serve_folder(tree) as (origin, requests):
         config = static_config(db_dsn, {"gh-trs": origin})
         first = (await harvest(pool, config))["gh-trs"]
@@ -132,6 +134,12 @@ async def test_an_unchanged_tree_is_re_harvested_with_conditional_requests(
         second = (await harvest(pool, config))["gh-trs"]
         again = requests[mark:]
     assert first.status == "succeeded", first.counts.error_samples
+    upstream = await fetch(
+        db_dsn, "select service_info, next_harvest_at > now() as later from upstreams"
+    )
+    assert upstream[0]["service_info"] is None
+    # The manual run stands for this tick of the schedule: a worker starting now waits.
+    assert upstream[0]["later"]
     assert second.status == "succeeded" and second.counts.tools_fetched == 0
     assert second.counts.tools_unchanged == 2
     # Nothing changed: the catalogue keeps its generation, so API caches stay warm.
