@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from aggregator.db.publish import StagedFile
@@ -79,6 +79,10 @@ class TreeLayout:
         return relative_to_root(_url_path(path), self.root)
 
 
+#: Where Yevis and gh-trs trees keep each version's file targets.
+METADATA_FILES: Final = ("yevis-metadata.json", "gh-trs-config.json")
+
+
 def yevis_targets(metadata: Any) -> dict[str, str]:
     """URL to target, for every file a ``yevis-metadata.json`` document lists."""
     out: dict[str, str] = {}
@@ -140,18 +144,19 @@ class VersionFiles:
         return list(self.files.values())
 
     async def _yevis_targets(self) -> dict[str, str]:
-        """The targets of ``yevis-metadata.json`` next to the version, fetched once."""
+        """The targets of ``yevis-metadata.json`` (``gh-trs-config.json`` in gh-trs trees, the
+        same document) next to the version, fetched once."""
         if self._targets is None:
             self._targets = {}
-            try:
-                got = await self.client.get_json(
-                    f"{self.version_url}/yevis-metadata.json", ok_404=True
-                )
-            except UpstreamError as e:
-                self.on_error(f"yevis-metadata.json: {e}")
-                got = None
-            if got is not None:
-                self._targets = yevis_targets(got[0])
+            for name in METADATA_FILES:
+                try:
+                    got = await self.client.get_json(f"{self.version_url}/{name}", ok_404=True)
+                except UpstreamError as e:
+                    self.on_error(f"{name}: {e}")
+                    break
+                if got is not None:
+                    self._targets = yevis_targets(got[0])
+                    break
         return self._targets
 
     def _tree_path(self, t: str, layout: TreeLayout, listed: str) -> str | None:
