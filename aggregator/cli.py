@@ -17,6 +17,8 @@ from aggregator import config as config_mod
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.logs import configure_logging
+from aggregator.ops.commands import COMMANDS as OPS_COMMANDS
+from aggregator.ops.commands import add_commands, run_command
 from aggregator.pgcluster import ClusterError, PgBinariesNotFound
 from aggregator.service import (
     cmd_harvest,
@@ -26,7 +28,7 @@ from aggregator.service import (
     serve_forever,
 )
 
-COMMANDS = ("migrate", "harvest", "merge", "serve", "worker", "run", "demo")
+COMMANDS = ("migrate", "harvest", "merge", "serve", "worker", "run", "demo", *OPS_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the demo keeps its PostgreSQL cluster (default: data/demo)",
     )
     demo.add_argument("--port", type=int, default=None, help="API port (default 8080)")
+    add_commands(sub, common)
     return parser
 
 
@@ -105,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trs-aggregator: config error: {e}", file=sys.stderr)
         return 2
     redact.register(os.environ.get(u.token_env) for u in config.upstreams if u.token_env)
-    interactive = sys.stderr.isatty() and args.command in ("harvest", "migrate", "demo")
+    interactive = sys.stderr.isatty() and args.command in ("harvest", "migrate", "demo", "probe")
     configure_logging(
         json=True if getattr(args, "log_json", False) else None,
         level=logging.DEBUG
@@ -117,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from aggregator.demo.run import run_demo
 
             return asyncio.run(run_demo(config, data_dir=args.data_dir, port=args.port))
+        if args.command in OPS_COMMANDS:
+            return asyncio.run(run_command(args, config))
         if config.database.url is None:
             raise ConfigError(
                 "database.url",

@@ -311,6 +311,28 @@ def from_dict(
     )
 
 
+def upstream_table(upstream: UpstreamConfig, *, defaults: bool = True) -> dict[str, Any]:
+    """*upstream* as its ``[[upstreams]]`` table; without *defaults*, only the keys that differ
+    from the defaults (and ``name``, ``url``)."""
+    table: dict[str, Any] = {}
+    for f in dataclasses.fields(upstream):
+        value = getattr(upstream, f.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        if defaults or f.name in ("name", "url") or value != _default_of(f):
+            table[f.name] = value
+    return table
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    return list(f.default) if isinstance(f.default, tuple) else f.default
+
+
+def upstream_from_table(raw: Any, key: str = "upstream") -> UpstreamConfig:
+    """Validate one ``[[upstreams]]`` table; raises ConfigError naming the offending key."""
+    return _upstream(raw, key)
+
+
 def _upstream(raw: Any, key: str) -> UpstreamConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(key, "must be a table")

@@ -28,7 +28,7 @@ from aggregator.harvest.harvester import (
     make_session,
 )
 from aggregator.harvest.run import MERGE_LOCK
-from aggregator.harvest.scheduler import Worker
+from aggregator.ops.live import LiveWorker
 from aggregator.progress import NoProgress, TerminalProgress
 
 log = structlog.get_logger()
@@ -189,7 +189,7 @@ async def serve_forever(
                 session = await stack.enter_async_context(make_session(config))
                 async with pool.acquire() as conn:
                     await upsert_upstreams(conn, config.upstreams)
-                harvest_worker = Worker(pool, session, config)
+                harvest_worker = LiveWorker(pool, session, config)
                 await harvest_worker.start()
                 stack.push_async_callback(harvest_worker.stop)
             if api:

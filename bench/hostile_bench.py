@@ -6,8 +6,8 @@ answers during a database outage.
   ``trs-aggregator harvest`` under GNU time, interleaved with harvests of the same registry
   without bombs (the reference); peak RSS of each.
 - **Outage.** ``trs-aggregator serve`` reads PostgreSQL through a TCP proxy; after a warm-up
-  that caches the 20 tools, ``--clients`` clients request a cached tool and an uncached version,
-  alternately, for ``--outage-s`` seconds before, during and after the proxy drops every
+  that caches the 20 tools, ``--clients`` clients request a cached tool and an uncached
+  answer (a query string never asked before), alternately, for ``--outage-s`` seconds before, during and after the proxy drops every
   connection; answers are counted by status (and ``X-Aggregator-Stale``).
 
 Usage::
@@ -151,7 +151,9 @@ async def bombs(admin_dsn: str, work: Path, rounds: int, mib: int) -> list[dict[
     return results
 
 
-async def load(base: str, clients: int, seconds: float, counts: collections.Counter[str]) -> None:
+async def load(
+    base: str, clients: int, seconds: float, counts: collections.Counter[str], phase: str
+) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         deadline = time.monotonic() + seconds
 
@@ -159,7 +161,10 @@ async def load(base: str, clients: int, seconds: float, counts: collections.Coun
             n = i
             while time.monotonic() < deadline:
                 tool = TOOLS[n % len(TOOLS)]
-                path = f"{TRS}/tools/{tool}" if n % 2 else f"{TRS}/tools/{tool}/versions/1.0"
+                # A query never asked before is a cache miss: it needs the database.
+                path = (
+                    f"{TRS}/tools/{tool}" if n % 2 else f"{TRS}/tools/{tool}/versions?{phase}={n}"
+                )
                 kind = "cached" if n % 2 else "uncached"
                 n += 1
                 try:
@@ -211,7 +216,7 @@ async def outage(admin_dsn: str, work: Path, clients: int, seconds: float) -> No
             if phase == "after":
                 proxy.restore()
             phases[phase] = collections.Counter()
-            await load(base, clients, seconds, phases[phase])
+            await load(base, clients, seconds, phases[phase], phase)
         for phase, counts in phases.items():
             total = sum(counts.values())
             detail = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))

@@ -238,11 +238,12 @@ async def test_bad_records_fail_alone(
     aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str
 ) -> None:
     """A NUL character, invalid UTF-8, a number out of range and nesting too deep each refuse
-    only their own tool, reported by id; the rest of the upstream is published and nothing is
-    counted missing."""
-    ids = ["g1", "n1", "u1", "i1", "d1", "g2"]
+    only their own tool, reported by id, as does an answer aiohttp cannot parse (a header too
+    long); the rest of the upstream is published and nothing is counted missing."""
+    ids = ["g1", "n1", "u1", "i1", "d1", "h1", "g2"]
     up = await registry(aiohttp_server, [cwl_tool(i) for i in ids], page_size=10)
     up.app[RECORDER].rules.append((ends_with("/tools"), body_rewritten(tamper)))
+    up.app[RECORDER].rules.append((ends_with("/h1/versions"), with_header("X-Junk", "j" * 9000)))
     fine = await registry(aiohttp_server, [cwl_tool("f")])
     out = await harvest(pool, db_dsn, upstream("up", up), upstream("fine", fine))
     assert out["up"].status == "partial", errors(out["up"])
@@ -253,6 +254,7 @@ async def test_bad_records_fail_alone(
         "'u1': a string that is not valid UTF-8",
         "'i1': a number out of range",
         "'d1': nesting deeper than 64 levels",
+        "tool h1: ClientResponseError",
     ):
         assert expected in said, said
     stored = await pool.fetch(

@@ -231,6 +231,8 @@ class ResponseCache:
         self._last: OrderedDict[Hashable, Entry] = OrderedDict()
         self._last_bytes = 0
         self.last_generation: int | None = None
+        #: ``time.monotonic()`` until which the database is taken to be unreachable.
+        self.unavailable_until = 0.0
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from aggregator.api.cache import CORS_HEADERS, cache_key, respond, send
+from aggregator.api.cache import CORS_HEADERS, Entry, cache_key, respond, send
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.errors import BadRequest, DatabaseUnavailable, NotFound
 from aggregator.keys import RESPONSE_CACHE
@@ -31,6 +31,9 @@ NOSNIFF: Final = ("X-Content-Type-Options", "nosniff")
 STALE_HEADER: Final = "X-Aggregator-Stale"
 #: Seconds a client is asked to wait while the database cannot be reached.
 RETRY_AFTER_S: Final = "5"
+#: After the database failed a request, answers of the last generation are served without
+#: trying it again for this long.
+OUTAGE_RECHECK_S: Final = 1.0
 _PREFLIGHT_MAX_AGE: Final = "86400"
 _CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
 # Request ids: unique per process by a counter, across processes by a random prefix.
@@ -112,11 +115,20 @@ def bad_input(request: web.Request) -> str | None:
     return None
 
 
-async def _outage(request: web.Request, e: BaseException) -> web.StreamResponse:
-    """While the database cannot be reached: the last known answer, marked, or a 503."""
-    log.warning("database_unavailable", error=str(unavailable(e)), path=request.raw_path)
+async def _outage(
+    request: web.Request, e: BaseException | None, entry: Entry | None = None
+) -> web.StreamResponse:
+    """While the database cannot be reached: the last known answer, marked, or a 503.
+
+    For a moment after a failure (``OUTAGE_RECHECK_S``) the last known answers are served
+    without trying the database first (*e* is None then).
+    """
     cache = request.app[RESPONSE_CACHE]
-    entry = cache.last(cache_key(request)) if request.method in _CACHED_METHODS else None
+    if e is not None:
+        log.warning("database_unavailable", error=str(unavailable(e)), path=request.raw_path)
+        cache.unavailable_until = time.monotonic() + OUTAGE_RECHECK_S
+        if request.method in _CACHED_METHODS:
+            entry = cache.last(cache_key(request))
     if entry is not None:
         response = await send(request, entry)
         generation = cache.generation if cache.generation is not None else cache.last_generation
@@ -133,6 +145,11 @@ async def _trs_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     problem = bad_input(request)
     if problem is not None:
         return error_response(400, problem)
+    cache = request.app[RESPONSE_CACHE]
+    if cache.unavailable_until > time.monotonic() and request.method in _CACHED_METHODS:
+        entry = cache.last(cache_key(request))
+        if entry is not None:
+            return await _outage(request, None, entry)
     try:
         return await handler(request)
     except (NotFound, BadRequest) as e:

@@ -15,6 +15,7 @@ from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
 from aggregator.errors import BadRequest, NotFound
 from aggregator.keys import CONFIG, DB_POOL
+from aggregator.trs.conformance import CATEGORIES, trend
 
 PREFIX: Final = "/aggregator/v1/upstreams"
 DEFAULT_RUNS: Final = 20
@@ -26,7 +27,12 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def state_of(row: asyncpg.Record) -> str:
-    """``circuit_open``, ``failing``, ``healthy``, or ``never_harvested``."""
+    """``circuit_open``, ``failing``, ``removed``, ``paused``, ``healthy``, or
+    ``never_harvested``."""
+    if row["removed_at"] is not None:
+        return "removed"
+    if row["paused"]:
+        return "paused"
     if row["circuit_open_until"] is not None and row["circuit_open_until"] > row["now"]:
         return "circuit_open"
     if row["consecutive_failures"]:
@@ -76,6 +82,20 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
         },
         "stale_after_s": stale_after_s,
         "runs_url": f"{PREFIX}/{row['name']}/runs",
+        "paused": row["paused"],
+        "paused_at": _iso(row["paused_at"]),
+        "paused_by": row["paused_by"],
+        "removed_at": _iso(row["removed_at"]),
+        "conformance": conformance_json(row["conformance_runs"]),
+    }
+
+
+def conformance_json(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last run's conformance figures, the last few runs' figures and their trend."""
+    return {
+        "last": runs[0] if runs else None,
+        "recent": [{k: r.get(k, 0) for k in ("run_id", *CATEGORIES)} for r in runs],
+        "trend": trend(runs),
     }
 
 

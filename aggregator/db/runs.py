@@ -7,6 +7,8 @@ from typing import Any, Final
 
 import asyncpg
 
+from aggregator.trs.conformance import error_kind
+
 MAX_ERROR_SAMPLES: Final = 20
 
 
@@ -27,12 +29,18 @@ class RunCounts:
     not_modified: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+<<<<<<< HEAD
     #: Per host other than the upstream's own: files fetched, failed, skipped, last error.
     file_hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+=======
+    error_kinds: dict[str, int] = field(default_factory=dict)
+>>>>>>> main
 
     def error(self, message: str) -> None:
-        """Count an error and keep the first few as samples."""
+        """Count an error (by kind, too) and keep the first few as samples."""
         self.errors += 1
+        kind = error_kind(message)
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(message)
 
@@ -123,9 +131,13 @@ async def abandon_stale_runs(conn: asyncpg.Connection[Any], upstream_id: int) ->
 
 
 async def abandon_run(conn: asyncpg.Connection[Any], run_id: int, reason: str) -> None:
-    """Close run *run_id* as abandoned (its process is stopping) and drop its staged rows."""
+    """Close run *run_id* as abandoned (its process is stopping, or an operator cancelled it)
+    and drop its staged rows."""
     await conn.execute(
-        """update harvest_runs set status = 'abandoned', finished_at = now(), error = $2
+        """update harvest_runs set status = 'abandoned', finished_at = now(),
+               error = case when cancel_requested_at is null then $2
+                            else 'cancelled by ' || coalesce(cancel_requested_by, 'an operator')
+                       end
            where id = $1 and status = 'running'""",
         run_id,
         reason,

@@ -9,42 +9,57 @@ from typing import Any, Final
 
 import asyncpg
 
-from aggregator.config import UpstreamConfig
+from aggregator.config import UpstreamConfig, upstream_table
+from aggregator.db.operations import restore_upstream
 
 #: NOTIFY channel of "harvest now" requests; the payload is the upstream's name.
 HARVEST_REQUEST_CHANNEL: Final = "trs_aggregator_harvest"
 
 # A changed schedule makes the upstream due at once, so a shorter interval takes effect now.
 UPSERT_UPSTREAM: Final = """
-insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source)
-values ($1, $2, $3, $4, $5, $6, $7, 'config')
+insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source, config)
+values ($1, $2, $3, $4, $5, $6, $7, 'config', $8)
 on conflict (name) do update set
     url = excluded.url, kind = excluded.kind, mode = excluded.mode,
     priority = excluded.priority, schedule = excluded.schedule, enabled = excluded.enabled,
-    source = 'config',
+    source = 'config', config = excluded.config,
     next_harvest_at = case when upstreams.schedule is distinct from excluded.schedule then null
                            else upstreams.next_harvest_at end,
     updated_at = case
         when (upstreams.url, upstreams.kind, upstreams.mode, upstreams.priority,
-              upstreams.schedule, upstreams.enabled)
+              upstreams.schedule, upstreams.enabled, upstreams.config, upstreams.removed_at)
              is distinct from
              (excluded.url, excluded.kind, excluded.mode, excluded.priority, excluded.schedule,
-              excluded.enabled)
+              excluded.enabled, excluded.config, null)
         then now() else upstreams.updated_at end
-returning id
+returning id, (select removed_at is not null from upstreams where name = $1) as was_removed
 """
 
 
 async def upsert_upstreams(
     conn: asyncpg.Connection[Any], upstreams: Sequence[UpstreamConfig]
 ) -> dict[str, int]:
-    """Insert or update the configured *upstreams*; return their ids by name."""
+    """Insert or update the configured *upstreams*; return their ids by name.
+
+    An upstream that was removed comes back with its records (db.operations.restore_upstream).
+    """
     ids: dict[str, int] = {}
     for u in upstreams:
         before = await conn.fetchval("select priority from upstreams where name = $1", u.name)
-        ids[u.name] = await conn.fetchval(
-            UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled
+        row = await conn.fetchrow(
+            UPSERT_UPSTREAM,
+            u.name,
+            u.url,
+            u.kind,
+            u.mode,
+            u.priority,
+            u.schedule,
+            u.enabled,
+            upstream_table(u),
         )
+        ids[u.name] = row["id"]
+        if row["was_removed"]:
+            await restore_upstream(conn, row["id"])
         if before is not None and before != u.priority:
             # Priority decides merged records' primaries and plain-id claims: re-merge them at
             # the next publish.
@@ -96,13 +111,17 @@ async def skip_reason(
     A requested run is skipped when no request is pending (another run served it).
     """
     row = await conn.fetchrow(
-        """select now() as now, next_harvest_at, circuit_open_until,
+        """select now() as now, next_harvest_at, circuit_open_until, paused, removed_at,
                   exists (select 1 from harvest_requests r
                           where r.upstream_id = u.id and r.served_at is null) as requested
            from upstreams u where id = $1""",
         upstream_id,
     )
+    if row["removed_at"] is not None:
+        return "removed from the configuration"
     if trigger == "scheduled":
+        if row["paused"]:
+            return "paused"
         if row["circuit_open_until"] is not None and row["circuit_open_until"] > row["now"]:
             return f"circuit open until {row['circuit_open_until'].isoformat()}"
         due = row["next_harvest_at"]
@@ -194,7 +213,13 @@ select u.id, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled, u
        (select count(*) from upstream_versions v join upstream_tools t on t.id = v.upstream_tool_id
         where t.upstream_id = u.id and t.missed_listings < $2) as versions,
        (select count(*) from harvest_requests r
-        where r.upstream_id = u.id and r.served_at is null) as pending_requests
+        where r.upstream_id = u.id and r.served_at is null) as pending_requests,
+       u.paused, u.paused_at, u.paused_by, u.removed_at,
+       (select coalesce(jsonb_agg(c.conformance || jsonb_build_object('run_id', c.id)
+                                  order by c.id desc), '[]')
+        from (select r.id, r.conformance from harvest_runs r
+              where r.upstream_id = u.id and r.conformance <> '{}'
+              order by r.id desc limit 10) c) as conformance_runs
 from upstreams u
 left join lateral (select * from harvest_runs r where r.upstream_id = u.id
                    order by r.id desc limit 1) last on true

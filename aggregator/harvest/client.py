@@ -199,6 +199,10 @@ class UpstreamClient:
             ) as e:
                 problem = self._describe(e)
                 delay = None
+            except aiohttp.ClientError as e:
+                # Anything else aiohttp refuses (a URL it cannot request, an answer it cannot
+                # parse, such as an oversized header) is this request's failure; not retried.
+                raise UpstreamHTTPError(f"{self._describe(e)} (from {url})", url=url) from None
             else:
                 if response.status < 300 or response.not_modified:
                     self._failures_in_a_row = 0

@@ -18,6 +18,7 @@ import structlog
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
+from aggregator.db.operations import save_conformance
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
 from aggregator.db.runs import RunCounts
@@ -25,6 +26,7 @@ from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.run import HarvestRun
 from aggregator.harvest.static import StaticTreeClient
 from aggregator.progress import NoProgress, Progress
+from aggregator.trs.conformance import run_conformance
 
 log = structlog.get_logger()
 
@@ -251,6 +253,9 @@ class Harvester:
                 counts=outcome.counts,
                 listing_complete=result.listing_complete,
                 error=outcome.error,
+            )
+            await save_conformance(
+                conn, run_id, run_conformance(run.quirks.items, outcome.counts.error_kinds)
             )
             await db_runs.delete_staged(conn, [run_id])
             await db_upstreams.record_result(
