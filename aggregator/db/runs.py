@@ -29,12 +29,9 @@ class RunCounts:
     not_modified: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
-<<<<<<< HEAD
+    error_kinds: dict[str, int] = field(default_factory=dict)
     #: Per host other than the upstream's own: files fetched, failed, skipped, last error.
     file_hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
-=======
-    error_kinds: dict[str, int] = field(default_factory=dict)
->>>>>>> main
 
     def error(self, message: str) -> None:
         """Count an error (by kind, too) and keep the first few as samples."""
