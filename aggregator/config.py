@@ -57,19 +57,21 @@ class ServerConfig:
         host: Address to bind.
         port: Port to bind.
         public_url: Base URL clients reach us at; empty means derived from each request.
+        cache_mb: How many MiB of rendered responses each API process keeps in memory.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""
+    cache_mb: int = 256
 
 
 @dataclass(frozen=True, slots=True)
 class HarvestConfig:
     """Settings shared by every harvest.
 
-    Durations are strings such as ``90s``, ``15m``, ``6h`` or ``7d``; each has a ``*_s``
-    property giving seconds.
+    Durations are strings such as ``90s``, ``15m``, ``6h`` or ``7d``, read once: each has a
+    ``*_s`` field giving seconds (0 when the string is not a duration; ``load`` refuses those).
 
     Attributes:
         tombstone_after: Consecutive complete listings a tool may be missing from before the
@@ -96,30 +98,24 @@ class HarvestConfig:
     circuit_open_max: str = "1d"
     request_poll: str = "10s"
 
-    @property
-    def stale_after_s(self) -> float:
-        """*stale_after* in seconds."""
-        return parse_duration(self.stale_after) or 0.0
+    stale_after_s: float = field(init=False, repr=False, compare=False)
+    revalidate_after_s: float = field(init=False, repr=False, compare=False)
+    circuit_open_for_s: float = field(init=False, repr=False, compare=False)
+    circuit_open_max_s: float = field(init=False, repr=False, compare=False)
+    request_poll_s: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def revalidate_after_s(self) -> float:
-        """*revalidate_after* in seconds."""
-        return parse_duration(self.revalidate_after) or 0.0
+    def __post_init__(self) -> None:
+        for name in _HARVEST_DURATIONS:
+            object.__setattr__(self, f"{name}_s", parse_duration(getattr(self, name)) or 0.0)
 
-    @property
-    def circuit_open_for_s(self) -> float:
-        """*circuit_open_for* in seconds."""
-        return parse_duration(self.circuit_open_for) or 0.0
 
-    @property
-    def circuit_open_max_s(self) -> float:
-        """*circuit_open_max* in seconds."""
-        return parse_duration(self.circuit_open_max) or 0.0
-
-    @property
-    def request_poll_s(self) -> float:
-        """*request_poll* in seconds."""
-        return parse_duration(self.request_poll) or 0.0
+_HARVEST_DURATIONS: Final = (
+    "stale_after",
+    "revalidate_after",
+    "circuit_open_for",
+    "circuit_open_max",
+    "request_poll",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,18 +269,14 @@ def from_dict(
         raise ConfigError("server.port", "must be between 0 and 65535")
     if server.public_url and not _is_http_url(server.public_url):
         raise ConfigError("server.public_url", "must be an http(s) URL")
+    if server.cache_mb < 1:
+        raise ConfigError("server.cache_mb", "must be at least 1")
     harvest = _section(HarvestConfig, data.get("harvest", {}), "harvest")
     if harvest.tombstone_after < 1:
         raise ConfigError("harvest.tombstone_after", "must be at least 1")
     if harvest.circuit_failures < 1:
         raise ConfigError("harvest.circuit_failures", "must be at least 1")
-    for name in (
-        "stale_after",
-        "revalidate_after",
-        "circuit_open_for",
-        "circuit_open_max",
-        "request_poll",
-    ):
+    for name in _HARVEST_DURATIONS:
         seconds = parse_duration(getattr(harvest, name))
         if seconds is None:
             raise ConfigError(
@@ -339,7 +331,7 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
     for required in ("name", "url"):
         if required not in raw:
             raise ConfigError(f"{key}.{required}", "is required")
-    u = _section(UpstreamConfig, raw, key)
+    u: UpstreamConfig = _section(UpstreamConfig, raw, key)
     if not UPSTREAM_NAME_RE.match(u.name):
         raise ConfigError(
             f"{key}.name",
@@ -432,7 +424,7 @@ def _section(cls: type[Any], raw: Any, key: str) -> Any:
     """Build dataclass *cls* from table *raw*, checking names and types."""
     if not isinstance(raw, Mapping):
         raise ConfigError(key, "must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     _no_unknown(raw, key, tuple(fields))
     values: dict[str, Any] = {}
     for name, value in raw.items():
@@ -442,10 +434,11 @@ def _section(cls: type[Any], raw: Any, key: str) -> Any:
                 f"{key}.{name}", f"must be {_type_word(str(expected))}, not {type(value).__name__}"
             )
         if str(expected) == "float":
-            value = float(value)
+            values[name] = float(value)
         elif str(expected).startswith("tuple["):
-            value = tuple(value)
-        values[name] = value
+            values[name] = tuple(value)
+        else:
+            values[name] = value
     return cls(**values)
 
 
@@ -481,7 +474,7 @@ def _type_word(expected: str) -> str:
 
 def _is_crontab(schedule: str) -> bool:
     """Whether *schedule* is a five-field cron expression the scheduler accepts."""
-    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - apscheduler loads slowly
 
     try:
         CronTrigger.from_crontab(schedule, timezone=dt.UTC)

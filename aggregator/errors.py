@@ -25,6 +25,7 @@ class AggregatorError(Exception):
 
     @property
     def message(self) -> str:
+        """The message, as the API and the run records show it."""
         return str(self)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ def configure_logging(
     renderer: structlog.typing.Processor
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
-        logger_factory: object = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        logger_factory: Callable[..., Any] = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
@@ -50,7 +51,7 @@ def configure_logging(
             _outage_without_traceback,
             structlog.processors.format_exc_info,
             *last,
-            _stdlib_renderer(json),
+            _stdlib_renderer(json=json),
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -94,7 +95,7 @@ def _redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
     }
 
 
-def _stdlib_renderer(json: bool) -> structlog.typing.Processor:
+def _stdlib_renderer(*, json: bool) -> structlog.typing.Processor:
     if json:
         return structlog.processors.JSONRenderer(serializer=lambda v, **_: _dumps(v).decode())
     return structlog.dev.ConsoleRenderer()

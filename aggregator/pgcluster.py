@@ -156,7 +156,7 @@ def server_can_reach(path: Path) -> bool:
     """Whether the server could enter *path* (or the part of it that exists yet): always when
     it runs as ourselves; as root it runs as ``postgres``, which must be able to search every
     ancestor (a private home such as ``/root`` is not)."""
-    owner = LocalCluster._server_user()
+    owner = LocalCluster._server_user()  # noqa: SLF001 - this module's own class
     if owner is None:
         return True
     target = Path(os.path.abspath(path))

@@ -7,8 +7,9 @@ answers during a database outage.
   without bombs (the reference); peak RSS of each.
 - **Outage.** ``trs-aggregator serve`` reads PostgreSQL through a TCP proxy; after a warm-up
   that caches the 20 tools, ``--clients`` clients request a cached tool and an uncached
-  answer (a query string never asked before), alternately, for ``--outage-s`` seconds before, during and after the proxy drops every
-  connection; answers are counted by status (and ``X-Aggregator-Stale``).
+  answer (a query string never asked before), alternately, for ``--outage-s`` seconds
+  before, during and after the proxy drops every connection; answers are counted by status
+  (and ``X-Aggregator-Stale``).
 
 Usage::
 
@@ -42,10 +43,10 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aggregator.demo.registry import make_registry_app  # noqa: E402
-from aggregator.pgcluster import LocalCluster  # noqa: E402
-from tests.pgproxy import PgProxy  # noqa: E402
-from tests.support import catalogue, cwl_tool, dsn_with_db  # noqa: E402
+from aggregator.demo.registry import make_registry_app
+from aggregator.pgcluster import LocalCluster
+from tests.pgproxy import PgProxy
+from tests.support import catalogue, cwl_tool, dsn_with_db
 
 TRS = "/ga4gh/trs/v2"
 TOOLS = [f"t{i:02d}" for i in range(20)]
@@ -64,8 +65,7 @@ def gzip_bomb(mib: int) -> bytes:
     block = b"#" * (1 << 20)
     parts += [out.compress(block) for _ in range(mib)]
     parts += [out.compress(b'"}'), out.flush()]
-    body = b"".join(parts)
-    return body
+    return b"".join(parts)
 
 
 def registry(bomb: bytes | None) -> web.Application:

@@ -55,7 +55,7 @@ def make_dockstore_app() -> web.Application:
 
     async def tool(request: web.Request) -> web.Response:
         if request.match_info["id"] != TEST6:
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound
         return _json(fixture("v2/toolsId.json"))
 
     async def versions(request: web.Request) -> web.Response:
@@ -77,10 +77,10 @@ def make_dockstore_app() -> web.Application:
 
     def check(request: web.Request) -> str:
         if request.match_info["id"] != TEST6 or request.match_info["version"] != VERSION:
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound
         kind = request.match_info.get("type", "").upper()
         if kind not in ("", "CWL", "WDL"):
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound
         return kind
 
     async def files(request: web.Request) -> web.Response:

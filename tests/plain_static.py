@@ -27,7 +27,7 @@ StandIn = Callable[[str], bytes | None]
 class _Handler(http.server.SimpleHTTPRequestHandler):
     requests: list[str]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002, ARG002 - stdlib's signature
         self.requests.append(f"{self.command} {self.path} {args[1] if len(args) > 1 else ''}")
 
 

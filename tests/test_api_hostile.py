@@ -101,9 +101,8 @@ async def test_raw_bytes_in_the_request_line_answer_400(api: TestClient[Any, Any
 async def test_every_answer_says_nosniff(api: TestClient[Any, Any]) -> None:
     """200 (rendered and cached), 304, 307, 400, 404, 405 and preflights all carry
     X-Content-Type-Options: nosniff."""
-    answers = []
-    for _ in range(2):  # the second comes from the response cache
-        answers.append(await get(api, f"{TRS}/tools"))
+    # The second comes from the response cache.
+    answers = [await get(api, f"{TRS}/tools") for _ in range(2)]
     etag = answers[0][1]["ETag"]
     answers.append(await get(api, f"{TRS}/tools", headers={"If-None-Match": etag}))
     answers.append(await get(api, f"{TRS}/tools/x/versions/1.0/CWL/descriptor"))

@@ -213,8 +213,10 @@ async def test_migrate_then_harvest_from_the_command_line(
     r = await run_cli(tmp_path, "harvest", "--config", config, "no-such-upstream")
     assert r.returncode == 2
     assert r.stderr.splitlines() == [
-        "trs-aggregator: config error: upstreams: no upstream named 'no-such-upstream' "
-        "(known: one, two)"
+        (
+            "trs-aggregator: config error: upstreams: no upstream named 'no-such-upstream' "
+            "(known: one, two)"
+        )
     ]
     assert r.stdout == ""
 

@@ -10,7 +10,7 @@ import asyncpg
 
 from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig, UpstreamConfig
-from tests.dockstore_fixtures import BASE, TEST6, VERSION, WDL_PRIMARY, make_dockstore_app, made_up
+from tests.dockstore_fixtures import BASE, TEST6, VERSION, WDL_PRIMARY, made_up, make_dockstore_app
 from tests.support import fetch, harvest
 
 TRS = "/ga4gh/trs/v2"

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer
 
 from aggregator.config import Config, DatabaseConfig, UpstreamConfig
 from aggregator.demo.registry import make_registry_app
-from aggregator.harvest.harvester import RunOutcome, harvest_upstreams, make_session
+from aggregator.harvest.crawl import RunOutcome
+from aggregator.harvest.runner import harvest_upstreams, make_session
 from tests.hostile import (
     RECORDER,
     TOKEN,
@@ -167,7 +168,7 @@ async def test_files_on_private_addresses_are_refused(
     assert "127.0.0.2 is not a public address" in errors(out["up"])
     assert "localhost resolves to no public address" in errors(out["up"])
     assert other.app[RECORDER].seen == [] and local.app[RECORDER].seen == []
-    assert await remote_rows(pool) == {url: None for url in urls}
+    assert await remote_rows(pool) == dict.fromkeys(urls)
     published = await pool.fetchval(
         "select count(*) from upstream_files where sha256 is not null and url not like '%/lib/%'"
     )

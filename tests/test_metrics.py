@@ -108,7 +108,7 @@ async def test_metrics_add_up_across_processes(db_dsn: str, tmp_path: Path) -> N
         await _serve_two(db_dsn, tmp_path, shared, procs, urls, files)
 
 
-async def _serve_two(
+async def _serve_two(  # noqa: PLR0917 - the fixtures it needs
     db_dsn: str, tmp_path: Path, shared: Path, procs: list[Any], urls: list[Any], files: Any
 ) -> None:
     try:

@@ -16,7 +16,7 @@ from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig, HarvestConfig, UpstreamConfig, load
 from aggregator.db.operations import create_token
 from aggregator.demo.registry import make_registry_app
-from aggregator.harvest.harvester import make_session
+from aggregator.harvest.runner import make_session
 from aggregator.ops.live import LiveWorker
 from aggregator.ops.upstreams import plan_or_apply
 from tests.support import catalogue, cwl_tool, eventually, fetch, harvest

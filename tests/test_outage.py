@@ -20,11 +20,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from aggregator.api.cache import RESPONSE_CACHE
 from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig, UpstreamConfig
 from aggregator.db.upstreams import request_harvest
 from aggregator.demo.registry import STATE, make_registry_app
-from aggregator.keys import RESPONSE_CACHE
 from tests.pgproxy import PgProxy
 from tests.support import catalogue, config_for, cwl_tool, eventually, harvest
 from tests.test_cli import free_port, kill, run_cli, start_cli, stop, write_config

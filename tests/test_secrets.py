@@ -95,7 +95,7 @@ def test_log_lines_are_json_and_mask_secrets(capfd: pytest.CaptureFixture[str]) 
             headers={"Authorization": "Bearer tok-5e3a9d0c77"},
         )
         try:
-            raise RuntimeError("failed with token tok-5e3a9d0c77")
+            raise RuntimeError("failed with token tok-5e3a9d0c77")  # noqa: TRY301 - logged below
         except RuntimeError:
             lib.exception("crash")
     finally:

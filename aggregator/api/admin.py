@@ -133,19 +133,19 @@ async def _desired_from_body(request: web.Request) -> list[UpstreamConfig]:
 
 
 @action("plan", "admin")
-async def plan(request: web.Request, token: ops_db.Token) -> Result:
+async def plan(request: web.Request, _token: ops_db.Token) -> Result:
     """POST /admin/upstreams/plan: what applying the configuration in the body would do."""
     return await _run_plan(request, await _desired_from_body(request), apply=False)
 
 
 @action("apply", "admin")
-async def apply(request: web.Request, token: ops_db.Token) -> Result:
+async def apply(request: web.Request, _token: ops_db.Token) -> Result:
     """POST /admin/upstreams/apply: make the upstream list the one in the body, live."""
     return await _run_plan(request, await _desired_from_body(request), apply=True)
 
 
 @action("put_upstream", "admin")
-async def put_upstream(request: web.Request, token: ops_db.Token) -> Result:
+async def put_upstream(request: web.Request, _token: ops_db.Token) -> Result:
     """PUT /admin/upstreams/{name}: add or change one upstream (its table in the body);
     ``?dry_run=true`` only plans."""
     name = request.match_info["name"]
@@ -161,7 +161,7 @@ async def put_upstream(request: web.Request, token: ops_db.Token) -> Result:
 
 
 @action("remove_upstream", "admin")
-async def delete_upstream(request: web.Request, token: ops_db.Token) -> Result:
+async def delete_upstream(request: web.Request, _token: ops_db.Token) -> Result:
     """DELETE /admin/upstreams/{name}: remove one upstream (its records are tombstoned, kept);
     ``?dry_run=true`` only plans."""
     name = request.match_info["name"]
@@ -176,10 +176,10 @@ def _dry_run(request: web.Request) -> bool:
     return request.query.get("dry_run", "").lower() in ("1", "true", "yes")
 
 
-async def _pause(request: web.Request, token: ops_db.Token, paused: bool) -> Result:
+async def _pause(request: web.Request, token: ops_db.Token, *, paused: bool) -> Result:
     name = request.match_info["name"]
     async with request.app[DB_POOL].acquire() as conn:
-        changed = await ops_db.set_paused(conn, name, paused, by=f"token:{token.name}")
+        changed = await ops_db.set_paused(conn, name, paused=paused, by=f"token:{token.name}")
     if changed is None:
         raise _Refused(404, f"no upstream named {name!r}")
     return 200, {"name": name, "paused": paused, "changed": changed}, {"changed": changed}
@@ -188,13 +188,13 @@ async def _pause(request: web.Request, token: ops_db.Token, paused: bool) -> Res
 @action("pause", "operator")
 async def pause(request: web.Request, token: ops_db.Token) -> Result:
     """POST /admin/upstreams/{name}/pause: stop its scheduled harvests until resumed."""
-    return await _pause(request, token, True)
+    return await _pause(request, token, paused=True)
 
 
 @action("resume", "operator")
 async def resume(request: web.Request, token: ops_db.Token) -> Result:
     """POST /admin/upstreams/{name}/resume: schedule its harvests again."""
-    return await _pause(request, token, False)
+    return await _pause(request, token, paused=False)
 
 
 @action("harvest", "operator")
@@ -232,7 +232,7 @@ def _limit(request: web.Request) -> tuple[int, int | None]:
 
 
 @action("audit", "operator")
-async def audit_log(request: web.Request, token: ops_db.Token) -> Result:
+async def audit_log(request: web.Request, _token: ops_db.Token) -> Result:
     """GET /admin/audit: admin actions, newest first (``limit``, ``before`` an id)."""
     limit, before = _limit(request)
     try:

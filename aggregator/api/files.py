@@ -22,7 +22,7 @@ from aggregator.trs.parse import DescriptorType
 from aggregator.trs.paths import UnsafePath, join, parent, safe_tree_path, tree_path
 
 if TYPE_CHECKING:
-    import asyncpg
+    from aggregator.db.pool import Connection
 
 #: Entries of a zip carry this timestamp, so the same files make the same bytes.
 _ZIP_TIME: Final = (1980, 1, 1, 0, 0, 0)
@@ -119,7 +119,7 @@ def _is_text(content: bytes) -> bool:
 
 
 async def descriptor(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     generation: int,
     v: CatalogueVersion,
     t: DescriptorType,
@@ -170,7 +170,7 @@ async def descriptor(
 
 
 async def files(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     generation: int,
     tool_id: str,
     v: CatalogueVersion,
@@ -223,9 +223,7 @@ async def files(
     )
 
 
-async def tests(
-    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion, t: DescriptorType
-) -> Entry:
+async def tests(conn: Connection, generation: int, v: CatalogueVersion, t: DescriptorType) -> Entry:
     """The test files of a version for one type: FileWrappers, or their contents joined by
     newlines for PLAIN types."""
     found = _served(
@@ -251,9 +249,7 @@ async def tests(
     )
 
 
-async def containerfiles(
-    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion
-) -> Entry:
+async def containerfiles(conn: Connection, generation: int, v: CatalogueVersion) -> Entry:
     """The container specifications of a version, each once."""
     rows = await db.fetch_files(conn, v.served.version_row_id, file_types=["CONTAINERFILE"])
     unique: dict[str, FileRow] = {}

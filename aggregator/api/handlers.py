@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
@@ -18,13 +17,14 @@ from aiohttp import web
 
 from aggregator import __version__, redact
 from aggregator.api import files
-from aggregator.api.cache import Entry, cache_key, make_entry, send
+from aggregator.api.cache import RESPONSE_CACHE, Entry, Render, cache_key, make_entry, send
+from aggregator.api.negotiation import wants_zip
 from aggregator.api.paging import paging_headers, parse_page
 from aggregator.api.profiles import PROFILES, Profile
 from aggregator.db import catalogue as db
 from aggregator.db import queries
 from aggregator.errors import BadRequest, NotFound
-from aggregator.keys import CONFIG, RESPONSE_CACHE
+from aggregator.keys import CONFIG
 from aggregator.trs import render
 from aggregator.trs.model import CatalogueTool, CatalogueVersion
 from aggregator.trs.parse import DescriptorType, parse_descriptor_type
@@ -32,12 +32,10 @@ from aggregator.trs.parse import DescriptorType, parse_descriptor_type
 DEFAULT_STALE_AFTER_S: Final = 7 * 86400
 _TYPES: Final = "CWL, WDL, NFL, GALAXY or SMK, optionally as PLAIN_<type>"
 
-Render = Callable[[Any, int], Awaitable[Entry]]
-
 
 def stale_after_s(request: web.Request) -> int:
     """Seconds after its last confirmation that an upstream record counts as stale."""
-    return int(getattr(request.app[CONFIG].harvest, "stale_after_s", DEFAULT_STALE_AFTER_S))
+    return int(request.app[CONFIG].harvest.stale_after_s)
 
 
 def error_entry(e: NotFound | BadRequest) -> Entry:
@@ -50,17 +48,12 @@ def error_entry(e: NotFound | BadRequest) -> Entry:
     )
 
 
-def _want_zip(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "application/zip" in accept and "application/json" not in accept
-
-
 def _tool_query(q: Any) -> queries.ToolQuery:
     """Read the /tools filters; empty values are "not filtered"."""
 
     def get(name: str) -> str | None:
         value = q.get(name)
-        return value if value else None
+        return value or None
 
     descriptor_type = None
     if get("descriptorType"):
@@ -359,14 +352,14 @@ class TrsApi:
             if v.served.mode == "index":
                 tail = f"{quote(raw_type, safe='')}/{quote(relative, safe='/')}"
                 return files.redirect_entry(v, tail, request.query_string)
-            attempts: list[tuple[DescriptorType, str, int]] = []
             parsed = parse_descriptor_type(raw_type)
-            if parsed is not None:
-                attempts.append((parsed, relative, 1))
-            for name in v.doc.get("descriptor_type") or ():
-                attempts.append(
-                    (DescriptorType(str(name), plain=True), f"{raw_type}/{relative}", 2)
-                )
+            attempts: list[tuple[DescriptorType, str, int]] = (
+                [(parsed, relative, 1)] if parsed is not None else []
+            )
+            attempts.extend(
+                (DescriptorType(str(name), plain=True), f"{raw_type}/{relative}", 2)
+                for name in v.doc.get("descriptor_type") or ()
+            )
             version_url = render.version_url(self.base_url(request), tool_id, v.key)
             for t, path, level in attempts:
                 try:
@@ -406,7 +399,7 @@ class TrsApi:
                 tool_id,
                 v,
                 t,
-                want_zip=fmt == "zip" or _want_zip(request),
+                want_zip=fmt == "zip" or wants_zip(request),
                 strict=self.profile.strict,
             )
 

@@ -16,10 +16,9 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from aggregator.api.cache import CORS_HEADERS, Entry, cache_key, respond, send
+from aggregator.api.cache import CORS_HEADERS, RESPONSE_CACHE, Entry, cache_key, respond, send
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.errors import BadRequest, DatabaseUnavailable, NotFound
-from aggregator.keys import RESPONSE_CACHE
 from aggregator.trs.render import error
 
 log = structlog.get_logger()
@@ -72,12 +71,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         status = response.status
         response.headers["X-Request-Id"] = request_id
         response.headers[NOSNIFF[0]] = NOSNIFF[1]
-        return response
     except web.HTTPException as e:  # redirects pass through as exceptions
         status = e.status
         e.headers["X-Request-Id"] = request_id
         e.headers[NOSNIFF[0]] = NOSNIFF[1]
         raise
+    else:
+        return response
     finally:
         log.info(
             "request_finished",

@@ -11,9 +11,10 @@ from aiohttp import web
 from yarl import URL
 
 from aggregator import redact
+from aggregator.api.paging import MAX_BIGINT, query_int
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
-from aggregator.errors import BadRequest, NotFound
+from aggregator.errors import NotFound
 from aggregator.keys import CONFIG, DB_POOL
 from aggregator.trs.conformance import CATEGORIES, trend
 
@@ -169,25 +170,6 @@ async def get_upstream(request: web.Request) -> web.Response:
     return _json(upstream_json(rows[0], request.app[CONFIG].harvest.stale_after_s))
 
 
-def _int_param(
-    request: web.Request, key: str, default: int | None, low: int, high: int | None = None
-) -> int | None:
-    raw = request.query.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{key} must be an integer, not {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        raise BadRequest(
-            f"{key} must be between {low} and {high}"
-            if high is not None
-            else f"{key} must be at least {low}"
-        )
-    return value
-
-
 async def list_runs(request: web.Request) -> web.Response:
     """GET /aggregator/v1/upstreams/{name}/runs: run history, newest first.
 
@@ -199,9 +181,8 @@ async def list_runs(request: web.Request) -> web.Response:
     upstream_id = await db_upstreams.fetch_upstream_id(pool, name)
     if upstream_id is None:
         raise NotFound(f"no upstream named {name!r}")
-    limit = _int_param(request, "limit", DEFAULT_RUNS, 1, MAX_RUNS)
-    before = _int_param(request, "before", None, 1, 2**63 - 1)
-    assert limit is not None
+    limit = query_int(request.query, "limit", DEFAULT_RUNS, low=1, high=MAX_RUNS)
+    before = query_int(request.query, "before", None, low=1, high=MAX_BIGINT)
     rows = await db_runs.list_runs(pool, upstream_id, limit=limit + 1, before=before)
     headers = {}
     if len(rows) > limit:

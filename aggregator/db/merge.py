@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
 import structlog
 
+from aggregator.db.generation import advance_generation, catalogue_generation
 from aggregator.merge.engine import (
     Component,
     Node,
@@ -24,10 +24,14 @@ from aggregator.merge.engine import (
 )
 from aggregator.merge.identity import Key, evidence
 
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
+
 log = structlog.get_logger()
 
 QUALIFIED_PREFIX: Final = "#upstream/"
-# Dirty tools from which the statistics of the tables the merge reads are refreshed first.
+# Changed tools from which the statistics of the tables a publish writes and the merge reads
+# are refreshed inside the transaction (the planner must see a large change's rows).
 ANALYZE_AFTER: Final = 500
 
 
@@ -46,53 +50,49 @@ def qualified_id(upstream: str, external_id: str) -> str:
     return f"{QUALIFIED_PREFIX}{upstream}/{external_id}"
 
 
+_ALL_TOOLS: Final = "select id from upstream_tools"
+_DIRTY_TOOLS: Final = "select id from upstream_tools where merge_dirty"
+_ANALYZE_EVIDENCE: Final = "analyze tool_evidence"
+_CLEAR_DIRTY: Final = """
+update upstream_tools set merge_dirty = false where id = any($1::bigint[]) and merge_dirty
+"""
+
+
 async def remerge(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     *,
     tombstone_after: int,
     max_per_upstream: int = 1,
     full: bool = False,
 ) -> MergeStats:
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
-    tools, and bump the generation. Call inside the publishing transaction."""
-    live = "t.missed_listings < $1"
-    if full:
-        dirty = [r["id"] for r in await conn.fetch("select id from upstream_tools")]
-    else:
-        dirty = [
-            r["id"] for r in await conn.fetch("select id from upstream_tools where merge_dirty")
-        ]
+    tools, and advance (and announce) the generation. Call inside the publishing transaction
+    (``db.publish``). When nothing changed, the catalogue and its generation stay as they are,
+    so caches stay warm."""
+    dirty = [r["id"] for r in await conn.fetch(_ALL_TOOLS if full else _DIRTY_TOOLS)]
     if not dirty:
-        # Nothing changed: the catalogue and its generation stay, so caches stay warm.
-        generation: int = await conn.fetchval("select generation from catalogue_state")
+        generation = await catalogue_generation(conn)
         log.info("merge_skipped", reason="nothing changed", generation=generation)
         return MergeStats(0, 0, 0, generation)
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if len(dirty) >= ANALYZE_AFTER:
-        await conn.execute("analyze tool_evidence")
+        await conn.execute(_ANALYZE_EVIDENCE)
     if dirty:
-        await conn.execute(
-            "update upstream_tools set merge_dirty = false "
-            "where id = any($1::bigint[]) and merge_dirty",
-            dirty,
-        )
+        await conn.execute(_CLEAR_DIRTY, dirty)
     if full:
         affected = set(dirty)
-        nodes = await _load_nodes(conn, affected, live, tombstone_after)
+        nodes = await _load_nodes(conn, affected, tombstone_after)
         identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
     else:
         affected, identifying = await _closure(
             conn, set(dirty), old_keys, max_per_upstream, tombstone_after
         )
-        nodes = await _load_nodes(conn, affected, live, tombstone_after)
+        nodes = await _load_nodes(conn, affected, tombstone_after)
     components = merge(nodes, identifying=identifying)
     versions = await _load_versions(conn, [n.id for n in nodes])
     old_ids = await _drop_tools(conn, affected)
     await _write(conn, components, versions, old_ids)
-    generation = await conn.fetchval(
-        """update catalogue_state set generation = generation + 1, published_at = now()
-           returning generation"""
-    )
+    generation = await advance_generation(conn)
     stats = MergeStats(len(dirty), len(nodes), len(components), generation)
     log.info(
         "merge_finished",
@@ -105,35 +105,32 @@ async def remerge(
     return stats
 
 
-async def _refresh_evidence(
-    conn: asyncpg.Connection[Any], ids: list[int], tombstone_after: int
-) -> set[Key]:
+_DELETE_EVIDENCE: Final = """
+delete from tool_evidence where upstream_tool_id = any($1::bigint[]) returning kind, value
+"""
+_LIVE_ALIASES: Final = """
+select t.id, t.external_id, t.doc->'aliases' as aliases
+from upstream_tools t
+where t.id = any($1::bigint[]) and upstream_tool_live(t.missed_listings, $2)
+"""
+_PRIMARY_DESCRIPTORS: Final = """
+select v.upstream_tool_id as id, f.sha256, fc.size, substring(fc.content from 1 for 64) as head
+from upstream_versions v
+join upstream_files f on f.upstream_version_id = v.id
+join file_contents fc on fc.sha256 = f.sha256
+where v.upstream_tool_id = any($1::bigint[]) and f.file_type = 'PRIMARY_DESCRIPTOR'
+"""
+
+
+async def _refresh_evidence(conn: Connection, ids: list[int], tombstone_after: int) -> set[Key]:
     """Recompute the evidence of tools *ids* (none for tools no longer live); return the keys
     they held before."""
     if not ids:
         return set()
-    old = await conn.fetch(
-        "delete from tool_evidence where upstream_tool_id = any($1::bigint[]) "
-        "returning kind, value",
-        ids,
-    )
-    tools = await conn.fetch(
-        """select t.id, t.external_id, t.doc->'aliases' as aliases
-           from upstream_tools t where t.id = any($1::bigint[]) and t.missed_listings < $2""",
-        ids,
-        tombstone_after,
-    )
+    old = await conn.fetch(_DELETE_EVIDENCE, ids)
+    tools = await conn.fetch(_LIVE_ALIASES, ids, tombstone_after)
     descriptors: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
-    for r in await conn.fetch(
-        """select v.upstream_tool_id as id, f.sha256, fc.size,
-                      substring(fc.content from 1 for 64) as head
-               from upstream_versions v
-               join upstream_files f on f.upstream_version_id = v.id
-               join file_contents fc on fc.sha256 = f.sha256
-               where v.upstream_tool_id = any($1::bigint[])
-                 and f.file_type = 'PRIMARY_DESCRIPTOR'""",
-        ids,
-    ):
+    for r in await conn.fetch(_PRIMARY_DESCRIPTORS, ids):
         descriptors[r["id"]].append((r["sha256"], r["size"], bytes(r["head"])))
     rows = []
     for t in tools:
@@ -170,7 +167,8 @@ judged as (
     from (select fr.kind, fr.value, t.upstream_id, count(*) as c
           from fresh fr
           join tool_evidence e on e.kind = fr.kind and e.value = fr.value
-          join upstream_tools t on t.id = e.upstream_tool_id and t.missed_listings < $1
+          join upstream_tools t on t.id = e.upstream_tool_id
+                                and upstream_tool_live(t.missed_listings, $1)
           group by fr.kind, fr.value, t.upstream_id) as x
     group by x.kind, x.value
     returning kind, value, identifying),
@@ -189,8 +187,12 @@ select coalesce(array_agg(id), '{}') from added
 """
 
 
+_TRUNCATE_FRONTIER: Final = "truncate merge_frontier"
+_IDENTIFYING_KEYS: Final = "select kind, value from merge_keys where identifying"
+
+
 async def _closure(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     seeds: set[int],
     old_keys: set[Key],
     max_per_upstream: int,
@@ -209,50 +211,50 @@ async def _closure(
     frontier = seeds | holders
     affected = set(frontier)
     while frontier:
-        await conn.execute("truncate merge_frontier")
+        await conn.execute(_TRUNCATE_FRONTIER)
         await conn.copy_records_to_table("merge_frontier", records=[(i,) for i in frontier])
         frontier = set(await conn.fetchval(_CLOSURE_STEP, tombstone_after, max_per_upstream))
         affected |= frontier
-    rows = await conn.fetch("select kind, value from merge_keys where identifying")
+    rows = await conn.fetch(_IDENTIFYING_KEYS)
     return affected, {(r["kind"], r["value"]) for r in rows}
 
 
-async def _keys_of(conn: asyncpg.Connection[Any], ids: set[int]) -> set[Key]:
-    rows = await conn.fetch(
-        "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])",
-        list(ids),
-    )
+_KEYS_OF: Final = "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])"
+
+
+async def _keys_of(conn: Connection, ids: set[int]) -> set[Key]:
+    rows = await conn.fetch(_KEYS_OF, list(ids))
     return {(r["kind"], r["value"]) for r in rows}
 
 
-async def _holders(conn: asyncpg.Connection[Any], keys: set[Key]) -> set[int]:
+_HOLDERS: Final = """
+select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
+join tool_evidence e on e.kind = k.kind and e.value = k.value
+"""
+
+
+async def _holders(conn: Connection, keys: set[Key]) -> set[int]:
     if not keys:
         return set()
     kinds, values = zip(*keys, strict=True)
-    rows = await conn.fetch(
-        """select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
-           join tool_evidence e on e.kind = k.kind and e.value = k.value""",
-        list(kinds),
-        list(values),
-    )
+    rows = await conn.fetch(_HOLDERS, list(kinds), list(values))
     return {r["upstream_tool_id"] for r in rows}
 
 
-async def _load_nodes(
-    conn: asyncpg.Connection[Any], ids: set[int], live: str, tombstone_after: int
-) -> list[Node]:
-    rows = await conn.fetch(
-        f"""select t.id, u.name, u.priority, t.external_id,
-                   coalesce(array_agg(e.kind) filter (where e.kind is not null), '{{}}') as kinds,
-                   coalesce(array_agg(e.value) filter (where e.kind is not null), '{{}}') as vals
-            from upstream_tools t
-            join upstreams u on u.id = t.upstream_id
-            left join tool_evidence e on e.upstream_tool_id = t.id
-            where t.id = any($2::bigint[]) and {live}
-            group by t.id, u.name, u.priority, t.external_id""",  # noqa: S608
-        tombstone_after,
-        list(ids),
-    )
+_NODES: Final = """
+select t.id, u.name, u.priority, t.external_id,
+       coalesce(array_agg(e.kind) filter (where e.kind is not null), '{}') as kinds,
+       coalesce(array_agg(e.value) filter (where e.kind is not null), '{}') as vals
+from upstream_tools t
+join upstreams u on u.id = t.upstream_id
+left join tool_evidence e on e.upstream_tool_id = t.id
+where t.id = any($2::bigint[]) and upstream_tool_live(t.missed_listings, $1)
+group by t.id, u.name, u.priority, t.external_id
+"""
+
+
+async def _load_nodes(conn: Connection, ids: set[int], tombstone_after: int) -> list[Node]:
+    rows = await conn.fetch(_NODES, tombstone_after, list(ids))
     return [
         Node(
             r["id"],
@@ -265,21 +267,19 @@ async def _load_nodes(
     ]
 
 
-async def _load_versions(
-    conn: asyncpg.Connection[Any], member_ids: list[int]
-) -> dict[int, list[VersionNode]]:
-    rows = await conn.fetch(
-        """select v.id, v.upstream_tool_id, v.key, coalesce(v.doc->>'name', v.key) as name,
-                  v.position,
-                  (select md5(string_agg(f.descriptor_type || '/' || f.path || '=' || f.sha256,
-                                         ',' order by f.descriptor_type, f.path))
-                   from upstream_files f
-                   where f.upstream_version_id = v.id and f.sha256 is not null
-                     and f.file_type in ('PRIMARY_DESCRIPTOR', 'SECONDARY_DESCRIPTOR'))
-                  as fingerprint
-           from upstream_versions v where v.upstream_tool_id = any($1::bigint[])""",
-        member_ids,
-    )
+_VERSIONS: Final = """
+select v.id, v.upstream_tool_id, v.key, coalesce(v.doc->>'name', v.key) as name, v.position,
+       (select md5(string_agg(f.descriptor_type || '/' || f.path || '=' || f.sha256,
+                              ',' order by f.descriptor_type, f.path))
+        from upstream_files f
+        where f.upstream_version_id = v.id and f.sha256 is not null
+          and f.file_type in ('PRIMARY_DESCRIPTOR', 'SECONDARY_DESCRIPTOR')) as fingerprint
+from upstream_versions v where v.upstream_tool_id = any($1::bigint[])
+"""
+
+
+async def _load_versions(conn: Connection, member_ids: list[int]) -> dict[int, list[VersionNode]]:
+    rows = await conn.fetch(_VERSIONS, member_ids)
     out: dict[int, list[VersionNode]] = defaultdict(list)
     for r in rows:
         out[r["upstream_tool_id"]].append(
@@ -290,20 +290,33 @@ async def _load_versions(
     return out
 
 
-async def _drop_tools(conn: asyncpg.Connection[Any], affected: set[int]) -> list[str]:
+_DROP_TOOLS: Final = """
+delete from catalogue_tools c where c.id in (
+    select m.tool_id from catalogue_members m where m.upstream_tool_id = any($1::bigint[]))
+returning c.id
+"""
+
+
+async def _drop_tools(conn: Connection, affected: set[int]) -> list[str]:
     """Delete the catalogue tools holding any affected upstream tool; return their ids."""
-    rows = await conn.fetch(
-        """delete from catalogue_tools c where c.id in (
-               select m.tool_id from catalogue_members m
-               where m.upstream_tool_id = any($1::bigint[]))
-           returning c.id""",
-        list(affected),
-    )
+    rows = await conn.fetch(_DROP_TOOLS, list(affected))
     return [r["id"] for r in rows]
 
 
+_HISTORY_TABLE: Final = """
+create temporary table if not exists merge_history (
+    id text, upstream_tool_id bigint, was_primary boolean);
+truncate merge_history
+"""
+_SAVE_HISTORY: Final = """
+insert into catalogue_id_history (id, upstream_tool_id, was_primary)
+select id, upstream_tool_id, was_primary from merge_history
+on conflict (id, upstream_tool_id) do nothing
+"""
+
+
 async def _write(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     components: list[Component],
     versions: dict[int, list[VersionNode]],
     released: list[str],
@@ -314,7 +327,7 @@ async def _write(
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
         merged, conflicts = merge_versions(comp, member_versions)
-        report = [
+        report: list[dict[str, Any]] = [
             {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
             for c in conflicts
         ]
@@ -356,23 +369,25 @@ async def _write(
         columns=["tool_id", "key", "position", "upstream_version_id", "source_ids", "conflict"],
     )
     # The ids each tool had, so they keep resolving after its members change.
-    await conn.execute(
-        """create temporary table if not exists merge_history (
-               id text, upstream_tool_id bigint, was_primary boolean);
-           truncate merge_history"""
-    )
+    await conn.execute(_HISTORY_TABLE)
     await conn.copy_records_to_table(
         "merge_history", records=history, columns=["id", "upstream_tool_id", "was_primary"]
     )
-    await conn.execute(
-        """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-           select id, upstream_tool_id, was_primary from merge_history
-           on conflict (id, upstream_tool_id) do nothing"""
-    )
+    await conn.execute(_SAVE_HISTORY)
+
+
+_CLAIMANTS: Final = """
+select c.id, t.external_id, u.name, u.priority
+from upstream_tools t
+join catalogue_tools c on c.primary_member_id = t.id
+join upstreams u on u.id = t.upstream_id
+where t.external_id = any($1::text[])
+"""
+_RENAME: Final = "update catalogue_tools set id = $2, sort_key = $2 where id = $1"
 
 
 async def _assign_ids(
-    conn: asyncpg.Connection[Any], components: list[Component], released: list[str]
+    conn: Connection, components: list[Component], released: list[str]
 ) -> list[str]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
     the same id (then the qualified id). Tools elsewhere in the catalogue that lose or regain
@@ -383,14 +398,7 @@ async def _assign_ids(
         if not p.external_id.startswith(QUALIFIED_PREFIX):
             claims[p.external_id].append((p.order, i))
     contested = set(claims) | {r for r in released if not r.startswith(QUALIFIED_PREFIX)}
-    others = await conn.fetch(
-        """select c.id, t.external_id, u.name, u.priority
-           from upstream_tools t
-           join catalogue_tools c on c.primary_member_id = t.id
-           join upstreams u on u.id = t.upstream_id
-           where t.external_id = any($1::text[])""",
-        list(contested),
-    )
+    others = await conn.fetch(_CLAIMANTS, list(contested))
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         claims[r["external_id"]].append(((r["priority"], r["name"], r["external_id"]), None))
@@ -410,7 +418,5 @@ async def _assign_ids(
     # Losers step aside to their qualified ids before winners take the plain ones.
     renames.sort(key=lambda r: not r[1].startswith(QUALIFIED_PREFIX))
     for current, wanted in renames:
-        await conn.execute(
-            "update catalogue_tools set id = $2, sort_key = $2 where id = $1", current, wanted
-        )
+        await conn.execute(_RENAME, current, wanted)
     return ids

@@ -7,16 +7,19 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 #: NOTIFY channel telling workers that the upstream list changed (apply, pause, resume).
 UPSTREAMS_CHANNEL: Final = "trs_aggregator_upstreams"
 #: NOTIFY channel asking the worker running an upstream's harvest to cancel it (payload: name).
 CANCEL_CHANNEL: Final = "trs_aggregator_cancel"
 ROLES: Final = ("operator", "admin")
-TOKEN_PREFIX: Final = "trsa_"
+TOKEN_PREFIX: Final = "trsa_"  # noqa: S105 - the prefix tokens are recognised by, not one
 # A removed upstream's records count this many extra missed listings: far beyond any
 # harvest.tombstone_after, so the merge drops them, and exactly reversible when it comes back.
 REMOVED_OFFSET: Final = 1_000_000
@@ -45,9 +48,7 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-async def create_token(
-    conn: asyncpg.Connection[Any], name: str, role: str, *, created_by: str = ""
-) -> str:
+async def create_token(conn: Connection, name: str, role: str, *, created_by: str = "") -> str:
     """Create a token called *name* with *role*; return it (the only time it is seen).
 
     Raises ValueError for an unknown role or a name a live token already has.
@@ -71,7 +72,7 @@ async def create_token(
     return token
 
 
-async def revoke_token(conn: asyncpg.Connection[Any], name: str) -> bool:
+async def revoke_token(conn: Connection, name: str) -> bool:
     """Revoke the live token called *name*; False if there is none."""
     done = await conn.fetchval(
         "update api_tokens set revoked_at = now() where name = $1 and revoked_at is null "
@@ -81,7 +82,7 @@ async def revoke_token(conn: asyncpg.Connection[Any], name: str) -> bool:
     return done is not None
 
 
-async def list_tokens(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[asyncpg.Record]:
+async def list_tokens(conn: Connection | asyncpg.Pool[Any]) -> list[asyncpg.Record]:
     """Every token's name, role and dates (never a secret)."""
     return await conn.fetch(
         """select name, role, created_at, created_by, last_used_at, revoked_at
@@ -89,9 +90,7 @@ async def list_tokens(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list
     )
 
 
-async def verify_token(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], presented: str
-) -> Token | None:
+async def verify_token(conn: Connection | asyncpg.Pool[Any], presented: str) -> Token | None:
     """The live token *presented* is, or None; its hash is compared in constant time."""
     parts = presented.split("_", 2)
     lookup = parts[1] if len(parts) == 3 and presented.startswith(TOKEN_PREFIX) else ""
@@ -107,7 +106,7 @@ async def verify_token(
 
 
 async def audit(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+    conn: Connection | asyncpg.Pool[Any],
     *,
     actor: str,
     role: str | None,
@@ -133,7 +132,7 @@ async def audit(
 
 
 async def list_audit(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], *, limit: int, before: int | None = None
+    conn: Connection | asyncpg.Pool[Any], *, limit: int, before: int | None = None
 ) -> list[asyncpg.Record]:
     """Audit records, newest first, older than record *before* when given."""
     return await conn.fetch(
@@ -144,9 +143,7 @@ async def list_audit(
     )
 
 
-async def set_paused(
-    conn: asyncpg.Connection[Any], name: str, paused: bool, *, by: str
-) -> bool | None:
+async def set_paused(conn: Connection, name: str, *, paused: bool, by: str) -> bool | None:
     """Pause or resume upstream *name*; None if there is no such (live) upstream, else whether
     anything changed. Workers are told at once."""
     async with conn.transaction():
@@ -169,7 +166,7 @@ async def set_paused(
     return bool(before) != paused
 
 
-async def remove_upstream(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
+async def remove_upstream(conn: Connection, upstream_id: int) -> int:
     """Mark an upstream removed and tombstone its records (kept, not deleted); return how many
     records were live. Run inside the caller's transaction, then re-merge."""
     await conn.execute(
@@ -185,7 +182,7 @@ async def remove_upstream(conn: asyncpg.Connection[Any], upstream_id: int) -> in
     return int(status.split()[-1])
 
 
-async def restore_upstream(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
+async def restore_upstream(conn: Connection, upstream_id: int) -> int:
     """Undo remove_upstream: the records are as they were before; return how many."""
     await conn.execute("update upstreams set removed_at = null where id = $1", upstream_id)
     status = await conn.execute(
@@ -199,16 +196,14 @@ async def restore_upstream(conn: asyncpg.Connection[Any], upstream_id: int) -> i
     return int(status.split()[-1])
 
 
-async def save_conformance(
-    conn: asyncpg.Connection[Any], run_id: int, conformance: dict[str, Any]
-) -> None:
+async def save_conformance(conn: Connection, run_id: int, conformance: dict[str, Any]) -> None:
     """Keep a run's conformance figures."""
     await conn.execute(
         "update harvest_runs set conformance = $2 where id = $1", run_id, conformance
     )
 
 
-async def request_cancel(conn: asyncpg.Connection[Any], name: str, *, by: str) -> int | None:
+async def request_cancel(conn: Connection, name: str, *, by: str) -> int | None:
     """Ask the worker running upstream *name*'s harvest to cancel it; the run's id, or None
     when no run of it is running."""
     run_id: int | None = await conn.fetchval(
@@ -224,7 +219,7 @@ async def request_cancel(conn: asyncpg.Connection[Any], name: str, *, by: str) -
     return run_id
 
 
-async def cancel_requested(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[str]:
+async def cancel_requested(conn: Connection | asyncpg.Pool[Any]) -> list[str]:
     """Names of the upstreams whose running harvest someone asked to cancel."""
     rows = await conn.fetch(
         """select distinct u.name from harvest_runs r join upstreams u on u.id = r.upstream_id

@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 import aiohttp
 import orjson
 import structlog
+from aiolimiter import AsyncLimiter
 from multidict import CIMultiDictProxy
 
 from aggregator.config import UpstreamConfig
@@ -145,13 +146,16 @@ class UpstreamClient:
     policy: EgressPolicy = field(init=False)
     _public_session: aiohttp.ClientSession | None = None
     _semaphore: asyncio.Semaphore = field(init=False)
-    _next_slot: float = 0.0
+    _limiter: AsyncLimiter | None = field(init=False)
     _not_before: float = 0.0
     _failures_in_a_row: int = 0
     _timeout: aiohttp.ClientTimeout = field(init=False)
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.upstream.concurrency)
+        # A bucket of one request that empties at the rate limit: requests evenly spaced.
+        rate = self.upstream.rate_limit
+        self._limiter = AsyncLimiter(1, 1.0 / rate) if rate > 0 else None
         self.policy = EgressPolicy(
             self.upstream.url,
             file_hosts=self.upstream.file_hosts,
@@ -268,7 +272,7 @@ class UpstreamClient:
             await self._public_session.close()
             self._public_session = None
 
-    def _session_for(self, trusted_host: bool) -> aiohttp.ClientSession:
+    def _session_for(self, *, trusted_host: bool) -> aiohttp.ClientSession:
         """The shared session for trusted hosts; for others, one resolving public addresses
         only."""
         if trusted_host:
@@ -297,16 +301,12 @@ class UpstreamClient:
             log.warning("upstream_circuit_tripped", reason=self.tripped)
 
     async def _wait_turn(self) -> None:
-        """Wait for any Retry-After pause and for the next slot of the rate limit."""
-        if not self._not_before and not self.upstream.rate_limit:
-            return
-        now = time.monotonic()
-        start = max(now, self._not_before)
-        if self.upstream.rate_limit > 0:
-            start = max(start, self._next_slot)
-            self._next_slot = start + 1.0 / self.upstream.rate_limit
-        if start > now:
-            await asyncio.sleep(start - now)
+        """Wait out any Retry-After pause, then for the next slot of the rate limit."""
+        pause = self._not_before - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        if self._limiter is not None:
+            await self._limiter.acquire()
 
     async def _get_once(
         self,
@@ -330,7 +330,7 @@ class UpstreamClient:
                 if self.token and decision.credentials:
                     headers["Authorization"] = f"Bearer {self.token}"
                 try:
-                    resp = await self._session_for(decision.trusted_host).get(
+                    resp = await self._session_for(trusted_host=decision.trusted_host).get(
                         url,
                         params=params,
                         headers=headers,
@@ -342,7 +342,7 @@ class UpstreamClient:
                         raise Refused(f"refused {url}: {e.__cause__}", url=url) from None
                     raise
                 async with resp:
-                    self._check_peer(resp, decision.trusted_host)
+                    self._check_peer(resp, trusted_host=decision.trusted_host)
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         target = urljoin(str(resp.url), resp.headers["Location"])
                         try:
@@ -364,7 +364,7 @@ class UpstreamClient:
                     return Response(str(resp.url), resp.status, resp.headers, body)
         raise UpstreamHTTPError(f"more than {MAX_REDIRECTS} redirects from {url}", url=url)
 
-    def _check_peer(self, resp: aiohttp.ClientResponse, trusted_host: bool) -> None:
+    def _check_peer(self, resp: aiohttp.ClientResponse, *, trusted_host: bool) -> None:
         """Refuse an answer from an address the policy does not allow (the resolver already
         keeps such addresses out; this checks the socket itself)."""
         if trusted_host or resp.connection is None or resp.connection.transport is None:

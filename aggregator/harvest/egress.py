@@ -11,6 +11,7 @@ checked is the address connected to, and DNS rebinding cannot get around it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -101,10 +102,8 @@ def _host_entries(entries: tuple[str, ...]) -> tuple[frozenset[str], tuple[IPNet
     for entry in entries:
         value = entry.strip().lower()
         names.add(value)
-        try:
+        with contextlib.suppress(ValueError):
             networks.append(ipaddress.ip_network(value.strip("[]"), strict=False))
-        except ValueError:
-            pass
     return frozenset(names), tuple(networks)
 
 
@@ -131,7 +130,7 @@ class EgressPolicy:
         return o.host in names or f"{_bracketed(o.host)}:{o.port}" in names
 
     def decide(self, url: str, purpose: Purpose = "api") -> Decision:
-        """May *url* be fetched for *purpose*, and with the upstream's credentials?
+        """Whether *url* may be fetched for *purpose*, and with the upstream's credentials.
 
         ``api``: only the upstream's own origin. ``redirect``: also the upstream's host on
         another scheme or port and ``redirect_hosts``. ``file``: any http(s) host. Raises

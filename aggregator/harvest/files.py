@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
-from aggregator.db.publish import StagedFile
 from aggregator.errors import InvalidUpstreamData, UpstreamError
 from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.hosts import FileHosts
@@ -20,6 +19,7 @@ from aggregator.trs.paths import (
     safe_tree_path,
     tree_path,
 )
+from aggregator.trs.staged import StagedFile
 
 
 def _is_url(path: str) -> bool:
@@ -105,6 +105,23 @@ def yevis_targets(metadata: Any) -> dict[str, str]:
     return out
 
 
+def _primary_listed(
+    primary: Mapping[str, Any] | None,
+    entry: Mapping[str, Any] | None,
+    entries: Sequence[Mapping[str, Any]],
+) -> str | None:
+    """The primary descriptor's path as the upstream lists it: its ToolFile's, else its URL
+    when the other files are listed by URL (Yevis), else the URL's file name."""
+    if entry is not None:
+        return str(entry["path"])
+    if primary is None:
+        return None
+    url = primary["url"]
+    if url and _is_url(url) and any(_is_url(e["path"]) for e in entries):
+        return str(url)
+    return posixpath.basename(urlsplit(url or "").path) or "descriptor"
+
+
 class VersionFiles:
     """Collects the files of one version; fetch errors are reported through *on_error*.
 
@@ -175,20 +192,7 @@ class VersionFiles:
         listing_got = await self.client.get_json(f"{base}/files", ok_404=True)
         entries = read_files_listing(listing_got[0]) if listing_got else []
         primary_entry = next((e for e in entries if e["file_type"] == "PRIMARY_DESCRIPTOR"), None)
-        primary_listed: str | None = None
-        if primary_entry is not None:
-            primary_listed = primary_entry["path"]
-        elif primary is not None:
-            if (
-                primary["url"]
-                and _is_url(primary["url"])
-                and any(_is_url(e["path"]) for e in entries)
-            ):
-                primary_listed = primary["url"]
-            else:
-                primary_listed = (
-                    posixpath.basename(urlsplit(primary["url"] or "").path) or "descriptor"
-                )
+        primary_listed = _primary_listed(primary, primary_entry, entries)
         urls = [e["path"] for e in entries if _is_url(e["path"])]
         if primary_listed and _is_url(primary_listed):
             urls.append(primary_listed)
@@ -240,6 +244,10 @@ class VersionFiles:
                     declared=e["declared_sha256"],
                     listing_extra=e["extra"],
                 )
+        await self._fetch_tests(t, base, layout)
+
+    async def _fetch_tests(self, t: str, base: str, layout: TreeLayout) -> None:
+        """The test files of type *t* that ``/tests`` gives beyond those listed in ``/files``."""
         tests_got = await self.client.get_json(f"{base}/tests", ok_404=True)
         if tests_got and isinstance(tests_got[0], list):
             known = {f.sha256 for f in self.files.values() if f.file_type == "TEST_FILE"}

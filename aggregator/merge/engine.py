@@ -102,9 +102,9 @@ def merge(
                 holders[k].append(i)
     for key in sorted(holders, key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):
         members = holders[key]
-        for n, other in enumerate(members[1:], start=1):
+        for rank, other in enumerate(members[1:], start=1):
             # Join the first earlier holder whose tool can take it; refuse only when none can.
-            for prior in members[:n]:
+            for prior in members[:rank]:
                 ra, rb = find(prior), find(other)
                 if ra == rb:
                     break

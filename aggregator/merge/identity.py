@@ -77,8 +77,7 @@ def global_id(value: str) -> str | None:
 def _source_path(value: str) -> str | None:
     """``host/a/b`` with at least two segments after a real host name, lower-cased."""
     path = value.strip().strip("/").lower()
-    if path.endswith(".git"):
-        path = path[:-4]
+    path = path.removesuffix(".git")
     segments = [s for s in path.split("/") if s]
     if len(segments) < 3 or not _HOST.match(segments[0]):
         return None

@@ -27,7 +27,14 @@ def actor() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-async def _audit(conn: Any, action: str, target: str | None, ok: bool, **detail: Any) -> None:
+async def _audit(
+    conn: Any,
+    action: str,
+    target: str | None,
+    *,
+    ok: bool,
+    **detail: Any,
+) -> None:
     await ops_db.audit(
         conn,
         actor=actor(),
@@ -84,7 +91,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 async def run_command(args: argparse.Namespace, config: Config) -> int:
     """Run one of COMMANDS; return the exit status."""
     if args.command == "probe":
-        from aggregator.ops.probe import probe
+        from aggregator.ops.probe import probe  # noqa: PLC0415 - only probe needs it
 
         report = await probe(
             args.url,
@@ -107,8 +114,8 @@ async def run_command(args: argparse.Namespace, config: Config) -> int:
             return await _upstreams(conn, config, apply=args.action == "apply", json=args.json)
         if args.command in ("pause", "resume"):
             paused = args.command == "pause"
-            changed = await ops_db.set_paused(conn, args.name, paused, by=actor())
-            await _audit(conn, args.command, args.name, changed is not None)
+            changed = await ops_db.set_paused(conn, args.name, paused=paused, by=actor())
+            await _audit(conn, args.command, args.name, ok=changed is not None)
             if changed is None:
                 print(f"trs-aggregator: no upstream named {args.name!r}", file=sys.stderr)
                 return 1
@@ -121,11 +128,11 @@ async def run_command(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _upstreams(conn: Any, config: Config, *, apply: bool, json: bool) -> int:
-    from aggregator.ops.upstreams import plan_or_apply
+    from aggregator.ops.upstreams import plan_or_apply  # noqa: PLC0415 - loads the merge
 
     plan = await plan_or_apply(conn, config, apply=apply)
     if apply:
-        await _audit(conn, "apply", None, True, **plan.as_json())
+        await _audit(conn, "apply", None, ok=True, **plan.as_json())
     if json:
         print(orjson.dumps(plan.as_json()).decode())
     else:
@@ -146,7 +153,7 @@ async def _token(conn: Any, args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"trs-aggregator: {e}", file=sys.stderr)
             return 1
-        await _audit(conn, "token_create", args.name, True, role=args.role)
+        await _audit(conn, "token_create", args.name, ok=True, role=args.role)
         print(token)
         print(
             f"token {args.name!r} ({args.role}) created; it is shown only now. Send it as "
@@ -155,7 +162,7 @@ async def _token(conn: Any, args: argparse.Namespace) -> int:
         )
         return 0
     revoked = await ops_db.revoke_token(conn, args.name)
-    await _audit(conn, "token_revoke", args.name, revoked)
+    await _audit(conn, "token_revoke", args.name, ok=revoked)
     if not revoked:
         print(f"trs-aggregator: no live token named {args.name!r}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -17,9 +17,13 @@ from apscheduler.triggers.date import DateTrigger
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db.operations import CANCEL_CHANNEL, UPSTREAMS_CHANNEL, cancel_requested
 from aggregator.db.pool import connect
-from aggregator.harvest.harvester import Harvester, RunOutcome
+from aggregator.harvest.crawl import RunOutcome
+from aggregator.harvest.runner import Harvester
 from aggregator.harvest.scheduler import Worker, trigger_for
 from aggregator.ops.upstreams import stored_upstreams
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
@@ -144,7 +148,7 @@ class LiveWorker(Worker):
     async def _follow(self) -> None:
         assert self.config.database.url is not None
         poll = self.config.harvest.request_poll_s
-        conn: asyncpg.Connection[Any] | None = None
+        conn: Connection | None = None
         try:
             while True:
                 if conn is None or conn.is_closed():

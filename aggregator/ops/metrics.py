@@ -30,12 +30,12 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 from aggregator import __version__
-from aggregator.api.cache import cache_key
+from aggregator.api.cache import RESPONSE_CACHE, cache_key
 from aggregator.config import Config
 from aggregator.db.migrate import default_directory, load_migrations
 from aggregator.db.upstreams import list_upstreams
 from aggregator.harvest.scheduler import trigger_for
-from aggregator.keys import CONFIG, DB_POOL, RESPONSE_CACHE
+from aggregator.keys import CONFIG, DB_POOL
 from aggregator.ops.upstreams import stored_upstream
 
 READY_TIMEOUT_S: Final = 2.0
@@ -72,10 +72,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
         status = response.status
-        return response
     except web.HTTPException as e:
         status = e.status
         raise
+    else:
+        return response
     finally:
         route = _route(request)
         REQUESTS.labels(route, request.method, str(status)).inc()
@@ -243,7 +244,7 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(_request: web.Request) -> web.Response:
     """GET /healthz: the process answers (the database is not consulted)."""
     return _json(200, {"status": "ok", "version": __version__, "pid": os.getpid()})
 
@@ -256,10 +257,12 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             async with request.app[DB_POOL].acquire() as conn:
-                checks["database"] = "ok"
+                # Only an answer says the database is reachable: a pooled connection the
+                # server has just closed is handed out before anyone notices.
                 applied = {
                     r["name"] for r in await conn.fetch("select name from schema_migrations")
                 }
+                checks["database"] = "ok"
                 missing = sorted({m.name for m in load_migrations(default_directory())} - applied)
                 checks["schema"] = "ok" if not missing else "missing " + ", ".join(missing)
                 if missing:

@@ -355,7 +355,7 @@ async def _run(client: _Client, base: str, report: ProbeReport, state: _State) -
         await _sample(client, base, report, state, sample[:SAMPLE_TOOLS])
 
 
-async def _paging(
+async def _paging(  # noqa: PLR0917, PLR0915 - one check of the paging, step by step
     client: _Client,
     base: str,
     report: ProbeReport,
@@ -460,7 +460,7 @@ async def _ids(client: _Client, base: str, report: ProbeReport, sample: list[Any
         report.deduct(10, "a tool is not found by its percent-encoded id")
 
 
-async def _sample(
+async def _sample(  # noqa: PLR0915 - one check of a sample of tools, step by step
     client: _Client, base: str, report: ProbeReport, state: _State, sample: list[Any]
 ) -> None:
     versions_seen = 0

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import structlog
 
 from aggregator.config import Config, UpstreamConfig, upstream_from_table, upstream_table
+from aggregator.db.generation import lock_catalogue
+from aggregator.db.locks import lock_merge
 from aggregator.db.merge import remerge
 from aggregator.db.operations import UPSTREAMS_CHANNEL, remove_upstream
-from aggregator.db.publish import CATALOGUE_CHANNEL
 from aggregator.db.upstreams import upsert_upstreams
 from aggregator.errors import ConfigError
-from aggregator.harvest.run import MERGE_LOCK
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
@@ -91,7 +94,7 @@ class Plan:
         return not self.changes
 
     def summary(self) -> str:
-        """``Plan: 1 to add, 2 to change, 0 to remove; 3 tools affected.``"""
+        """The plan's first line (``Plan: 1 to add, 2 to change, 0 to remove.`` and so on)."""
         n = {a: sum(c.action == a for c in self.changes) for a in ("add", "readd", "change")}
         removed = sum(c.action == "remove" for c in self.changes)
         tools = len({c.tool_id for c in self.consequences})
@@ -135,8 +138,9 @@ class Plan:
                 "gains_source": "~",
                 "appears": "+",
             }
-            for q in self.consequences:
-                lines.append(f'  {marks[q.kind]} tool "{q.tool_id}": {q.detail}')
+            lines.extend(
+                f'  {marks[q.kind]} tool "{q.tool_id}": {q.detail}' for q in self.consequences
+            )
         else:
             lines.append("Catalogue: no merged tool changes.")
         lines.append("")
@@ -172,7 +176,7 @@ def stored_upstream(row: asyncpg.Record) -> UpstreamConfig:
 
 
 async def stored_upstreams(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], *, removed: bool = False
+    conn: Connection | asyncpg.Pool[Any], *, removed: bool = False
 ) -> list[UpstreamConfig]:
     """The upstreams the database holds (not removed ones, unless *removed*), by name."""
     rows = await conn.fetch(
@@ -190,7 +194,7 @@ def _diff(
 
 
 async def _changes(
-    conn: asyncpg.Connection[Any], desired: Sequence[UpstreamConfig], tombstone_after: int
+    conn: Connection, desired: Sequence[UpstreamConfig], tombstone_after: int
 ) -> list[UpstreamChange]:
     rows = {r["name"]: r for r in await conn.fetch("select * from upstreams order by name")}
     wanted = {u.name: u for u in desired}
@@ -242,7 +246,7 @@ class _Tool:
 
 
 async def _snapshot(
-    conn: asyncpg.Connection[Any], names: list[str], also: dict[str, _Tool] | None = None
+    conn: Connection, names: list[str], also: dict[str, _Tool] | None = None
 ) -> dict[str, _Tool]:
     """The merged tools with a member of upstreams *names*, or a member of a tool in *also*."""
     members = [m for t in (also or {}).values() for m in t.members]
@@ -290,7 +294,7 @@ def _consequences(
 
 
 async def plan_or_apply(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     config: Config,
     desired: Sequence[UpstreamConfig] | None = None,
     *,
@@ -308,8 +312,8 @@ async def plan_or_apply(
     transaction = conn.transaction()
     await transaction.start()
     try:
-        await conn.execute("select pg_advisory_xact_lock($1)", MERGE_LOCK)
-        await conn.execute("select 1 from catalogue_state for update")
+        await lock_merge(conn)
+        await lock_catalogue(conn)
         tombstone_after = config.harvest.tombstone_after
         plan.changes = await _changes(conn, desired, tombstone_after)
         merging = [
@@ -339,7 +343,6 @@ async def plan_or_apply(
             plan.consequences = _consequences(
                 before, await _snapshot(conn, merging, before), ids_before
             )
-            await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL, str(stats.generation))
         if plan.changes:
             await conn.execute("select pg_notify($1, $2)", UPSTREAMS_CHANNEL, "")
     except BaseException:
