@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -52,6 +53,19 @@ def static_config(dsn: str, origins: dict[str, str], **options: Any) -> Config:
 def stand_in_bytes(url: str) -> bytes:
     """What the stand-in file host serves at *url*."""
     return f"stand-in content of {url.rsplit('/', 1)[-1]}\n".encode()
+
+
+async def file_host(aiohttp_server: Any, host: str, body: Callable[[str], bytes]) -> str:
+    """Start a stand-in file host on *host* answering every URL with ``body(url)``; return its
+    origin with a trailing ``/``."""
+    app = web.Application()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body(str(request.url)))
+
+    app.router.add_get("/{path:.*}", serve)
+    server = await aiohttp_server(app, host=host)
+    return str(server.make_url("/"))
 
 
 async def test_two_yevis_registries_with_zenodo_unreachable_publish_all_14_tools(
@@ -110,14 +124,7 @@ async def test_an_unchanged_tree_is_re_harvested_with_conditional_requests(
     """With its file host up, the gh-trs tree publishes every file with verified bytes under
     the workflow's relative tree; harvesting it again costs a 304 for the listing and nothing
     else."""
-    raw = web.Application()
-
-    async def serve_raw(request: web.Request) -> web.Response:
-        return web.Response(body=stand_in_bytes(str(request.url)))
-
-    raw.router.add_get("/{path:.*}", serve_raw)
-    raw_server = await aiohttp_server(raw, host="127.0.0.4")
-    raw_origin = str(raw_server.make_url("/"))
+    raw_origin = await file_host(aiohttp_server, "127.0.0.4", stand_in_bytes)
     tree = copy_tree(
         REALDATA / "suecharo+gh-trs",
         tmp_path / "gh-trs",
@@ -178,14 +185,7 @@ async def test_files_on_a_reachable_host_land_under_their_yevis_targets_with_bin
     yevis-metadata.json gives them (``./output/…`` becomes ``output/…``), verified against the
     tree's checksums; a binary file's FileWrapper has its checksum and a url serving its bytes,
     and the zip holds every listed path."""
-    zenodo_app = web.Application()
-
-    async def serve(request: web.Request) -> web.Response:
-        return web.Response(body=zenodo_bytes(str(request.url)))
-
-    zenodo_app.router.add_get("/{path:.*}", serve)
-    zenodo = await aiohttp_server(zenodo_app, host="127.0.0.5")
-    origin = str(zenodo.make_url("/"))
+    origin = await file_host(aiohttp_server, "127.0.0.5", zenodo_bytes)
     tree = copy_tree(
         REALDATA / MANA,
         tmp_path / "mana",
