@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,60 @@ async def _running(rows: Any) -> bool:
 async def _paused_in(worker: LiveWorker, name: str) -> bool:
     row = await worker.pool.fetchrow("select paused from upstreams where name = $1", name)
     return bool(row and row["paused"])
+
+
+async def test_admin_bodies_are_read_whole_and_bounded(
+    db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_client: Any
+) -> None:
+    """A configuration body longer than one network chunk is read whole; one over 1 MiB is
+    refused with 413; a body that is neither TOML nor JSON is 400 - each as TRS Error JSON."""
+    config = config_of(db_dsn, {})
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    async with pool.acquire() as conn:
+        token = await create_token(conn, "ci", "admin")
+    auth = {"Authorization": f"Bearer {token}"}
+    padding = "# padding\n" * 30_000  # ~300 KB of comments before the table
+    doc = padding + '[[upstreams]]\nname = "far"\nurl = "http://127.0.0.1:9/ga4gh/trs/v2"\n'
+    r = await client.post(f"{ADMIN}/upstreams/plan", data=io.BytesIO(doc.encode()), headers=auth)
+    assert r.status == 200, await r.text()
+    assert [c["name"] for c in (await r.json())["changes"]] == ["far"]
+    r = await client.post(
+        f"{ADMIN}/upstreams/plan", data=io.BytesIO(b"#" * (1024 * 1024 + 1)), headers=auth
+    )
+    assert r.status == 413 and (await r.json())["code"] == 413
+    r = await client.post(f"{ADMIN}/upstreams/plan", data="[[upstreams", headers=auth)
+    assert r.status == 400 and "TOML" in (await r.json())["message"]
+
+
+async def test_pause_and_resume_from_the_command_line(
+    db_dsn: str, pool: asyncpg.Pool[Any], two_registries: dict[str, TestServer], tmp_path: Path
+) -> None:
+    """``pause NAME`` persists the pause (scheduled runs are then skipped), ``resume NAME``
+    lifts it, an unknown name exits 1; both are audited."""
+    s = two_registries
+    config = config_of(db_dsn, {"a": s["a"]})
+    await harvest(pool, config)
+    cfg = tmp_path / "agg.toml"
+    cfg.write_text(toml_config(db_dsn, [("a", s["a"], {})]))
+    paused = await run_cli(tmp_path, "pause", "a", "--config", str(cfg))
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.strip() == "a: paused"
+    async with make_session(config) as session:
+        from aggregator.harvest.runner import Harvester
+
+        outcome = await Harvester(pool, session, config).harvest(
+            config.upstreams[0], trigger="scheduled"
+        )
+    assert (outcome.status, outcome.error) == ("skipped", "paused")
+    resumed = await run_cli(tmp_path, "resume", "a", "--config", str(cfg))
+    assert resumed.stdout.strip() == "a: resumed"
+    row = await fetch(db_dsn, "select paused, paused_by from upstreams where name = 'a'")
+    assert (row[0]["paused"], row[0]["paused_by"]) == (False, None)
+    missing = await run_cli(tmp_path, "pause", "nope", "--config", str(cfg))
+    assert missing.returncode == 1 and "no upstream named 'nope'" in missing.stderr
+    audit = await fetch(db_dsn, "select action, target, outcome from audit_log order by id")
+    assert [tuple(r) for r in audit] == [
+        ("pause", "a", "ok"),
+        ("resume", "a", "ok"),
+        ("pause", "nope", "failed"),
+    ]
