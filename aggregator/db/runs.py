@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 MAX_ERROR_SAMPLES: Final = 20
 
 
+def storable(message: str) -> str:
+    """*message* as PostgreSQL can store it: NUL characters and lone surrogates (quoted from
+    what an upstream sent) written as escapes."""
+    return message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(slots=True)
 class RunCounts:
     """The counters of one run, as stored in harvest_runs."""
@@ -42,7 +48,7 @@ class RunCounts:
         kind = error_kind(message)
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
-            self.error_samples.append(message)
+            self.error_samples.append(storable(message))
 
 
 _INSERT_RUN: Final = """
@@ -99,7 +105,7 @@ async def finish_run(
         run_id,
         status,
         listing_complete,
-        error,
+        None if error is None else storable(error),
         c["tools_seen"],
         c["tools_new"],
         c["tools_changed"],
