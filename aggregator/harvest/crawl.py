@@ -22,7 +22,7 @@ from aggregator.db.harvest_state import (
     fetch_stored_files,
 )
 from aggregator.db.publish import publish_run, stage_tools
-from aggregator.db.runs import RunCounts
+from aggregator.db.runs import RunCounts, storable
 from aggregator.errors import AggregatorError, InvalidUpstreamData, UpstreamError
 from aggregator.harvest.client import CircuitOpen, UpstreamClient
 from aggregator.harvest.files import VersionFiles
@@ -146,7 +146,10 @@ class Crawl:
         c.requests = self.client.traffic.requests
         c.bytes_fetched = self.client.traffic.bytes
         c.not_modified = self.client.traffic.not_modified
-        c.file_hosts = self.file_hosts.summary()
+        c.file_hosts = {
+            host: {**s, "last_error": s["last_error"] and storable(s["last_error"])}
+            for host, s in self.file_hosts.summary().items()
+        }
         self.progress.update(
             self.upstream.name,
             tools=c.tools_seen,
