@@ -15,7 +15,7 @@ from aiohttp import web
 
 from aggregator.app import create_app
 from aggregator.config import Config
-from aggregator.db.merge import remerge
+from aggregator.db.merge import remerge, save_merge_rules
 from aggregator.db.migrate import default_directory, load_migrations, migrate
 from aggregator.db.pool import connect, create_pool
 from aggregator.db.publish import CATALOGUE_CHANNEL
@@ -52,6 +52,7 @@ async def cmd_merge(config: Config, *, full: bool) -> int:
     conn = await connect(config.database.url)
     try:
         await upsert_upstreams(conn, config.upstreams)
+        await save_merge_rules(conn, config.merge.always, config.merge.never)
         async with conn.transaction():
             await conn.execute("select pg_advisory_xact_lock($1)", MERGE_LOCK)
             await conn.execute("select 1 from catalogue_state for update")
@@ -189,6 +190,7 @@ async def serve_forever(
                 session = await stack.enter_async_context(make_session(config))
                 async with pool.acquire() as conn:
                     await upsert_upstreams(conn, config.upstreams)
+                    await save_merge_rules(conn, config.merge.always, config.merge.never)
                 harvest_worker = Worker(pool, session, config)
                 await harvest_worker.start()
                 stack.push_async_callback(harvest_worker.stop)

@@ -8,25 +8,31 @@ as a full re-merge (tested), which ``full=True`` performs.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
 import structlog
 
+from aggregator.merge.content import carries_identity, information, normalised_sha256
 from aggregator.merge.engine import (
+    QUALIFIED_PREFIX,
     Component,
     Node,
+    Rules,
     VersionNode,
     identifying_keys,
     merge,
     merge_versions,
+    qualified_id,
 )
-from aggregator.merge.identity import Key, evidence
+from aggregator.merge.identity import CORROBORATING, Key, evidence
+
+__all__ = ["QUALIFIED_PREFIX", "MergeStats", "qualified_id", "remerge", "save_merge_rules"]
 
 log = structlog.get_logger()
 
-QUALIFIED_PREFIX: Final = "#upstream/"
 # Dirty tools from which the statistics of the tables the merge reads are refreshed first.
 ANALYZE_AFTER: Final = 500
 
@@ -41,9 +47,51 @@ class MergeStats:
     generation: int
 
 
-def qualified_id(upstream: str, external_id: str) -> str:
-    """The id that names one upstream record and cannot collide with a plain one."""
-    return f"{QUALIFIED_PREFIX}{upstream}/{external_id}"
+async def save_merge_rules(
+    conn: asyncpg.Connection[Any],
+    always: Iterable[Sequence[str]] = (),
+    never: Iterable[Sequence[str]] = (),
+) -> None:
+    """Store the operator's rules (pairs of qualified ids); when they changed, mark the records
+    they name, before and after, for re-merging."""
+    rules = Rules.of(always, never)
+    new = {("always", a, b) for a, b in rules.always} | {("never", a, b) for a, b in rules.never}
+    old = {(r["rule"], r["a"], r["b"]) for r in await conn.fetch("select * from merge_rules")}
+    if new == old:
+        return
+    await conn.execute("delete from merge_rules")
+    await conn.copy_records_to_table("merge_rules", records=sorted(new), columns=["rule", "a", "b"])
+    named = sorted({q for _, a, b in old ^ new for q in (a, b)})
+    await conn.execute(
+        """update upstream_tools t set merge_dirty = true from upstreams u
+           where u.id = t.upstream_id and '#upstream/' || u.name || '/' || t.external_id
+                 = any($1::text[])""",
+        named,
+    )
+    log.info("merge_rules_changed", always=len(rules.always), never=len(rules.never))
+
+
+async def _load_rules(conn: asyncpg.Connection[Any]) -> tuple[Rules, dict[int, set[int]]]:
+    """The stored rules, and the always-partners among live records by row id."""
+    rows = await conn.fetch("select rule, a, b from merge_rules")
+    rules = Rules.of(
+        [(r["a"], r["b"]) for r in rows if r["rule"] == "always"],
+        [(r["a"], r["b"]) for r in rows if r["rule"] == "never"],
+    )
+    partners: dict[int, set[int]] = defaultdict(set)
+    if rules.always:
+        ids = await conn.fetch(
+            """select '#upstream/' || u.name || '/' || t.external_id as q, t.id
+               from upstream_tools t join upstreams u on u.id = t.upstream_id
+               where '#upstream/' || u.name || '/' || t.external_id = any($1::text[])""",
+            sorted({q for pair in rules.always for q in pair}),
+        )
+        by_name = {r["q"]: r["id"] for r in ids}
+        for a, b in rules.always:
+            if a in by_name and b in by_name:
+                partners[by_name[a]].add(by_name[b])
+                partners[by_name[b]].add(by_name[a])
+    return rules, partners
 
 
 async def remerge(
@@ -62,6 +110,7 @@ async def remerge(
         dirty = [
             r["id"] for r in await conn.fetch("select id from upstream_tools where merge_dirty")
         ]
+    rules, partners = await _load_rules(conn)
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if len(dirty) >= ANALYZE_AFTER:
         await conn.execute("analyze tool_evidence")
@@ -77,10 +126,10 @@ async def remerge(
         identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
     else:
         affected, identifying = await _closure(
-            conn, set(dirty), old_keys, max_per_upstream, tombstone_after
+            conn, set(dirty), old_keys, max_per_upstream, tombstone_after, partners
         )
         nodes = await _load_nodes(conn, affected, live, tombstone_after)
-    components = merge(nodes, identifying=identifying)
+    components = merge(nodes, identifying=identifying, rules=rules)
     versions = await _load_versions(conn, [n.id for n in nodes])
     old_ids = await _drop_tools(conn, affected)
     await _write(conn, components, versions, old_ids)
@@ -113,33 +162,62 @@ async def _refresh_evidence(
         ids,
     )
     tools = await conn.fetch(
-        """select t.id, t.external_id, t.doc->'aliases' as aliases
+        """select t.id, t.external_id, t.doc->'aliases' as aliases,
+                  t.doc->'identifiers' as identifiers
            from upstream_tools t where t.id = any($1::bigint[]) and t.missed_listings < $2""",
         ids,
         tombstone_after,
     )
-    descriptors: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
-    for r in await conn.fetch(
-        """select v.upstream_tool_id as id, f.sha256, fc.size,
-                      substring(fc.content from 1 for 64) as head
-               from upstream_versions v
-               join upstream_files f on f.upstream_version_id = v.id
-               join file_contents fc on fc.sha256 = f.sha256
-               where v.upstream_tool_id = any($1::bigint[])
-                 and f.file_type = 'PRIMARY_DESCRIPTOR'""",
-        ids,
-    ):
-        descriptors[r["id"]].append((r["sha256"], r["size"], bytes(r["head"])))
+    content = await _descriptor_content(conn, ids)
     rows = []
     for t in tools:
-        doc = {"aliases": t["aliases"] if isinstance(t["aliases"], list) else []}
-        for kind, value in evidence(t["external_id"], doc, descriptors.get(t["id"], ())):
+        doc = {"aliases": t["aliases"], "identifiers": t["identifiers"]}
+        for kind, value in evidence(t["external_id"], doc, content.get(t["id"], ())):
             rows.append((t["id"], kind, value))
     if rows:
         await conn.copy_records_to_table(
             "tool_evidence", records=rows, columns=["upstream_tool_id", "kind", "value"]
         )
     return {(r["kind"], r["value"]) for r in old}
+
+
+async def _descriptor_content(conn: asyncpg.Connection[Any], ids: list[int]) -> dict[int, set[str]]:
+    """The normalised checksums of the identity-carrying primary descriptors of tools *ids*.
+
+    A file's normalised checksum and information are computed once, the first time it is read
+    here, and kept beside its bytes.
+    """
+    rows = await conn.fetch(
+        """select v.upstream_tool_id as id, f.path, fc.sha256, fc.normalised_sha256,
+                  fc.information,
+                  case when fc.normalised_sha256 is null then fc.content end as content
+           from upstream_versions v
+           join upstream_files f on f.upstream_version_id = v.id
+           join file_contents fc on fc.sha256 = f.sha256
+           where v.upstream_tool_id = any($1::bigint[])
+             and f.file_type = 'PRIMARY_DESCRIPTOR'""",
+        ids,
+    )
+    computed: dict[str, tuple[str, int]] = {}
+    for r in rows:
+        if r["normalised_sha256"] is None and r["sha256"] not in computed:
+            data = bytes(r["content"])
+            computed[r["sha256"]] = (normalised_sha256(data), information(data))
+    if computed:
+        await conn.execute(
+            """update file_contents fc set normalised_sha256 = x.n, information = x.i
+               from unnest($1::text[], $2::text[], $3::int[]) as x(sha256, n, i)
+               where fc.sha256 = x.sha256""",
+            list(computed),
+            [n for n, _ in computed.values()],
+            [i for _, i in computed.values()],
+        )
+    out: dict[int, set[str]] = defaultdict(set)
+    for r in rows:
+        norm, info = computed.get(r["sha256"]) or (r["normalised_sha256"], r["information"])
+        if carries_identity(r["path"], info):
+            out[r["id"]].add(norm)
+    return out
 
 
 _CLOSURE_TABLES: Final = """
@@ -151,18 +229,24 @@ truncate merge_affected, merge_frontier, merge_keys
 """
 
 # One step of the closure, all in the server: the frontier's keys not yet judged are judged
-# (identifying when no upstream has more than $2 live holders), then the holders of its
+# (identifying when no upstream has more than $2 live holders and, for a repository root, no
+# holder names a workflow path in that repository; corroborating kinds $3 never), then the holders of its
 # identifying keys and the members of the catalogue tools holding it join the affected set;
 # the newly affected are returned (the next frontier).
 _CLOSURE_STEP: Final = """
 with fresh as (
     select distinct e.kind, e.value
     from merge_frontier f join tool_evidence e on e.upstream_tool_id = f.id
-    where not exists (select 1 from merge_keys k where k.kind = e.kind and k.value = e.value)),
+    where e.kind <> all($3::text[])
+      and not exists (select 1 from merge_keys k where k.kind = e.kind and k.value = e.value)),
 judged as (
     insert into merge_keys (kind, value, identifying)
-    select x.kind, x.value, max(x.c) <= $2
-    from (select fr.kind, fr.value, t.upstream_id, count(*) as c
+    select x.kind, x.value, max(x.c) <= $2 and not bool_or(x.pathed)
+    from (select fr.kind, fr.value, t.upstream_id, count(*) as c,
+                 bool_or(fr.kind = 'repo' and strpos(fr.value, '#') = 0 and exists (
+                     select 1 from tool_evidence p
+                     where p.upstream_tool_id = e.upstream_tool_id and p.kind = 'repo'
+                       and starts_with(p.value, fr.value || '#'))) as pathed
           from fresh fr
           join tool_evidence e on e.kind = fr.kind and e.value = fr.value
           join upstream_tools t on t.id = e.upstream_tool_id and t.missed_listings < $1
@@ -190,24 +274,33 @@ async def _closure(
     old_keys: set[Key],
     max_per_upstream: int,
     tombstone_after: int,
+    partners: dict[int, set[int]],
 ) -> tuple[set[int], set[Key]]:
     """Every upstream tool whose merge can change, and the identifying keys among theirs.
 
-    The seeds, the tools sharing any key the seeds hold or held, every member of a catalogue
-    tool holding one of them, and so on through identifying keys until nothing is added.
+    The seeds, the tools sharing any joining key the seeds hold or held, every member of a
+    catalogue tool holding one of them, the operator's always-partners, and so on through
+    identifying keys until nothing is added.
     """
     await conn.execute(_CLOSURE_TABLES)
-    await conn.copy_records_to_table("merge_affected", records=[(i,) for i in seeds])
-    seed_keys = old_keys | await _keys_of(conn, seeds)
-    holders = await _holders(conn, seed_keys)
-    await conn.copy_records_to_table("merge_affected", records=[(i,) for i in holders - seeds])
-    frontier = seeds | holders
-    affected = set(frontier)
+    seed_keys = {k for k in old_keys | await _keys_of(conn, seeds) if k[0] not in CORROBORATING}
+    frontier = seeds | await _holders(conn, seed_keys)
+    affected: set[int] = set()
+    stored: set[int] = set()  # already in merge_affected
     while frontier:
+        frontier |= {p for i in frontier for p in partners.get(i, ())} - affected
+        await conn.copy_records_to_table(
+            "merge_affected", records=[(i,) for i in frontier - stored]
+        )
+        affected |= frontier
         await conn.execute("truncate merge_frontier")
         await conn.copy_records_to_table("merge_frontier", records=[(i,) for i in frontier])
-        frontier = set(await conn.fetchval(_CLOSURE_STEP, tombstone_after, max_per_upstream))
-        affected |= frontier
+        frontier = set(
+            await conn.fetchval(
+                _CLOSURE_STEP, tombstone_after, max_per_upstream, sorted(CORROBORATING)
+            )
+        )
+        stored |= affected | frontier
     rows = await conn.fetch("select kind, value from merge_keys where identifying")
     return affected, {(r["kind"], r["value"]) for r in rows}
 
@@ -305,6 +398,7 @@ async def _write(
 ) -> None:
     """Insert the merged tools, settling plain-id claims against the rest of the catalogue."""
     ids = await _assign_ids(conn, components, released)
+    nodes = {m.id: m for comp in components for m in comp.members}
     tools, members, cat_versions, history = [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
@@ -316,18 +410,18 @@ async def _write(
         report += [
             {
                 "kind": "join_refused",
-                "a": e.a,
-                "b": e.b,
+                "a": nodes[e.a].qualified,
+                "b": nodes[e.b].qualified,
                 "evidence": e.kind,
                 "value": e.value,
-                "reason": "both tools come from one upstream",
+                "reason": e.reason,
             }
             for e in comp.refused
         ]
         tools.append((tool_id, tool_id, comp.primary.id, report))
         for m in comp.members:
             joined = [
-                {"with": e.b if e.a == m.id else e.a, "evidence": e.kind, "value": e.value}
+                _join_record(nodes[e.b if e.a == m.id else e.a], m, e.kind, e.value)
                 for e in comp.joins
                 if m.id in (e.a, e.b)
             ]
@@ -364,6 +458,19 @@ async def _write(
            select id, upstream_tool_id, was_primary from merge_history
            on conflict (id, upstream_tool_id) do nothing"""
     )
+
+
+def _join_record(other: Node, node: Node, kind: str, value: str) -> dict[str, Any]:
+    """One line of a member's ``joined_by``: the member it joined, by qualified id, the
+    evidence, and the other evidence both hold (corroborating, or strong evidence that was
+    not needed)."""
+    record: dict[str, Any] = {"with": other.qualified, "evidence": kind, "value": value}
+    also = sorted((node.keys & other.keys) - {(kind, value)})
+    if kind == "operator":
+        record["rule"] = "always"
+    if also:
+        record["also"] = [{"evidence": k, "value": v} for k, v in also]
+    return record
 
 
 async def _assign_ids(

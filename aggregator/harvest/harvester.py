@@ -18,6 +18,7 @@ import structlog
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
+from aggregator.db.merge import save_merge_rules
 from aggregator.db.pool import connect
 from aggregator.db.runs import RunCounts
 from aggregator.harvest.client import UpstreamClient
@@ -71,6 +72,7 @@ async def harvest_upstreams(
     )
     async with pool.acquire() as conn:
         await db_upstreams.upsert_upstreams(conn, config.upstreams)
+        await save_merge_rules(conn, config.merge.always, config.merge.never)
     harvester = Harvester(pool, session, config, progress=progress, environ=environ)
     return list(await asyncio.gather(*(harvester.harvest(u) for u in chosen)))
 
