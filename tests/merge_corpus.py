@@ -68,14 +68,14 @@ def descriptor(language: str, names: list[str], version: str) -> bytes:
             f"version 1.0\n# release {version}\nworkflow {a}_{b} {{\n  input {{\n"
             f"    File {c}_reads\n    File {d}_ref\n  }}\n  call {e} {{ input: r = {c}_reads }}\n"
             f"  output {{ File {f}_vcf = {e}.out }}\n}}\n\ntask {e} {{\n  input {{ File r }}\n"
-            f"  command <<< {a}-{b} --ref ~{{r}} > out >>>\n  output {{ File out = \"out\" }}\n}}\n"
+            f'  command <<< {a}-{b} --ref ~{{r}} > out >>>\n  output {{ File out = "out" }}\n}}\n'
         )
     elif language == "NFL":
         text = (
             f"// release {version}\nnextflow.enable.dsl = 2\nparams.{c}_reads = null\n"
             f"params.{d}_genome = null\n\nprocess {a.upper()} {{\n  input:\n  path {c}\n"
-            f"  output:\n  path '{e}.txt'\n  script:\n  \"\"\"\n  {a}-{b} $"
-            f"{{{c}}} > {e}.txt\n  \"\"\"\n}}\n\nworkflow {{\n  {a.upper()}(Channel.fromPath("
+            f'  output:\n  path \'{e}.txt\'\n  script:\n  """\n  {a}-{b} $'
+            f'{{{c}}} > {e}.txt\n  """\n}}\n\nworkflow {{\n  {a.upper()}(Channel.fromPath('
             f"params.{c}_reads))\n  {f}_report({a.upper()}.out)\n}}\n"
         )
     elif language == "SMK":
@@ -104,11 +104,20 @@ def descriptor(language: str, names: list[str], version: str) -> bytes:
 SKELETONS = (
     ("main.cwl", "CWL", b"cwlVersion: v1.2\nclass: Workflow\ninputs: []\noutputs: []\nsteps: []\n"),
     ("main.wdl", "WDL", b"version 1.0\n\nworkflow main {\n  input {\n  }\n  output {\n  }\n}\n"),
-    ("LICENSE", "CWL", b"MIT License\n\nCopyright (c) 2023 The authors\n\nPermission is hereby "
-     b"granted, free of charge, to any person obtaining a copy of this software\n"),
+    (
+        "LICENSE",
+        "CWL",
+        b"MIT License\n\nCopyright (c) 2023 The authors\n\nPermission is hereby "
+        b"granted, free of charge, to any person obtaining a copy of this software\n",
+    ),
 )
-EXTENSION = {"CWL": "main.cwl", "WDL": "main.wdl", "NFL": "main.nf", "SMK": "Snakefile",
-             "GALAXY": "workflow.ga"}
+EXTENSION = {
+    "CWL": "main.cwl",
+    "WDL": "main.wdl",
+    "NFL": "main.nf",
+    "SMK": "Snakefile",
+    "GALAXY": "workflow.ga",
+}
 
 
 def _repo_spelling(rng: random.Random, org: str, repo: str, path: str = "") -> str:
@@ -234,7 +243,9 @@ def build(seed: int = 20261201, tools: int = 190) -> list[Record]:
         zenodo = f"10.5281/zenodo.{rng.randint(10**6, 10**7)}" if rng.random() < 0.3 else None
         hub_n = next(hub_ids)
         where = rng.sample(["dockstore", "workflowhub", "yevis"], rng.randint(1, 3))
-        distinct_alias = f"{_syllables(rng, 3)} {_syllables(rng, 3)}" if rng.random() < 0.2 else None
+        distinct_alias = (
+            f"{_syllables(rng, 3)} {_syllables(rng, 3)}" if rng.random() < 0.2 else None
+        )
         for upstream in where:
             doc: dict[str, Any] = {"aliases": []}
             held = rng.sample(versions, rng.randint(1, len(versions)))

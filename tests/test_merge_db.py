@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from aggregator.app import create_app
-from aggregator.config import Config
-from aggregator.db.merge import remerge
+from aggregator.config import Config, MergeConfig
+from aggregator.db.merge import remerge, save_merge_rules
 from aggregator.demo.registry import STATE, make_registry_app
 from tests.static_trs import make_static_app
 from tests.support import catalogue, config_for, cwl_tool, harvest, with_priority
@@ -268,12 +269,22 @@ async def test_merge_does_not_depend_on_harvest_order(
     """Harvesting the same upstreams in either order publishes the same catalogue."""
     red = await aiohttp_server(
         make_registry_app(
-            catalogue([cwl_tool("r1", aliases=["https://github.com/lab/tool-x"]), cwl_tool("x", marker="red")])
+            catalogue(
+                [
+                    cwl_tool("r1", aliases=["https://github.com/lab/tool-x"]),
+                    cwl_tool("x", marker="red"),
+                ]
+            )
         )
     )
     blue = await aiohttp_server(
         make_registry_app(
-            catalogue([cwl_tool("b1", aliases=["git@github.com:lab/tool-x.git"]), cwl_tool("x", marker="blue")])
+            catalogue(
+                [
+                    cwl_tool("b1", aliases=["git@github.com:lab/tool-x.git"]),
+                    cwl_tool("x", marker="blue"),
+                ]
+            )
         )
     )
     config = config_for(db_dsn, {"red": red, "blue": blue})
@@ -289,10 +300,14 @@ async def test_merge_command_applies_a_priority_change(
 ) -> None:
     """`trs-aggregator merge` after swapping priorities makes the other member primary."""
     one = await aiohttp_server(
-        make_registry_app(catalogue([cwl_tool("one-tool", aliases=["https://github.com/lab/shared"])]))
+        make_registry_app(
+            catalogue([cwl_tool("one-tool", aliases=["https://github.com/lab/shared"])])
+        )
     )
     two = await aiohttp_server(
-        make_registry_app(catalogue([cwl_tool("two-tool", aliases=["https://github.com/lab/shared"])]))
+        make_registry_app(
+            catalogue([cwl_tool("two-tool", aliases=["https://github.com/lab/shared"])])
+        )
     )
     config = with_priority(config_for(db_dsn, {"one": one, "two": two}), "one", 1)
     await harvest(pool, config)
@@ -325,3 +340,62 @@ priority = 1
     assert "into 1 tools" in out.decode()
     assert await pool.fetchval("select array_agg(id) from catalogue_tools") == ["two-tool"]
     assert await pool.fetchval("select catalogue_resolve('one-tool')") == "two-tool"
+
+
+async def test_operator_rules_override_evidence_and_show_in_provenance(
+    aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
+    """`[merge] never` splits what evidence joins and `always` joins what nothing joins; the
+    provenance names the rule, and a change of rules re-merges the records they name."""
+    one = await aiohttp_server(
+        make_registry_app(
+            catalogue(
+                [
+                    cwl_tool("x", aliases=["https://github.com/lab/shared"]),
+                    cwl_tool("lonely", marker="one"),
+                ]
+            )
+        )
+    )
+    two = await aiohttp_server(
+        make_registry_app(
+            catalogue(
+                [
+                    cwl_tool("y", aliases=["github.com/lab/shared"]),
+                    cwl_tool("other", aliases=["https://github.com/lab/elsewhere"]),
+                ]
+            )
+        )
+    )
+    config = config_for(db_dsn, {"one": one, "two": two})
+    rules = MergeConfig(
+        never=(("#upstream/one/x", "#upstream/two/y"),),
+        always=(("#upstream/one/lonely", "#upstream/two/other"),),
+    )
+    await harvest(pool, dataclasses.replace(config, merge=rules))
+    client = await aiohttp_client(create_app(config))
+    ids = sorted(t["id"] for t in await (await client.get(f"{TRS}/tools")).json())
+    assert ids == ["lonely", "x", "y"]
+    record = await provenance(client, "x")
+    (refusal,) = [c for c in record["conflicts"] if c["kind"] == "join_refused"]
+    assert refusal["reason"] == "operator rule: never"
+    assert {refusal["a"], refusal["b"]} == {"#upstream/one/x", "#upstream/two/y"}
+    joined = await provenance(client, "lonely")
+    lines = [j for m in joined["members"] for j in m["joined_by"]]
+    assert {(j["with"], j["evidence"], j.get("rule")) for j in lines} == {
+        ("#upstream/two/other", "operator", "always"),
+        ("#upstream/one/lonely", "operator", "always"),
+    }
+
+    # Without the rules, the next merge follows the evidence again.
+    async with pool.acquire() as conn, conn.transaction():
+        await save_merge_rules(conn)
+        await conn.execute("select 1 from catalogue_state for update")
+        stats = await remerge(conn, tombstone_after=3)
+    assert stats.dirty == 4
+    client = await aiohttp_client(create_app(config))
+    ids = sorted(t["id"] for t in await (await client.get(f"{TRS}/tools")).json())
+    assert ids == ["lonely", "other", "x"]
+    record = await provenance(client, "x")
+    (line,) = [j for m in record["members"] if m["upstream"] == "one" for j in m["joined_by"]]
+    assert line == {"with": "#upstream/two/y", "evidence": "repo", "value": "github.com/lab/shared"}

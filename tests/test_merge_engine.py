@@ -56,8 +56,11 @@ def rule_sets(draw: Any, nodes: list[Node]) -> Rules:
         return Rules()
     pairs = st.lists(st.tuples(st.sampled_from(names), st.sampled_from(names)), max_size=3)
     always = [p for p in draw(pairs) if p[0] != p[1]]
-    never = [p for p in draw(pairs) if p[0] != p[1] and tuple(sorted(p)) not in
-             {tuple(sorted(a)) for a in always}]
+    never = [
+        p
+        for p in draw(pairs)
+        if p[0] != p[1] and tuple(sorted(p)) not in {tuple(sorted(a)) for a in always}
+    ]
     return Rules.of(always, never)
 
 
@@ -114,9 +117,7 @@ class TestComponents:
             assert not any(a in names and b in names for a, b in rules.never)
 
     @given(nodes_and_rules())
-    def test_always_rules_join_unless_a_never_forbids(
-        self, case: tuple[list[Node], Rules]
-    ) -> None:
+    def test_always_rules_join_unless_a_never_forbids(self, case: tuple[list[Node], Rules]) -> None:
         """Both records of an always pair are in one component, or the refusal names the
         operator's never rule."""
         nodes, rules = case
@@ -182,7 +183,13 @@ class TestComponents:
             Node(2, "b", 2, "y", frozenset({("word", "variant calling"), ("alias", "abc-xyz1")})),
             Node(3, "a", 1, "m1", frozenset({("repo", "github.com/o/m")})),
             Node(4, "b", 2, "m2", frozenset({("repo", "github.com/o/m")})),
-            Node(5, "c", 3, "m3", frozenset({("repo", "github.com/o/m"), ("repo", "github.com/o/m#w")})),
+            Node(
+                5,
+                "c",
+                3,
+                "m3",
+                frozenset({("repo", "github.com/o/m"), ("repo", "github.com/o/m#w")}),
+            ),
         ]
         assert identifying_keys(nodes) == {("alias", "abc-xyz1"), ("repo", "github.com/o/m#w")}
         assert [[m.id for m in c.members] for c in merge(nodes)] == [[3], [1, 2], [4], [5]]

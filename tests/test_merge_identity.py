@@ -37,7 +37,10 @@ class TestRepositories:
     @pytest.mark.parametrize(
         ("spelling", "key"),
         [
-            ("https://github.com/org/repo/tree/main/workflows/x", "github.com/org/repo#workflows/x"),
+            (
+                "https://github.com/org/repo/tree/main/workflows/x",
+                "github.com/org/repo#workflows/x",
+            ),
             (
                 "https://github.com/org/repo/blob/v1.0/workflows/x/main.cwl",
                 "github.com/org/repo#workflows/x",
@@ -46,7 +49,10 @@ class TestRepositories:
                 "https://raw.githubusercontent.com/org/repo/main/workflows/x/main.nf",
                 "github.com/org/repo#workflows/x",
             ),
-            ("#workflow/github.com/galaxyproject/iwc/chipseq-pe", "github.com/galaxyproject/iwc#chipseq-pe"),
+            (
+                "#workflow/github.com/galaxyproject/iwc/chipseq-pe",
+                "github.com/galaxyproject/iwc#chipseq-pe",
+            ),
             ("https://gitlab.com/grp/sub/repo/-/tree/main/wf", "gitlab.com/grp/sub/repo#wf"),
             ("https://gitlab.com/grp/sub/repo", "gitlab.com/grp/sub/repo"),
             ("https://bitbucket.org/org/repo/src/main/wf", "bitbucket.org/org/repo#wf"),
@@ -117,10 +123,17 @@ class TestIdentifiers:
             "uuid",
             "324a6207-70bd-4a59-be2b-25001d1af9e3",
         )
-        assert classify("trs://Dockstore.org/%23workflow%2Fx") == ("trs", "dockstore.org/#workflow/x")
-        assert classify("biotools:FastQC") == classify("https://bio.tools/fastqc") == (
-            "biotools",
-            "fastqc",
+        assert classify("trs://Dockstore.org/%23workflow%2Fx") == (
+            "trs",
+            "dockstore.org/#workflow/x",
+        )
+        assert (
+            classify("biotools:FastQC")
+            == classify("https://bio.tools/fastqc")
+            == (
+                "biotools",
+                "fastqc",
+            )
         )
         assert classify("RRID:SCR_014583") == ("xref", "rrid:scr_014583")
 
@@ -141,8 +154,17 @@ class TestAliases:
 
     @pytest.mark.parametrize(
         "alias",
-        ["variant calling", "rnaseq-pipeline", "1.2.0-beta", "v2.1", "fastqc", "hello world",
-         "my-first-workflow", "nf-core/rnaseq", "gatk4 mutect2 somatic"],
+        [
+            "variant calling",
+            "rnaseq-pipeline",
+            "1.2.0-beta",
+            "v2.1",
+            "fastqc",
+            "hello world",
+            "my-first-workflow",
+            "nf-core/rnaseq",
+            "gatk4 mutect2 somatic",
+        ],
     )
     def test_generic_aliases_are_words(self, alias: str) -> None:
         """Analysis words, dictionary words and version-like strings never join alone."""
