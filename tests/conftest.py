@@ -1,82 +1,35 @@
-"""Shared fixtures: a PostgreSQL server, a migrated template database, a database per test."""
+"""Shared fixtures: a PostgreSQL server, a migrated template database, a database per test.
+
+The fixtures over the harvested demo catalogue live in ``tests/populated.py``, registered here
+as a plugin so every test module can ask for them by name.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import settings
 
 from aggregator.pgcluster import LocalCluster
-
-T = TypeVar("T")
+from tests.support import database_copy, dsn_with_db, fetch, run_sync
 
 #: Point the suite at an existing server (a role allowed to create databases); when unset,
 #: the suite starts its own throwaway cluster.
 TEST_DSN_ENV = "AGGREGATOR_TEST_DSN"
 
+pytest_plugins = ["tests.populated"]
 
-def dsn_with_db(dsn: str, name: str) -> str:
-    """Return *dsn* with its database replaced by *name*.
-
-    Handles ``postgresql://user@host:port/db`` as well as the unix-socket form
-    ``postgresql://user@/db?host=/socket/dir&port=N``; a ``dbname``/``database``
-    query parameter is dropped in favour of the path.
-    """
-    parts = urlsplit(dsn)
-    query = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if k not in ("dbname", "database")
-    ]
-    return urlunsplit(
-        (
-            parts.scheme,
-            parts.netloc,
-            "/" + quote(name, safe=""),
-            urlencode(query, safe="/"),
-            parts.fragment,
-        )
-    )
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run *coro* with asyncio.run in a helper thread, leaving this thread's loop alone."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-fixture") as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def admin_execute(admin_dsn: str, sql: str) -> None:
-    """Run one statement on a connection of its own."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def database_copy(
-    admin_dsn: str, template: str | None = None, prefix: str = "t"
-) -> AsyncIterator[str]:
-    """A new database (a copy of *template*, else empty) for the block; its DSN."""
-    name = f"{prefix}_{uuid.uuid4().hex}"
-    clause = f' TEMPLATE "{template}"' if template else ""
-    await admin_execute(admin_dsn, f'CREATE DATABASE "{name}"{clause}')
-    try:
-        yield dsn_with_db(admin_dsn, name)
-    finally:
-        await admin_execute(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+# Property tests judge results, not speed: on a loaded machine one example may take seconds.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")
@@ -105,13 +58,13 @@ def template_db(pg_admin_dsn: str) -> Iterator[str]:
     from aggregator.db.migrate import migrate
 
     name = f"aggregator_tpl_{uuid.uuid4().hex[:12]}"
-    run_sync(admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
+    run_sync(fetch(pg_admin_dsn, f'CREATE DATABASE "{name}"'))
     try:
         # migrate() closes its connection before returning, so the database can be cloned.
         run_sync(migrate(dsn_with_db(pg_admin_dsn, name)))
         yield name
     finally:
-        run_sync(admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(fetch(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

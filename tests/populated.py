@@ -22,8 +22,15 @@ from aggregator.config import Config, DatabaseConfig
 from aggregator.db.pool import create_pool
 from aggregator.demo.catalogues import load_catalogue
 from aggregator.demo.registry import STATE, make_registry_app
-from tests.conftest import admin_execute, database_copy, dsn_with_db, run_sync
-from tests.support import SERVICE_INFO, config_for, harvest
+from tests.support import (
+    SERVICE_INFO,
+    config_for,
+    database_copy,
+    dsn_with_db,
+    fetch,
+    harvest,
+    run_sync,
+)
 
 T = TypeVar("T")
 
@@ -195,12 +202,12 @@ async def _harvest_all(dsn: str) -> None:
 def populated_db(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
     """Name of a database holding the harvested demo and quirky registries (cloned per test)."""
     name = f"populated_{uuid.uuid4().hex[:12]}"
-    run_sync(admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    run_sync(fetch(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
     try:
         run_sync(_harvest_all(dsn_with_db(pg_admin_dsn, name)))
         yield name
     finally:
-        run_sync(admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(fetch(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -250,7 +257,7 @@ def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
     """The origin (``http://127.0.0.1:PORT``) of an API serving a copy of the populated
     database from its own thread for the whole session; tests must not change that database."""
     name = f"live_{uuid.uuid4().hex[:12]}"
-    run_sync(admin_execute(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{populated_db}"'))
+    run_sync(fetch(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{populated_db}"'))
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_app(api_config(dsn_with_db(pg_admin_dsn, name))))
     ready: concurrent.futures.Future[str] = concurrent.futures.Future()
@@ -277,7 +284,7 @@ def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
-        run_sync(admin_execute(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(fetch(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -1,16 +1,25 @@
-"""Test helpers: catalogues for the in-process registry, configs, and harvest runners."""
+"""Test helpers: databases, polling, catalogues for the in-process registry, configs, and
+harvest runners."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from aiohttp.test_utils import TestServer
 
 from aggregator.config import Config, DatabaseConfig, UpstreamConfig
 from aggregator.harvest.harvester import RunOutcome, harvest_upstreams, make_session
+
+T = TypeVar("T")
 
 SERVICE_INFO = {
     "id": "org.example.test",
@@ -111,9 +120,77 @@ async def harvest(
 
 
 async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """Run one query on a connection of its own."""
+    """Run one statement on a connection of its own (the suite's one-shot connection); its rows."""
     conn = await asyncpg.connect(dsn)
     try:
         return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+def dsn_with_db(dsn: str, name: str) -> str:
+    """Return *dsn* with its database replaced by *name*.
+
+    Handles ``postgresql://user@host:port/db`` as well as the unix-socket form
+    ``postgresql://user@/db?host=/socket/dir&port=N``; a ``dbname``/``database``
+    query parameter is dropped in favour of the path.
+    """
+    parts = urlsplit(dsn)
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k not in ("dbname", "database")
+    ]
+    return urlunsplit(
+        (
+            parts.scheme,
+            parts.netloc,
+            "/" + quote(name, safe=""),
+            urlencode(query, safe="/"),
+            parts.fragment,
+        )
+    )
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run *coro* with asyncio.run in a helper thread, leaving this thread's loop alone."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-fixture") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@contextlib.asynccontextmanager
+async def database_copy(
+    admin_dsn: str, template: str | None = None, prefix: str = "t"
+) -> AsyncIterator[str]:
+    """A new database (a copy of *template*, else empty) for the block; its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    await fetch(admin_dsn, f'CREATE DATABASE "{name}"{clause}')
+    try:
+        yield dsn_with_db(admin_dsn, name)
+    finally:
+        await fetch(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 30.0,
+    what: str = "the condition",
+    interval: float = 0.05,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Poll *check* until it returns something truthy, and return that.
+
+    The timeout is generous on purpose: it only bounds a test that is already failing, so a
+    loaded machine never turns a slow success into a failure.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f":\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"{what} did not happen within {timeout}s{extra}")
+        await asyncio.sleep(interval)

@@ -12,15 +12,7 @@ from urllib.parse import quote
 
 import jsonschema
 
-from tests.populated import (  # noqa: F401 - fixtures
-    BWA,
-    NESTED,
-    Api,
-    enc,
-    live_origin,
-    populated_db,
-    trs,
-)
+from tests.populated import BWA, NESTED, Api, enc
 
 
 async def test_toil_resolves_a_workflow_by_version_name_and_verified_zip(trs: Api) -> None:

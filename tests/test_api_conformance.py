@@ -10,18 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.populated import (  # noqa: F401 - fixtures
-    BWA,
-    CHECKED,
-    CHECKER,
-    NESTED,
-    TRS,
-    Api,
-    enc,
-    live_origin,
-    populated_db,
-    trs,
-)
+from tests.populated import BWA, CHECKED, CHECKER, NESTED, TRS, Api, enc
 
 Client = Api
 BWA_V = f"{TRS}/tools/{enc(BWA)}/versions/1.2.0"
@@ -213,9 +202,14 @@ async def test_plain_types_in_every_spelling_answer_bare_text(trs: Client, spell
 
 @pytest.mark.parametrize("spelling", ["cwl", "Cwl", "CWL"])
 async def test_types_are_read_in_any_case(trs: Client, spelling: str) -> None:
-    """CWL, cwl and Cwl name the same descriptor type and answer a FileWrapper."""
+    """CWL, cwl and Cwl name the same descriptor type and answer the same FileWrapper: the
+    primary descriptor's content, with the checksum of those bytes."""
     r = await trs.get(f"{BWA_V}/{spelling}/descriptor")
     assert r.status == 200 and r.content_type == "application/json"
+    wrapper = await r.json()
+    plain = await (await trs.get(f"{BWA_V}/PLAIN_CWL/descriptor")).read()
+    assert wrapper["content"].encode() == plain and "cwlVersion" in wrapper["content"]
+    assert wrapper["checksum"][0] == {"type": "sha-256", "checksum": sha(plain)}
 
 
 @pytest.mark.parametrize(

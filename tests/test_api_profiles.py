@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from tests.populated import (  # noqa: F401 - fixtures
-    BWA,
-    NESTED,
-    STRICT,
-    TRS,
-    Api,
-    enc,
-    live_origin,
-    populated_db,
-    trs,
-)
+from tests.populated import BWA, NESTED, STRICT, TRS, Api, enc
 from tests.trs_schema import TRS_200, TRS_201, crawl, ref, validator
 
 

@@ -8,12 +8,7 @@ import sys
 
 import pytest
 
-from tests.populated import (  # noqa: F401 - fixtures
-    BWA,
-    NESTED,
-    live_origin,
-    populated_db,
-)
+from tests.populated import BWA, NESTED
 
 
 async def cwltool_validate(origin: str, reference: str) -> tuple[int, str]:

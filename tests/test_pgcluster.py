@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import stat
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from aggregator import pgcluster
 from aggregator.pgcluster import ClusterError, LocalCluster, PgBinariesNotFound, find_pg_bindir
+from tests.support import eventually, fetch
 
 
 @pytest.fixture
@@ -31,19 +29,15 @@ def short_tmp() -> Iterator[Path]:
 
 
 async def _fetchval(dsn: str, query: str) -> object:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(query)
-    finally:
-        await conn.close()
+    rows = await fetch(dsn, query)
+    return rows[0][0]
 
 
-async def _execute(dsn: str, query: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(query)
-    finally:
-        await conn.close()
+def _stopped(cluster: LocalCluster) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not cluster.is_running()
+
+    return check
 
 
 def _postmaster_pid(data_dir: Path) -> int:
@@ -114,7 +108,7 @@ async def test_start_query_stop_restart_keeps_data(short_tmp: Path) -> None:
     assert await _fetchval(dsn, "show listen_addresses") == ""
     assert await _fetchval(dsn, "show fsync") == "on"
     assert await _fetchval(dsn, "show server_encoding") == "UTF8"
-    await _execute(dsn, "create table kept as select 42 as answer")
+    await fetch(dsn, "create table kept as select 42 as answer")
     assert cluster.start() == dsn  # already running: same server, no second initdb
 
     cluster.stop()
@@ -133,13 +127,10 @@ async def test_stale_postmaster_pid_does_not_block_start(short_tmp: Path) -> Non
     data_dir = short_tmp / "data"
     cluster = LocalCluster(data_dir)
     dsn = cluster.start()
-    await _execute(dsn, "create table survivor as select 7 as n")
-    await _execute(dsn, "checkpoint")
+    await fetch(dsn, "create table survivor as select 7 as n")
+    await fetch(dsn, "checkpoint")
     os.kill(_postmaster_pid(data_dir), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while cluster.is_running() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not cluster.is_running()
+    await eventually(_stopped(cluster), what="the killed postmaster's exit")
     assert (data_dir / "postmaster.pid").exists()
 
     dsn_after = cluster.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,7 +15,7 @@ from aiohttp import web
 from aggregator.config import Config, DatabaseConfig, HarvestConfig, UpstreamConfig
 from aggregator.demo.registry import REQUESTS, STATE, make_registry_app
 from aggregator.harvest.harvester import Harvester, make_session
-from tests.support import catalogue, cwl_tool, harvest
+from tests.support import catalogue, cwl_tool, eventually, harvest
 
 TRS = "/ga4gh/trs/v2"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,13 +78,13 @@ async def test_circuit_opens_after_failed_runs_and_a_probe_closes_it(
         assert len(server.app[REQUESTS]) == sent, "a request reached an open circuit"
 
         state["status"] = None
-        probe = None
-        for _ in range(40):  # the pause is 1s
-            probe = await harvester.harvest(up, trigger="scheduled")
-            if probe.status != "skipped":
-                break
-            await asyncio.sleep(0.1)
-        assert probe is not None and probe.status == "succeeded"
+
+        async def probed() -> Any:  # the pause is 1s
+            outcome = await harvester.harvest(up, trigger="scheduled")
+            return outcome if outcome.status != "skipped" else None
+
+        probe = await eventually(probed, what="a probe after the pause", interval=0.1)
+        assert probe.status == "succeeded"
     row = await pool.fetchrow("select * from upstreams where name = 'up'")
     assert row["consecutive_failures"] == 0 and row["circuit_open_until"] is None
 
@@ -127,15 +128,17 @@ async def test_rate_limit_spaces_requests_to_one_upstream_only(
     )
     config = config_of(
         db_dsn,
-        fast("limited", str(limited.make_url(TRS)), rate_limit=25, concurrency=4),
+        fast("limited", str(limited.make_url(TRS)), rate_limit=5, concurrency=4),
         fast("free", str(free.make_url(TRS)), concurrency=4),
     )
     outcomes = await harvest(pool, config)
     assert {o.status for o in outcomes.values()} == {"succeeded"}
+    # Load can only spread requests out, never bunch them: the span is a lower bound.
     times = limited_state["times"]
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) > 0.03
-    assert times[-1] - times[0] >= (len(times) - 1) / 25 * 0.9
-    assert outcomes["free"].duration_s < outcomes["limited"].duration_s / 2
+    assert times[-1] - times[0] >= (len(times) - 1) / 5 * 0.95
+    # The free upstream's concurrent requests come closer together than the limit allows.
+    free_times = sorted(free_state["times"])
+    assert min(b - a for a, b in itertools.pairwise(free_times)) < 1 / 5 / 2
 
 
 async def test_time_budget_publishes_what_was_fetched_and_keeps_the_rest(
@@ -153,17 +156,21 @@ async def test_time_budget_publishes_what_was_fetched_and_keeps_the_rest(
     up = fast("up", str(server.make_url(TRS)), concurrency=1)
     assert (await harvest(pool, config_of(db_dsn, up)))["up"].status == "succeeded"
     server.app[STATE].catalogue = catalogue([cwl_tool(f"t{i}", marker="new") for i in range(6)])
-    state.update(delay=0.25, delay_where="/versions")
+    # Each tool takes 2s; the budget of 3s covers the listing and one or two tools, never all
+    # six (12s), however loaded the machine.
+    state.update(delay=2, delay_where="/versions")
     started = time.monotonic()
-    outcome = (await harvest(pool, config_of(db_dsn, dataclasses.replace(up, run_budget_s=0.6))))[
-        "up"
-    ]
-    assert time.monotonic() - started < 1.5
+    outcome = (
+        await harvest(
+            pool, config_of(db_dsn, dataclasses.replace(up, run_budget_s=3, timeout_s=10))
+        )
+    )["up"]
+    assert time.monotonic() - started < 10
     assert outcome.status == "partial"
     assert outcome.counts.tools_seen == 6 and outcome.counts.tools_tombstoned == 0
-    assert 1 <= outcome.counts.tools_fetched <= 3
+    assert 1 <= outcome.counts.tools_fetched <= 2
     assert any(
-        "time budget of 0.6s ran out" in e and "not refreshed" in e
+        "time budget of 3s ran out" in e and "not refreshed" in e
         for e in outcome.counts.error_samples
     )
     contents = await pool.fetch(

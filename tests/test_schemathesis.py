@@ -17,13 +17,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from tests.populated import (  # noqa: F401 - fixtures
-    BWA,
-    NESTED,
-    TRS,
-    live_origin,
-    populated_db,
-)
+from tests.populated import BWA, NESTED
 from tests.trs_schema import TRS_201, openapi
 
 #: Cases per operation and mount: random ids and paths mostly 404, so half the cases name real
