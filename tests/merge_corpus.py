@@ -107,8 +107,10 @@ SKELETONS = (
     (
         "LICENSE",
         "CWL",
-        b"MIT License\n\nCopyright (c) 2023 The authors\n\nPermission is hereby "
-        b"granted, free of charge, to any person obtaining a copy of this software\n",
+        (
+            b"MIT License\n\nCopyright (c) 2023 The authors\n\nPermission is hereby "
+            b"granted, free of charge, to any person obtaining a copy of this software\n"
+        ),
     ),
 )
 EXTENSION = {

@@ -286,7 +286,6 @@ def test_merge_of_a_closed_subset_matches_the_whole(case: tuple[list[Node], Rule
     components as merging everything (what the incremental merge relies on)."""
     nodes, rules = case
     identifying = identifying_keys(nodes)
-    always = {q for pair in rules.always for q in pair}
     whole = merge(nodes, rules=rules)
     for comp in whole:
         # The closure of the component under identifying keys.

@@ -207,8 +207,10 @@ class TestContent:
             b"cwlVersion: v1.2\nclass: Workflow\ninputs: []\noutputs: []\nsteps: []\n",
             b"version 1.0\n\nworkflow main {\n  input {\n  }\n  output {\n  }\n}\n",
             b"#!/usr/bin/env nextflow\nnextflow.enable.dsl = 2\nworkflow {\n}\n",
-            b"MIT License\n\nCopyright (c) 2024\n\nPermission is hereby granted, free of charge, "
-            b"to any person obtaining a copy of this software and associated documentation",
+            (
+                b"MIT License\n\nCopyright (c) 2024\n\nPermission is hereby granted, free of "
+                b"charge, to any person obtaining a copy of this software and documentation"
+            ),
             b"# My workflow\n\nThis README describes how to run the pipeline on your data.\n",
         ],
     )

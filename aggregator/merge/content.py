@@ -36,8 +36,7 @@ _SNAKEMAKE: Final = re.compile(r"^(rule|checkpoint)\s+\w+\s*:", re.MULTILINE)
 _HASH_COMMENT: Final = re.compile(r"(?m)(^|\s)#.*$")
 _SLASH_COMMENT: Final = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 # The languages' keywords and the boilerplate every descriptor of them repeats.
-_KEYWORDS: Final = frozenset(
-    """
+_KEYWORD_TEXT: Final = """
     cwlVersion class Workflow CommandLineTool ExpressionTool Operation inputs outputs steps run
     out type string File Directory int long float double boolean null Any array record enum
     doc label id requirements hints baseCommand arguments stdout stderr stdin outputBinding
@@ -58,8 +57,8 @@ _KEYWORDS: Final = frozenset(
     tool_shed_repository changeset_revision owner tool_shed inputs outputs label name left top
     data_input data_collection_input parameter_input subworkflow class GalaxyWorkflow
     license release tags report markdown readme
-    """.split()
-)
+"""
+_KEYWORDS: Final = frozenset(_KEYWORD_TEXT.split())
 
 
 def normalise(data: bytes) -> bytes:

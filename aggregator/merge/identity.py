@@ -35,6 +35,7 @@ choose the same one for different tools.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -68,6 +69,7 @@ _SCP_GIT: Final = re.compile(r"^[\w.-]+@([\w.-]+):(.+)$")
 _CODE_HOSTS: Final = frozenset(
     {"github.com", "gitlab.com", "bitbucket.org", "codeberg.org", "gitee.com", "git.sr.ht"}
 )
+_CODE_HOST_HINT: Final = re.compile(r"github|gitlab|bitbucket|codeberg|gitee|sr\.ht|(^|[/@])git\.")
 # Hosts whose paths name a container image, which many tools share.
 _IMAGE_HOSTS: Final = frozenset({"quay.io", "docker.io", "registry.hub.docker.com", "ghcr.io"})
 _DESCRIPTOR_FILE: Final = re.compile(
@@ -110,8 +112,9 @@ def classify(value: str) -> Key | None:
     """The key *value* (an id, alias or identifier, as an upstream spells it) stands for."""
     v = value.strip()
     low = v.lower()
-    if not low:
-        return None
+    if "." not in low and ":" not in low:
+        # Not a DOI, URL, URI, host path or namespaced id: a plain alias or a local id.
+        return ("uuid", low) if _UUID.match(low) else None
     if _UUID.match(low):
         return ("uuid", low)
     doi = _doi(low)
@@ -128,7 +131,7 @@ def classify(value: str) -> Key | None:
     parts = urlsplit(v)
     if parts.scheme == "trs" and parts.netloc:
         return ("trs", f"{parts.netloc.lower()}{unquote(parts.path).rstrip('/')}")
-    repo = repository(v)
+    repo = repository(v) if _CODE_HOST_HINT.search(low) else None
     if repo:
         return ("repo", repo)
     if parts.scheme in ("http", "https") and parts.netloc:
@@ -220,6 +223,7 @@ def normalise_alias(value: str) -> str | None:
     return v
 
 
+@functools.lru_cache(maxsize=65536)
 def distinctive(alias: str) -> bool:
     """Whether a normalised plain alias may join two tools on its own.
 
