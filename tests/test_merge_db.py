@@ -387,6 +387,18 @@ async def test_operator_rules_override_evidence_and_show_in_provenance(
         ("#upstream/one/lonely", "operator", "always"),
     }
 
+    # A change to one record of an always pair re-merges its partner too: the incremental
+    # merge publishes what a full one would.
+    two.app[STATE].catalogue = catalogue(
+        [
+            cwl_tool("y", aliases=["github.com/lab/shared"]),
+            cwl_tool("other", aliases=["https://github.com/lab/elsewhere"], marker="new"),
+        ]
+    )
+    await harvest(pool, dataclasses.replace(config, merge=rules), ["two"])
+    assert await snapshot(pool) == await full_merge_snapshot(pool, config)
+    assert await pool.fetchval("select catalogue_resolve('other')") == "lonely"
+
     # Without the rules, the next merge follows the evidence again.
     async with pool.acquire() as conn, conn.transaction():
         await save_merge_rules(conn)
