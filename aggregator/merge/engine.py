@@ -142,6 +142,11 @@ def signature(keys: Iterable[Key]) -> Signature | None:
     return Signature(frozenset(repos), {r: frozenset(p) for r, p in paths.items()}, frozenset(hub))
 
 
+def _has_signature(keys: Iterable[Key]) -> bool:
+    """Whether *keys* give negative evidence (:func:`signature` is not None)."""
+    return any(k == "repo" or (k == "doi" and v.startswith(_WORKFLOWHUB)) for k, v in keys)
+
+
 def _compatible(x: str, y: str) -> bool:
     """Whether two workflow paths in one repository can name one workflow (one is the
     other, or ends with it: a Dockstore workflow name and a directory path)."""
@@ -225,9 +230,12 @@ def merge(
             if qa in index and qb in index:
                 never[index[qa]].add(index[qb])
                 never[index[qb]].add(index[qa])
-    sigs: dict[int, Signature | None] = {}
-    # Per root: the members that can block a join (with a signature or a never rule).
-    guarded: dict[int, list[int]] = {}
+    # Per root: the members that can block a join (with a signature or a never rule); roots
+    # without any are absent. Signatures are recomputed when needed rather than kept: few
+    # joins are attempted per record, and a million kept signatures cost more than they save.
+    guarded: dict[int, list[int]] = {
+        i: [i] for i, n in enumerate(ordered) if i in never or _has_signature(n.keys)
+    }
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -235,29 +243,29 @@ def merge(
             i = parent[i]
         return i
 
-    def guards(root: int) -> list[int]:
-        g = guarded.get(root)
-        if g is None:
-            sig = sigs[root] = signature(ordered[root].keys)
-            g = guarded[root] = [root] if sig is not None or root in never else []
-        return g
-
     def blocker(ra: int, rb: int, *, forced: bool) -> str | None:
         if not forced and upstreams[ra] & upstreams[rb]:
             return SAME_UPSTREAM
-        for x in guards(ra):
-            for y in guards(rb):
-                if y in never.get(x, ()):
-                    return OPERATOR_NEVER
-                if not forced:
-                    reason = conflict(sigs[x], sigs[y])
+        ga, gb = guarded.get(ra), guarded.get(rb)
+        if not ga or not gb:
+            return None
+        if never and any(y in never.get(x, ()) for x in ga for y in gb):
+            return OPERATOR_NEVER
+        if not forced:
+            sb = [signature(ordered[y].keys) for y in gb]
+            for x in ga:
+                sa = signature(ordered[x].keys)
+                for sig in sb:
+                    reason = conflict(sa, sig)
                     if reason:
                         return reason
         return None
 
     def union(ra: int, rb: int, edge: Edge) -> None:
         keep, gone = min(ra, rb), max(ra, rb)
-        guarded[keep] = guards(keep) + guards(gone)
+        moved = guarded.pop(gone, None)
+        if moved:
+            guarded.setdefault(keep, []).extend(moved)
         parent[gone] = keep
         upstreams[keep] |= upstreams[gone]
         joins[keep] += joins[gone] + [edge]
