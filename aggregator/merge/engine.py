@@ -144,7 +144,10 @@ def signature(keys: Iterable[Key]) -> Signature | None:
 
 def _has_signature(keys: Iterable[Key]) -> bool:
     """Whether *keys* give negative evidence (:func:`signature` is not None)."""
-    return any(k == "repo" or (k == "doi" and v.startswith(_WORKFLOWHUB)) for k, v in keys)
+    for k, v in keys:
+        if k == "repo" or (k == "doi" and v.startswith(_WORKFLOWHUB)):
+            return True
+    return False
 
 
 def _compatible(x: str, y: str) -> bool:
@@ -231,11 +234,18 @@ def merge(
                 never[index[qa]].add(index[qb])
                 never[index[qb]].add(index[qa])
     # Per root: the members that can block a join (with a signature or a never rule); roots
-    # without any are absent. Signatures are recomputed when needed rather than kept: few
-    # joins are attempted per record, and a million kept signatures cost more than they save.
-    guarded: dict[int, list[int]] = {
-        i: [i] for i, n in enumerate(ordered) if i in never or _has_signature(n.keys)
-    }
+    # without any are absent. A record is looked at the first time a join involves it, and
+    # signatures are recomputed when needed rather than kept: few joins are attempted per
+    # record, and a million kept signatures cost more than they save.
+    guarded: dict[int, list[int]] = {i: [i] for i in never}
+    looked = bytearray(len(ordered))
+
+    def guards(root: int) -> list[int] | None:
+        if not looked[root]:
+            looked[root] = 1
+            if root not in guarded and _has_signature(ordered[root].keys):
+                guarded[root] = [root]
+        return guarded.get(root)
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -246,7 +256,7 @@ def merge(
     def blocker(ra: int, rb: int, *, forced: bool) -> str | None:
         if not forced and upstreams[ra] & upstreams[rb]:
             return SAME_UPSTREAM
-        ga, gb = guarded.get(ra), guarded.get(rb)
+        ga, gb = guards(ra), guards(rb)
         if not ga or not gb:
             return None
         if never and any(y in never.get(x, ()) for x in ga for y in gb):
