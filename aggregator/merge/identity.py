@@ -164,19 +164,18 @@ def repository(value: str) -> str | None:
     Host, owner and repository are lower-cased; ``www.`` and ``.git`` are dropped.
     """
     v = value.strip()
-    dockstore = bool(_ENTRY_PREFIX.match(v))
-    v = _ENTRY_PREFIX.sub("", v)
-    scp = _SCP_GIT.match(v)
-    if scp and "://" not in v:
+    dockstore = v.startswith("#") and bool(_ENTRY_PREFIX.match(v))
+    if dockstore:
+        v = _ENTRY_PREFIX.sub("", v)
+    scp = _SCP_GIT.match(v) if "://" not in v else None
+    if scp:
         host, path = scp.group(1), scp.group(2)
     else:
-        if "://" not in v:
-            v = "//" + v
-        parts = urlsplit(v)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        path = unquote(parts.path)
+        # scheme://[user@]host[:port]/path[?query][#fragment], or host/path without a scheme.
+        rest = v.split("://", 1)[-1]
+        host, _, path = rest.partition("/")
+        host = host.rpartition("@")[2]
+        path = unquote(path.split("?", 1)[0].split("#", 1)[0])
     host = host.lower().removeprefix("www.")
     segments = [s for s in path.split("/") if s]
     ref_path: list[str] = []
