@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aggregator.api import openapi, provenance, upstreams
+from aggregator.api import admin, openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
 from aggregator.api.middleware import request_context
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
 from aggregator.keys import CONFIG, DB_POOL
+from aggregator.ops import metrics
 
 
 async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -24,11 +25,13 @@ async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config) -> web.Application:
     """Build the API application for *config*."""
-    app = web.Application(middlewares=[request_context])
+    app = web.Application(middlewares=[metrics.observe, request_context, metrics.mark_handled])
     app[CONFIG] = config
     app.cleanup_ctx.extend([db_pool_ctx, cache_ctx])  # the cache reads through the pool
     add_routes(app)
     provenance.add_routes(app)
     openapi.add_routes(app)
     upstreams.add_routes(app)
+    admin.add_routes(app)
+    metrics.add_routes(app)
     return app

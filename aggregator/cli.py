@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
 
-from aggregator import __version__
+from aggregator import __version__, redact
 from aggregator import config as config_mod
+from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.logs import configure_logging
+from aggregator.ops.commands import COMMANDS as OPS_COMMANDS
+from aggregator.ops.commands import add_commands, run_command
 from aggregator.pgcluster import ClusterError, PgBinariesNotFound
 from aggregator.service import (
     cmd_harvest,
@@ -24,7 +28,7 @@ from aggregator.service import (
     serve_forever,
 )
 
-COMMANDS = ("migrate", "harvest", "merge", "serve", "worker", "run", "demo")
+COMMANDS = ("migrate", "harvest", "merge", "serve", "worker", "run", "demo", *OPS_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the demo keeps its PostgreSQL cluster (default: data/demo)",
     )
     demo.add_argument("--port", type=int, default=None, help="API port (default 8080)")
+    add_commands(sub, common)
     return parser
 
 
@@ -102,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"trs-aggregator: config error: {e}", file=sys.stderr)
         return 2
-    interactive = sys.stderr.isatty() and args.command in ("harvest", "migrate", "demo")
+    redact.register(os.environ.get(u.token_env) for u in config.upstreams if u.token_env)
+    interactive = sys.stderr.isatty() and args.command in ("harvest", "migrate", "demo", "probe")
     configure_logging(
         json=True if getattr(args, "log_json", False) else None,
         level=logging.DEBUG
@@ -111,14 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "demo":
-            from aggregator.demo.run import run_demo
+            from aggregator.demo.run import run_demo  # noqa: PLC0415 - only the demo needs it
 
             return asyncio.run(run_demo(config, data_dir=args.data_dir, port=args.port))
+        if args.command in OPS_COMMANDS:
+            return asyncio.run(run_command(args, config))
         if config.database.url is None:
-            raise ConfigError(
+            raise ConfigError(  # noqa: TRY301 - reported like every other config error below
                 "database.url",
                 f"no database configured; set [database] url or {config_mod.DATABASE_URL_ENV}",
             )
+        if args.command in ("harvest", "worker", "run") and not getattr(args, "queue", False):
+            config_mod.check_tokens(config, getattr(args, "names", ()))
         if args.command == "migrate":
             return asyncio.run(cmd_migrate(config))
         if args.command == "harvest" and args.queue:
@@ -140,3 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if not is_unavailable(e):
+            raise
+        print(f"trs-aggregator: {unavailable(e)}", file=sys.stderr)
+        return 1

@@ -8,7 +8,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -57,19 +57,21 @@ class ServerConfig:
         host: Address to bind.
         port: Port to bind.
         public_url: Base URL clients reach us at; empty means derived from each request.
+        cache_mb: How many MiB of rendered responses each API process keeps in memory.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""
+    cache_mb: int = 256
 
 
 @dataclass(frozen=True, slots=True)
 class HarvestConfig:
     """Settings shared by every harvest.
 
-    Durations are strings such as ``90s``, ``15m``, ``6h`` or ``7d``; each has a ``*_s``
-    property giving seconds.
+    Durations are strings such as ``90s``, ``15m``, ``6h`` or ``7d``, read once: each has a
+    ``*_s`` field giving seconds (0 when the string is not a duration; ``load`` refuses those).
 
     Attributes:
         tombstone_after: Consecutive complete listings a tool may be missing from before the
@@ -96,30 +98,24 @@ class HarvestConfig:
     circuit_open_max: str = "1d"
     request_poll: str = "10s"
 
-    @property
-    def stale_after_s(self) -> float:
-        """*stale_after* in seconds."""
-        return parse_duration(self.stale_after) or 0.0
+    stale_after_s: float = field(init=False, repr=False, compare=False)
+    revalidate_after_s: float = field(init=False, repr=False, compare=False)
+    circuit_open_for_s: float = field(init=False, repr=False, compare=False)
+    circuit_open_max_s: float = field(init=False, repr=False, compare=False)
+    request_poll_s: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def revalidate_after_s(self) -> float:
-        """*revalidate_after* in seconds."""
-        return parse_duration(self.revalidate_after) or 0.0
+    def __post_init__(self) -> None:
+        for name in _HARVEST_DURATIONS:
+            object.__setattr__(self, f"{name}_s", parse_duration(getattr(self, name)) or 0.0)
 
-    @property
-    def circuit_open_for_s(self) -> float:
-        """*circuit_open_for* in seconds."""
-        return parse_duration(self.circuit_open_for) or 0.0
 
-    @property
-    def circuit_open_max_s(self) -> float:
-        """*circuit_open_max* in seconds."""
-        return parse_duration(self.circuit_open_max) or 0.0
-
-    @property
-    def request_poll_s(self) -> float:
-        """*request_poll* in seconds."""
-        return parse_duration(self.request_poll) or 0.0
+_HARVEST_DURATIONS: Final = (
+    "stale_after",
+    "revalidate_after",
+    "circuit_open_for",
+    "circuit_open_max",
+    "request_poll",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +149,9 @@ class UpstreamConfig:
             whose listing did not finish publishes nothing.
         redirect_hosts: Hosts (``name`` or ``name:port``) a redirect may lead to besides the
             upstream's own.
+        file_hosts: Hosts (``name``, ``name:port``, an IP address or network such as
+            ``10.0.0.0/8``) that files at absolute URLs may be fetched from even at a
+            loopback, private, link-local or multicast address.
         change_detection: How a run tells that a tool is unchanged and need not be fetched:
             ``listing`` trusts an unchanged listing entry, ``fetch`` fetches every tool's
             details every run, ``auto`` trusts entries whose versions carry ``meta_version``.
@@ -181,6 +180,7 @@ class UpstreamConfig:
     abort_after_failures: int = 5
     run_budget_s: float = 6 * 3600.0
     redirect_hosts: tuple[str, ...] = ()
+    file_hosts: tuple[str, ...] = ()
     change_detection: str = "auto"
     allow_http: bool = False
     token_env: str = ""
@@ -266,7 +266,7 @@ def from_dict(
     )
     both = {tuple(sorted(p)) for p in merge.always} & {tuple(sorted(p)) for p in merge.never}
     if both:
-        raise ConfigError("merge.never", f"{sorted(both)[0]} is also in merge.always")
+        raise ConfigError("merge.never", f"{min(both)} is also in merge.always")
     database = _section(DatabaseConfig, data.get("database", {}), "database")
     if environ.get(DATABASE_URL_ENV):
         database = dataclasses.replace(database, url=environ[DATABASE_URL_ENV])
@@ -281,18 +281,14 @@ def from_dict(
         raise ConfigError("server.port", "must be between 0 and 65535")
     if server.public_url and not _is_http_url(server.public_url):
         raise ConfigError("server.public_url", "must be an http(s) URL")
+    if server.cache_mb < 1:
+        raise ConfigError("server.cache_mb", "must be at least 1")
     harvest = _section(HarvestConfig, data.get("harvest", {}), "harvest")
     if harvest.tombstone_after < 1:
         raise ConfigError("harvest.tombstone_after", "must be at least 1")
     if harvest.circuit_failures < 1:
         raise ConfigError("harvest.circuit_failures", "must be at least 1")
-    for name in (
-        "stale_after",
-        "revalidate_after",
-        "circuit_open_for",
-        "circuit_open_max",
-        "request_poll",
-    ):
+    for name in _HARVEST_DURATIONS:
         seconds = parse_duration(getattr(harvest, name))
         if seconds is None:
             raise ConfigError(
@@ -319,13 +315,35 @@ def from_dict(
     )
 
 
+def upstream_table(upstream: UpstreamConfig, *, defaults: bool = True) -> dict[str, Any]:
+    """*upstream* as its ``[[upstreams]]`` table; without *defaults*, only the keys that differ
+    from the defaults (and ``name``, ``url``)."""
+    table: dict[str, Any] = {}
+    for f in dataclasses.fields(upstream):
+        value = getattr(upstream, f.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        if defaults or f.name in ("name", "url") or value != _default_of(f):
+            table[f.name] = value
+    return table
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    return list(f.default) if isinstance(f.default, tuple) else f.default
+
+
+def upstream_from_table(raw: Any, key: str = "upstream") -> UpstreamConfig:
+    """Validate one ``[[upstreams]]`` table; raises ConfigError naming the offending key."""
+    return _upstream(raw, key)
+
+
 def _upstream(raw: Any, key: str) -> UpstreamConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(key, "must be a table")
     for required in ("name", "url"):
         if required not in raw:
             raise ConfigError(f"{key}.{required}", "is required")
-    u = _section(UpstreamConfig, raw, key)
+    u: UpstreamConfig = _section(UpstreamConfig, raw, key)
     if not UPSTREAM_NAME_RE.match(u.name):
         raise ConfigError(
             f"{key}.name",
@@ -341,6 +359,12 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
         )
     if not _is_http_url(u.url):
         raise ConfigError(f"{key}.url", "must be an http(s) URL")
+    if "@" in urlsplit(u.url).netloc:
+        raise ConfigError(
+            f"{key}.url",
+            "must not carry credentials (user:password@); put a token in an environment "
+            "variable and name it with token_env",
+        )
     if urlsplit(u.url).scheme == "http" and not u.allow_http and not _is_loopback(u.url):
         raise ConfigError(
             f"{key}.url", "plain http to a remote host; use https or set allow_http = true"
@@ -373,6 +397,14 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
             raise ConfigError(
                 f"{key}.redirect_hosts[{i}]", "must be a host name, optionally with ':port'"
             )
+    for i, host in enumerate(u.file_hosts):
+        if not _is_host_or_network(host):
+            raise ConfigError(
+                f"{key}.file_hosts[{i}]",
+                "must be a host name (optionally with ':port'), an IP address or a network",
+            )
+    if u.token_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", u.token_env):
+        raise ConfigError(f"{key}.token_env", "must be the name of an environment variable")
     return dataclasses.replace(u, url=u.url.rstrip("/"))
 
 
@@ -399,11 +431,35 @@ def _merge_pairs(raw: Any, name: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def check_tokens(
+    config: Config, names: Sequence[str] = (), environ: Mapping[str, str] = os.environ
+) -> None:
+    """Raise ConfigError naming the key when an upstream that would be harvested (*names*, or
+    every enabled one) names in ``token_env`` a variable that is not set."""
+    for i, u in enumerate(config.upstreams):
+        chosen = u.name in names if names else u.enabled
+        if chosen and u.token_env and not environ.get(u.token_env):
+            raise ConfigError(
+                f"upstreams[{i}].token_env",
+                f"environment variable {u.token_env} is not set (upstream {u.name!r})",
+            )
+
+
+def _is_host_or_network(entry: str) -> bool:
+    if not entry or entry != entry.strip() or "@" in entry:
+        return False
+    try:
+        ipaddress.ip_network(entry.strip("[]"), strict=False)
+    except ValueError:
+        return "/" not in entry and _is_http_url(f"http://{entry}/")
+    return True
+
+
 def _section(cls: type[Any], raw: Any, key: str) -> Any:
     """Build dataclass *cls* from table *raw*, checking names and types."""
     if not isinstance(raw, Mapping):
         raise ConfigError(key, "must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     _no_unknown(raw, key, tuple(fields))
     values: dict[str, Any] = {}
     for name, value in raw.items():
@@ -413,10 +469,11 @@ def _section(cls: type[Any], raw: Any, key: str) -> Any:
                 f"{key}.{name}", f"must be {_type_word(str(expected))}, not {type(value).__name__}"
             )
         if str(expected) == "float":
-            value = float(value)
+            values[name] = float(value)
         elif str(expected).startswith("tuple["):
-            value = tuple(value)
-        values[name] = value
+            values[name] = tuple(value)
+        else:
+            values[name] = value
     return cls(**values)
 
 
@@ -455,7 +512,7 @@ def _type_word(expected: str) -> str:
 
 def _is_crontab(schedule: str) -> bool:
     """Whether *schedule* is a five-field cron expression the scheduler accepts."""
-    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - apscheduler loads slowly
 
     try:
         CronTrigger.from_crontab(schedule, timezone=dt.UTC)

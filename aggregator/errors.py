@@ -7,6 +7,7 @@
     ├── MigrationError              sql/ migrations cannot be applied
     ├── NotFound                    an API resource does not exist (404)
     ├── BadRequest                  an API request is malformed (400)
+    ├── DatabaseUnavailable         PostgreSQL cannot be reached (503)
     └── UpstreamError               something went wrong talking to an upstream registry
         ├── UpstreamUnavailable     timeouts, connection errors, 5xx, 429 after retries
         ├── UpstreamHTTPError       any other non-2xx answer
@@ -24,6 +25,7 @@ class AggregatorError(Exception):
 
     @property
     def message(self) -> str:
+        """The message, as the API and the run records show it."""
         return str(self)
 
 
@@ -50,6 +52,12 @@ class BadRequest(AggregatorError):
     """The request is not valid."""
 
     status = 400
+
+
+class DatabaseUnavailable(AggregatorError):
+    """The database cannot be reached."""
+
+    status = 503
 
 
 class UpstreamError(AggregatorError):

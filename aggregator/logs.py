@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import EventDict
+
+from aggregator import redact
+from aggregator.db.outage import is_unavailable
 
 
 def configure_logging(
@@ -23,15 +29,16 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    last: list[structlog.typing.Processor] = [_plain_event, _redact]
     renderer: structlog.typing.Processor
     if json:
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        logger_factory: object = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+        logger_factory: Callable[..., Any] = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, *last, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=logger_factory,
         cache_logger_on_first_use=cache,
@@ -41,7 +48,10 @@ def configure_logging(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            _stdlib_renderer(json),
+            _outage_without_traceback,
+            structlog.processors.format_exc_info,
+            *last,
+            _stdlib_renderer(json=json),
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -54,7 +64,38 @@ def configure_logging(
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def _stdlib_renderer(json: bool) -> structlog.typing.Processor:
+def _dumps(value: Any, **_: Any) -> bytes:
+    """JSON for a log record; what orjson cannot serialise natively is written as str()."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _outage_without_traceback(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """A library's record of a lost database connection (asyncpg's pool retrying) says what
+    happened in one line: a traceback of an outage tells an operator nothing more."""
+    exc_info = event_dict.get("exc_info")
+    if isinstance(exc_info, tuple) and len(exc_info) == 3 and is_unavailable(exc_info[1]):
+        event_dict.pop("exc_info")
+        event_dict["error"] = f"{type(exc_info[1]).__name__}: {exc_info[1]}"
+    return event_dict
+
+
+def _plain_event(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Libraries log objects as messages (asyncpg: a PostgresLogMessage): make them text."""
+    event = event_dict.get("event")
+    if event is not None and not isinstance(event, str):
+        event_dict["event"] = str(event)
+    return event_dict
+
+
+def _redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Mask URL user-info and registered secrets in every string of the record."""
+    return {
+        k: redact.deep(v) if isinstance(v, str | dict | list | tuple) else v
+        for k, v in event_dict.items()
+    }
+
+
+def _stdlib_renderer(*, json: bool) -> structlog.typing.Processor:
     if json:
-        return structlog.processors.JSONRenderer(serializer=lambda v, **_: orjson.dumps(v).decode())
+        return structlog.processors.JSONRenderer(serializer=lambda v, **_: _dumps(v).decode())
     return structlog.dev.ConsoleRenderer()

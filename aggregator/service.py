@@ -15,20 +15,15 @@ from aiohttp import web
 
 from aggregator.app import create_app
 from aggregator.config import Config
-from aggregator.db.merge import remerge, save_merge_rules
-from aggregator.db.migrate import default_directory, load_migrations, migrate
+from aggregator.db.merge import save_merge_rules
+from aggregator.db.migrate import migrate, missing_migrations
 from aggregator.db.pool import connect, create_pool
-from aggregator.db.publish import CATALOGUE_CHANNEL
+from aggregator.db.publish import remerge_catalogue
 from aggregator.db.upstreams import request_harvest, upsert_upstreams
 from aggregator.errors import ConfigError, MigrationError
-from aggregator.harvest.harvester import (
-    WORKER_ID,
-    RunOutcome,
-    harvest_upstreams,
-    make_session,
-)
-from aggregator.harvest.run import MERGE_LOCK
-from aggregator.harvest.scheduler import Worker
+from aggregator.harvest.crawl import RunOutcome
+from aggregator.harvest.runner import WORKER_ID, harvest_upstreams, make_session
+from aggregator.ops.live import LiveWorker
 from aggregator.progress import NoProgress, TerminalProgress
 
 log = structlog.get_logger()
@@ -53,16 +48,12 @@ async def cmd_merge(config: Config, *, full: bool) -> int:
     try:
         await upsert_upstreams(conn, config.upstreams)
         await save_merge_rules(conn, config.merge.always, config.merge.never)
-        async with conn.transaction():
-            await conn.execute("select pg_advisory_xact_lock($1)", MERGE_LOCK)
-            await conn.execute("select 1 from catalogue_state for update")
-            stats = await remerge(
-                conn,
-                tombstone_after=config.harvest.tombstone_after,
-                max_per_upstream=config.merge.max_tools_per_upstream,
-                full=full,
-            )
-            await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL, str(stats.generation))
+        stats = await remerge_catalogue(
+            conn,
+            tombstone_after=config.harvest.tombstone_after,
+            max_per_upstream=config.merge.max_tools_per_upstream,
+            full=full,
+        )
     finally:
         await conn.close()
     print(
@@ -74,12 +65,7 @@ async def cmd_merge(config: Config, *, full: bool) -> int:
 
 async def check_schema(pool: asyncpg.Pool[Any]) -> None:
     """Refuse to start on a database the migrations have not (all) been applied to."""
-    names = {m.name for m in load_migrations(default_directory())}
-    try:
-        applied = {r["name"] for r in await pool.fetch("select name from schema_migrations")}
-    except asyncpg.UndefinedTableError:
-        applied = set()
-    missing = sorted(names - applied)
+    missing = await missing_migrations(pool)
     if missing:
         raise MigrationError(
             f"the database lacks migrations {', '.join(missing)}; run "
@@ -157,8 +143,7 @@ async def running_site(app: web.Application, host: str, port: int) -> AsyncItera
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server else ()  # noqa: SLF001 - the bound port
-    bound = sockets[0].getsockname()[1] if sockets else port
+    bound = runner.addresses[0][1] if runner.addresses else port
     try:
         yield f"http://{host}:{bound}"
     finally:
@@ -191,7 +176,7 @@ async def serve_forever(
                 async with pool.acquire() as conn:
                     await upsert_upstreams(conn, config.upstreams)
                     await save_merge_rules(conn, config.merge.always, config.merge.never)
-                harvest_worker = Worker(pool, session, config)
+                harvest_worker = LiveWorker(pool, session, config)
                 await harvest_worker.start()
                 stack.push_async_callback(harvest_worker.stop)
             if api:

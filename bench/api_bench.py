@@ -98,7 +98,7 @@ async def populate(dsn: str, n: int) -> None:
     from aggregator.db.migrate import migrate
     from aggregator.db.pool import create_pool
     from aggregator.demo.registry import make_registry_app
-    from aggregator.harvest.harvester import harvest_upstreams, make_session
+    from aggregator.harvest.runner import harvest_upstreams, make_session
 
     await migrate(dsn)
     server = TestServer(make_registry_app(synthetic_catalogue(n), page_size=1000), host="127.0.0.1")
@@ -183,7 +183,7 @@ def free_port() -> int:
 
 
 def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=120) as r:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=120) as r:
         body: bytes = r.read()
         return body
 
@@ -193,11 +193,12 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     while True:
         try:
             fetch(url)
-            return
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+        else:
+            return
 
 
 @contextlib.contextmanager
@@ -234,7 +235,7 @@ http {{
 
 
 _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
-_PCT = re.compile(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_PCT = re.compile(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 
 
 def wrk(url: str, *, connections: int, duration: int, threads: int) -> dict[str, float]:
@@ -343,14 +344,14 @@ def main() -> int:
             (static / name).write_bytes(fetch(url))
         os.chmod(static, 0o755)
         sizes = {label: (static / name).stat().st_size for label, (_, name) in targets.items()}
-        for _ in range(args.workers):
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "--serve-bare", str(static), str(bare_port)],
-                    stderr=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                )
+        workers.extend(
+            subprocess.Popen(
+                [sys.executable, __file__, "--serve-bare", str(static), str(bare_port)],
+                stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
             )
+            for _ in range(args.workers)
+        )
         wait_ready(f"http://127.0.0.1:{bare_port}/tool.json")
 
         results: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -427,8 +428,8 @@ def report(
     )
     print("| request | median ms | p90 ms | max ms |")
     print("| --- | ---: | ---: | ---: |")
-    for label, values in cold.items():
-        values = sorted(values)
+    for label, measured in cold.items():
+        values = sorted(measured)
         p90 = values[min(len(values) - 1, int(len(values) * 0.9))]
         print(f"| {label} | {med(values):.1f} | {p90:.1f} | {values[-1]:.1f} |")
 

@@ -35,7 +35,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aggregator.pgcluster import LocalCluster  # noqa: E402
+from aggregator.pgcluster import LocalCluster
 
 TRS = "/ga4gh/trs/v2"
 PAGE = 100
@@ -313,7 +313,7 @@ concurrency = {args.concurrency}
                 env=env,
                 capture_output=True,
             )
-            ref_s, ref_rss, _ = run_timed(
+            ref_s, _, _ = run_timed(
                 [
                     py,
                     __file__,

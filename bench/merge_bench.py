@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import asyncpg  # noqa: E402
+import asyncpg
 
-from aggregator.db.merge import remerge  # noqa: E402
-from aggregator.db.migrate import migrate  # noqa: E402
-from aggregator.db.pool import connect  # noqa: E402
-from aggregator.merge.engine import Node, identifying_keys, merge  # noqa: E402
+from aggregator.db.merge import remerge
+from aggregator.db.migrate import migrate
+from aggregator.db.pool import connect
+from aggregator.merge.engine import Node, identifying_keys, merge
 
 UPSTREAMS = ("dockstore", "workflowhub", "biocontainers", "yevis", "private")
 

@@ -1,0 +1,1 @@
+"""The test suite: real PostgreSQL and real HTTP servers on loopback."""

@@ -248,7 +248,8 @@ def build(seed: int = 20261201, tools: int = 190) -> list[Record]:
         distinct_alias = (
             f"{_syllables(rng, 3)} {_syllables(rng, 3)}" if rng.random() < 0.2 else None
         )
-        for upstream in where:
+        for place in where:
+            upstream = place
             doc: dict[str, Any] = {"aliases": []}
             held = rng.sample(versions, rng.randint(1, len(versions)))
             if upstream == "dockstore":

@@ -270,7 +270,7 @@ def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
             loop.run_until_complete(site.start())
             port = runner.addresses[0][1]
             ready.set_result(f"http://127.0.0.1:{port}")
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which raises it
             ready.set_exception(e)
             return
         loop.run_forever()

@@ -37,10 +37,10 @@ def make_static_app(folder: Path, *, base: str = "/ga4gh/trs/v2") -> web.Applica
         rel = request.match_info["path"]
         target = (folder / rel.strip("/")).resolve()
         if folder.resolve() not in (target, *target.parents):
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound
         index = target / "index.json"
         if not index.is_file():
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound
         if rel and not rel.endswith("/"):
             raise web.HTTPMovedPermanently(f"{base}/{rel}/")
         doc = _localise(orjson.loads(index.read_bytes()), f"http://{request.host}/_external/")
@@ -48,7 +48,7 @@ def make_static_app(folder: Path, *, base: str = "/ga4gh/trs/v2") -> web.Applica
 
     async def external(request: web.Request) -> web.StreamResponse:
         app[REQUESTS].append(request.raw_path)
-        raise web.HTTPNotFound()
+        raise web.HTTPNotFound
 
     app.router.add_get(base + "/{path:.*}", tree)
     app.router.add_get("/_external/{path:.*}", external)

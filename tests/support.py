@@ -17,7 +17,8 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from aggregator.config import Config, DatabaseConfig, UpstreamConfig
-from aggregator.harvest.harvester import RunOutcome, harvest_upstreams, make_session
+from aggregator.harvest.crawl import RunOutcome
+from aggregator.harvest.runner import harvest_upstreams, make_session
 
 T = TypeVar("T")
 

@@ -10,11 +10,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from aggregator.api.cache import LISTENER_NAME, ResponseCache, make_entry
+from aggregator.api.cache import LISTENER_NAME, RESPONSE_CACHE, ResponseCache, make_entry
 from aggregator.app import create_app
-from aggregator.db.publish import CATALOGUE_CHANNEL
+from aggregator.db.generation import CATALOGUE_CHANNEL
 from aggregator.db.queries import ToolQuery, page_ids, page_index
-from aggregator.keys import RESPONSE_CACHE
 from tests.populated import BWA, NESTED, TRS, api_config, enc
 from tests.support import eventually
 
@@ -183,14 +182,10 @@ async def test_keyset_pages_equal_an_offset_scan(
     db: asyncpg.Connection[Any], query: ToolQuery
 ) -> None:
     """From checkpoints every 2 rows, every (offset, limit) page is the one OFFSET would give."""
-    clauses, args = query.where()
-    where = (" where " + " and ".join(clauses)) if clauses else ""
-    expected = [
-        r["id"]
-        for r in await db.fetch(
-            f"select c.id from catalogue_tools c{where} order by c.sort_key", *args
-        )
-    ]
+    statement, args = query.statement(
+        "select c.id from catalogue_tools c where true{where} order by c.sort_key", first_arg=1
+    )
+    expected = [r["id"] for r in await db.fetch(statement, *args)]
     index = await page_index(db, query, stride=2)
     assert index.total == len(expected) and len(index.checkpoints) == (len(expected) + 1) // 2
     for offset in range(len(expected) + 1):

@@ -56,9 +56,10 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def run_cli(cwd: Path, *args: str, timeout: float = 60) -> Result:
-    """Run ``python -m aggregator ARGS`` to completion, without blocking our event loop."""
-    proc = await asyncio.create_subprocess_exec(
+async def spawn_cli(cwd: Path, *args: str, output: Any) -> asyncio.subprocess.Process:
+    """Start ``python -m aggregator ARGS``, stdout and stderr going to *output* (PIPE: each
+    its own pipe)."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "aggregator",
@@ -66,9 +67,14 @@ async def run_cli(cwd: Path, *args: str, timeout: float = 60) -> Result:
         cwd=cwd,
         env=child_env(),
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=output,
+        stderr=output,
     )
+
+
+async def run_cli(cwd: Path, *args: str, timeout: float = 60) -> Result:
+    """Run ``python -m aggregator ARGS`` to completion, without blocking our event loop."""
+    proc = await spawn_cli(cwd, *args, output=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
@@ -77,6 +83,12 @@ async def run_cli(cwd: Path, *args: str, timeout: float = 60) -> Result:
             await proc.wait()
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def start_cli(cwd: Path, log: Path, *args: str) -> asyncio.subprocess.Process:
+    """Start ``python -m aggregator ARGS`` in the background, its output going to *log*."""
+    with log.open("wb") as out:
+        return await spawn_cli(cwd, *args, output=out)
 
 
 def write_config(path: Path, dsn: str, upstreams: dict[str, TestServer], *, port: int = 0) -> Path:
@@ -201,8 +213,10 @@ async def test_migrate_then_harvest_from_the_command_line(
     r = await run_cli(tmp_path, "harvest", "--config", config, "no-such-upstream")
     assert r.returncode == 2
     assert r.stderr.splitlines() == [
-        "trs-aggregator: config error: upstreams: no upstream named 'no-such-upstream' "
-        "(known: one, two)"
+        (
+            "trs-aggregator: config error: upstreams: no upstream named 'no-such-upstream' "
+            "(known: one, two)"
+        )
     ]
     assert r.stdout == ""
 
@@ -240,20 +254,7 @@ async def test_serve_answers_until_sigterm(
     port = free_port()
     config = write_config(tmp_path / "agg.toml", db_dsn, {"up": registry}, port=port)
     log = tmp_path / "serve.log"
-    with log.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "aggregator",
-            "serve",
-            "--config",
-            str(config),
-            cwd=tmp_path,
-            env=child_env(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-        )
+    proc = await start_cli(tmp_path, log, "serve", "--config", str(config))
     try:
         async with aiohttp.ClientSession() as session:
             tools = await wait_for_json(session, f"http://127.0.0.1:{port}{TRS}/tools", proc, log)

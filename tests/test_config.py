@@ -361,6 +361,8 @@ def test_cli_without_a_database_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
-        "trs-aggregator: config error: database.url: no database configured; set [database] "
-        "url or AGGREGATOR_DATABASE_URL"
+        (
+            "trs-aggregator: config error: database.url: no database configured; set [database] "
+            "url or AGGREGATOR_DATABASE_URL"
+        )
     ]

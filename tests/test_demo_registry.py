@@ -245,7 +245,7 @@ async def test_requests_are_recorded_with_final_status(aiohttp_client: MakeClien
     @web.middleware
     async def unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "offset=4" in request.raw_path:
-            raise web.HTTPServiceUnavailable()
+            raise web.HTTPServiceUnavailable
         return await handler(request)
 
     app = make_registry_app(_catalogue(), middlewares=[unavailable])

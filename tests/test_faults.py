@@ -9,6 +9,7 @@ the fault, and that none of ``bad``'s records were lost or tombstoned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import socket
@@ -346,10 +347,8 @@ def blackhole() -> Iterator[str]:
     for _ in range(3):
         s = socket.socket()
         s.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             s.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(s)
     yield f"http://127.0.0.1:{port}{TRS}"
     for s in [*fillers, listener]:

@@ -59,7 +59,7 @@ async def test_fresh_database_gets_every_migration(empty_dsn: str) -> None:
     applied = await migrate(empty_dsn)
     assert applied == [m.name for m in files]
     assert await recorded(empty_dsn) == [(m.version, m.name) for m in files]
-    assert CORE_TABLES <= await tables(empty_dsn)
+    assert await tables(empty_dsn) >= CORE_TABLES
     rows = await fetch(empty_dsn, "select name, sha256 from schema_migrations")
     assert {r["name"]: r["sha256"] for r in rows} == {m.name: m.sha256 for m in files}
 
@@ -78,7 +78,7 @@ async def test_edited_applied_file_is_refused(empty_dsn: str, migrations_copy: P
     first = migrations_copy / "0001_create_catalogue.sql"
     first.write_text(first.read_text() + "\n-- an innocent-looking comment\n")
     (migrations_copy / "0900_later.sql").write_text("create table later (id int);\n")
-    with pytest.raises(MigrationError, match="0001_create_catalogue.sql") as info:
+    with pytest.raises(MigrationError, match=r"0001_create_catalogue\.sql") as info:
         await migrate(empty_dsn, migrations_copy)
     assert "edited" in str(info.value)
     assert "later" not in await tables(empty_dsn)

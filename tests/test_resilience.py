@@ -14,7 +14,7 @@ from aiohttp import web
 
 from aggregator.config import Config, DatabaseConfig, HarvestConfig, UpstreamConfig
 from aggregator.demo.registry import REQUESTS, STATE, make_registry_app
-from aggregator.harvest.harvester import Harvester, make_session
+from aggregator.harvest.runner import Harvester, make_session
 from tests.support import catalogue, cwl_tool, eventually, harvest
 
 TRS = "/ga4gh/trs/v2"

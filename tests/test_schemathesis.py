@@ -65,7 +65,8 @@ def test_official_schema_finds_no_server_error_and_no_invalid_answer(
                 [{k: v for k, v in pair.items() if k in path_names} for pair in REAL]
             )
             strategy = st.one_of(
-                strategy, real.flatmap(lambda fixed: operation.as_strategy(path_parameters=fixed))
+                strategy,
+                real.flatmap(lambda fixed, op=operation: op.as_strategy(path_parameters=fixed)),
             )
 
         @settings(

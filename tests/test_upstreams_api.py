@@ -10,7 +10,7 @@ from aiohttp import web
 from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig, HarvestConfig, UpstreamConfig
 from aggregator.demo.registry import make_registry_app
-from aggregator.harvest.harvester import Harvester, make_session
+from aggregator.harvest.runner import Harvester, make_session
 from tests.support import catalogue, cwl_tool
 
 TRS = "/ga4gh/trs/v2"

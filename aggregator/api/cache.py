@@ -21,20 +21,24 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from aggregator.db.publish import CATALOGUE_CHANNEL
-from aggregator.db.queries import PageIndex, ToolQuery, catalogue_generation, page_index
-from aggregator.keys import CONFIG, DB_POOL, RESPONSE_CACHE
+from aggregator.api.negotiation import accepts_gzip, not_modified, wants_zip
+from aggregator.config import ServerConfig
+from aggregator.db.generation import CATALOGUE_CHANNEL, catalogue_generation
+from aggregator.db.queries import PageIndex, ToolQuery, page_index
+from aggregator.keys import CONFIG, DB_POOL
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
-DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
 #: Bodies at least this large are sent gzip-compressed to clients that accept it.
 GZIP_MIN_BYTES: Final = 1024
 #: Bodies larger than this are compressed in a thread rather than on the event loop.
@@ -54,7 +58,8 @@ CORS_HEADERS: Final = {
     ),
 }
 
-Render = Callable[["asyncpg.Connection[Any]", int], Awaitable["Entry"]]
+#: Renders one answer from a connection in a snapshot, at the catalogue generation given.
+Render = Callable[["Connection", int], Awaitable["Entry"]]
 
 
 class Entry:
@@ -103,11 +108,7 @@ class Entry:
 def cache_key(request: web.Request) -> Hashable:
     """What an answer depends on: the URL as sent (scheme, host, path and query) and whether
     the client asked for a zip by Accept header."""
-    accept = request.headers.get("Accept")
-    zip_accept = (
-        accept is not None and "application/zip" in accept and ("application/json" not in accept)
-    )
-    return (request.scheme, request.host, request.raw_path, zip_accept)
+    return (request.scheme, request.host, request.raw_path, wants_zip(request))
 
 
 def make_entry(
@@ -115,7 +116,7 @@ def make_entry(
     body: bytes,
     content_type: str,
     *,
-    generation: int | None,
+    generation: int | None,  # noqa: ARG001 - says what it was rendered at; the ETag ignores it
     headers: dict[str, str] | None = None,
     expires: float | None = None,
     vary: str = "Accept-Encoding",
@@ -144,26 +145,11 @@ def _gzip(entry: Entry, body: bytes) -> Entry:
     return Entry(entry.status, body, headers, etag, entry.expires)
 
 
-def _etag_matches(header: str, etag: str) -> bool:
-    bare = etag.strip('"')
-    for tag in header.split(","):
-        tag = tag.strip().removeprefix("W/").strip('"')
-        if tag in ("*", bare) or tag.removesuffix("-gz") == bare:
-            return True
-    return False
-
-
-def _accepts_gzip(header: str) -> bool:
-    for part in header.split(","):
-        coding, _, params = part.partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            q = params.strip().removeprefix("q=")
-            return not (params and q.replace(".", "").strip("0") == "")
-    return False
+_GZIP_SUFFIX: Final = "-gz"
 
 
 def _gzip_etag(etag: str | None) -> str | None:
-    return etag[:-1] + '-gz"' if etag else None
+    return etag[:-1] + _GZIP_SUFFIX + '"' if etag else None
 
 
 def respond(request: web.Request, entry: Entry) -> web.Response | None:
@@ -171,10 +157,8 @@ def respond(request: web.Request, entry: Entry) -> web.Response | None:
 
     None when the gzip variant has yet to be made (``await compress(entry)``, then again).
     """
-    headers = request.headers
-    gz = entry.compressible and _accepts_gzip(headers.get("Accept-Encoding", ""))
-    inm = headers.get("If-None-Match")
-    if inm is not None and entry.etag is not None and _etag_matches(inm, entry.etag):
+    gz = entry.compressible and accepts_gzip(request)
+    if entry.etag is not None and not_modified(request, entry.etag, suffix=_GZIP_SUFFIX):
         keep = {
             k: v
             for k, v in entry.headers.items()
@@ -217,7 +201,9 @@ class ResponseCache:
     """Entries by request key, for the current generation only, least recently used dropped
     first beyond *max_bytes*; and the page indexes of /tools queries."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool[Any], *, max_bytes: int = ServerConfig().cache_mb * 1024 * 1024
+    ) -> None:
         self.pool = pool
         self.max_bytes = max_bytes
         self.generation: int | None = None
@@ -225,6 +211,14 @@ class ResponseCache:
         self._bytes = 0
         self._inflight: dict[Hashable, asyncio.Future[Entry]] = {}
         self._indexes: OrderedDict[ToolQuery, PageIndex] = OrderedDict()
+        # The answers of the last known generation while the listener is down: served only
+        # when the database cannot be reached, and again as current if it comes back at the
+        # same generation.
+        self._last: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._last_bytes = 0
+        self.last_generation: int | None = None
+        #: ``time.monotonic()`` until which the database is taken to be unreachable.
+        self.unavailable_until = 0.0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -238,10 +232,21 @@ class ResponseCache:
                 new=generation,
                 dropped=len(self._entries),
             )
+            if generation is None:
+                if self._entries:
+                    self._last, self._last_bytes = self._entries, self._bytes
+                    self.last_generation = self.generation
+                self._entries = OrderedDict()
+                self._bytes = 0
+            elif generation == self.last_generation:
+                self._entries, self._bytes = self._last, self._last_bytes
+                self._last, self._last_bytes, self.last_generation = OrderedDict(), 0, None
+            else:
+                self._entries.clear()
+                self._bytes = 0
+                self._last, self._last_bytes, self.last_generation = OrderedDict(), 0, None
             self.generation = generation
-            self._entries.clear()
             self._indexes.clear()
-            self._bytes = 0
 
     def get(self, key: Hashable) -> Entry | None:
         """The cached entry for *key*, if it is still good."""
@@ -253,6 +258,12 @@ class ResponseCache:
             return None
         self._entries.move_to_end(key)
         return entry
+
+    def last(self, key: Hashable) -> Entry | None:
+        """The answer of the last known generation for *key*, for when the database cannot be
+        reached (None when there is none)."""
+        entry = self._entries.get(key) or self._last.get(key)
+        return entry if entry is not None and entry.status == 200 else None
 
     def _drop(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)
@@ -288,7 +299,6 @@ class ResponseCache:
                 entry = await render(conn, generation)
             self.put(key, entry, generation)
             future.set_result(entry)
-            return entry
         except Exception as e:
             future.set_exception(e)
             future.exception()  # retrieved: followers re-raise it, nobody else must
@@ -296,12 +306,12 @@ class ResponseCache:
         except BaseException:
             future.cancel()
             raise
+        else:
+            return entry
         finally:
             del self._inflight[key]
 
-    async def page_index(
-        self, conn: asyncpg.Connection[Any], generation: int, query: ToolQuery
-    ) -> PageIndex:
+    async def page_index(self, conn: Connection, generation: int, query: ToolQuery) -> PageIndex:
         """The page index of *query* at *generation*, computed once per generation."""
         if generation == self.generation:
             index = self._indexes.get(query)
@@ -316,6 +326,9 @@ class ResponseCache:
         return index
 
 
+RESPONSE_CACHE: Final = web.AppKey("response_cache", ResponseCache)
+
+
 class GenerationWatcher:
     """Keeps a ResponseCache's generation current: LISTEN for publishes, and poll as a backstop."""
 
@@ -325,9 +338,9 @@ class GenerationWatcher:
         self.poll_s = poll_s
         self.ready = asyncio.Event()
 
-    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
-            generation = int(payload)
+            generation = int(str(payload))
         except ValueError:
             log.warning("catalogue_notification_unreadable", payload=payload)
             return
@@ -338,7 +351,7 @@ class GenerationWatcher:
         """Listen until cancelled, reconnecting with backoff; the cache is off while down."""
         delay = 0.5
         while True:
-            conn: asyncpg.Connection[Any] | None = None
+            conn: Connection | None = None
             try:
                 conn = await asyncpg.connect(
                     self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME}
@@ -354,16 +367,8 @@ class GenerationWatcher:
                         await asyncio.wait_for(lost.wait(), self.poll_s)
                     if lost.is_set():
                         raise ConnectionResetError("the listening connection was closed")
-                    generation = await conn.fetchval(
-                        "select generation from catalogue_state", timeout=self.poll_s
-                    )
-                    self.cache.set_generation(generation)
-            except (
-                OSError,
-                asyncio.TimeoutError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-            ) as e:
+                    self.cache.set_generation(await catalogue_generation(conn, timeout=self.poll_s))
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("catalogue_listener_lost", error=str(e), retry_in_s=delay)
                 self.cache.set_generation(None)
                 self.ready.set()
@@ -378,10 +383,7 @@ class GenerationWatcher:
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """The response cache and its generation listener, for the app's lifetime."""
     config = app[CONFIG]
-    max_mb = getattr(config.server, "cache_mb", None)
-    cache = ResponseCache(
-        app[DB_POOL], max_bytes=int(max_mb * 1024 * 1024) if max_mb else DEFAULT_MAX_BYTES
-    )
+    cache = ResponseCache(app[DB_POOL], max_bytes=config.server.cache_mb * 1024 * 1024)
     app[RESPONSE_CACHE] = cache
     assert config.database.url is not None
     watcher = GenerationWatcher(config.database.url, cache)

@@ -9,7 +9,7 @@ import re
 import zipfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -22,7 +22,7 @@ from aggregator.trs.model import CatalogueVersion
 from aggregator.trs.parse import DescriptorType
 
 if TYPE_CHECKING:
-    import asyncpg
+    from aggregator.db.pool import Connection
 
 #: Entries of a zip carry this timestamp, so the same files make the same bytes.
 _ZIP_TIME: Final = (1980, 1, 1, 0, 0, 0)
@@ -92,13 +92,17 @@ def _file_url(v: CatalogueVersion, t: DescriptorType, f: FileRow) -> str:
 
 
 def redirect_entry(v: CatalogueVersion, tail: str, query: str) -> Entry:
-    """In index mode, file endpoints send clients to the upstream's own URL."""
+    """In index mode, file endpoints send clients to the upstream's own URL (*query* raw, as
+    the client sent it); never to another origin than the upstream's."""
     target = f"{render.upstream_version_url(v.served)}/{tail}" + (f"?{query}" if query else "")
+    base, there = urlsplit(v.served.upstream_base), urlsplit(target)
+    if (there.scheme, there.netloc) != (base.scheme, base.netloc) or not target.isprintable():
+        raise NotFound("this file's upstream URL is not on its upstream's origin")
     return make_entry(307, b"", "text/plain", generation=None, headers={"Location": target})
 
 
 async def descriptor(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     generation: int,
     v: CatalogueVersion,
     t: DescriptorType,
@@ -133,7 +137,7 @@ async def descriptor(
 
 
 async def files(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     generation: int,
     tool_id: str,
     v: CatalogueVersion,
@@ -177,9 +181,7 @@ async def files(
     )
 
 
-async def tests(
-    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion, t: DescriptorType
-) -> Entry:
+async def tests(conn: Connection, generation: int, v: CatalogueVersion, t: DescriptorType) -> Entry:
     """The test files of a version for one type: FileWrappers, or their contents joined by
     newlines for PLAIN types."""
     found = _served(
@@ -205,9 +207,7 @@ async def tests(
     )
 
 
-async def containerfiles(
-    conn: asyncpg.Connection[Any], generation: int, v: CatalogueVersion
-) -> Entry:
+async def containerfiles(conn: Connection, generation: int, v: CatalogueVersion) -> Entry:
     """The container specifications of a version, each once."""
     rows = await db.fetch_files(conn, v.served.version_row_id, file_types=["CONTAINERFILE"])
     unique: dict[str, FileRow] = {}

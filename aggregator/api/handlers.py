@@ -9,22 +9,22 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
-from aggregator import __version__
+from aggregator import __version__, redact
 from aggregator.api import files
-from aggregator.api.cache import Entry, cache_key, make_entry, send
+from aggregator.api.cache import RESPONSE_CACHE, Entry, Render, cache_key, make_entry, send
+from aggregator.api.negotiation import wants_zip
 from aggregator.api.paging import paging_headers, parse_page
 from aggregator.api.profiles import PROFILES, Profile
 from aggregator.db import catalogue as db
 from aggregator.db import queries
 from aggregator.errors import BadRequest, NotFound
-from aggregator.keys import CONFIG, RESPONSE_CACHE
+from aggregator.keys import CONFIG
 from aggregator.trs import render
 from aggregator.trs.model import CatalogueTool, CatalogueVersion
 from aggregator.trs.parse import DescriptorType, parse_descriptor_type
@@ -32,12 +32,10 @@ from aggregator.trs.parse import DescriptorType, parse_descriptor_type
 DEFAULT_STALE_AFTER_S: Final = 7 * 86400
 _TYPES: Final = "CWL, WDL, NFL, GALAXY or SMK, optionally as PLAIN_<type>"
 
-Render = Callable[[Any, int], Awaitable[Entry]]
-
 
 def stale_after_s(request: web.Request) -> int:
     """Seconds after its last confirmation that an upstream record counts as stale."""
-    return int(getattr(request.app[CONFIG].harvest, "stale_after_s", DEFAULT_STALE_AFTER_S))
+    return int(request.app[CONFIG].harvest.stale_after_s)
 
 
 def error_entry(e: NotFound | BadRequest) -> Entry:
@@ -50,17 +48,12 @@ def error_entry(e: NotFound | BadRequest) -> Entry:
     )
 
 
-def _want_zip(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "application/zip" in accept and "application/json" not in accept
-
-
 def _tool_query(q: Any) -> queries.ToolQuery:
     """Read the /tools filters; empty values are "not filtered"."""
 
     def get(name: str) -> str | None:
         value = q.get(name)
-        return value if value else None
+        return value or None
 
     descriptor_type = None
     if get("descriptorType"):
@@ -209,7 +202,7 @@ class TrsApi:
                     "upstreams": [
                         {
                             "name": u.name,
-                            "url": u.url,
+                            "url": redact.text(u.url),
                             "kind": u.kind,
                             "mode": u.mode,
                             "priority": u.priority,
@@ -313,7 +306,7 @@ class TrsApi:
                 tail = f"{request.match_info['type']}/descriptor"
                 if relative is not None:
                     tail += "/" + quote(relative, safe="")
-                return files.redirect_entry(v, tail, request.query_string)
+                return files.redirect_entry(v, tail, request.rel_url.raw_query_string)
             return await files.descriptor(
                 conn, generation, v, t, relative, strict=self.profile.strict
             )
@@ -332,7 +325,7 @@ class TrsApi:
                 raise BadRequest(f"format must be 'zip', not {fmt!r}")
             if v.served.mode == "index":
                 return files.redirect_entry(
-                    v, f"{request.match_info['type']}/files", request.query_string
+                    v, f"{request.match_info['type']}/files", request.rel_url.raw_query_string
                 )
             return await files.files(
                 conn,
@@ -340,7 +333,7 @@ class TrsApi:
                 tool_id,
                 v,
                 t,
-                want_zip=fmt == "zip" or _want_zip(request),
+                want_zip=fmt == "zip" or wants_zip(request),
                 strict=self.profile.strict,
             )
 
@@ -354,7 +347,7 @@ class TrsApi:
             _, v = await self._version(conn, request)
             if v.served.mode == "index":
                 return files.redirect_entry(
-                    v, f"{request.match_info['type']}/tests", request.query_string
+                    v, f"{request.match_info['type']}/tests", request.rel_url.raw_query_string
                 )
             return await files.tests(conn, generation, v, t)
 
@@ -366,7 +359,7 @@ class TrsApi:
         async def build(conn: Any, generation: int) -> Entry:
             _, v = await self._version(conn, request)
             if v.served.mode == "index":
-                return files.redirect_entry(v, "containerfile", request.query_string)
+                return files.redirect_entry(v, "containerfile", request.rel_url.raw_query_string)
             return await files.containerfiles(conn, generation, v)
 
         return await self._serve(request, build)

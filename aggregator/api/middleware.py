@@ -1,5 +1,6 @@
-"""The middleware: answers from the response cache, TRS Error JSON for every failure, CORS
-preflight, one canonical log line per request."""
+"""The middleware: answers from the response cache, TRS Error JSON for every failure (bad
+input is a 400, a database that cannot be reached a 503 unless the last answer is at hand),
+CORS preflight, ``nosniff``, one canonical log line per request."""
 
 from __future__ import annotations
 
@@ -7,20 +8,31 @@ import itertools
 import os
 import time
 from typing import Final
+from urllib.parse import unquote_to_bytes
 
+import asyncpg
 import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from aggregator.api.cache import CORS_HEADERS, cache_key, respond
-from aggregator.errors import BadRequest, NotFound
-from aggregator.keys import RESPONSE_CACHE
+from aggregator.api.cache import CORS_HEADERS, RESPONSE_CACHE, Entry, cache_key, respond, send
+from aggregator.db.outage import is_unavailable, unavailable
+from aggregator.errors import BadRequest, DatabaseUnavailable, NotFound
 from aggregator.trs.render import error
 
 log = structlog.get_logger()
 
 _ERROR_HEADERS: Final = {"Content-Type": "application/json", **CORS_HEADERS}
+#: Sent with every answer: browsers must not guess another type than the one we declare.
+NOSNIFF: Final = ("X-Content-Type-Options", "nosniff")
+#: Marks an answer served from the last generation while the database cannot be reached.
+STALE_HEADER: Final = "X-Aggregator-Stale"
+#: Seconds a client is asked to wait while the database cannot be reached.
+RETRY_AFTER_S: Final = "5"
+#: After the database failed a request, answers of the last generation are served without
+#: trying it again for this long.
+OUTAGE_RECHECK_S: Final = 1.0
 _PREFLIGHT_MAX_AGE: Final = "86400"
 _CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
 # Request ids: unique per process by a counter, across processes by a random prefix.
@@ -58,6 +70,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 response = await _trs_errors(request, handler)
         status = response.status
         response.headers["X-Request-Id"] = request_id
+        response.headers[NOSNIFF[0]] = NOSNIFF[1]
+    except web.HTTPException as e:  # redirects pass through as exceptions
+        status = e.status
+        e.headers["X-Request-Id"] = request_id
+        e.headers[NOSNIFF[0]] = NOSNIFF[1]
+        raise
+    else:
         return response
     finally:
         log.info(
@@ -83,13 +102,64 @@ def _preflight(request: web.Request, allowed: set[str]) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
+def bad_input(request: web.Request) -> str | None:
+    """What makes the request line unreadable: a NUL byte or invalid UTF-8 anywhere in the
+    path or query (percent-encoded or not); None when it is readable."""
+    try:
+        raw = unquote_to_bytes(request.raw_path.encode("utf-8", "surrogateescape"))
+        text = raw.decode("utf-8")
+    except (UnicodeError, ValueError):
+        return "the path or query is not valid UTF-8"
+    if "\x00" in text:
+        return "the path or query contains a NUL byte"
+    return None
+
+
+async def _outage(
+    request: web.Request, e: BaseException | None, entry: Entry | None = None
+) -> web.StreamResponse:
+    """While the database cannot be reached: the last known answer, marked, or a 503.
+
+    For a moment after a failure (``OUTAGE_RECHECK_S``) the last known answers are served
+    without trying the database first (*e* is None then).
+    """
+    cache = request.app[RESPONSE_CACHE]
+    if e is not None:
+        log.warning("database_unavailable", error=str(unavailable(e)), path=request.raw_path)
+        cache.unavailable_until = time.monotonic() + OUTAGE_RECHECK_S
+        if request.method in _CACHED_METHODS:
+            entry = cache.last(cache_key(request))
+    if entry is not None:
+        response = await send(request, entry)
+        generation = cache.generation if cache.generation is not None else cache.last_generation
+        response.headers[STALE_HEADER] = f"database unavailable; catalogue generation {generation}"
+        return response
+    response = error_response(503, "the catalogue database cannot be reached; try again shortly")
+    response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
 async def _trs_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Call *handler*, turning every error into ``{"code", "message"}`` JSON with the right
     status."""
+    problem = bad_input(request)
+    if problem is not None:
+        return error_response(400, problem)
+    cache = request.app[RESPONSE_CACHE]
+    if cache.unavailable_until > time.monotonic() and request.method in _CACHED_METHODS:
+        entry = cache.last(cache_key(request))
+        if entry is not None:
+            return await _outage(request, None, entry)
     try:
         return await handler(request)
     except (NotFound, BadRequest) as e:
         return error_response(e.status, e.message)
+    except DatabaseUnavailable as e:
+        return await _outage(request, e)
+    except (asyncpg.DataError, OverflowError, UnicodeError) as e:
+        # A value from the request PostgreSQL cannot take (out of range, unencodable).
+        log.warning("request_value_refused", error=str(e), path=request.raw_path)
+        return error_response(400, "a value in the request is out of range or unreadable")
     except web.HTTPException as e:
         if e.status < 400:
             e.headers.update(CORS_HEADERS)
@@ -109,6 +179,8 @@ async def _trs_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if e.status == 404:
             return error_response(404, f"no such resource: {request.path}")
         return error_response(e.status, e.reason)
-    except Exception:
-        log.exception("request_failed", method=request.method, path=request.path_qs)
+    except Exception as e:
+        if is_unavailable(e):
+            return await _outage(request, e)
+        log.exception("request_failed", method=request.method, path=request.raw_path)
         return error_response(500, "internal server error")

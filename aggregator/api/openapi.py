@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from aggregator import __version__
+from aggregator.api import admin
 from aggregator.api.cache import make_entry, send
 from aggregator.api.profiles import DEFAULT_PROFILE, STRICT_PROFILE
 from aggregator.keys import OPENAPI
@@ -315,6 +316,7 @@ def build() -> dict[str, Any]:
             },
         },
     }
+    admin.describe(doc)
     return doc
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiMapping
 from yarl import URL
 
 from aggregator.errors import BadRequest
 
+_T = TypeVar("_T")
+
 DEFAULT_LIMIT: Final = 1000
+#: The largest integer a parameter may hold (PostgreSQL's bigint): offsets, run ids.
+MAX_BIGINT: Final = 2**63 - 1
 #: Larger limits are served as this many (``current_limit`` says so), as Dockstore does.
 MAX_LIMIT: Final = 1000
 
@@ -27,20 +31,27 @@ class Page:
 def parse_page(query: Mapping[str, str]) -> Page:
     """Read ``limit`` (1 or more; above MAX_LIMIT means MAX_LIMIT) and ``offset`` (a row index,
     0 or more); raise BadRequest naming the parameter when either is not such a number."""
-    limit = _int(query, "limit", DEFAULT_LIMIT, low=1)
-    return Page(limit=min(limit, MAX_LIMIT), offset=_int(query, "offset", 0, low=0))
+    limit = query_int(query, "limit", DEFAULT_LIMIT, low=1)
+    offset = query_int(query, "offset", 0, low=0, high=MAX_BIGINT)
+    return Page(limit=min(limit, MAX_LIMIT), offset=offset)
 
 
-def _int(query: Mapping[str, str], name: str, default: int, *, low: int) -> int:
+def query_int(
+    query: Mapping[str, str], name: str, default: _T, *, low: int, high: int | None = None
+) -> int | _T:
+    """The integer query parameter *name* (*default* when absent or empty); raise BadRequest
+    naming it when it is not an integer in [*low*, *high*]."""
     raw = query.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw.strip())
+        value = int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
     if value < low:
         raise BadRequest(f"{name} must be at least {low}, not {value}")
+    if high is not None and value > high:
+        raise BadRequest(f"{name} must be at most {high}")
     return value
 
 
@@ -54,7 +65,7 @@ def last_offset(page: Page, total: int) -> int:
 
 
 def paging_headers(
-    tools_url: str, query: MultiDictProxy[str] | MultiDict[str], page: Page, total: int
+    tools_url: str, query: MultiMapping[str], page: Page, total: int
 ) -> dict[str, str]:
     """``self_link``, ``next_page`` (absent on the last page), ``last_page``,
     ``current_offset``, ``current_limit`` and ``Link``, every link keeping the request's

@@ -53,8 +53,8 @@ def provenance(
         }
 
     conflicts = []
-    for c in tool.conflicts:
-        c = dict(c)
+    for recorded in tool.conflicts:
+        c = dict(recorded)
         for end in ("a", "b"):
             if end in c:
                 c[end] = names.get(c[end], str(c[end]))

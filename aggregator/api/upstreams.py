@@ -10,10 +10,13 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from aggregator import redact
+from aggregator.api.paging import MAX_BIGINT, query_int
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
-from aggregator.errors import BadRequest, NotFound
+from aggregator.errors import NotFound
 from aggregator.keys import CONFIG, DB_POOL
+from aggregator.trs.conformance import CATEGORIES, trend
 
 PREFIX: Final = "/aggregator/v1/upstreams"
 DEFAULT_RUNS: Final = 20
@@ -25,7 +28,12 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def state_of(row: asyncpg.Record) -> str:
-    """``circuit_open``, ``failing``, ``healthy``, or ``never_harvested``."""
+    """``circuit_open``, ``failing``, ``removed``, ``paused``, ``healthy``, or
+    ``never_harvested``."""
+    if row["removed_at"] is not None:
+        return "removed"
+    if row["paused"]:
+        return "paused"
     if row["circuit_open_until"] is not None and row["circuit_open_until"] > row["now"]:
         return "circuit_open"
     if row["consecutive_failures"]:
@@ -42,7 +50,7 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
             "status": row["last_run_status"],
             "started_at": _iso(row["last_run_started_at"]),
             "finished_at": _iso(row["last_run_finished_at"]),
-            "error": row["last_run_error"],
+            "error": _masked(row["last_run_error"]),
         }
     last_success = None
     if row["last_success_id"] is not None:
@@ -53,7 +61,7 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
         }
     return {
         "name": row["name"],
-        "url": row["url"],
+        "url": redact.text(row["url"]),
         "kind": row["kind"],
         "mode": row["mode"],
         "priority": row["priority"],
@@ -75,6 +83,20 @@ def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
         },
         "stale_after_s": stale_after_s,
         "runs_url": f"{PREFIX}/{row['name']}/runs",
+        "paused": row["paused"],
+        "paused_at": _iso(row["paused_at"]),
+        "paused_by": row["paused_by"],
+        "removed_at": _iso(row["removed_at"]),
+        "conformance": conformance_json(row["conformance_runs"]),
+    }
+
+
+def conformance_json(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last run's conformance figures, the last few runs' figures and their trend."""
+    return {
+        "last": runs[0] if runs else None,
+        "recent": [{k: r.get(k, 0) for k in ("run_id", *CATEGORIES)} for r in runs],
+        "trend": trend(runs),
     }
 
 
@@ -109,9 +131,13 @@ def run_json(row: asyncpg.Record) -> dict[str, Any]:
                 "errors",
             )
         },
-        "error": row["error"],
-        "error_samples": row["error_samples"],
+        "error": _masked(row["error"]),
+        "error_samples": redact.deep(row["error_samples"]),
     }
+
+
+def _masked(value: str | None) -> str | None:
+    return None if value is None else redact.text(value)
 
 
 def _json(body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -143,25 +169,6 @@ async def get_upstream(request: web.Request) -> web.Response:
     return _json(upstream_json(rows[0], request.app[CONFIG].harvest.stale_after_s))
 
 
-def _int_param(
-    request: web.Request, key: str, default: int | None, low: int, high: int | None = None
-) -> int | None:
-    raw = request.query.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{key} must be an integer, not {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        raise BadRequest(
-            f"{key} must be between {low} and {high}"
-            if high is not None
-            else f"{key} must be at least {low}"
-        )
-    return value
-
-
 async def list_runs(request: web.Request) -> web.Response:
     """GET /aggregator/v1/upstreams/{name}/runs: run history, newest first.
 
@@ -173,9 +180,8 @@ async def list_runs(request: web.Request) -> web.Response:
     upstream_id = await db_upstreams.fetch_upstream_id(pool, name)
     if upstream_id is None:
         raise NotFound(f"no upstream named {name!r}")
-    limit = _int_param(request, "limit", DEFAULT_RUNS, 1, MAX_RUNS)
-    before = _int_param(request, "before", None, 1)
-    assert limit is not None
+    limit = query_int(request.query, "limit", DEFAULT_RUNS, low=1, high=MAX_RUNS)
+    before = query_int(request.query, "before", None, low=1, high=MAX_BIGINT)
     rows = await db_runs.list_runs(pool, upstream_id, limit=limit + 1, before=before)
     headers = {}
     if len(rows) > limit:

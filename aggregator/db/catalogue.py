@@ -4,19 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
-
-import asyncpg
+from typing import TYPE_CHECKING, Final
 
 from aggregator.trs.model import CatalogueTool, CatalogueVersion, Source, VersionSource
 
+if TYPE_CHECKING:
+    from aggregator.db.pool import Executor
 
-async def resolve_tool_id(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], requested: str
-) -> str | None:
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """One stored file of a version."""
+
+    descriptor_type: str
+    path: str
+    file_type: str
+    sha256: str | None
+    checksum_status: str
+    url: str | None
+    content: bytes | None
+
+
+_RESOLVE: Final = "select catalogue_resolve($1)"
+
+
+async def resolve_tool_id(conn: Executor, requested: str) -> str | None:
     """The catalogue tool that *requested* names, if any: its own id, a member's qualified or
     plain upstream id, or an id it once had (see ``catalogue_resolve`` in sql/)."""
-    tool_id: str | None = await conn.fetchval("select catalogue_resolve($1)", requested)
+    tool_id: str | None = await conn.fetchval(_RESOLVE, requested)
     return tool_id
 
 
@@ -46,9 +61,7 @@ order by cv.tool_id, cv.position, cv.key, s.n
 """
 
 
-async def fetch_tools(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], tool_ids: Sequence[str]
-) -> dict[str, CatalogueTool]:
+async def fetch_tools(conn: Executor, tool_ids: Sequence[str]) -> dict[str, CatalogueTool]:
     """The catalogue tools *tool_ids* with their sources and versions (absent ids left out)."""
     ids = list(tool_ids)
     out: dict[str, CatalogueTool] = {}
@@ -96,21 +109,23 @@ async def fetch_tools(
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class FileRow:
-    """One stored file of a version."""
-
-    descriptor_type: str
-    path: str
-    file_type: str
-    sha256: str | None
-    checksum_status: str
-    url: str | None
-    content: bytes | None
+# Without content the join to file_contents is removed by the planner.
+_FILES_TEMPLATE = """
+select f.descriptor_type, f.path, f.file_type, f.sha256, f.checksum_status, f.url,
+       {content} as content
+from upstream_files f left join file_contents fc on fc.sha256 = f.sha256
+where f.upstream_version_id = $1
+  and ($2::text is null or f.descriptor_type in ($2, ''))
+  and ($3::text is null or f.path = $3)
+  and ($4::text[] is null or f.file_type = any($4))
+order by f.file_type <> 'PRIMARY_DESCRIPTOR', f.path collate "C"
+"""
+_FILES: Final = _FILES_TEMPLATE.format(content="fc.content")
+_FILES_WITHOUT_CONTENT: Final = _FILES_TEMPLATE.format(content="null::bytea")
 
 
 async def fetch_files(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
+    conn: Executor,
     version_id: int,
     *,
     descriptor_type: str | None = None,
@@ -122,16 +137,8 @@ async def fetch_files(
 
     Type-independent containerfiles (descriptor type '') are included with any type.
     """
-    content = "fc.content" if with_content else "null::bytea"
     rows = await conn.fetch(
-        f"""select f.descriptor_type, f.path, f.file_type, f.sha256, f.checksum_status, f.url,
-                   {content} as content
-            from upstream_files f left join file_contents fc on fc.sha256 = f.sha256
-            where f.upstream_version_id = $1
-              and ($2::text is null or f.descriptor_type in ($2, ''))
-              and ($3::text is null or f.path = $3)
-              and ($4::text[] is null or f.file_type = any($4))
-            order by f.file_type <> 'PRIMARY_DESCRIPTOR', f.path collate "C" """,  # noqa: S608
+        _FILES if with_content else _FILES_WITHOUT_CONTENT,
         version_id,
         descriptor_type,
         path,

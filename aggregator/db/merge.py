@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
 import structlog
 
+from aggregator.db.generation import advance_generation
 from aggregator.merge.content import carries_identity, information, normalised_sha256
 from aggregator.merge.engine import (
     QUALIFIED_PREFIX,
@@ -31,9 +31,13 @@ from aggregator.merge.identity import CORROBORATING, Key, evidence
 
 __all__ = ["QUALIFIED_PREFIX", "MergeStats", "qualified_id", "remerge", "save_merge_rules"]
 
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
+
 log = structlog.get_logger()
 
-# Dirty tools from which the statistics of the tables the merge reads are refreshed first.
+# Changed tools from which the statistics of the tables a publish writes and the merge reads
+# are refreshed inside the transaction (the planner must see a large change's rows).
 ANALYZE_AFTER: Final = 500
 
 
@@ -47,46 +51,45 @@ class MergeStats:
     generation: int
 
 
+_RULES: Final = "select rule, a, b from merge_rules"
+_DELETE_RULES: Final = "delete from merge_rules"
+_QUALIFIED_TOOLS: Final = """
+select '#upstream/' || u.name || '/' || t.external_id as qualified, t.id
+from upstream_tools t join upstreams u on u.id = t.upstream_id
+where '#upstream/' || u.name || '/' || t.external_id = any($1::text[])
+"""
+_MARK_DIRTY: Final = "update upstream_tools set merge_dirty = true where id = any($1::bigint[])"
+
+
 async def save_merge_rules(
-    conn: asyncpg.Connection[Any],
-    always: Iterable[Sequence[str]] = (),
-    never: Iterable[Sequence[str]] = (),
+    conn: Connection, always: Iterable[Sequence[str]] = (), never: Iterable[Sequence[str]] = ()
 ) -> None:
     """Store the operator's rules (pairs of qualified ids); when they changed, mark the records
     they name, before and after, for re-merging."""
     rules = Rules.of(always, never)
     new = {("always", a, b) for a, b in rules.always} | {("never", a, b) for a, b in rules.never}
-    old = {(r["rule"], r["a"], r["b"]) for r in await conn.fetch("select * from merge_rules")}
+    old = {(r["rule"], r["a"], r["b"]) for r in await conn.fetch(_RULES)}
     if new == old:
         return
-    await conn.execute("delete from merge_rules")
+    await conn.execute(_DELETE_RULES)
     await conn.copy_records_to_table("merge_rules", records=sorted(new), columns=["rule", "a", "b"])
     named = sorted({q for _, a, b in old ^ new for q in (a, b)})
-    await conn.execute(
-        """update upstream_tools t set merge_dirty = true from upstreams u
-           where u.id = t.upstream_id and '#upstream/' || u.name || '/' || t.external_id
-                 = any($1::text[])""",
-        named,
-    )
+    ids = [r["id"] for r in await conn.fetch(_QUALIFIED_TOOLS, named)]
+    await conn.execute(_MARK_DIRTY, ids)
     log.info("merge_rules_changed", always=len(rules.always), never=len(rules.never))
 
 
-async def _load_rules(conn: asyncpg.Connection[Any]) -> tuple[Rules, dict[int, set[int]]]:
-    """The stored rules, and the always-partners among live records by row id."""
-    rows = await conn.fetch("select rule, a, b from merge_rules")
+async def _load_rules(conn: Connection) -> tuple[Rules, dict[int, set[int]]]:
+    """The stored rules, and the always-partners among the records by row id."""
+    rows = await conn.fetch(_RULES)
     rules = Rules.of(
         [(r["a"], r["b"]) for r in rows if r["rule"] == "always"],
         [(r["a"], r["b"]) for r in rows if r["rule"] == "never"],
     )
     partners: dict[int, set[int]] = defaultdict(set)
     if rules.always:
-        ids = await conn.fetch(
-            """select '#upstream/' || u.name || '/' || t.external_id as q, t.id
-               from upstream_tools t join upstreams u on u.id = t.upstream_id
-               where '#upstream/' || u.name || '/' || t.external_id = any($1::text[])""",
-            sorted({q for pair in rules.always for q in pair}),
-        )
-        by_name = {r["q"]: r["id"] for r in ids}
+        named = sorted({q for pair in rules.always for q in pair})
+        by_name = {r["qualified"]: r["id"] for r in await conn.fetch(_QUALIFIED_TOOLS, named)}
         for a, b in rules.always:
             if a in by_name and b in by_name:
                 partners[by_name[a]].add(by_name[b])
@@ -94,49 +97,50 @@ async def _load_rules(conn: asyncpg.Connection[Any]) -> tuple[Rules, dict[int, s
     return rules, partners
 
 
+_ALL_TOOLS: Final = "select id from upstream_tools"
+_DIRTY_TOOLS: Final = "select id from upstream_tools where merge_dirty"
+_ANALYZE_EVIDENCE: Final = "analyze tool_evidence"
+_CLEAR_DIRTY: Final = """
+update upstream_tools set merge_dirty = false where id = any($1::bigint[]) and merge_dirty
+"""
+
+
 async def remerge(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     *,
     tombstone_after: int,
     max_per_upstream: int = 1,
     full: bool = False,
 ) -> MergeStats:
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
-    tools, and bump the generation. Call inside the publishing transaction."""
-    live = "t.missed_listings < $1"
-    if full:
-        dirty = [r["id"] for r in await conn.fetch("select id from upstream_tools")]
-    else:
-        dirty = [
-            r["id"] for r in await conn.fetch("select id from upstream_tools where merge_dirty")
-        ]
+    tools, and advance (and announce) the generation. Call inside the publishing transaction
+    (``db.publish``)."""
+    dirty = [r["id"] for r in await conn.fetch(_ALL_TOOLS if full else _DIRTY_TOOLS)]
     rules, partners = await _load_rules(conn)
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if len(dirty) >= ANALYZE_AFTER:
-        await conn.execute("analyze tool_evidence")
+        await conn.execute(_ANALYZE_EVIDENCE)
     if dirty:
-        await conn.execute(
-            "update upstream_tools set merge_dirty = false "
-            "where id = any($1::bigint[]) and merge_dirty",
-            dirty,
-        )
+        await conn.execute(_CLEAR_DIRTY, dirty)
     if full:
         affected = set(dirty)
-        nodes = await _load_nodes(conn, affected, live, tombstone_after)
+        nodes = await _load_nodes(conn, affected, tombstone_after)
         identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
     else:
         affected, identifying = await _closure(
-            conn, set(dirty), old_keys, max_per_upstream, tombstone_after, partners
+            conn,
+            set(dirty),
+            old_keys,
+            max_per_upstream=max_per_upstream,
+            tombstone_after=tombstone_after,
+            partners=partners,
         )
-        nodes = await _load_nodes(conn, affected, live, tombstone_after)
+        nodes = await _load_nodes(conn, affected, tombstone_after)
     components = merge(nodes, identifying=identifying, rules=rules)
     versions = await _load_versions(conn, [n.id for n in nodes])
     old_ids = await _drop_tools(conn, affected)
     await _write(conn, components, versions, old_ids)
-    generation: int = await conn.fetchval(
-        """update catalogue_state set generation = generation + 1, published_at = now()
-           returning generation"""
-    )
+    generation = await advance_generation(conn)
     stats = MergeStats(len(dirty), len(nodes), len(components), generation)
     log.info(
         "merge_finished",
@@ -149,25 +153,38 @@ async def remerge(
     return stats
 
 
-async def _refresh_evidence(
-    conn: asyncpg.Connection[Any], ids: list[int], tombstone_after: int
-) -> set[Key]:
+_DELETE_EVIDENCE: Final = """
+delete from tool_evidence where upstream_tool_id = any($1::bigint[]) returning kind, value
+"""
+_LIVE_IDENTIFIERS: Final = """
+select t.id, t.external_id, t.doc->'aliases' as aliases, t.doc->'identifiers' as identifiers
+from upstream_tools t
+where t.id = any($1::bigint[]) and upstream_tool_live(t.missed_listings, $2)
+"""
+# The primary descriptors of some tools: the content only where its normalised checksum and
+# information have not been computed yet.
+_PRIMARY_DESCRIPTORS: Final = """
+select v.upstream_tool_id as id, f.path, fc.sha256, fc.normalised_sha256, fc.information,
+       case when fc.normalised_sha256 is null then fc.content end as content
+from upstream_versions v
+join upstream_files f on f.upstream_version_id = v.id
+join file_contents fc on fc.sha256 = f.sha256
+where v.upstream_tool_id = any($1::bigint[]) and f.file_type = 'PRIMARY_DESCRIPTOR'
+"""
+_SAVE_NORMALISED: Final = """
+update file_contents fc set normalised_sha256 = x.n, information = x.i
+from unnest($1::text[], $2::text[], $3::int[]) as x(sha256, n, i)
+where fc.sha256 = x.sha256
+"""
+
+
+async def _refresh_evidence(conn: Connection, ids: list[int], tombstone_after: int) -> set[Key]:
     """Recompute the evidence of tools *ids* (none for tools no longer live); return the keys
     they held before."""
     if not ids:
         return set()
-    old = await conn.fetch(
-        "delete from tool_evidence where upstream_tool_id = any($1::bigint[]) "
-        "returning kind, value",
-        ids,
-    )
-    tools = await conn.fetch(
-        """select t.id, t.external_id, t.doc->'aliases' as aliases,
-                  t.doc->'identifiers' as identifiers
-           from upstream_tools t where t.id = any($1::bigint[]) and t.missed_listings < $2""",
-        ids,
-        tombstone_after,
-    )
+    old = await conn.fetch(_DELETE_EVIDENCE, ids)
+    tools = await conn.fetch(_LIVE_IDENTIFIERS, ids, tombstone_after)
     content = await _descriptor_content(conn, ids)
     rows = []
     for t in tools:
@@ -181,23 +198,13 @@ async def _refresh_evidence(
     return {(r["kind"], r["value"]) for r in old}
 
 
-async def _descriptor_content(conn: asyncpg.Connection[Any], ids: list[int]) -> dict[int, set[str]]:
+async def _descriptor_content(conn: Connection, ids: list[int]) -> dict[int, set[str]]:
     """The normalised checksums of the identity-carrying primary descriptors of tools *ids*.
 
     A file's normalised checksum and information are computed once, the first time it is read
     here, and kept beside its bytes.
     """
-    rows = await conn.fetch(
-        """select v.upstream_tool_id as id, f.path, fc.sha256, fc.normalised_sha256,
-                  fc.information,
-                  case when fc.normalised_sha256 is null then fc.content end as content
-           from upstream_versions v
-           join upstream_files f on f.upstream_version_id = v.id
-           join file_contents fc on fc.sha256 = f.sha256
-           where v.upstream_tool_id = any($1::bigint[])
-             and f.file_type = 'PRIMARY_DESCRIPTOR'""",
-        ids,
-    )
+    rows = await conn.fetch(_PRIMARY_DESCRIPTORS, ids)
     computed: dict[str, tuple[str, int]] = {}
     for r in rows:
         if r["normalised_sha256"] is None and r["sha256"] not in computed:
@@ -205,9 +212,7 @@ async def _descriptor_content(conn: asyncpg.Connection[Any], ids: list[int]) -> 
             computed[r["sha256"]] = (normalised_sha256(data), information(data))
     if computed:
         await conn.execute(
-            """update file_contents fc set normalised_sha256 = x.n, information = x.i
-               from unnest($1::text[], $2::text[], $3::int[]) as x(sha256, n, i)
-               where fc.sha256 = x.sha256""",
+            _SAVE_NORMALISED,
             list(computed),
             [n for n, _ in computed.values()],
             [i for _, i in computed.values()],
@@ -229,10 +234,10 @@ truncate merge_affected, merge_frontier, merge_keys
 """
 
 # One step of the closure, all in the server: the frontier's keys not yet judged are judged
-# (identifying when no upstream has more than $2 live holders and, for a repository root, no
-# holder names a workflow path in that repository; corroborating kinds $3 never), then the holders of its
-# identifying keys and the members of the catalogue tools holding it join the affected set;
-# the newly affected are returned (the next frontier).
+# (identifying when no upstream has more than $2 live holders and, for a repository root,
+# no holder names a workflow path in that repository; corroborating kinds $3 never), then the
+# holders of its identifying keys and the members of the catalogue tools holding it join the
+# affected set; the newly affected are returned (the next frontier).
 _CLOSURE_STEP: Final = """
 with fresh as (
     select distinct e.kind, e.value
@@ -249,7 +254,8 @@ judged as (
                        and starts_with(p.value, fr.value || '#'))) as pathed
           from fresh fr
           join tool_evidence e on e.kind = fr.kind and e.value = fr.value
-          join upstream_tools t on t.id = e.upstream_tool_id and t.missed_listings < $1
+          join upstream_tools t on t.id = e.upstream_tool_id
+                                and upstream_tool_live(t.missed_listings, $1)
           group by fr.kind, fr.value, t.upstream_id) as x
     group by x.kind, x.value
     returning kind, value, identifying),
@@ -268,10 +274,15 @@ select coalesce(array_agg(id), '{}') from added
 """
 
 
+_TRUNCATE_FRONTIER: Final = "truncate merge_frontier"
+_IDENTIFYING_KEYS: Final = "select kind, value from merge_keys where identifying"
+
+
 async def _closure(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     seeds: set[int],
     old_keys: set[Key],
+    *,
     max_per_upstream: int,
     tombstone_after: int,
     partners: dict[int, set[int]],
@@ -293,7 +304,7 @@ async def _closure(
             "merge_affected", records=[(i,) for i in frontier - stored]
         )
         affected |= frontier
-        await conn.execute("truncate merge_frontier")
+        await conn.execute(_TRUNCATE_FRONTIER)
         await conn.copy_records_to_table("merge_frontier", records=[(i,) for i in frontier])
         frontier = set(
             await conn.fetchval(
@@ -301,46 +312,46 @@ async def _closure(
             )
         )
         stored |= affected | frontier
-    rows = await conn.fetch("select kind, value from merge_keys where identifying")
+    rows = await conn.fetch(_IDENTIFYING_KEYS)
     return affected, {(r["kind"], r["value"]) for r in rows}
 
 
-async def _keys_of(conn: asyncpg.Connection[Any], ids: set[int]) -> set[Key]:
-    rows = await conn.fetch(
-        "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])",
-        list(ids),
-    )
+_KEYS_OF: Final = "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])"
+
+
+async def _keys_of(conn: Connection, ids: set[int]) -> set[Key]:
+    rows = await conn.fetch(_KEYS_OF, list(ids))
     return {(r["kind"], r["value"]) for r in rows}
 
 
-async def _holders(conn: asyncpg.Connection[Any], keys: set[Key]) -> set[int]:
+_HOLDERS: Final = """
+select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
+join tool_evidence e on e.kind = k.kind and e.value = k.value
+"""
+
+
+async def _holders(conn: Connection, keys: set[Key]) -> set[int]:
     if not keys:
         return set()
     kinds, values = zip(*keys, strict=True)
-    rows = await conn.fetch(
-        """select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
-           join tool_evidence e on e.kind = k.kind and e.value = k.value""",
-        list(kinds),
-        list(values),
-    )
+    rows = await conn.fetch(_HOLDERS, list(kinds), list(values))
     return {r["upstream_tool_id"] for r in rows}
 
 
-async def _load_nodes(
-    conn: asyncpg.Connection[Any], ids: set[int], live: str, tombstone_after: int
-) -> list[Node]:
-    rows = await conn.fetch(
-        f"""select t.id, u.name, u.priority, t.external_id,
-                   coalesce(array_agg(e.kind) filter (where e.kind is not null), '{{}}') as kinds,
-                   coalesce(array_agg(e.value) filter (where e.kind is not null), '{{}}') as vals
-            from upstream_tools t
-            join upstreams u on u.id = t.upstream_id
-            left join tool_evidence e on e.upstream_tool_id = t.id
-            where t.id = any($2::bigint[]) and {live}
-            group by t.id, u.name, u.priority, t.external_id""",  # noqa: S608
-        tombstone_after,
-        list(ids),
-    )
+_NODES: Final = """
+select t.id, u.name, u.priority, t.external_id,
+       coalesce(array_agg(e.kind) filter (where e.kind is not null), '{}') as kinds,
+       coalesce(array_agg(e.value) filter (where e.kind is not null), '{}') as vals
+from upstream_tools t
+join upstreams u on u.id = t.upstream_id
+left join tool_evidence e on e.upstream_tool_id = t.id
+where t.id = any($2::bigint[]) and upstream_tool_live(t.missed_listings, $1)
+group by t.id, u.name, u.priority, t.external_id
+"""
+
+
+async def _load_nodes(conn: Connection, ids: set[int], tombstone_after: int) -> list[Node]:
+    rows = await conn.fetch(_NODES, tombstone_after, list(ids))
     return [
         Node(
             r["id"],
@@ -353,21 +364,19 @@ async def _load_nodes(
     ]
 
 
-async def _load_versions(
-    conn: asyncpg.Connection[Any], member_ids: list[int]
-) -> dict[int, list[VersionNode]]:
-    rows = await conn.fetch(
-        """select v.id, v.upstream_tool_id, v.key, coalesce(v.doc->>'name', v.key) as name,
-                  v.position,
-                  (select md5(string_agg(f.descriptor_type || '/' || f.path || '=' || f.sha256,
-                                         ',' order by f.descriptor_type, f.path))
-                   from upstream_files f
-                   where f.upstream_version_id = v.id and f.sha256 is not null
-                     and f.file_type in ('PRIMARY_DESCRIPTOR', 'SECONDARY_DESCRIPTOR'))
-                  as fingerprint
-           from upstream_versions v where v.upstream_tool_id = any($1::bigint[])""",
-        member_ids,
-    )
+_VERSIONS: Final = """
+select v.id, v.upstream_tool_id, v.key, coalesce(v.doc->>'name', v.key) as name, v.position,
+       (select md5(string_agg(f.descriptor_type || '/' || f.path || '=' || f.sha256,
+                              ',' order by f.descriptor_type, f.path))
+        from upstream_files f
+        where f.upstream_version_id = v.id and f.sha256 is not null
+          and f.file_type in ('PRIMARY_DESCRIPTOR', 'SECONDARY_DESCRIPTOR')) as fingerprint
+from upstream_versions v where v.upstream_tool_id = any($1::bigint[])
+"""
+
+
+async def _load_versions(conn: Connection, member_ids: list[int]) -> dict[int, list[VersionNode]]:
+    rows = await conn.fetch(_VERSIONS, member_ids)
     out: dict[int, list[VersionNode]] = defaultdict(list)
     for r in rows:
         out[r["upstream_tool_id"]].append(
@@ -378,20 +387,33 @@ async def _load_versions(
     return out
 
 
-async def _drop_tools(conn: asyncpg.Connection[Any], affected: set[int]) -> list[str]:
+_DROP_TOOLS: Final = """
+delete from catalogue_tools c where c.id in (
+    select m.tool_id from catalogue_members m where m.upstream_tool_id = any($1::bigint[]))
+returning c.id
+"""
+
+
+async def _drop_tools(conn: Connection, affected: set[int]) -> list[str]:
     """Delete the catalogue tools holding any affected upstream tool; return their ids."""
-    rows = await conn.fetch(
-        """delete from catalogue_tools c where c.id in (
-               select m.tool_id from catalogue_members m
-               where m.upstream_tool_id = any($1::bigint[]))
-           returning c.id""",
-        list(affected),
-    )
+    rows = await conn.fetch(_DROP_TOOLS, list(affected))
     return [r["id"] for r in rows]
 
 
+_HISTORY_TABLE: Final = """
+create temporary table if not exists merge_history (
+    id text, upstream_tool_id bigint, was_primary boolean);
+truncate merge_history
+"""
+_SAVE_HISTORY: Final = """
+insert into catalogue_id_history (id, upstream_tool_id, was_primary)
+select id, upstream_tool_id, was_primary from merge_history
+on conflict (id, upstream_tool_id) do nothing
+"""
+
+
 async def _write(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     components: list[Component],
     versions: dict[int, list[VersionNode]],
     released: list[str],
@@ -403,7 +425,7 @@ async def _write(
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
         merged, conflicts = merge_versions(comp, member_versions)
-        report = [
+        report: list[dict[str, Any]] = [
             {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
             for c in conflicts
         ]
@@ -445,19 +467,21 @@ async def _write(
         columns=["tool_id", "key", "position", "upstream_version_id", "source_ids", "conflict"],
     )
     # The ids each tool had, so they keep resolving after its members change.
-    await conn.execute(
-        """create temporary table if not exists merge_history (
-               id text, upstream_tool_id bigint, was_primary boolean);
-           truncate merge_history"""
-    )
+    await conn.execute(_HISTORY_TABLE)
     await conn.copy_records_to_table(
         "merge_history", records=history, columns=["id", "upstream_tool_id", "was_primary"]
     )
-    await conn.execute(
-        """insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-           select id, upstream_tool_id, was_primary from merge_history
-           on conflict (id, upstream_tool_id) do nothing"""
-    )
+    await conn.execute(_SAVE_HISTORY)
+
+
+_CLAIMANTS: Final = """
+select c.id, t.external_id, u.name, u.priority
+from upstream_tools t
+join catalogue_tools c on c.primary_member_id = t.id
+join upstreams u on u.id = t.upstream_id
+where t.external_id = any($1::text[])
+"""
+_RENAME: Final = "update catalogue_tools set id = $2, sort_key = $2 where id = $1"
 
 
 def _join_record(other: Node, node: Node, kind: str, value: str) -> dict[str, Any]:
@@ -474,7 +498,7 @@ def _join_record(other: Node, node: Node, kind: str, value: str) -> dict[str, An
 
 
 async def _assign_ids(
-    conn: asyncpg.Connection[Any], components: list[Component], released: list[str]
+    conn: Connection, components: list[Component], released: list[str]
 ) -> list[str]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
     the same id (then the qualified id). Tools elsewhere in the catalogue that lose or regain
@@ -485,14 +509,7 @@ async def _assign_ids(
         if not p.external_id.startswith(QUALIFIED_PREFIX):
             claims[p.external_id].append((p.order, i))
     contested = set(claims) | {r for r in released if not r.startswith(QUALIFIED_PREFIX)}
-    others = await conn.fetch(
-        """select c.id, t.external_id, u.name, u.priority
-           from upstream_tools t
-           join catalogue_tools c on c.primary_member_id = t.id
-           join upstreams u on u.id = t.upstream_id
-           where t.external_id = any($1::text[])""",
-        list(contested),
-    )
+    others = await conn.fetch(_CLAIMANTS, list(contested))
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         claims[r["external_id"]].append(((r["priority"], r["name"], r["external_id"]), None))
@@ -512,7 +529,5 @@ async def _assign_ids(
     # Losers step aside to their qualified ids before winners take the plain ones.
     renames.sort(key=lambda r: not r[1].startswith(QUALIFIED_PREFIX))
     for current, wanted in renames:
-        await conn.execute(
-            "update catalogue_tools set id = $2, sort_key = $2 where id = $1", current, wanted
-        )
+        await conn.execute(_RENAME, current, wanted)
     return ids

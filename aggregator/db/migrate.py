@@ -7,17 +7,19 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import structlog
 
+from aggregator.db.locks import migrate_lock
 from aggregator.errors import MigrationError
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection, Executor
 
 log = structlog.get_logger()
 
-# pg_advisory_xact_lock key: "trs-aggregator migrate".
-MIGRATE_LOCK: Final = 0x7472_7361_6D69
 _NAME_RE: Final = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 _CREATE_TABLE: Final = """
@@ -87,14 +89,14 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
         await conn.close()
 
 
-async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> list[str]:
+_APPLIED: Final = "select version, name, sha256 from schema_migrations"
+
+
+async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
     applied_names: list[str] = []
-    # A session lock, so that a file that cannot run in a transaction is covered too.
-    await conn.execute("select pg_advisory_lock($1)", MIGRATE_LOCK)
-    try:
+    async with migrate_lock(conn):
         await conn.execute(_CREATE_TABLE)
-        rows = await conn.fetch("select version, name, sha256 from schema_migrations")
-        applied = {r["version"]: r for r in rows}
+        applied = {r["version"]: r for r in await conn.fetch(_APPLIED)}
         for m in migrations:
             row = applied.get(m.version)
             if row is not None and row["sha256"] != m.sha256:
@@ -114,15 +116,24 @@ async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> 
                 await _record(conn, m)
             applied_names.append(m.name)
             log.info("migration_applied", migration=m.name)
-    finally:
-        await conn.execute("select pg_advisory_unlock($1)", MIGRATE_LOCK)
     return applied_names
 
 
-async def _record(conn: asyncpg.Connection[Any], m: Migration) -> None:
-    await conn.execute(
-        "insert into schema_migrations (version, name, sha256) values ($1, $2, $3)",
-        m.version,
-        m.name,
-        m.sha256,
-    )
+_RECORD: Final = "insert into schema_migrations (version, name, sha256) values ($1, $2, $3)"
+
+
+async def _record(conn: Connection, m: Migration) -> None:
+    await conn.execute(_RECORD, m.version, m.name, m.sha256)
+
+
+_APPLIED_NAMES: Final = "select name from schema_migrations"
+
+
+async def missing_migrations(conn: Executor) -> list[str]:
+    """The names of the migrations not applied to the database, in order."""
+    names = [m.name for m in load_migrations(default_directory())]
+    try:
+        applied = {r["name"] for r in await conn.fetch(_APPLIED_NAMES)}
+    except asyncpg.UndefinedTableError:
+        applied = set()
+    return [n for n in names if n not in applied]

@@ -1,66 +1,34 @@
-"""Staging what a run fetched, and publishing it atomically over the upstream's live records."""
+"""Staging what a run fetched, publishing it atomically over the upstream's live records, and
+announcing the catalogue generation that results.
+
+``publish_run`` is the one way a harvest changes the catalogue; ``remerge_catalogue`` is its
+sibling for a merge without a harvest (the ``merge`` command). Both take the merge lock, merge
+what changed and announce the new generation (``db.generation``) in one transaction.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
-
-from aggregator.db.merge import remerge
+from aggregator.db.generation import lock_catalogue
+from aggregator.db.locks import lock_merge
+from aggregator.db.merge import ANALYZE_AFTER, MergeStats, remerge
 from aggregator.db.runs import RunCounts
+from aggregator.db.upstreams import save_service_info
+from aggregator.trs.staged import ListingPage, StagedTool
 
-CATALOGUE_CHANNEL: Final = "trs_aggregator_catalogue"
-# Tools new or changed in one publish from which the tables' statistics are refreshed in it.
-ANALYZE_AFTER: Final = 500
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
-
-@dataclass(slots=True)
-class StagedFile:
-    """One file of one version, as fetched (content None in index mode or when unfetched)."""
-
-    descriptor_type: str
-    path: str
-    file_type: str
-    url: str | None
-    content: bytes | None = None
-    sha256: str | None = None
-    declared_sha256: str | None = None
-    checksum_status: str = "not_fetched"
+_STAGE_CONTENTS: Final = """
+insert into file_contents (sha256, content, size)
+select s, c, length(c) from unnest($1::text[], $2::bytea[]) as x(s, c)
+on conflict (sha256) do nothing
+"""
 
 
-@dataclass(slots=True)
-class StagedVersion:
-    """One version of a tool, with its files."""
-
-    key: str
-    external_id: str
-    position: int
-    doc: dict[str, Any]
-    files: list[StagedFile] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class StagedTool:
-    """One listed tool of a run.
-
-    *detailed* False: the listing confirmed the tool, its versions and files were not fetched
-    (unchanged, or the fetch failed); publishing keeps what was there. *listing_hash* None
-    makes the next run fetch the tool's details again.
-    """
-
-    external_id: str
-    doc: dict[str, Any]
-    doc_hash: str
-    detailed: bool
-    listing_hash: str | None = None
-    versions: Sequence[StagedVersion] = ()
-
-
-async def stage_tools(
-    conn: asyncpg.Connection[Any], run_id: int, tools: Sequence[StagedTool]
-) -> None:
+async def stage_tools(conn: Connection, run_id: int, tools: Sequence[StagedTool]) -> None:
     """Stage *tools* of run *run_id*: documents, versions, files and their contents."""
     contents = {
         f.sha256: f.content
@@ -73,13 +41,7 @@ async def stage_tools(
         if contents:
             # In key order, so that runs storing the same contents at once cannot deadlock.
             shas = sorted(contents)
-            await conn.execute(
-                """insert into file_contents (sha256, content, size)
-                   select s, c, length(c) from unnest($1::text[], $2::bytea[]) as x(s, c)
-                   on conflict (sha256) do nothing""",
-                shas,
-                [contents[s] for s in shas],
-            )
+            await conn.execute(_STAGE_CONTENTS, shas, [contents[s] for s in shas])
         await conn.copy_records_to_table(
             "staged_tools",
             records=[
@@ -220,12 +182,20 @@ _MARK_MISSED: Final = """
 update upstream_tools t set missed_listings = missed_listings + 1,
     tombstoned_at = coalesce(tombstoned_at, now()), merge_dirty = true
 where t.upstream_id = $2
-  and not exists (select 1 from staged_tools s where s.run_id = $1 and s.external_id = t.external_id)
+  and not exists (select 1 from staged_tools s
+                  where s.run_id = $1 and s.external_id = t.external_id)
 """
 
 
+_ANALYZE_STAGED: Final = "analyze staged_tools"
+_ANALYZE_TOOLS: Final = "analyze upstream_tools"
+_ANALYZE_VERSIONS: Final = "analyze upstream_versions"
+_ANALYZE_FILES: Final = "analyze upstream_files"
+_DELETE_PAGES: Final = "delete from listing_pages where upstream_id = $1"
+
+
 async def publish_run(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     run_id: int,
     upstream_id: int,
     *,
@@ -233,42 +203,115 @@ async def publish_run(
     tombstone_after: int,
     counts: RunCounts,
     max_per_upstream: int = 1,
+    service_info: Any = None,
+    tool_classes: list[dict[str, Any]] | None = None,
+    pages: Sequence[ListingPage] = (),
 ) -> int:
-    """Publish run *run_id* over the live records of *upstream_id*; return the new generation.
+    """Publish run *run_id* over the live records of *upstream_id*, re-merge what changed and
+    announce the new generation; return it.
 
-    Runs in one transaction: clients see the whole run or none of it. Tools absent from a
-    complete listing are tombstoned (the API hides them after *tombstone_after* misses);
-    after an incomplete listing nothing is tombstoned. Fills the change counters of *counts*.
+    Runs in one transaction under the merge lock: clients see the whole run or none of it.
+    Tools absent from a complete listing are tombstoned (the API hides them after
+    *tombstone_after* misses); after an incomplete listing nothing is tombstoned. Fills the
+    change counters of *counts*. *service_info* and *tool_classes* (None: keep what was
+    stored) and the listing *pages* with validators are stored for the next run.
     """
     async with conn.transaction():
+        await lock_merge(conn)
+        # Fresh statistics, or the publish may plan nested loops over a big run's rows.
+        await conn.execute(_ANALYZE_STAGED)
+        await save_service_info(conn, upstream_id, service_info, tool_classes)
         # Publishes are serialised: the catalogue is rebuilt from all upstreams below.
-        await conn.execute("select 1 from catalogue_state for update")
-        changes = await conn.fetchrow(_COUNT_CHANGES, run_id, upstream_id)
-        counts.tools_new, counts.tools_changed, counts.tools_unchanged = (
-            changes["new"],
-            changes["changed"],
-            changes["unchanged"],
+        await lock_catalogue(conn)
+        await _apply_run(
+            conn, run_id, upstream_id, listing_complete=listing_complete, counts=counts
         )
-        await conn.execute(_CONFIRM_ONLY, run_id, upstream_id)
-        await conn.execute(_UPSERT_TOOLS, run_id, upstream_id)
-        # After a large change the planner must see the new rows, or the joins below turn
-        # into nested loops over whole tables (quadratic in the number of tools).
-        large = counts.tools_new + counts.tools_changed >= ANALYZE_AFTER
-        if large:
-            await conn.execute("analyze upstream_tools")
-        await conn.execute(_DELETE_GONE_VERSIONS, run_id, upstream_id)
-        await conn.execute(_UPSERT_VERSIONS, run_id, upstream_id)
-        if large:
-            await conn.execute("analyze upstream_versions")
-        await conn.execute(_DELETE_GONE_FILES, run_id, upstream_id)
-        await conn.execute(_UPSERT_FILES, run_id, upstream_id)
-        if large:
-            await conn.execute("analyze upstream_files")
-        if listing_complete:
-            status = await conn.execute(_MARK_MISSED, run_id, upstream_id)
-            counts.tools_tombstoned = int(status.split()[-1])
-        generation = (
-            await remerge(conn, tombstone_after=tombstone_after, max_per_upstream=max_per_upstream)
-        ).generation
-        await conn.execute("select pg_notify($1, $2)", CATALOGUE_CHANNEL, str(generation))
-    return generation
+        stats = await remerge(
+            conn, tombstone_after=tombstone_after, max_per_upstream=max_per_upstream
+        )
+        await _save_pages(conn, upstream_id, pages)
+    return stats.generation
+
+
+async def remerge_catalogue(
+    conn: Connection, *, tombstone_after: int, max_per_upstream: int, full: bool
+) -> MergeStats:
+    """Re-merge without a harvest and announce the new generation, in one transaction.
+
+    Merges what is marked changed (a priority change marks an upstream's tools), or
+    everything with *full*.
+    """
+    async with conn.transaction():
+        await lock_merge(conn)
+        await lock_catalogue(conn)
+        return await remerge(
+            conn, tombstone_after=tombstone_after, max_per_upstream=max_per_upstream, full=full
+        )
+
+
+async def _apply_run(
+    conn: Connection,
+    run_id: int,
+    upstream_id: int,
+    *,
+    listing_complete: bool,
+    counts: RunCounts,
+) -> None:
+    """Write the staged rows of *run_id* over the upstream's records; count the changes."""
+    changes = await conn.fetchrow(_COUNT_CHANGES, run_id, upstream_id)
+    assert changes is not None
+    counts.tools_new, counts.tools_changed, counts.tools_unchanged = (
+        changes["new"],
+        changes["changed"],
+        changes["unchanged"],
+    )
+    await conn.execute(_CONFIRM_ONLY, run_id, upstream_id)
+    await conn.execute(_UPSERT_TOOLS, run_id, upstream_id)
+    # After a large change the planner must see the new rows, or the joins below turn
+    # into nested loops over whole tables (quadratic in the number of tools).
+    large = counts.tools_new + counts.tools_changed >= ANALYZE_AFTER
+    if large:
+        await conn.execute(_ANALYZE_TOOLS)
+    await conn.execute(_DELETE_GONE_VERSIONS, run_id, upstream_id)
+    await conn.execute(_UPSERT_VERSIONS, run_id, upstream_id)
+    if large:
+        await conn.execute(_ANALYZE_VERSIONS)
+    await conn.execute(_DELETE_GONE_FILES, run_id, upstream_id)
+    await conn.execute(_UPSERT_FILES, run_id, upstream_id)
+    if large:
+        await conn.execute(_ANALYZE_FILES)
+    if listing_complete:
+        status = await conn.execute(_MARK_MISSED, run_id, upstream_id)
+        counts.tools_tombstoned = int(status.split()[-1])
+
+
+async def _save_pages(conn: Connection, upstream_id: int, pages: Sequence[ListingPage]) -> None:
+    """Keep the listing pages that came with validators, for conditional requests next run."""
+    await conn.execute(_DELETE_PAGES, upstream_id)
+    records = [
+        (
+            upstream_id,
+            p.url,
+            p.etag,
+            p.last_modified,
+            p.next_page,
+            p.tool_ids,
+            p.listing_hashes,
+        )
+        for p in pages
+        if p.etag or p.last_modified
+    ]
+    if records:
+        await conn.copy_records_to_table(
+            "listing_pages",
+            records=records,
+            columns=[
+                "upstream_id",
+                "url",
+                "etag",
+                "last_modified",
+                "next_page",
+                "tool_ids",
+                "listing_hashes",
+            ],
+        )

@@ -10,9 +10,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    import asyncpg
-
-    Conn = asyncpg.Connection[Any] | asyncpg.Pool[Any]
+    from aggregator.db.pool import Executor
 
 _MEMBERS: Final = """exists (select 1 from catalogue_members m
     join upstream_tools t on t.id = m.upstream_tool_id
@@ -33,6 +31,43 @@ _TYPES: Final = _elements("v.doc->'descriptor_type'", text=True)
 _IMAGES: Final = _elements("v.doc->'images'")
 _AUTHORS: Final = _elements("v.doc->'author'", text=True)
 _IMAGE_NAME: Final = r"lower(regexp_replace(i->>'image_name', '^.*/|[:@].*$', '', 'g'))"
+
+
+def _member(condition: str) -> str:
+    """*condition* on ``t``, any member (upstream tool) of catalogue tool ``c``."""
+    return _MEMBERS.format(condition)
+
+
+def _version(condition: str) -> str:
+    """*condition* on ``v``, any version of any member of catalogue tool ``c``."""
+    return _VERSIONS.format(condition)
+
+
+# The condition of each text filter, with {v} for its argument (see ToolQuery).
+_FILTERS: Final = {
+    "id": "c.id = catalogue_resolve({v})",
+    "alias": _member(f"exists (select 1 from {_ALIASES} a where lower(a) = lower({{v}}))"),
+    "toolclass": _member("lower(t.doc->'toolclass'->>'name') = lower({v})"),
+    "descriptor_type": _version(f"exists (select 1 from {_TYPES} d where upper(d) = upper({{v}}))"),
+    "registry": _version(
+        f"exists (select 1 from {_IMAGES} i where lower(i->>'registry_host') = lower({{v}}))"
+    ),
+    "organization": _member("lower(t.doc->>'organization') = lower({v})"),
+    "name": "("
+    + _member("lower(t.doc->>'name') = lower({v})")
+    + " or "
+    + _version(f"exists (select 1 from {_IMAGES} i where {_IMAGE_NAME} = lower({{v}}))")
+    + ")",
+    "toolname": _member("lower(t.doc->>'name') = lower({v})"),
+    "description": _member("strpos(lower(t.doc->>'description'), lower({v})) > 0"),
+    "author": _version(
+        f"exists (select 1 from {_AUTHORS} a where strpos(lower(a), lower({{v}})) > 0)"
+    ),
+}
+_IS_CHECKER: Final = _member(
+    "t.doc->>'url' in (select x.doc->>'checker_url' from upstream_tools x "
+    "where x.doc ? 'checker_url')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,80 +107,25 @@ class ToolQuery:
         """Whether no filter is set."""
         return all(getattr(self, f.name) is None for f in fields(self))
 
-    def where(self, first_arg: int = 1) -> tuple[list[str], list[Any]]:
-        """SQL conditions on ``catalogue_tools c`` and their arguments, numbered from
-        *first_arg*."""
+    def statement(self, template: str, *, first_arg: int) -> tuple[str, list[Any]]:
+        """*template* (a statement over ``catalogue_tools c`` with a ``{where}`` slot) with the
+        conditions of these filters, and their arguments numbered from *first_arg*."""
+        clauses, args = self._conditions(first_arg)
+        where = "".join(" and " + c for c in clauses)
+        return template.format(where=where), args
+
+    def _conditions(self, first_arg: int) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         args: list[Any] = []
-
-        def arg(value: Any, cast: str = "text") -> str:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "checker":
+                clauses.append(_IS_CHECKER if value else f"not {_IS_CHECKER}")
+                continue
             args.append(value)
-            return f"${first_arg + len(args) - 1}::{cast}"
-
-        if self.id is not None:
-            clauses.append(f"c.id = catalogue_resolve({arg(self.id)})")
-        if self.alias is not None:
-            clauses.append(
-                _MEMBERS.format(
-                    f"exists (select 1 from {_ALIASES} a where lower(a) = lower({arg(self.alias)}))"
-                )
-            )
-        if self.toolclass is not None:
-            clauses.append(
-                _MEMBERS.format(
-                    f"lower(t.doc->'toolclass'->>'name') = lower({arg(self.toolclass)})"
-                )
-            )
-        if self.descriptor_type is not None:
-            clauses.append(
-                _VERSIONS.format(
-                    f"exists (select 1 from {_TYPES}"
-                    f" d where upper(d) = upper({arg(self.descriptor_type)}))"
-                )
-            )
-        if self.registry is not None:
-            clauses.append(
-                _VERSIONS.format(
-                    f"exists (select 1 from {_IMAGES} i "
-                    f"where lower(i->>'registry_host') = lower({arg(self.registry)}))"
-                )
-            )
-        if self.organization is not None:
-            clauses.append(
-                _MEMBERS.format(f"lower(t.doc->>'organization') = lower({arg(self.organization)})")
-            )
-        if self.name is not None:
-            value = arg(self.name)
-            clauses.append(
-                "("
-                + _MEMBERS.format(f"lower(t.doc->>'name') = lower({value})")
-                + " or "
-                + _VERSIONS.format(
-                    f"exists (select 1 from {_IMAGES} i where {_IMAGE_NAME} = lower({value}))"
-                )
-                + ")"
-            )
-        if self.toolname is not None:
-            clauses.append(_MEMBERS.format(f"lower(t.doc->>'name') = lower({arg(self.toolname)})"))
-        if self.description is not None:
-            clauses.append(
-                _MEMBERS.format(
-                    f"strpos(lower(t.doc->>'description'), lower({arg(self.description)})) > 0"
-                )
-            )
-        if self.author is not None:
-            clauses.append(
-                _VERSIONS.format(
-                    f"exists (select 1 from {_AUTHORS} a "
-                    f"where strpos(lower(a), lower({arg(self.author)})) > 0)"
-                )
-            )
-        if self.checker is not None:
-            is_checker = _MEMBERS.format(
-                "t.doc->>'url' in (select x.doc->>'checker_url' from upstream_tools x "
-                "where x.doc ? 'checker_url')"
-            )
-            clauses.append(is_checker if self.checker else f"not {is_checker}")
+            clauses.append(_FILTERS[f.name].format(v=f"${first_arg + len(args) - 1}::text"))
         return clauses, args
 
 
@@ -164,25 +144,31 @@ class PageIndex:
     checkpoints: tuple[str, ...]
 
 
-async def page_index(conn: Conn, query: ToolQuery, *, stride: int = 128) -> PageIndex:
+# Templates: ToolQuery.statement fills {where} with its conditions (values are $n arguments).
+_PAGE_INDEX: Final = """
+select sort_key, total from (
+    select c.sort_key, row_number() over (order by c.sort_key) - 1 as n,
+           count(*) over () as total
+    from catalogue_tools c where true{where}) as x
+where n % $1 = 0 order by n
+"""
+_PAGE_IDS: Final = """
+select c.id from catalogue_tools c
+where c.sort_key >= $1{where}
+order by c.sort_key limit $2 offset $3
+"""
+
+
+async def page_index(conn: Executor, query: ToolQuery, *, stride: int = 128) -> PageIndex:
     """Count the tools matching *query* and take a checkpoint every *stride* rows (one scan)."""
-    clauses, args = query.where(first_arg=2)
-    where = (" where " + " and ".join(clauses)) if clauses else ""
-    rows = await conn.fetch(
-        f"""select sort_key, total from (
-                select c.sort_key, row_number() over (order by c.sort_key) - 1 as n,
-                       count(*) over () as total
-                from catalogue_tools c{where}) as x
-            where n % $1 = 0 order by n""",  # noqa: S608 - clauses are ours, values are $n
-        stride,
-        *args,
-    )
+    statement, args = query.statement(_PAGE_INDEX, first_arg=2)
+    rows = await conn.fetch(statement, stride, *args)
     total = int(rows[0]["total"]) if rows else 0
     return PageIndex(total, stride, tuple(r["sort_key"] for r in rows))
 
 
 async def page_ids(
-    conn: Conn, query: ToolQuery, index: PageIndex, *, offset: int, limit: int
+    conn: Executor, query: ToolQuery, index: PageIndex, *, offset: int, limit: int
 ) -> list[str]:
     """The ids of the tools at rows [offset, offset + limit) of *query*, in sort-key order.
 
@@ -192,39 +178,27 @@ async def page_ids(
     if offset >= index.total or limit <= 0:
         return []
     checkpoint = index.checkpoints[offset // index.stride]
-    clauses, args = query.where(first_arg=4)
-    extra = "".join(" and " + c for c in clauses)
-    rows = await conn.fetch(
-        f"""select c.id from catalogue_tools c
-            where c.sort_key >= $1{extra}
-            order by c.sort_key limit $2 offset $3""",  # noqa: S608 - clauses are ours
-        checkpoint,
-        limit,
-        offset % index.stride,
-        *args,
-    )
+    statement, args = query.statement(_PAGE_IDS, first_arg=4)
+    rows = await conn.fetch(statement, checkpoint, limit, offset % index.stride, *args)
     return [r["id"] for r in rows]
 
 
-async def catalogue_generation(conn: Conn) -> int:
-    """The catalogue's current generation."""
-    value: int = await conn.fetchval("select generation from catalogue_state")
-    return value
+_TOOL_CLASSES: Final = """
+select u.tool_classes,
+       coalesce((select jsonb_agg(distinct t.doc->'toolclass')
+                 from upstream_tools t
+                 join catalogue_members m on m.upstream_tool_id = t.id
+                 where t.upstream_id = u.id
+                   and jsonb_typeof(t.doc->'toolclass') = 'object'),
+                '[]'::jsonb) as used
+from upstreams u order by u.priority, u.name
+"""
 
 
-async def tool_classes(conn: Conn) -> list[list[Any]]:
+async def tool_classes(conn: Executor) -> list[list[Any]]:
     """Tool classes per upstream, best priority first: those its /toolClasses declared, then
     those its tools in the catalogue use."""
-    rows = await conn.fetch(
-        """select u.tool_classes,
-                  coalesce((select jsonb_agg(distinct t.doc->'toolclass')
-                            from upstream_tools t
-                            join catalogue_members m on m.upstream_tool_id = t.id
-                            where t.upstream_id = u.id
-                              and jsonb_typeof(t.doc->'toolclass') = 'object'),
-                           '[]'::jsonb) as used
-           from upstreams u order by u.priority, u.name"""
-    )
+    rows = await conn.fetch(_TOOL_CLASSES)
     out: list[list[Any]] = []
     for r in rows:
         declared = r["tool_classes"] if isinstance(r["tool_classes"], list) else []
@@ -246,24 +220,31 @@ class UpstreamSummary:
     last_confirmed: Any
 
 
-async def upstream_summaries(conn: Conn) -> list[UpstreamSummary]:
+_UPSTREAM_SUMMARIES: Final = """
+select u.name, u.url, u.kind, u.mode, u.priority,
+       u.service_info->>'name' as service_name,
+       count(m.upstream_tool_id) as tools, max(t.last_confirmed) as last_confirmed
+from upstreams u
+left join upstream_tools t on t.upstream_id = u.id
+left join catalogue_members m on m.upstream_tool_id = t.id
+group by u.id order by u.priority, u.name
+"""
+
+
+async def upstream_summaries(conn: Executor) -> list[UpstreamSummary]:
     """Every configured upstream with the number of its records in the catalogue."""
-    rows = await conn.fetch(
-        """select u.name, u.url, u.kind, u.mode, u.priority,
-                  u.service_info->>'name' as service_name,
-                  count(m.upstream_tool_id) as tools, max(t.last_confirmed) as last_confirmed
-           from upstreams u
-           left join upstream_tools t on t.upstream_id = u.id
-           left join catalogue_members m on m.upstream_tool_id = t.id
-           group by u.id order by u.priority, u.name"""
-    )
+    rows = await conn.fetch(_UPSTREAM_SUMMARIES)
     return [UpstreamSummary(**dict(r)) for r in rows]
 
 
-async def catalogue_summary(conn: Conn) -> tuple[int, int, Any]:
+_CATALOGUE_SUMMARY: Final = """
+select (select count(*) from catalogue_tools) as tools, generation, published_at
+from catalogue_state
+"""
+
+
+async def catalogue_summary(conn: Executor) -> tuple[int, int, Any]:
     """The catalogue's tool count, generation and publication time."""
-    row = await conn.fetchrow(
-        """select (select count(*) from catalogue_tools) as tools, generation, published_at
-           from catalogue_state"""
-    )
+    row = await conn.fetchrow(_CATALOGUE_SUMMARY)
+    assert row is not None
     return int(row["tools"]), int(row["generation"]), row["published_at"]

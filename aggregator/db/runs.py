@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import asyncpg
+
+from aggregator.trs.conformance import error_kind
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection, Executor
 
 MAX_ERROR_SAMPLES: Final = 20
 
@@ -27,16 +32,30 @@ class RunCounts:
     not_modified: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     def error(self, message: str) -> None:
-        """Count an error and keep the first few as samples."""
+        """Count an error (by kind, too) and keep the first few as samples."""
         self.errors += 1
+        kind = error_kind(message)
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(message)
 
 
+_INSERT_RUN: Final = """
+insert into harvest_runs (upstream_id, trigger, worker) values ($1, $2, $3)
+returning id
+"""
+
+_SERVE_REQUESTS: Final = """
+update harvest_requests set run_id = $2, served_at = now()
+where upstream_id = $1 and served_at is null
+"""
+
+
 async def insert_run(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     upstream_id: int,
     *,
     trigger: str = "manual",
@@ -47,24 +66,23 @@ async def insert_run(
     *trigger* is why it runs (``manual``, ``scheduled``, ``requested``), *worker* which
     process runs it. Pending "harvest now" requests of the upstream are served by this run.
     """
-    run_id: int = await conn.fetchval(
-        """insert into harvest_runs (upstream_id, trigger, worker) values ($1, $2, $3)
-           returning id""",
-        upstream_id,
-        trigger,
-        worker,
-    )
-    await conn.execute(
-        """update harvest_requests set run_id = $2, served_at = now()
-           where upstream_id = $1 and served_at is null""",
-        upstream_id,
-        run_id,
-    )
+    run_id: int = await conn.fetchval(_INSERT_RUN, upstream_id, trigger, worker)
+    await conn.execute(_SERVE_REQUESTS, upstream_id, run_id)
     return run_id
 
 
+_FINISH_RUN: Final = """
+update harvest_runs set status = $2, finished_at = now(), listing_complete = $3,
+    error = $4, tools_seen = $5, tools_new = $6, tools_changed = $7,
+    tools_unchanged = $8, tools_tombstoned = $9, versions_seen = $10,
+    files_stored = $11, requests = $12, bytes_fetched = $13, errors = $14,
+    error_samples = $15, tools_fetched = $16, not_modified = $17
+where id = $1
+"""
+
+
 async def finish_run(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     run_id: int,
     *,
     status: str,
@@ -75,12 +93,7 @@ async def finish_run(
     """Close a run record with its outcome."""
     c = asdict(counts)
     await conn.execute(
-        """update harvest_runs set status = $2, finished_at = now(), listing_complete = $3,
-               error = $4, tools_seen = $5, tools_new = $6, tools_changed = $7,
-               tools_unchanged = $8, tools_tombstoned = $9, versions_seen = $10,
-               files_stored = $11, requests = $12, bytes_fetched = $13, errors = $14,
-               error_samples = $15, tools_fetched = $16, not_modified = $17
-           where id = $1""",
+        _FINISH_RUN,
         run_id,
         status,
         listing_complete,
@@ -101,53 +114,63 @@ async def finish_run(
     )
 
 
-async def abandon_stale_runs(conn: asyncpg.Connection[Any], upstream_id: int) -> int:
+_ABANDON_STALE_RUNS: Final = """
+update harvest_runs set status = 'abandoned', finished_at = now(),
+    error = coalesce(error, 'the harvesting process stopped before the run ended')
+where upstream_id = $1 and status = 'running' returning id
+"""
+
+
+async def abandon_stale_runs(conn: Connection, upstream_id: int) -> int:
     """Mark runs left 'running' by a dead process as abandoned and drop their staged rows.
 
     Only call while holding the upstream's harvest lock: then no other run of it is alive.
     """
-    stale = await conn.fetch(
-        """update harvest_runs set status = 'abandoned', finished_at = now(),
-               error = coalesce(error, 'the harvesting process stopped before the run ended')
-           where upstream_id = $1 and status = 'running' returning id""",
-        upstream_id,
-    )
+    stale = await conn.fetch(_ABANDON_STALE_RUNS, upstream_id)
     ids = [r["id"] for r in stale]
     if ids:
         await delete_staged(conn, ids)
     return len(ids)
 
 
-async def abandon_run(conn: asyncpg.Connection[Any], run_id: int, reason: str) -> None:
-    """Close run *run_id* as abandoned (its process is stopping) and drop its staged rows."""
-    await conn.execute(
-        """update harvest_runs set status = 'abandoned', finished_at = now(), error = $2
-           where id = $1 and status = 'running'""",
-        run_id,
-        reason,
-    )
+_ABANDON_RUN: Final = """
+update harvest_runs set status = 'abandoned', finished_at = now(),
+    error = case when cancel_requested_at is null then $2
+                 else 'cancelled by ' || coalesce(cancel_requested_by, 'an operator')
+            end
+where id = $1 and status = 'running'
+"""
+
+
+async def abandon_run(conn: Connection, run_id: int, reason: str) -> None:
+    """Close run *run_id* as abandoned (its process is stopping, or an operator cancelled it)
+    and drop its staged rows."""
+    await conn.execute(_ABANDON_RUN, run_id, reason)
     await delete_staged(conn, [run_id])
 
 
+_LIST_RUNS: Final = """
+select * from harvest_runs
+where upstream_id = $1 and ($2::bigint is null or id < $2)
+order by id desc limit $3
+"""
+
+
 async def list_runs(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
-    upstream_id: int,
-    *,
-    limit: int,
-    before: int | None = None,
+    conn: Executor, upstream_id: int, *, limit: int, before: int | None = None
 ) -> list[asyncpg.Record]:
     """Runs of *upstream_id*, newest first, older than run *before* when given."""
-    return await conn.fetch(
-        """select * from harvest_runs
-           where upstream_id = $1 and ($2::bigint is null or id < $2)
-           order by id desc limit $3""",
-        upstream_id,
-        before,
-        limit,
-    )
+    return await conn.fetch(_LIST_RUNS, upstream_id, before, limit)
 
 
-async def delete_staged(conn: asyncpg.Connection[Any], run_ids: list[int]) -> None:
+_DELETE_STAGED: Final = (
+    "delete from staged_files where run_id = any($1::bigint[])",
+    "delete from staged_versions where run_id = any($1::bigint[])",
+    "delete from staged_tools where run_id = any($1::bigint[])",
+)
+
+
+async def delete_staged(conn: Connection, run_ids: list[int]) -> None:
     """Remove what the runs *run_ids* staged."""
-    for table in ("staged_files", "staged_versions", "staged_tools"):
-        await conn.execute(f"delete from {table} where run_id = any($1::bigint[])", run_ids)  # noqa: S608
+    for statement in _DELETE_STAGED:
+        await conn.execute(statement, run_ids)

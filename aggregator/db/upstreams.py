@@ -5,70 +5,86 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
-from aggregator.config import UpstreamConfig
+from aggregator.config import UpstreamConfig, upstream_table
+from aggregator.db.operations import restore_upstream
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection, Executor
 
 #: NOTIFY channel of "harvest now" requests; the payload is the upstream's name.
 HARVEST_REQUEST_CHANNEL: Final = "trs_aggregator_harvest"
 
+_PRIORITY: Final = "select priority from upstreams where name = $1"
 # A changed schedule makes the upstream due at once, so a shorter interval takes effect now.
-UPSERT_UPSTREAM: Final = """
-insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source)
-values ($1, $2, $3, $4, $5, $6, $7, 'config')
+_UPSERT_UPSTREAM: Final = """
+insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source, config)
+values ($1, $2, $3, $4, $5, $6, $7, 'config', $8)
 on conflict (name) do update set
     url = excluded.url, kind = excluded.kind, mode = excluded.mode,
     priority = excluded.priority, schedule = excluded.schedule, enabled = excluded.enabled,
-    source = 'config',
+    source = 'config', config = excluded.config,
     next_harvest_at = case when upstreams.schedule is distinct from excluded.schedule then null
                            else upstreams.next_harvest_at end,
     updated_at = case
         when (upstreams.url, upstreams.kind, upstreams.mode, upstreams.priority,
-              upstreams.schedule, upstreams.enabled)
+              upstreams.schedule, upstreams.enabled, upstreams.config, upstreams.removed_at)
              is distinct from
              (excluded.url, excluded.kind, excluded.mode, excluded.priority, excluded.schedule,
-              excluded.enabled)
+              excluded.enabled, excluded.config, null)
         then now() else upstreams.updated_at end
-returning id
+returning id, (select removed_at is not null from upstreams where name = $1) as was_removed
 """
 
 
-async def upsert_upstreams(
-    conn: asyncpg.Connection[Any], upstreams: Sequence[UpstreamConfig]
-) -> dict[str, int]:
-    """Insert or update the configured *upstreams*; return their ids by name."""
+_MARK_UPSTREAM_DIRTY: Final = "update upstream_tools set merge_dirty = true where upstream_id = $1"
+
+
+async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]) -> dict[str, int]:
+    """Insert or update the configured *upstreams*; return their ids by name.
+
+    An upstream that was removed comes back with its records (db.operations.restore_upstream).
+    """
     ids: dict[str, int] = {}
     for u in upstreams:
-        before = await conn.fetchval("select priority from upstreams where name = $1", u.name)
-        ids[u.name] = await conn.fetchval(
-            UPSERT_UPSTREAM, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled
+        before = await conn.fetchval(_PRIORITY, u.name)
+        row = await conn.fetchrow(
+            _UPSERT_UPSTREAM,
+            u.name,
+            u.url,
+            u.kind,
+            u.mode,
+            u.priority,
+            u.schedule,
+            u.enabled,
+            upstream_table(u),
         )
+        assert row is not None
+        ids[u.name] = row["id"]
+        if row["was_removed"]:
+            await restore_upstream(conn, row["id"])
         if before is not None and before != u.priority:
             # Priority decides merged records' primaries and plain-id claims: re-merge them at
             # the next publish.
-            await conn.execute(
-                "update upstream_tools set merge_dirty = true where upstream_id = $1", ids[u.name]
-            )
+            await conn.execute(_MARK_UPSTREAM_DIRTY, ids[u.name])
     return ids
 
 
+_SAVE_SERVICE_INFO: Final = """
+update upstreams set service_info = coalesce($2, service_info),
+                     tool_classes = coalesce($3, tool_classes)
+where id = $1
+"""
+
+
 async def save_service_info(
-    conn: asyncpg.Connection[Any],
-    upstream_id: int,
-    service_info: Any,
-    tool_classes: list[dict[str, Any]] | None,
+    conn: Connection, upstream_id: int, service_info: Any, tool_classes: list[dict[str, Any]] | None
 ) -> None:
     """Store what the upstream said about itself; None leaves the previous value."""
-    await conn.execute(
-        """update upstreams set service_info = coalesce($2, service_info),
-                                tool_classes = coalesce($3, tool_classes)
-           where id = $1""",
-        upstream_id,
-        service_info,
-        tool_classes,
-    )
+    await conn.execute(_SAVE_SERVICE_INFO, upstream_id, service_info, tool_classes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +102,16 @@ class CircuitPolicy:
     open_max_s: float
 
 
+_SKIP_REASON: Final = """
+select now() as now, next_harvest_at, circuit_open_until, paused, removed_at,
+       exists (select 1 from harvest_requests r
+               where r.upstream_id = u.id and r.served_at is null) as requested
+from upstreams u where id = $1
+"""
+
+
 async def skip_reason(
-    conn: asyncpg.Connection[Any], upstream_id: int, trigger: str, *, slack_s: float = 0.0
+    conn: Connection, upstream_id: int, trigger: str, *, slack_s: float = 0.0
 ) -> str | None:
     """Why a run of *trigger* should not start now, or None when it should.
 
@@ -95,14 +119,13 @@ async def skip_reason(
     not due yet (*slack_s* allows for clocks that differ): another worker harvested this tick.
     A requested run is skipped when no request is pending (another run served it).
     """
-    row = await conn.fetchrow(
-        """select now() as now, next_harvest_at, circuit_open_until,
-                  exists (select 1 from harvest_requests r
-                          where r.upstream_id = u.id and r.served_at is null) as requested
-           from upstreams u where id = $1""",
-        upstream_id,
-    )
+    row = await conn.fetchrow(_SKIP_REASON, upstream_id)
+    assert row is not None
+    if row["removed_at"] is not None:
+        return "removed from the configuration"
     if trigger == "scheduled":
+        if row["paused"]:
+            return "paused"
         if row["circuit_open_until"] is not None and row["circuit_open_until"] > row["now"]:
             return f"circuit open until {row['circuit_open_until'].isoformat()}"
         due = row["next_harvest_at"]
@@ -113,8 +136,22 @@ async def skip_reason(
     return None
 
 
+_RECORD_RESULT: Final = """
+update upstreams set
+    consecutive_failures = case when $2 then consecutive_failures + 1 else 0 end,
+    circuit_open_until = case
+        when not $2 then null
+        when consecutive_failures + 1 >= $3 then now() + make_interval(
+            secs => least($5::float8,
+                          $4::float8 * 2 ^ (consecutive_failures + 1 - $3)))
+        else circuit_open_until end,
+    next_harvest_at = coalesce($6, next_harvest_at)
+where id = $1
+"""
+
+
 async def record_result(
-    conn: asyncpg.Connection[Any],
+    conn: Connection,
     upstream_id: int,
     *,
     failed: bool,
@@ -127,16 +164,7 @@ async def record_result(
     *policy.failures*; a success closes it. *next_due* None leaves the due time alone.
     """
     await conn.execute(
-        """update upstreams set
-               consecutive_failures = case when $2 then consecutive_failures + 1 else 0 end,
-               circuit_open_until = case
-                   when not $2 then null
-                   when consecutive_failures + 1 >= $3 then now() + make_interval(
-                       secs => least($5::float8,
-                                     $4::float8 * 2 ^ (consecutive_failures + 1 - $3)))
-                   else circuit_open_until end,
-               next_harvest_at = coalesce($6, next_harvest_at)
-           where id = $1""",
+        _RECORD_RESULT,
         upstream_id,
         failed,
         policy.failures,
@@ -146,8 +174,14 @@ async def record_result(
     )
 
 
+_REQUEST_HARVEST: Final = """
+insert into harvest_requests (upstream_id, requested_by)
+select id, $2 from upstreams where name = $1 returning id
+"""
+
+
 async def request_harvest(
-    conn: asyncpg.Connection[Any], names: Sequence[str], *, requested_by: str = ""
+    conn: Connection, names: Sequence[str], *, requested_by: str = ""
 ) -> dict[str, int]:
     """Ask running workers to harvest *names* now; return the request ids by name.
 
@@ -157,21 +191,31 @@ async def request_harvest(
     async with conn.transaction():
         for name in names:
             ids[name] = await conn.fetchval(
-                """insert into harvest_requests (upstream_id, requested_by)
-                   select id, $2 from upstreams where name = $1 returning id""",
+                _REQUEST_HARVEST,
                 name,
                 requested_by,
             )
-            await conn.execute("select pg_notify($1, $2)", HARVEST_REQUEST_CHANNEL, name)
+            await announce_request(conn, name)
     return ids
 
 
-async def pending_requests(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> list[str]:
+_ANNOUNCE_REQUEST: Final = "select pg_notify($1, $2)"
+
+
+async def announce_request(conn: Connection, name: str) -> None:
+    """Tell the workers listening on HARVEST_REQUEST_CHANNEL that *name* has a request."""
+    await conn.execute(_ANNOUNCE_REQUEST, HARVEST_REQUEST_CHANNEL, name)
+
+
+_PENDING_REQUESTS: Final = """
+select distinct u.name from harvest_requests r join upstreams u on u.id = r.upstream_id
+where r.served_at is null order by u.name
+"""
+
+
+async def pending_requests(conn: Executor) -> list[str]:
     """Names of the upstreams with a "harvest now" request no run has served yet."""
-    rows = await conn.fetch(
-        """select distinct u.name from harvest_requests r join upstreams u on u.id = r.upstream_id
-           where r.served_at is null order by u.name"""
-    )
+    rows = await conn.fetch(_PENDING_REQUESTS)
     return [r["name"] for r in rows]
 
 
@@ -184,17 +228,23 @@ select u.id, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled, u
        ok.id as last_success_id, ok.started_at as last_success_started_at,
        ok.finished_at as last_success_finished_at,
        (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and t.missed_listings < $2) as tools,
+        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)) as tools,
        (select count(*) from upstream_tools t
         where t.upstream_id = u.id and t.tombstoned_at is not null
-          and t.missed_listings < $2) as tools_tombstoned,
+          and upstream_tool_live(t.missed_listings, $2)) as tools_tombstoned,
        (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and t.missed_listings < $2
+        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)
           and t.last_confirmed < now() - make_interval(secs => $3)) as tools_stale,
        (select count(*) from upstream_versions v join upstream_tools t on t.id = v.upstream_tool_id
-        where t.upstream_id = u.id and t.missed_listings < $2) as versions,
+        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)) as versions,
        (select count(*) from harvest_requests r
-        where r.upstream_id = u.id and r.served_at is null) as pending_requests
+        where r.upstream_id = u.id and r.served_at is null) as pending_requests,
+       u.paused, u.paused_at, u.paused_by, u.removed_at,
+       (select coalesce(jsonb_agg(c.conformance || jsonb_build_object('run_id', c.id)
+                                  order by c.id desc), '[]')
+        from (select r.id, r.conformance from harvest_runs r
+              where r.upstream_id = u.id and r.conformance <> '{}'
+              order by r.id desc limit 10) c) as conformance_runs
 from upstreams u
 left join lateral (select * from harvest_runs r where r.upstream_id = u.id
                    order by r.id desc limit 1) last on true
@@ -207,19 +257,26 @@ order by u.priority, u.name
 
 
 async def list_upstreams(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any],
-    *,
-    tombstone_after: int,
-    stale_after_s: float,
-    name: str | None = None,
+    conn: Executor, *, tombstone_after: int, stale_after_s: float, name: str | None = None
 ) -> list[asyncpg.Record]:
     """Every upstream (or the one called *name*) with its last runs and record counts."""
     return await conn.fetch(_LIST_UPSTREAMS, name, tombstone_after, stale_after_s)
 
 
-async def fetch_upstream_id(
-    conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], name: str
-) -> int | None:
+_FETCH_UPSTREAM_ID: Final = "select id from upstreams where name = $1"
+
+
+async def fetch_upstream_id(conn: Executor, name: str) -> int | None:
     """The id of the upstream called *name*, if there is one."""
-    upstream_id: int | None = await conn.fetchval("select id from upstreams where name = $1", name)
+    upstream_id: int | None = await conn.fetchval(_FETCH_UPSTREAM_ID, name)
     return upstream_id
+
+
+_DUE: Final = (
+    "select name, next_harvest_at is null or next_harvest_at <= now() as due from upstreams"
+)
+
+
+async def due_now(conn: Executor) -> dict[str, bool]:
+    """Whether each upstream is due now (never harvested, or its due time has passed), by name."""
+    return {r["name"]: r["due"] for r in await conn.fetch(_DUE)}

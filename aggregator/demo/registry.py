@@ -16,14 +16,16 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from aggregator.api.negotiation import not_modified, wants_zip
+from aggregator.api.paging import query_int
 from aggregator.demo.catalogues import Catalogue, as_catalogue
+from aggregator.errors import BadRequest, NotFound
+from aggregator.trs.model import DESCRIPTOR_TYPES
 from aggregator.trs.parse import sha256_hex
 
 __all__ = ["CONFIG", "REQUESTS", "STATE", "Catalogue", "RegistryState", "make_registry_app"]
 
 log = logging.getLogger(__name__)
-
-DESCRIPTOR_TYPES: Final = frozenset({"CWL", "WDL", "NFL", "GALAXY", "SMK"})
 
 
 class RegistryState:
@@ -56,15 +58,6 @@ STATE: Final = web.AppKey("trs_state", RegistryState)
 CONFIG: Final = web.AppKey("trs_config", RegistryConfig)
 
 
-class TRSError(Exception):
-    """An error answered as TRS `Error` JSON."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _q(value: str) -> str:
     return quote(value, safe="")
 
@@ -73,19 +66,12 @@ def _root(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{request.app[CONFIG].base_path}"
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
-    return "*" in tags or etag in tags
-
-
 def _respond(
     request: web.Request, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """Answer `body` with a strong ETag, or 304 when If-None-Match matches it."""
     all_headers = {**(headers or {}), "ETag": '"' + sha256_hex(body)[:40] + '"'}
-    if _etag_matches(request.headers.get("If-None-Match"), all_headers["ETag"]):
+    if not_modified(request, all_headers["ETag"]):
         return web.Response(status=304, headers=all_headers)
     charset = "utf-8" if content_type.startswith("text/") else None
     return web.Response(body=body, content_type=content_type, charset=charset, headers=all_headers)
@@ -106,7 +92,7 @@ def _path_param(request: web.Request, name: str, index: int) -> str:
     raw_parts = request.rel_url.raw_parts
     pos = 1 + base_parts + index
     if pos >= len(raw_parts) or unquote(raw_parts[pos]) != value:
-        raise TRSError(404, f"{name} {value!r} is not a single percent-encoded path segment")
+        raise NotFound(f"{name} {value!r} is not a single percent-encoded path segment")
     return value
 
 
@@ -114,7 +100,7 @@ def _find_tool(request: web.Request) -> Mapping[str, Any]:
     tool_id = _path_param(request, "id", 1)
     tool = request.app[STATE].catalogue.tool(tool_id)
     if tool is None:
-        raise TRSError(404, f"Tool {tool_id!r} not found")
+        raise NotFound(f"Tool {tool_id!r} not found")
     return tool
 
 
@@ -124,7 +110,7 @@ def _find_version(request: web.Request) -> tuple[Mapping[str, Any], Mapping[str,
     for version in tool.get("versions") or ():
         if version.get("id") == version_id:
             return tool, version
-    raise TRSError(404, f"Version {version_id!r} of tool {tool['id']!r} not found")
+    raise NotFound(f"Version {version_id!r} of tool {tool['id']!r} not found")
 
 
 def _parse_type(raw: str) -> tuple[str, bool]:
@@ -133,14 +119,14 @@ def _parse_type(raw: str) -> tuple[str, bool]:
     plain = norm.startswith("PLAIN_")
     dtype = norm.removeprefix("PLAIN_")
     if dtype not in DESCRIPTOR_TYPES:
-        raise TRSError(404, f"Unknown descriptor type {raw!r}")
+        raise NotFound(f"Unknown descriptor type {raw!r}")
     return dtype, plain
 
 
 def _typed_files(version: Mapping[str, Any], dtype: str) -> list[Mapping[str, Any]]:
     files = (version.get("files") or {}).get(dtype)
     if not files:
-        raise TRSError(404, f"Type {dtype} not available for version {version.get('id')!r}")
+        raise NotFound(f"Type {dtype} not available for version {version.get('id')!r}")
     return list(files)
 
 
@@ -153,14 +139,14 @@ def _file_at(files: Sequence[Mapping[str, Any]], relative_path: str) -> Mapping[
     for f in files:
         if posixpath.normpath(f["path"]) == wanted:
             return f
-    raise TRSError(404, f"File {relative_path!r} not found")
+    raise NotFound(f"File {relative_path!r} not found")
 
 
 def _primary(files: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     for f in files:
         if f.get("file_type") == "PRIMARY_DESCRIPTOR":
             return f
-    raise TRSError(404, "No primary descriptor")
+    raise NotFound("No primary descriptor")
 
 
 def _version_base(root: str, tool: Mapping[str, Any], version: Mapping[str, Any]) -> str:
@@ -191,19 +177,6 @@ def _version_json(root: str, tool: Mapping[str, Any], version: Mapping[str, Any]
     return {"url": url, **body, "containerfile": bool(version.get("containerfile"))}
 
 
-def _int_param(request: web.Request, name: str, default: int, minimum: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise TRSError(400, f"Bad {name}: {raw!r} is not an integer") from None
-    if value < minimum:
-        raise TRSError(400, f"Bad {name}: must be >= {minimum}")
-    return value
-
-
 _FILTERS: Final[Mapping[str, Callable[[Mapping[str, Any], str], bool]]] = {
     "id": lambda t, v: t.get("id") == v,
     "alias": lambda t, v: v in (t.get("aliases") or ()),
@@ -227,8 +200,8 @@ async def _tool_classes(request: web.Request) -> web.Response:
 
 async def _list_tools(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
-    limit = min(_int_param(request, "limit", cfg.page_size, 1), cfg.page_size)
-    offset = _int_param(request, "offset", 0, 0)
+    limit = min(query_int(request.query, "limit", cfg.page_size, low=1), cfg.page_size)
+    offset = query_int(request.query, "offset", 0, low=0)
     active = [(f, request.query[k]) for k, f in _FILTERS.items() if k in request.query]
     tools = [t for t in request.app[STATE].catalogue.tools if all(f(t, v) for f, v in active)]
     per_page = cfg.offset_style == "page"
@@ -284,9 +257,8 @@ async def _files(request: web.Request) -> web.Response:
     entries += [{**c, "file_type": "CONTAINERFILE"} for c in version.get("containerfile") or ()]
     fmt = request.query.get("format")
     if fmt not in (None, "zip"):
-        raise TRSError(400, f"Unsupported format {fmt!r}; only 'zip' is supported")
-    accept = request.headers.get("Accept", "")
-    if fmt == "zip" or ("application/zip" in accept and "application/json" not in accept):
+        raise BadRequest(f"Unsupported format {fmt!r}; only 'zip' is supported")
+    if fmt == "zip" or wants_zip(request):
         return _zip(request, f"{tool['id']}-{version['id']}", entries)
     listing = [
         {
@@ -325,7 +297,7 @@ async def _containerfile(request: web.Request) -> web.Response:
     tool, version = _find_version(request)
     containerfiles = version.get("containerfile") or ()
     if not containerfiles:
-        raise TRSError(404, f"Version {version['id']!r} has no containerfile")
+        raise NotFound(f"Version {version['id']!r} has no containerfile")
     url = _version_base(_root(request), tool, version) + "/containerfile"
     return _json(request, [_wrapper(c["content"], url) for c in containerfiles])
 
@@ -337,10 +309,11 @@ async def _record_requests(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
         status = response.status
-        return response
     except web.HTTPException as exc:
         status = exc.status
         raise
+    else:
+        return response
     finally:
         request.app[REQUESTS].append(f"{request.method} {request.raw_path} > {status}")
 
@@ -353,18 +326,20 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 @web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error (ours, aiohttp's routing errors, crashes) into TRS `Error` JSON."""
+    keep: dict[str, str] = {}
     try:
         return await handler(request)
-    except TRSError as exc:
-        return _error(exc.status, exc.message)
+    except (NotFound, BadRequest) as exc:
+        status, message = exc.status, exc.message
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        status, message = exc.status, exc.reason
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return _error(exc.status, exc.reason, keep)
     except Exception:
         log.exception("demo registry handler failed for %s", request.raw_path)
-        return _error(500, "Internal Server Error")
+        status, message = 500, "Internal Server Error"
+    return _error(status, message, keep)
 
 
 def make_registry_app(

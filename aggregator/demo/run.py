@@ -7,12 +7,11 @@ import contextlib
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
-
-import asyncpg
+from typing import Any, Literal
 
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db.migrate import migrate
+from aggregator.db.pool import ensure_database
 from aggregator.demo.catalogues import DEMO_REGISTRIES, load_catalogue
 from aggregator.demo.registry import make_registry_app
 from aggregator.pgcluster import LocalCluster
@@ -20,19 +19,11 @@ from aggregator.service import cmd_harvest, running_site, serve_forever
 
 DEMO_DATABASE = "trs_aggregator"
 # How each bundled registry pages, so the demo shows both real-world styles.
-_PAGING = {"dockstore-demo": ("page", 3), "workflowhub-demo": ("index", 4)}
+_PAGING: dict[str, tuple[Literal["index", "page"], int]] = {
+    "dockstore-demo": ("page", 3),
+    "workflowhub-demo": ("index", 4),
+}
 _PRIORITY = {"dockstore-demo": 10, "workflowhub-demo": 20}
-
-
-async def ensure_database(admin_dsn: str, name: str) -> str:
-    """Create database *name* on the server of *admin_dsn* if missing; return its DSN."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        if not await conn.fetchval("select 1 from pg_database where datname = $1", name):
-            await conn.execute(f'create database "{name}"')
-    finally:
-        await conn.close()
-    return admin_dsn.replace("/postgres?", f"/{name}?", 1)
 
 
 async def run_demo(config: Config, *, data_dir: Path, port: int | None) -> int:
@@ -40,7 +31,7 @@ async def run_demo(config: Config, *, data_dir: Path, port: int | None) -> int:
     async with contextlib.AsyncExitStack() as stack:
         url = config.database.url
         if url is None:
-            cluster = LocalCluster(data_dir.resolve() / "pg")
+            cluster = LocalCluster(data_dir.resolve() / "pg")  # noqa: ASYNC240 - once, at start
             say(f"starting a private PostgreSQL cluster in {cluster.data_dir} …")
             admin = await asyncio.to_thread(cluster.start)
             stack.callback(cluster.stop)

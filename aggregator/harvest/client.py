@@ -1,4 +1,5 @@
-"""The HTTP client of one upstream: timeouts, size and rate limits, retries, redirects, breaker."""
+"""The HTTP client of one upstream: timeouts, size and rate limits, retries, redirects, breaker,
+and where requests may go (``egress``)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from ipaddress import ip_address
 from typing import Any, Final
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 import orjson
 import structlog
+from aiolimiter import AsyncLimiter
 from multidict import CIMultiDictProxy
 
 from aggregator.config import UpstreamConfig
@@ -24,6 +27,8 @@ from aggregator.errors import (
     UpstreamHTTPError,
     UpstreamUnavailable,
 )
+from aggregator.harvest import records
+from aggregator.harvest.egress import EgressPolicy, PublicResolver, Purpose, Refused, RefusedAddress
 
 log = structlog.get_logger()
 
@@ -86,13 +91,27 @@ class Response:
         return Validators(self.headers.get("ETag"), self.headers.get("Last-Modified"))
 
     def json(self) -> Any:
-        """Decode the body as JSON; raise InvalidUpstreamData when it is not."""
+        """Decode the body as JSON; raise InvalidUpstreamData when it is not.
+
+        Records that cannot be stored (see ``records``) are not refused here: a listing
+        screens its entries one by one.
+        """
         try:
-            return orjson.loads(self.body)
+            return records.loads(self.body)
         except orjson.JSONDecodeError as e:
             raise InvalidUpstreamData(
                 f"malformed JSON from {self.url}: {e}", url=self.url
             ) from None
+
+    def record(self) -> Any:
+        """Decode the body as one record: InvalidUpstreamData when any part of it cannot be
+        stored and served (a NUL character, invalid UTF-8, a number out of range, nesting
+        too deep)."""
+        value = self.json()
+        why = records.problem(value)
+        if why is not None:
+            raise InvalidUpstreamData(f"refused the answer of {self.url}: {why}", url=self.url)
+        return value
 
 
 @dataclass(slots=True)
@@ -105,12 +124,18 @@ class UpstreamClient:
     requests in a row failed even with their retries, every further request fails at once
     with CircuitOpen.
 
+    Requests go where ``policy`` allows (see ``egress``): the token only to the upstream's own
+    origin; hosts neither the upstream's nor listed by the operator are reached through a
+    session of this client's own whose resolver keeps only public addresses. ``close()``
+    releases that session.
+
     Attributes:
         session: The aiohttp session (owned by the caller).
         upstream: Limits and credentials come from here.
         token: A bearer token, if the upstream needs one.
         traffic: Requests, bytes and 304 answers are counted here.
         tripped: Why the breaker stopped this client, once it has.
+        policy: Where requests may go, and with which credentials.
     """
 
     session: aiohttp.ClientSession
@@ -118,16 +143,24 @@ class UpstreamClient:
     token: str | None = None
     traffic: Traffic = field(default_factory=Traffic)
     tripped: str | None = None
+    policy: EgressPolicy = field(init=False)
+    _public_session: aiohttp.ClientSession | None = None
     _semaphore: asyncio.Semaphore = field(init=False)
-    _next_slot: float = 0.0
+    _limiter: AsyncLimiter | None = field(init=False)
     _not_before: float = 0.0
     _failures_in_a_row: int = 0
-    _redirect_hosts: frozenset[str] = field(init=False)
     _timeout: aiohttp.ClientTimeout = field(init=False)
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.upstream.concurrency)
-        self._redirect_hosts = frozenset(h.lower() for h in self.upstream.redirect_hosts)
+        # A bucket of one request that empties at the rate limit: requests evenly spaced.
+        rate = self.upstream.rate_limit
+        self._limiter = AsyncLimiter(1, 1.0 / rate) if rate > 0 else None
+        self.policy = EgressPolicy(
+            self.upstream.url,
+            file_hosts=self.upstream.file_hosts,
+            redirect_hosts=self.upstream.redirect_hosts,
+        )
         self._timeout = aiohttp.ClientTimeout(
             total=self.upstream.timeout_s,
             sock_connect=self.upstream.connect_timeout_s,
@@ -142,21 +175,25 @@ class UpstreamClient:
         accept: str = "application/json",
         ok_404: bool = False,
         validators: Validators | None = None,
+        purpose: Purpose = "api",
     ) -> Response | None:
         """GET *url*, retrying timeouts, 429 and 5xx; None for a 404 when *ok_404*.
 
-        With *validators* the request is conditional and may answer 304. Raises
-        UpstreamUnavailable when retries are exhausted (CircuitOpen once the breaker has
-        tripped), UpstreamHTTPError for any other non-2xx answer or a refused redirect, and
-        InvalidUpstreamData for a body over the size limit.
+        *purpose* ``api`` (the default) keeps to the upstream's origin; ``file`` may fetch
+        from other hosts, without credentials (see ``egress``). With *validators* the
+        request is conditional and may answer 304. Raises Refused for a URL the policy
+        refuses, UpstreamUnavailable when retries are exhausted (CircuitOpen once the
+        breaker has tripped), UpstreamHTTPError for any other non-2xx answer or a refused
+        redirect, and InvalidUpstreamData for a body over the size limit.
         """
         if self.tripped:
             raise CircuitOpen(self.tripped, url=url)
+        self.policy.decide(url, purpose)
         attempt = 0
         while True:
             try:
                 response = await self._get_once(
-                    url, params=params, accept=accept, validators=validators
+                    url, params=params, accept=accept, validators=validators, purpose=purpose
                 )
             except (
                 TimeoutError,
@@ -166,6 +203,10 @@ class UpstreamClient:
             ) as e:
                 problem = self._describe(e)
                 delay = None
+            except aiohttp.ClientError as e:
+                # Anything else aiohttp refuses (a URL it cannot request, an answer it cannot
+                # parse, such as an oversized header) is this request's failure; not retried.
+                raise UpstreamHTTPError(f"{self._describe(e)} (from {url})", url=url) from None
             else:
                 if response.status < 300 or response.not_modified:
                     self._failures_in_a_row = 0
@@ -220,9 +261,33 @@ class UpstreamClient:
     async def get_json(
         self, url: str, *, params: Mapping[str, str] | None = None, ok_404: bool = False
     ) -> tuple[Any, Response] | None:
-        """GET *url* and decode JSON; None for a tolerated 404."""
+        """GET *url* and decode JSON as one record (``Response.record``); None for a
+        tolerated 404."""
         response = await self.get(url, params=params, ok_404=ok_404)
-        return None if response is None else (response.json(), response)
+        return None if response is None else (response.record(), response)
+
+    async def close(self) -> None:
+        """Close the session used for hosts other than the upstream's own."""
+        if self._public_session is not None:
+            await self._public_session.close()
+            self._public_session = None
+
+    def _session_for(self, *, trusted_host: bool) -> aiohttp.ClientSession:
+        """The shared session for trusted hosts; for others, one resolving public addresses
+        only."""
+        if trusted_host:
+            return self.session
+        if self._public_session is None:
+            self._public_session = aiohttp.ClientSession(
+                headers=self.session.headers,
+                connector=aiohttp.TCPConnector(
+                    limit=self.upstream.concurrency,
+                    resolver=PublicResolver(self.policy),
+                    ttl_dns_cache=None,
+                    use_dns_cache=False,
+                ),
+            )
+        return self._public_session
 
     def _failed(self, message: str) -> None:
         """Count a request that failed for good; trip the breaker after too many in a row."""
@@ -236,23 +301,12 @@ class UpstreamClient:
             log.warning("upstream_circuit_tripped", reason=self.tripped)
 
     async def _wait_turn(self) -> None:
-        """Wait for any Retry-After pause and for the next slot of the rate limit."""
-        if not self._not_before and not self.upstream.rate_limit:
-            return
-        now = time.monotonic()
-        start = max(now, self._not_before)
-        if self.upstream.rate_limit > 0:
-            start = max(start, self._next_slot)
-            self._next_slot = start + 1.0 / self.upstream.rate_limit
-        if start > now:
-            await asyncio.sleep(start - now)
-
-    def _redirect_allowed(self, origin: str, target: str) -> bool:
-        parts = urlsplit(target)
-        if parts.netloc == origin:
-            return True
-        host = (parts.hostname or "").lower()
-        return host in self._redirect_hosts or parts.netloc.lower() in self._redirect_hosts
+        """Wait out any Retry-After pause, then for the next slot of the rate limit."""
+        pause = self._not_before - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        if self._limiter is not None:
+            await self._limiter.acquire()
 
     async def _get_once(
         self,
@@ -261,33 +315,46 @@ class UpstreamClient:
         params: Mapping[str, str] | None,
         accept: str,
         validators: Validators | None,
+        purpose: Purpose,
     ) -> Response:
-        headers = {"Accept": accept}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        base_headers = {"Accept": accept}
         if validators is not None:
-            headers.update(validators.headers())
-        origin: str | None = None
+            base_headers.update(validators.headers())
+        decision = self.policy.decide(url, purpose)
         async with self._semaphore:
             for _ in range(MAX_REDIRECTS + 1):
                 await self._wait_turn()
                 self.traffic.requests += 1
-                async with self.session.get(
-                    url,
-                    params=params,
-                    headers=headers,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                ) as resp:
+                headers = dict(base_headers)
+                # Credentials go to the upstream's own origin, never where it redirects.
+                if self.token and decision.credentials:
+                    headers["Authorization"] = f"Bearer {self.token}"
+                try:
+                    resp = await self._session_for(trusted_host=decision.trusted_host).get(
+                        url,
+                        params=params,
+                        headers=headers,
+                        timeout=self._timeout,
+                        allow_redirects=False,
+                    )
+                except aiohttp.ClientConnectorError as e:
+                    if isinstance(e.__cause__, RefusedAddress):
+                        raise Refused(f"refused {url}: {e.__cause__}", url=url) from None
+                    raise
+                async with resp:
+                    self._check_peer(resp, trusted_host=decision.trusted_host)
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         target = urljoin(str(resp.url), resp.headers["Location"])
-                        origin = origin or urlsplit(url).netloc
-                        if not self._redirect_allowed(origin, target):
+                        try:
+                            decision = self.policy.decide(
+                                target, "file" if purpose == "file" else "redirect"
+                            )
+                        except Refused as e:
                             raise UpstreamHTTPError(
-                                f"redirect from {resp.url} to another host ({target}) refused",
+                                f"redirect from {resp.url} to {target} refused: {e}",
                                 url=str(resp.url),
                                 status=resp.status,
-                            )
+                            ) from None
                         url, params = target, None
                         continue
                     if resp.status == 304:
@@ -297,7 +364,21 @@ class UpstreamClient:
                     return Response(str(resp.url), resp.status, resp.headers, body)
         raise UpstreamHTTPError(f"more than {MAX_REDIRECTS} redirects from {url}", url=url)
 
+    def _check_peer(self, resp: aiohttp.ClientResponse, *, trusted_host: bool) -> None:
+        """Refuse an answer from an address the policy does not allow (the resolver already
+        keeps such addresses out; this checks the socket itself)."""
+        if trusted_host or resp.connection is None or resp.connection.transport is None:
+            return
+        peer = resp.connection.transport.get_extra_info("peername")
+        host = resp.url.host or ""
+        if peer:
+            address = ip_address(str(peer[0]).split("%", 1)[0])
+            if not self.policy.address_allowed(host, address):
+                raise Refused(f"refused {resp.url}: connected to {address}, not public")
+
     async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, decompressed, refused once it exceeds max_body_bytes: the limit counts
+        decompressed bytes as they arrive, so a compression bomb is cut at the limit."""
         limit = self.upstream.max_body_bytes
         if resp.content_length is not None and resp.content_length > limit:
             raise InvalidUpstreamData(
@@ -305,8 +386,10 @@ class UpstreamClient:
                 url=str(resp.url),
             )
         min_rate = self.upstream.min_bytes_per_s
+        encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
         if (
-            resp.content_length is not None
+            not encoded
+            and resp.content_length is not None
             and resp.content_length <= min_rate * self.upstream.min_rate_after_s
         ):
             # Small enough to be complete before its rate would be checked: read it at once.

@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from aggregator.db.publish import StagedFile
 from aggregator.errors import InvalidUpstreamData, UpstreamError
 from aggregator.harvest.client import UpstreamClient
 from aggregator.trs.parse import read_file_wrapper, read_files_listing, sha256_hex
+from aggregator.trs.staged import StagedFile
 
 
 def _is_url(path: str) -> bool:
@@ -201,7 +201,7 @@ class VersionFiles:
                 if not fetch:
                     self.on_error(f"{t or 'containerfile'} {path}: no content and no url")
                     return
-                response = await self.client.get(fetch, accept="text/plain, */*")
+                response = await self.client.get(fetch, accept="text/plain, */*", purpose="file")
                 assert response is not None
                 content = response.body
         except UpstreamError as e:

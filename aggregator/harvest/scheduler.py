@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import zlib
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import asyncpg
@@ -18,8 +18,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db import upstreams as db_upstreams
+from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
-from aggregator.harvest.harvester import Harvester
+from aggregator.harvest.runner import Harvester
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
@@ -46,9 +50,13 @@ def trigger_for(upstream: UpstreamConfig) -> IntervalTrigger | CronTrigger:
 
 def _slack_s(trigger: IntervalTrigger | CronTrigger, now: dt.datetime) -> float:
     """How early a tick may come against the due time another worker set (clock skew)."""
-    first = trigger.get_next_fire_time(None, now)
-    second = trigger.get_next_fire_time(first, first + dt.timedelta(microseconds=1))
-    if first is None or second is None:
+    first: dt.datetime | None = trigger.get_next_fire_time(None, now)
+    if first is None:
+        return 0.0
+    second: dt.datetime | None = trigger.get_next_fire_time(
+        first, first + dt.timedelta(microseconds=1)
+    )
+    if second is None:
         return 0.0
     return min(5.0, (second - first).total_seconds() / 4)
 
@@ -81,11 +89,7 @@ class Worker:
         An upstream that is due (never harvested, or its due time has passed while no worker
         ran) is harvested at once.
         """
-        rows = await self.pool.fetch("select name, next_harvest_at, now() as now from upstreams")
-        due = {
-            r["name"]: r["next_harvest_at"] is None or r["next_harvest_at"] <= r["now"]
-            for r in rows
-        }
+        due = await db_upstreams.due_now(self.pool)
         for upstream in self.config.upstreams:
             if not upstream.enabled:
                 continue
@@ -147,8 +151,11 @@ class Worker:
         self._tasks.add(task)
         try:
             await task
-        except Exception:  # one upstream's crash never stops the worker
-            log.exception("harvest_crashed")
+        except Exception as e:  # one upstream's crash never stops the worker
+            if is_unavailable(e):
+                log.error("harvest_failed", error=str(unavailable(e)))  # noqa: TRY400 - an outage
+            else:
+                log.exception("harvest_crashed")
         finally:
             self._tasks.discard(task)
 
@@ -158,7 +165,7 @@ class Worker:
     async def _listen(self) -> None:
         """Serve "harvest now" requests until cancelled."""
         poll = self.config.harvest.request_poll_s
-        conn: asyncpg.Connection[Any] | None = None
+        conn: Connection | None = None
         try:
             while True:
                 if conn is None or conn.is_closed():
@@ -171,7 +178,7 @@ class Worker:
             if conn is not None and not conn.is_closed():
                 await conn.close()
 
-    async def _subscribe(self) -> asyncpg.Connection[Any] | None:
+    async def _subscribe(self) -> Connection | None:
         assert self.config.database.url is not None
         try:
             conn = await connect(self.config.database.url)

@@ -103,9 +103,9 @@ def carries_identity(path: str, info: int) -> bool:
 
 def _document_names(text: str) -> set[str] | None:
     """The names in a CWL or Galaxy document (YAML or JSON); None when it is not one."""
-    stripped = text.lstrip()
+    load = json.loads if text.lstrip().startswith("{") else _load_yaml
     try:
-        doc = json.loads(text) if stripped.startswith("{") else yaml.load(text, _Loader)
+        doc = load(text)
     except (ValueError, yaml.YAMLError, RecursionError):
         return None
     if not isinstance(doc, dict):
@@ -144,3 +144,8 @@ def _script_names(text: str) -> set[str] | None:
 
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_yaml(text: str) -> Any:
+    """*text* as YAML, with the safe loader (the C one when PyYAML has it)."""
+    return yaml.load(text, _Loader)  # noqa: S506 - _Loader is SafeLoader or CSafeLoader

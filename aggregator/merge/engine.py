@@ -144,10 +144,7 @@ def signature(keys: Iterable[Key]) -> Signature | None:
 
 def _has_signature(keys: Iterable[Key]) -> bool:
     """Whether *keys* give negative evidence (:func:`signature` is not None)."""
-    for k, v in keys:
-        if k == "repo" or (k == "doi" and v.startswith(_WORKFLOWHUB)):
-            return True
-    return False
+    return any(k == "repo" or (k == "doi" and v.startswith(_WORKFLOWHUB)) for k, v in keys)
 
 
 def _compatible(x: str, y: str) -> bool:
@@ -220,48 +217,71 @@ def merge(
     ordered = sorted(nodes, key=lambda n: n.order)
     if identifying is None:
         identifying = identifying_keys(ordered, max_per_upstream=max_per_upstream)
-    rules = rules or Rules()
-    parent = list(range(len(ordered)))
-    upstreams: list[set[str]] = [{n.upstream} for n in ordered]
-    joins: list[list[Edge]] = [[] for _ in ordered]
-    refused: list[list[Edge]] = [[] for _ in ordered]
-    never: dict[int, set[int]] = defaultdict(set)
-    index: dict[str, int] = {}
-    if rules.always or rules.never:
-        index = {n.qualified: i for i, n in enumerate(ordered)}
-        for qa, qb in rules.never:
-            if qa in index and qb in index:
-                never[index[qa]].add(index[qb])
-                never[index[qb]].add(index[qa])
-    # Per root: the members that can block a join (with a signature or a never rule); roots
-    # without any are absent. A record is looked at the first time a join involves it, and
-    # signatures are recomputed when needed rather than kept: few joins are attempted per
-    # record, and a million kept signatures cost more than they save.
-    guarded: dict[int, list[int]] = {i: [i] for i in never}
-    looked = bytearray(len(ordered))
+    joiner = _Joiner(ordered, rules or Rules())
+    joiner.apply_always()
+    holders: dict[Key, list[int]] = defaultdict(list)
+    for i, n in enumerate(ordered):
+        for k in n.keys:
+            if k in identifying:
+                holders[k].append(i)
+    for key in sorted(holders, key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):
+        joiner.join_holders(key, holders[key])
+    return joiner.components()
 
-    def guards(root: int) -> list[int] | None:
-        if not looked[root]:
-            looked[root] = 1
-            if root not in guarded and _has_signature(ordered[root].keys):
-                guarded[root] = [root]
-        return guarded.get(root)
 
-    def find(i: int) -> int:
+class _Joiner:
+    """Union-find over the ordered records, refusing the joins the rules forbid."""
+
+    def __init__(self, ordered: list[Node], rules: Rules) -> None:
+        self.ordered = ordered
+        self.rules = rules
+        self.parent = list(range(len(ordered)))
+        self.upstreams: list[set[str]] = [{n.upstream} for n in ordered]
+        self.joins: list[list[Edge]] = [[] for _ in ordered]
+        self.refused: list[list[Edge]] = [[] for _ in ordered]
+        self.never: dict[int, set[int]] = defaultdict(set)
+        self.index: dict[str, int] = {}
+        if rules.always or rules.never:
+            self.index = {n.qualified: i for i, n in enumerate(ordered)}
+            for qa, qb in rules.never:
+                if qa in self.index and qb in self.index:
+                    self.never[self.index[qa]].add(self.index[qb])
+                    self.never[self.index[qb]].add(self.index[qa])
+        # Per root: the members that can block a join (with a signature or a never rule);
+        # roots without any are absent. A record is looked at the first time a join involves
+        # it, and signatures are recomputed when needed rather than kept: few joins are
+        # attempted per record, and a million kept signatures cost more than they save.
+        self.guarded: dict[int, list[int]] = {i: [i] for i in self.never}
+        self.looked = bytearray(len(ordered))
+
+    def find(self, i: int) -> int:
+        """The root of *i*'s component."""
+        parent = self.parent
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    def blocker(ra: int, rb: int, *, forced: bool) -> str | None:
-        if not forced and upstreams[ra] & upstreams[rb]:
+    def guards(self, root: int) -> list[int] | None:
+        """The members of *root*'s component that can block a join."""
+        if not self.looked[root]:
+            self.looked[root] = 1
+            if root not in self.guarded and _has_signature(self.ordered[root].keys):
+                self.guarded[root] = [root]
+        return self.guarded.get(root)
+
+    def blocker(self, ra: int, rb: int, *, forced: bool) -> str | None:
+        """Why the components of roots *ra* and *rb* cannot be one, or None."""
+        if not forced and self.upstreams[ra] & self.upstreams[rb]:
             return SAME_UPSTREAM
-        ga, gb = guards(ra), guards(rb)
+        ga, gb = self.guards(ra), self.guards(rb)
         if not ga or not gb:
             return None
+        never = self.never
         if never and any(y in never.get(x, ()) for x in ga for y in gb):
             return OPERATOR_NEVER
         if not forced:
+            ordered = self.ordered
             sb = [signature(ordered[y].keys) for y in gb]
             for x in ga:
                 sa = signature(ordered[x].keys)
@@ -271,63 +291,67 @@ def merge(
                         return reason
         return None
 
-    def union(ra: int, rb: int, edge: Edge) -> None:
+    def union(self, ra: int, rb: int, edge: Edge) -> None:
+        """Make the components of roots *ra* and *rb* one, joined by *edge*."""
         keep, gone = min(ra, rb), max(ra, rb)
-        moved = guarded.pop(gone, None)
+        moved = self.guarded.pop(gone, None)
         if moved:
-            guarded.setdefault(keep, []).extend(moved)
-        parent[gone] = keep
-        upstreams[keep] |= upstreams[gone]
-        joins[keep] += joins[gone] + [edge]
-        refused[keep] += refused[gone]
+            self.guarded.setdefault(keep, []).extend(moved)
+        self.parent[gone] = keep
+        self.upstreams[keep] |= self.upstreams[gone]
+        self.joins[keep] += [*self.joins[gone], edge]
+        self.refused[keep] += self.refused[gone]
 
-    def refuse(ia: int, ib: int, edge: Edge) -> None:
-        refused[find(ia)].append(edge)
-        if find(ib) != find(ia):
-            refused[find(ib)].append(edge)
+    def refuse(self, ia: int, ib: int, edge: Edge) -> None:
+        """Report refused *edge* on both sides."""
+        ra, rb = self.find(ia), self.find(ib)
+        self.refused[ra].append(edge)
+        if rb != ra:
+            self.refused[rb].append(edge)
 
-    for qa, qb in sorted(rules.always):
-        ia, ib = index.get(qa), index.get(qb)
-        if ia is None or ib is None or find(ia) == find(ib):
-            continue
-        edge = Edge(ordered[ia].id, ordered[ib].id, "operator", "always")
-        reason = blocker(find(ia), find(ib), forced=True)
-        if reason:
-            refuse(ia, ib, Edge(edge.a, edge.b, edge.kind, edge.value, reason))
-        else:
-            union(find(ia), find(ib), edge)
+    def apply_always(self) -> None:
+        """Join the operator's always pairs, unless a never pair forbids it."""
+        for qa, qb in sorted(self.rules.always):
+            ia, ib = self.index.get(qa), self.index.get(qb)
+            if ia is None or ib is None or self.find(ia) == self.find(ib):
+                continue
+            a, b = self.ordered[ia].id, self.ordered[ib].id
+            reason = self.blocker(self.find(ia), self.find(ib), forced=True)
+            if reason:
+                self.refuse(ia, ib, Edge(a, b, "operator", "always", reason))
+            else:
+                self.union(self.find(ia), self.find(ib), Edge(a, b, "operator", "always"))
 
-    holders: dict[Key, list[int]] = defaultdict(list)
-    for i, n in enumerate(ordered):
-        for k in n.keys:
-            if k in identifying:
-                holders[k].append(i)
-    for key in sorted(holders, key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):
-        members = holders[key]
+    def join_holders(self, key: Key, members: list[int]) -> None:
+        """Join each holder of *key* to the first earlier holder whose tool can take it;
+        refuse only when none can."""
+        ordered = self.ordered
         for pos, other in enumerate(members[1:], start=1):
-            # Join the first earlier holder whose tool can take it; refuse only when none can.
             first_reason = ""
             for prior in members[:pos]:
-                ra, rb = find(prior), find(other)
+                ra, rb = self.find(prior), self.find(other)
                 if ra == rb:
                     break
-                reason = blocker(ra, rb, forced=False)
+                reason = self.blocker(ra, rb, forced=False)
                 if reason:
                     first_reason = first_reason or reason
                     continue
-                union(ra, rb, Edge(ordered[prior].id, ordered[other].id, *key))
+                self.union(ra, rb, Edge(ordered[prior].id, ordered[other].id, *key))
                 break
             else:
                 edge = Edge(ordered[members[0]].id, ordered[other].id, *key, first_reason)
-                refuse(members[0], other, edge)
-    groups: dict[int, Component] = {}
-    for i, n in enumerate(ordered):
-        root = find(i)
-        comp = groups.get(root)
-        if comp is None:
-            comp = groups[root] = Component([], joins[root], refused[root])
-        comp.members.append(n)
-    return sorted(groups.values(), key=lambda c: c.primary.order)
+                self.refuse(members[0], other, edge)
+
+    def components(self) -> list[Component]:
+        """The components, sorted by their primary's order."""
+        groups: dict[int, Component] = {}
+        for i, n in enumerate(self.ordered):
+            root = self.find(i)
+            comp = groups.get(root)
+            if comp is None:
+                comp = groups[root] = Component([], self.joins[root], self.refused[root])
+            comp.members.append(n)
+        return sorted(groups.values(), key=lambda c: c.primary.order)
 
 
 @dataclass(frozen=True, slots=True)

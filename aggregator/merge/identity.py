@@ -172,8 +172,8 @@ def repository(value: str) -> str | None:
         host, path = scp.group(1), scp.group(2)
     else:
         # scheme://[user@]host[:port]/path[?query][#fragment], or host/path without a scheme.
-        rest = v.split("://", 1)[-1]
-        host, _, path = rest.partition("/")
+        after_scheme = v.split("://", 1)[-1]
+        host, _, path = after_scheme.partition("/")
         host = host.rpartition("@")[2]
         path = unquote(path.split("?", 1)[0].split("#", 1)[0])
     host = host.lower().removeprefix("www.")
@@ -190,10 +190,11 @@ def repository(value: str) -> str | None:
         if marker in segments[2:]:
             at = segments.index(marker, 2)
             rest = segments[at + 1 :]
+            kind = marker
             if marker == "-" and rest[:1] in (["tree"], ["blob"], ["raw"]):
-                marker, rest = rest[0], rest[1:]
+                kind, rest = rest[0], rest[1:]
             segments = segments[:at]
-            ref_path = _directory(rest[1:]) if marker in ("blob", "raw") else rest[1:]
+            ref_path = _directory(rest[1:]) if kind in ("blob", "raw") else rest[1:]
             break
     if len(segments) < 2:
         return None
@@ -231,8 +232,9 @@ def distinctive(alias: str) -> bool:
     at least ``DISTINCTIVE_MIN_RARE_TOKENS`` of its tokens (runs of letters and digits) are
     rare: three characters or more, not a number, not an analysis word
     (:data:`aggregator.merge.words.COMMON_WORDS`) and not a common English word (Zipf
-    frequency of at least :data:`COMMON_ZIPF` in wordfreq's English list). ``ddbj-pitagora-sra2fastq`` is;
-    ``variant calling``, ``rnaseq-pipeline``, ``1.2.0-beta`` and ``fastqc`` are not.
+    frequency of at least :data:`COMMON_ZIPF` in wordfreq's small English list).
+    ``ddbj-pitagora-sra2fastq`` is; ``variant calling``, ``rnaseq-pipeline``, ``1.2.0-beta``
+    and ``fastqc`` are not.
     """
     if len(alias) < DISTINCTIVE_MIN_LENGTH or _VERSION_LIKE.match(alias):
         return False

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
+
+#: TRS 2.0.1's descriptor types; 2.0.0 knows the first three (DESCRIPTOR_TYPES_200).
+DESCRIPTOR_TYPES: Final = ("CWL", "WDL", "NFL", "GALAXY", "SMK")
+DESCRIPTOR_TYPES_200: Final = ("CWL", "WDL", "NFL")
+FILE_TYPES: Final = (
+    "TEST_FILE",
+    "PRIMARY_DESCRIPTOR",
+    "SECONDARY_DESCRIPTOR",
+    "CONTAINERFILE",
+    "OTHER",
+)
+IMAGE_TYPES: Final = ("Docker", "Singularity", "Conda")
 
 
 @dataclass(frozen=True, slots=True)

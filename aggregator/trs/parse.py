@@ -12,15 +12,8 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from aggregator.errors import InvalidUpstreamData
+from aggregator.trs.model import DESCRIPTOR_TYPES, FILE_TYPES
 
-DESCRIPTOR_TYPES: Final = ("CWL", "WDL", "NFL", "GALAXY", "SMK")
-FILE_TYPES: Final = (
-    "TEST_FILE",
-    "PRIMARY_DESCRIPTOR",
-    "SECONDARY_DESCRIPTOR",
-    "CONTAINERFILE",
-    "OTHER",
-)
 _HEX64: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 _SHA256_NAMES: Final = {"sha256", "sha-256", "sha_256"}
 
@@ -41,9 +34,9 @@ def parse_descriptor_type(raw: str) -> DescriptorType | None:
         value = value[len("PLAIN_") :]
     if value == "NEXTFLOW":
         value = "NFL"
-    elif value in ("SNAKEMAKE",):
+    elif value == "SNAKEMAKE":
         value = "SMK"
-    elif value in ("GXFORMAT2",):
+    elif value == "GXFORMAT2":
         value = "GALAXY"
     return DescriptorType(value, plain) if value in DESCRIPTOR_TYPES else None
 
@@ -76,8 +69,22 @@ class Quirks:
     items: list[str] = field(default_factory=list)
 
     def add(self, message: str) -> None:
+        """Note *message* once (at most 50 notes)."""
         if len(self.items) < 50 and message not in self.items:
             self.items.append(message)
+
+
+def _id_string(value: Any) -> str | None:
+    """An id as a string: a string as is, an integer (some servers send numbers) in decimal."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) else None
+
+
+def listed_tool_id(raw: Any) -> str | None:
+    """The id of a listed tool as read_tool reads it; None when it has no usable one."""
+    tool_id = _id_string(raw.get("id")) if isinstance(raw, Mapping) else None
+    return tool_id if tool_id is not None and tool_id.strip() else None
 
 
 def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
@@ -90,12 +97,11 @@ def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise InvalidUpstreamData(f"a tool must be a JSON object, not {type(raw).__name__}")
     doc = dict(raw)
-    tool_id = doc.get("id")
-    if isinstance(tool_id, int) and not isinstance(tool_id, bool):
-        tool_id = str(tool_id)
-        quirks.add("tool id is a number, not a string")
-    if not isinstance(tool_id, str) or not tool_id.strip():
+    tool_id = listed_tool_id(doc)
+    if tool_id is None:
         raise InvalidUpstreamData("a tool has no id")
+    if not isinstance(doc["id"], str):
+        quirks.add("tool id is a number, not a string")
     doc["id"] = tool_id
     if "toolclass" not in doc and isinstance(doc.get("tool_class"), Mapping):
         doc["toolclass"] = doc.pop("tool_class")
@@ -130,10 +136,8 @@ def read_version(
     if not isinstance(raw, Mapping):
         raise InvalidUpstreamData(f"tool {tool_id!r}: a version must be a JSON object")
     doc = dict(raw)
-    vid = doc.get("id")
-    if isinstance(vid, int) and not isinstance(vid, bool):
-        vid = str(vid)
-    if not isinstance(vid, str) or not vid:
+    vid = _id_string(doc.get("id"))
+    if not vid:
         vid = doc.get("name") if isinstance(doc.get("name"), str) else None
         if not vid:
             raise InvalidUpstreamData(f"tool {tool_id!r}: a version has neither id nor name")
@@ -176,7 +180,7 @@ def version_key(doc: Mapping[str, Any]) -> str:
     url = doc.get("url")
     if isinstance(url, str):
         path = urlsplit(url).path.rstrip("/")
-        head, sep, last = path.rpartition("/versions/")
+        _, sep, last = path.rpartition("/versions/")
         if sep and last and "/" not in last:
             return unquote(last)
     return str(doc["id"])
@@ -186,17 +190,15 @@ def read_tool_classes(raw: Any) -> list[dict[str, Any]]:
     """Normalise a /toolClasses answer; anything that is not a list of objects is empty."""
     if not isinstance(raw, list):
         return []
-    out = []
-    for item in raw:
-        if isinstance(item, Mapping) and item.get("name") is not None:
-            out.append(
-                {
-                    "id": str(item.get("id", "")),
-                    "name": str(item["name"]),
-                    "description": str(item.get("description") or ""),
-                }
-            )
-    return out
+    return [
+        {
+            "id": str(item.get("id", "")),
+            "name": str(item["name"]),
+            "description": str(item.get("description") or ""),
+        }
+        for item in raw
+        if isinstance(item, Mapping) and item.get("name") is not None
+    ]
 
 
 def read_files_listing(raw: Any) -> list[dict[str, Any]]:

@@ -18,19 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
 
-from aggregator.trs.model import CatalogueTool, CatalogueVersion, Source, VersionSource
+from aggregator.trs.model import (
+    DESCRIPTOR_TYPES,
+    DESCRIPTOR_TYPES_200,
+    FILE_TYPES,
+    IMAGE_TYPES,
+    CatalogueTool,
+    CatalogueVersion,
+    Source,
+    VersionSource,
+)
 
 SHA256: Final = "sha-256"
-DESCRIPTOR_TYPES_201: Final = ("CWL", "WDL", "NFL", "GALAXY", "SMK")
-DESCRIPTOR_TYPES_200: Final = ("CWL", "WDL", "NFL")
-IMAGE_TYPES: Final = ("Docker", "Singularity", "Conda")
-FILE_TYPES: Final = (
-    "TEST_FILE",
-    "PRIMARY_DESCRIPTOR",
-    "SECONDARY_DESCRIPTOR",
-    "CONTAINERFILE",
-    "OTHER",
-)
 
 # A field spec: a converter that returns the conforming value, or _DROP.
 _DROP: Final = object()
@@ -137,8 +136,8 @@ class Schema:
     tool_class: Mapping[str, Conv]
 
 
-def _schema(strict: bool) -> Schema:
-    types = DESCRIPTOR_TYPES_200 if strict else DESCRIPTOR_TYPES_201
+def _schema(*, strict: bool) -> Schema:
+    types = DESCRIPTOR_TYPES_200 if strict else DESCRIPTOR_TYPES
     keep = not strict
     checksum = _object({"checksum": _string, "type": _string}, keep_extra=False)
     image = _object(
@@ -241,17 +240,13 @@ def upstream_version_url(source: VersionSource) -> str:
     return version_url(source.upstream_base.rstrip("/"), source.upstream_tool_id, source.key)
 
 
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat()
-
-
 def _tool_source(s: Source, staleness: Staleness) -> dict[str, Any]:
     return {
         "upstream": s.upstream,
         "upstream_id": s.upstream_id,
         "upstream_url": upstream_tool_url(s.upstream_base, s.upstream_id),
-        "first_seen": _iso(s.first_seen),
-        "last_confirmed": _iso(s.last_confirmed),
+        "first_seen": s.first_seen.isoformat(),
+        "last_confirmed": s.last_confirmed.isoformat(),
         "stale": staleness.stale(s.last_confirmed),
     }
 
@@ -265,16 +260,12 @@ def _version_source(
         "upstream_tool_id": v.upstream_tool_id,
         "upstream_url": upstream_version_url(v),
     }
+    # A version's provenance times are its tool record's.
     member = members.get((v.upstream, v.upstream_tool_id))
-    first_seen = getattr(v, "first_seen", None) or (member.first_seen if member else None)
-    last_confirmed = getattr(v, "last_confirmed", None) or (
-        member.last_confirmed if member else None
-    )
-    if first_seen is not None:
-        out["first_seen"] = _iso(first_seen)
-    if last_confirmed is not None:
-        out["last_confirmed"] = _iso(last_confirmed)
-        out["stale"] = staleness.stale(last_confirmed)
+    if member is not None:
+        out["first_seen"] = member.first_seen.isoformat()
+        out["last_confirmed"] = member.last_confirmed.isoformat()
+        out["stale"] = staleness.stale(member.last_confirmed)
     return out
 
 

@@ -1,64 +1,41 @@
-"""One run of one upstream: list, tell changed tools from unchanged, fetch, stage, publish."""
+"""Crawling one upstream in one run: list it, tell changed tools from unchanged, fetch the
+changed ones' versions and files, stage them, and publish if the listing completed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-from collections.abc import AsyncIterator, Mapping
+import functools
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import quote, urljoin
+from urllib.parse import quote
 
 import aiohttp
 import asyncpg
 import structlog
-from yarl import URL
 
 from aggregator.config import Config, UpstreamConfig
-from aggregator.db.publish import StagedTool, StagedVersion, publish_run, stage_tools
-from aggregator.db.runs import RunCounts
-from aggregator.db.upstreams import save_service_info
-from aggregator.errors import AggregatorError, InvalidUpstreamData, UpstreamError
-from aggregator.harvest.client import CircuitOpen, UpstreamClient, Validators
-from aggregator.harvest.files import VersionFiles
-from aggregator.progress import Progress
-from aggregator.trs.parse import (
-    Quirks,
-    doc_hash,
-    read_tool,
-    read_tool_classes,
-    read_version,
-    version_key,
+from aggregator.db.harvest_state import (
+    fetch_known_tools,
+    fetch_listing_pages,
+    fetch_stored_files,
 )
+from aggregator.db.publish import publish_run, stage_tools
+from aggregator.db.runs import RunCounts
+from aggregator.errors import AggregatorError, InvalidUpstreamData, UpstreamError
+from aggregator.harvest.client import CircuitOpen, UpstreamClient
+from aggregator.harvest.files import VersionFiles
+from aggregator.harvest.listing import Listing
+from aggregator.progress import Progress
+from aggregator.trs.parse import Quirks, doc_hash, read_tool_classes, read_version, version_key
+from aggregator.trs.staged import KnownTool, ListingPage, StagedTool, StagedVersion
 
 log = structlog.get_logger()
 
-# pg_advisory_xact_lock(MERGE_LOCK): one publish (and so one merge) at a time.
-MERGE_LOCK: Final = 0x7472_736D_6572_6765  # "trsmerge"
 # Staged tools are written in batches of this many, or sooner when their contents add up.
 STAGE_BATCH: Final = 200
 STAGE_BATCH_BYTES: Final = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Known:
-    """What was published for one tool: enough to tell whether its listing entry changed."""
-
-    doc_hash: str
-    listing_hash: str | None
-    fresh: bool  # details fetched within harvest.revalidate_after
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One listing page as read: its validators, next page, and the tools on it."""
-
-    url: str
-    validators: Validators
-    next_page: str | None
-    tool_ids: list[str]
-    listing_hashes: list[str]
 
 
 class Stager:
@@ -93,27 +70,39 @@ class RunBudgetExhausted(AggregatorError):
     """The run's time budget ran out."""
 
 
-def listing_hash(mode: str, raw: Any) -> str:
-    """The hash of a tool's listing entry (and the mode it is harvested in)."""
-    return doc_hash([mode, raw])
-
-
 @dataclass(slots=True)
-class RunResult:
-    """How a run ended, before its record is closed."""
+class RunOutcome:
+    """How one upstream's run ended.
 
-    status: str = "failed"  # succeeded | partial | failed
+    Attributes:
+        upstream: The upstream's name.
+        status: ``succeeded``, ``partial``, ``failed``, ``skipped`` (it did not start; *error*
+            says why) or ``abandoned``.
+        run_id: The run record, None when skipped.
+        counts: What the run saw, fetched and changed.
+        error: Why it failed (or what made it partial).
+        generation: The catalogue generation it published, None when it published nothing.
+        duration_s: How long it took.
+        listing_complete: Whether every listing entry could be read (absent tools were then
+            tombstoned).
+        upstream_down: Whether the run stopped because requests kept failing.
+    """
+
+    upstream: str
+    status: str = "failed"
+    run_id: int | None = None
+    counts: RunCounts = field(default_factory=RunCounts)
     error: str | None = None
     generation: int | None = None
+    duration_s: float = 0.0
     listing_complete: bool = False
-    upstream_down: bool = False  # the run stopped because requests kept failing
-    counts: RunCounts = field(default_factory=RunCounts)
+    upstream_down: bool = False
 
 
-class HarvestRun:
+class Crawl:
     """The state of one run of *upstream* (row *upstream_id*), recorded as run *run_id*."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the run's collaborators, built by the runner only
         self,
         pool: asyncpg.Pool[Any],
         client: UpstreamClient,
@@ -130,14 +119,13 @@ class HarvestRun:
         self.upstream_id = upstream_id
         self.run_id = run_id
         self.progress = progress
-        self.result = RunResult()
+        self.result = RunOutcome(upstream.name, run_id=run_id)
         self.counts = self.result.counts
         self.quirks = Quirks()
         self.stager = Stager(pool, run_id)
-        self.known: dict[str, Known] = {}
-        self.stored_pages: dict[str, Page] = {}
-        self.pages: list[Page] = []
-        self.listing_clean = True  # every listing entry could be read
+        self.known: dict[str, KnownTool] = {}
+        self.stored_pages: dict[str, ListingPage] = {}
+        self.listing: Listing | None = None
         self.detailed_ok = 0
         self.detail_failed = 0
         self.confirmed_unchanged = 0
@@ -165,7 +153,7 @@ class HarvestRun:
             errors=c.errors,
         )
 
-    async def execute(self) -> RunResult:
+    async def execute(self) -> RunOutcome:
         """List, fetch and stage; publish in one transaction if the listing completed."""
         r = self.result
         try:
@@ -184,7 +172,8 @@ class HarvestRun:
             self.error(r.error)
             self.report()
             return r
-        r.listing_complete = self.listing_clean
+        assert self.listing is not None
+        r.listing_complete = self.listing.clean
         if self.not_refreshed:
             self.error(
                 f"time budget of {self.upstream.run_budget_s:g}s ran out: "
@@ -201,11 +190,7 @@ class HarvestRun:
             self.report()
             return r
         self.report()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("select pg_advisory_xact_lock($1)", MERGE_LOCK)
-            # Fresh statistics, or the publish may plan nested loops over a big run's rows.
-            await conn.execute("analyze staged_tools")
-            await save_service_info(conn, self.upstream_id, service_info, tool_classes)
+        async with self.pool.acquire() as conn:
             r.generation = await publish_run(
                 conn,
                 self.run_id,
@@ -214,8 +199,10 @@ class HarvestRun:
                 tombstone_after=self.config.harvest.tombstone_after,
                 counts=self.counts,
                 max_per_upstream=self.config.merge.max_tools_per_upstream,
+                service_info=service_info,
+                tool_classes=tool_classes,
+                pages=self.listing.pages,
             )
-            await self._save_pages(conn)
         for quirk in self.quirks.items:
             log.info("upstream_quirk_seen", quirk=quirk)
         r.status = "partial" if self.counts.errors else "succeeded"
@@ -244,64 +231,18 @@ class HarvestRun:
     async def _load_state(self) -> None:
         """What was published for this upstream: each tool's hashes, the listing's pages."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                """select external_id, doc_hash, listing_hash,
-                          coalesce(details_fetched_at > now() - make_interval(secs => $2),
-                                   false) as fresh
-                   from upstream_tools where upstream_id = $1""",
-                self.upstream_id,
-                self.config.harvest.revalidate_after_s,
+            self.known = await fetch_known_tools(
+                conn, self.upstream_id, revalidate_after_s=self.config.harvest.revalidate_after_s
             )
-            self.known = {
-                r["external_id"]: Known(r["doc_hash"], r["listing_hash"], r["fresh"]) for r in rows
-            }
-            pages = await conn.fetch(
-                "select * from listing_pages where upstream_id = $1", self.upstream_id
-            )
-            self.stored_pages = {
-                p["url"]: Page(
-                    p["url"],
-                    Validators(p["etag"], p["last_modified"]),
-                    p["next_page"],
-                    list(p["tool_ids"]),
-                    list(p["listing_hashes"]),
-                )
-                for p in pages
-            }
-
-    async def _save_pages(self, conn: asyncpg.Connection[Any]) -> None:
-        await conn.execute("delete from listing_pages where upstream_id = $1", self.upstream_id)
-        records = [
-            (
-                self.upstream_id,
-                p.url,
-                p.validators.etag,
-                p.validators.last_modified,
-                p.next_page,
-                p.tool_ids,
-                p.listing_hashes,
-            )
-            for p in self.pages
-            if p.validators.etag or p.validators.last_modified
-        ]
-        if records:
-            await conn.copy_records_to_table(
-                "listing_pages",
-                records=records,
-                columns=[
-                    "upstream_id",
-                    "url",
-                    "etag",
-                    "last_modified",
-                    "next_page",
-                    "tool_ids",
-                    "listing_hashes",
-                ],
-            )
+            self.stored_pages = await fetch_listing_pages(conn, self.upstream_id)
 
     async def _fetch_service_info(self) -> tuple[Any, list[dict[str, Any]] | None]:
         base = self.upstream.url
-        got = await self.client.get_json(f"{base}/service-info", ok_404=True)
+        try:
+            got = await self.client.get_json(f"{base}/service-info", ok_404=True)
+        except InvalidUpstreamData as e:  # a record like any other: it fails only itself
+            self.error(f"service-info: {e}")
+            got = None
         service_info = got[0] if got and isinstance(got[0], dict) else None
         if got is None:
             self.quirks.add("no /service-info")
@@ -309,14 +250,14 @@ class HarvestRun:
         tool_classes = read_tool_classes(got[0]) if got else None
         return service_info, tool_classes
 
-    def _unchanged(self, tool_id: str, lhash: str) -> Known | None:
+    def _unchanged(self, tool_id: str, lhash: str) -> KnownTool | None:
         """What was published for *tool_id*, when its listing entry says nothing changed."""
         known = self.known.get(tool_id)
         if known is not None and known.fresh and known.listing_hash == lhash:
             return known
         return None
 
-    async def _confirm(self, tool_id: str, known: Known) -> None:
+    async def _confirm(self, tool_id: str, known: KnownTool) -> None:
         """Stage *tool_id* as listed but not fetched: publishing keeps what it has."""
         await self.stager.add(StagedTool(tool_id, {}, known.doc_hash, detailed=False))
 
@@ -353,118 +294,27 @@ class HarvestRun:
         self, queue: asyncio.Queue[tuple[dict[str, Any], str | None]], failures: list[BaseException]
     ) -> None:
         """Read every listing page; confirm unchanged tools, queue the others for workers."""
-        seen: set[str] = set()
-        async for page in self._pages():
-            for item in page:
-                if isinstance(item, tuple):  # a page answered 304: replayed
-                    tool_id, lhash = item
-                    doc = None
-                else:
-                    lhash = listing_hash(self.upstream.mode, item)
-                    try:
-                        doc = read_tool(item, self.quirks)
-                    except InvalidUpstreamData as e:
-                        self.listing_clean = False
-                        self.error(f"listing: {e}")
-                        continue
-                    tool_id = doc["id"]
-                if tool_id in seen:
-                    self.quirks.add("a tool listed twice")
-                    continue
-                seen.add(tool_id)
-                known = self._unchanged(tool_id, lhash)
+        self.listing = listing = Listing(
+            self.client,
+            self.upstream,
+            self.stored_pages,
+            unchanged=lambda t, h: self._unchanged(t, h) is not None,
+            budget=lambda: self._budget("the listing finished", listing=True),
+            quirks=self.quirks,
+            error=self.error,
+        )
+        async for page in listing.tools():
+            for listed in page:
+                known = self._unchanged(listed.tool_id, listed.listing_hash)
                 if known is not None:
                     self.counts.tools_seen += 1
                     self.confirmed_unchanged += 1
-                    await self._confirm(tool_id, known)
-                elif doc is not None:
-                    await queue.put((doc, lhash if self._trusted(item) else None))
+                    await self._confirm(listed.tool_id, known)
+                elif listed.doc is not None:
+                    await queue.put((listed.doc, listed.listing_hash if listed.trusted else None))
                 if failures:
                     raise failures[0]
             self.report()
-
-    def _trusted(self, raw: Any) -> bool:
-        """Whether an unchanged listing entry means an unchanged tool (see change_detection).
-
-        ``auto`` trusts entries whose every version carries a ``meta_version`` (Dockstore's
-        is the time of its last update): without one, files can change while the listing
-        stays the same.
-        """
-        mode = self.upstream.change_detection
-        if mode != "auto":
-            return mode == "listing"
-        versions = raw.get("versions") if isinstance(raw, Mapping) else None
-        return bool(versions) and all(
-            isinstance(v, Mapping) and v.get("meta_version") not in (None, "") for v in versions
-        )
-
-    def _replayable(self, page: Page) -> bool:
-        """Whether a 304 for *page* would tell everything: all its tools are unchanged."""
-        return all(
-            self._unchanged(t, h) is not None
-            for t, h in zip(page.tool_ids, page.listing_hashes, strict=True)
-        )
-
-    async def _pages(self) -> AsyncIterator[list[Any]]:
-        """Every page of /tools: raw entries, or (id, listing hash) pairs of a 304 page."""
-        url: str | None = f"{self.upstream.url}/tools"
-        params: dict[str, str] | None = {"limit": str(self.upstream.page_size)}
-        fetched: set[str] = set()
-        ids_seen: set[str] = set()
-        while url is not None:
-            target = URL(url).update_query(params or {})
-            signature = str(target.with_query(sorted(target.query.items())))
-            if signature in fetched:
-                raise InvalidUpstreamData(
-                    f"next_page leads back to a page already fetched: {url}", url=url
-                )
-            fetched.add(signature)
-            stored = self.stored_pages.get(signature)
-            # The last page is always fetched in full: a 304 cannot say that a page now
-            # follows it (ETags cover bodies, not paging headers).
-            conditional = (
-                stored is not None and stored.next_page is not None and self._replayable(stored)
-            )
-            async with self._budget("the listing finished", listing=True):
-                response = await self.client.get(
-                    url, params=params, validators=stored.validators if conditional else None
-                )
-            assert response is not None
-            if response.not_modified and stored is not None:
-                next_page = response.headers.get("next_page")
-                page: Page = (
-                    stored
-                    if not next_page
-                    else dataclasses.replace(stored, next_page=urljoin(response.url, next_page))
-                )
-                items: list[Any] = list(zip(stored.tool_ids, stored.listing_hashes, strict=True))
-                ids = set(stored.tool_ids)
-            else:
-                body = response.json()
-                if not isinstance(body, list):
-                    raise InvalidUpstreamData(
-                        f"/tools did not answer a JSON array ({response.url})", url=response.url
-                    )
-                items = body
-                ids = {_listed_id(t) for t in body}
-                next_page = response.headers.get("next_page")
-                page = Page(
-                    signature,
-                    response.validators,
-                    urljoin(response.url, next_page) if next_page else None,
-                    [_listed_id(t) for t in body],
-                    [listing_hash(self.upstream.mode, t) for t in body],
-                )
-            if items and ids <= ids_seen:
-                raise InvalidUpstreamData(
-                    "a /tools page did not advance (every tool on it was "
-                    f"already listed): {response.url}",
-                    url=response.url,
-                )
-            ids_seen |= ids
-            self.pages.append(page)
-            yield items
-            url, params = page.next_page, None
 
     async def _harvest_tool(self, doc: dict[str, Any], lhash: str | None) -> None:
         """Fetch one tool's versions and files and stage them.
@@ -479,7 +329,7 @@ class HarvestRun:
         problems: list[str] = []
         try:
             if loop.time() >= self.deadline:
-                raise TimeoutError
+                raise TimeoutError  # noqa: TRY301 - handled below, with the budget running out
             async with asyncio.timeout_at(self.deadline):
                 versions = await self._fetch_versions(tool_id, doc, problems)
         except TimeoutError:
@@ -528,19 +378,7 @@ class HarvestRun:
         if tool_id not in self.known or self.upstream.mode != "mirror":
             return {}
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                """select v.key, f.descriptor_type, f.path, f.sha256
-                   from upstream_files f
-                   join upstream_versions v on v.id = f.upstream_version_id
-                   join upstream_tools t on t.id = v.upstream_tool_id
-                   where t.upstream_id = $1 and t.external_id = $2 and f.sha256 is not null""",
-                self.upstream_id,
-                tool_id,
-            )
-        out: dict[str, dict[tuple[str, str], str]] = {}
-        for r in rows:
-            out.setdefault(r["key"], {})[(r["descriptor_type"], r["path"])] = r["sha256"]
-        return out
+            return await fetch_stored_files(conn, self.upstream_id, tool_id)
 
     async def _fetch_versions(
         self, tool_id: str, doc: dict[str, Any], problems: list[str]
@@ -583,7 +421,7 @@ class HarvestRun:
                 fetcher = VersionFiles(
                     self.client,
                     version_url,
-                    lambda m, k=key: error(f"tool {tool_id} version {k}: {m}"),
+                    functools.partial(_file_error, error, f"tool {tool_id} version {key}"),
                     previous.get(key),
                 )
                 staged.files = await fetcher.fetch_all(vdoc["descriptor_type"])
@@ -593,12 +431,8 @@ class HarvestRun:
         return versions
 
 
-def _listed_id(raw: Any) -> str:
-    """A listing entry's id as read_tool reads it; '' when it has none."""
-    tool_id = raw.get("id") if isinstance(raw, Mapping) else None
-    if isinstance(tool_id, int) and not isinstance(tool_id, bool):
-        return str(tool_id)
-    return tool_id if isinstance(tool_id, str) and tool_id.strip() else ""
+def _file_error(report: Callable[[str], None], where: str, message: str) -> None:
+    report(f"{where}: {message}")
 
 
 def _without_versions(doc: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Harvest runs: one upstream at a time under its advisory lock, recorded, health kept."""
+"""Running harvests: each upstream's crawl under its harvest lock, with its run recorded and
+its health (circuit, next due time) kept."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import asyncpg
@@ -18,32 +19,23 @@ import structlog
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
+from aggregator.db.locks import try_harvest_lock
 from aggregator.db.merge import save_merge_rules
+from aggregator.db.operations import save_conformance
+from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
-from aggregator.db.runs import RunCounts
 from aggregator.harvest.client import UpstreamClient
-from aggregator.harvest.run import HarvestRun
+from aggregator.harvest.crawl import Crawl, RunOutcome
 from aggregator.progress import NoProgress, Progress
+from aggregator.trs.conformance import run_conformance
+
+if TYPE_CHECKING:
+    from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
-# pg_try_advisory_lock(HARVEST_LOCK, upstream id): one run of an upstream at a time.
-HARVEST_LOCK: Final = 0x7472_7368  # "trsh"
 #: Names this process in run records.
 WORKER_ID: Final = f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(slots=True)
-class RunOutcome:
-    """How one upstream's run ended (``skipped``: it did not start, *error* says why)."""
-
-    upstream: str
-    status: str  # succeeded | partial | failed | skipped | abandoned
-    run_id: int | None = None
-    counts: RunCounts = field(default_factory=RunCounts)
-    error: str | None = None
-    generation: int | None = None
-    duration_s: float = 0.0
 
 
 def make_session(config: Config) -> aiohttp.ClientSession:
@@ -74,7 +66,30 @@ async def harvest_upstreams(
         await db_upstreams.upsert_upstreams(conn, config.upstreams)
         await save_merge_rules(conn, config.merge.always, config.merge.never)
     harvester = Harvester(pool, session, config, progress=progress, environ=environ)
-    return list(await asyncio.gather(*(harvester.harvest(u) for u in chosen)))
+    results = await asyncio.gather(*(harvester.harvest(u) for u in chosen), return_exceptions=True)
+    return isolate(chosen, results)
+
+
+def isolate(
+    chosen: Sequence[UpstreamConfig], results: Sequence[RunOutcome | BaseException]
+) -> list[RunOutcome]:
+    """Outcomes of concurrent runs: a run that raised is ``failed`` with its error, and never
+    takes the others with it. A database that cannot be reached is raised, once, after every
+    run has ended (their records are cleaned up by the next run)."""
+    outcomes: list[RunOutcome] = []
+    down: BaseException | None = None
+    for u, r in zip(chosen, results, strict=True):
+        if isinstance(r, RunOutcome):
+            outcomes.append(r)
+        elif isinstance(r, Exception) and not is_unavailable(r):
+            outcomes.append(RunOutcome(u.name, "failed", error=f"{type(r).__name__}: {r}"))
+        elif isinstance(r, Exception):
+            down = down or r
+        else:
+            raise r
+    if down is not None:
+        raise unavailable(down) from None
+    return outcomes
 
 
 class Harvester:
@@ -124,17 +139,15 @@ class Harvester:
                 (upstream_id,) = (
                     await db_upstreams.upsert_upstreams(lock_conn, [upstream])
                 ).values()
-            if not await lock_conn.fetchval(
-                "select pg_try_advisory_lock($1, $2)", HARVEST_LOCK, upstream_id
-            ):
-                log.info(
-                    "harvest_skipped",
-                    upstream=upstream.name,
-                    trigger=trigger,
-                    reason="already running",
-                )
-                return RunOutcome(upstream.name, "skipped", error="already running")
-            try:
+            async with try_harvest_lock(lock_conn, upstream_id) as taken:
+                if not taken:
+                    log.info(
+                        "harvest_skipped",
+                        upstream=upstream.name,
+                        trigger=trigger,
+                        reason="already running",
+                    )
+                    return RunOutcome(upstream.name, "skipped", error="already running")
                 return await self._locked(
                     lock_conn,
                     upstream,
@@ -144,18 +157,12 @@ class Harvester:
                     slack_s=slack_s,
                     started=started,
                 )
-            finally:
-                await asyncio.shield(
-                    lock_conn.execute(
-                        "select pg_advisory_unlock($1, $2)", HARVEST_LOCK, upstream_id
-                    )
-                )
         finally:
             await asyncio.shield(lock_conn.close())
 
     async def _locked(
         self,
-        conn: asyncpg.Connection[Any],
+        conn: Connection,
         upstream: UpstreamConfig,
         upstream_id: int,
         *,
@@ -174,47 +181,53 @@ class Harvester:
             log.info("harvest_started", url=upstream.url, mode=upstream.mode, trigger=trigger)
             token = self.environ.get(upstream.token_env) if upstream.token_env else None
             client = UpstreamClient(self.session, upstream, token=token)
-            run = HarvestRun(
+            crawl = Crawl(
                 self.pool, client, self.config, upstream, upstream_id, run_id, self.progress
             )
             try:
-                result = await run.execute()
+                outcome = await crawl.execute()
             except asyncio.CancelledError:
                 await asyncio.shield(
                     db_runs.abandon_run(conn, run_id, "the worker stopped before the run ended")
                 )
                 log.info("harvest_finished", status="abandoned", reason="worker stopped")
                 raise
-            outcome = RunOutcome(
-                upstream.name,
-                result.status,
-                run_id,
-                result.counts,
-                result.error,
-                result.generation,
-                time.monotonic() - started,
-            )
-            await db_runs.finish_run(
-                conn,
-                run_id,
-                status=outcome.status,
-                counts=outcome.counts,
-                listing_complete=result.listing_complete,
-                error=outcome.error,
-            )
-            await db_runs.delete_staged(conn, [run_id])
+            except Exception as e:
+                if is_unavailable(e):
+                    raise unavailable(e) from None
+                # Whatever went wrong is this run's alone: it fails, recorded, and the others go on.
+                log.exception("harvest_crashed", error=f"{type(e).__name__}: {e}")
+                crawl.error(f"{type(e).__name__}: {e}")
+                outcome = crawl.result
+                outcome.status, outcome.error = "failed", f"{type(e).__name__}: {e}"
+            finally:
+                await client.close()
+            outcome.duration_s = time.monotonic() - started
+            # One transaction: a run is never seen closed with its staged rows still there (a
+            # worker stopped in between would leave them to nobody).
+            async with conn.transaction():
+                await db_runs.finish_run(
+                    conn,
+                    run_id,
+                    status=outcome.status,
+                    counts=outcome.counts,
+                    listing_complete=outcome.listing_complete,
+                    error=outcome.error,
+                )
+                await save_conformance(
+                    conn, run_id, run_conformance(crawl.quirks.items, outcome.counts.error_kinds)
+                )
+                await db_runs.delete_staged(conn, [run_id])
             await db_upstreams.record_result(
                 conn,
                 upstream_id,
-                failed=result.status == "failed" or result.upstream_down,
+                failed=outcome.status == "failed" or outcome.upstream_down,
                 policy=self.circuit,
                 next_due=next_due,
             )
             if upstream.name in await db_upstreams.pending_requests(conn):
                 # A request that came in during this run wants a run that starts after it.
-                await conn.execute(
-                    "select pg_notify($1, $2)", db_upstreams.HARVEST_REQUEST_CHANNEL, upstream.name
-                )
+                await db_upstreams.announce_request(conn, upstream.name)
             log.info(
                 "harvest_finished",
                 status=outcome.status,

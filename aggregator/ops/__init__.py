@@ -1,0 +1,1 @@
+"""Operating the mirror: probe, plan and apply, admin tokens, metrics and health."""
