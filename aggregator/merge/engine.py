@@ -264,17 +264,20 @@ class _Joiner:
 
     def guards(self, root: int) -> list[int] | None:
         """The members of *root*'s component that can block a join."""
+        guarded = self.guarded
         if not self.looked[root]:
             self.looked[root] = 1
-            if root not in self.guarded and _has_signature(self.ordered[root].keys):
-                self.guarded[root] = [root]
-        return self.guarded.get(root)
+            if root not in guarded and _has_signature(self.ordered[root].keys):
+                guarded[root] = [root]
+        return guarded.get(root)
 
     def blocker(self, ra: int, rb: int, *, forced: bool) -> str | None:
         """Why the components of roots *ra* and *rb* cannot be one, or None."""
-        if not forced and self.upstreams[ra] & self.upstreams[rb]:
+        upstreams = self.upstreams
+        if not forced and upstreams[ra] & upstreams[rb]:
             return SAME_UPSTREAM
-        ga, gb = self.guards(ra), self.guards(rb)
+        guards = self.guards
+        ga, gb = guards(ra), guards(rb)
         if not ga or not gb:
             return None
         never = self.never
@@ -325,14 +328,14 @@ class _Joiner:
     def join_holders(self, key: Key, members: list[int]) -> None:
         """Join each holder of *key* to the first earlier holder whose tool can take it;
         refuse only when none can."""
-        ordered = self.ordered
+        ordered, find, blocker = self.ordered, self.find, self.blocker
         for pos, other in enumerate(members[1:], start=1):
             first_reason = ""
             for prior in members[:pos]:
-                ra, rb = self.find(prior), self.find(other)
+                ra, rb = find(prior), find(other)
                 if ra == rb:
                     break
-                reason = self.blocker(ra, rb, forced=False)
+                reason = blocker(ra, rb, forced=False)
                 if reason:
                     first_reason = first_reason or reason
                     continue
