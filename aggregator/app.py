@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from aggregator import console
 from aggregator.api import admin, openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
@@ -34,4 +35,5 @@ def create_app(config: Config) -> web.Application:
     upstreams.add_routes(app)
     admin.add_routes(app)
     metrics.add_routes(app)
+    console.add_routes(app)
     return app

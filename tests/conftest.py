@@ -25,7 +25,7 @@ from tests.support import database_copy, dsn_with_db, fetch, run_sync
 #: the suite starts its own throwaway cluster.
 TEST_DSN_ENV = "AGGREGATOR_TEST_DSN"
 
-pytest_plugins = ["tests.populated"]
+pytest_plugins = ["tests.populated", "tests.console_fixtures"]
 
 # Property tests judge results, not speed: on a loaded machine one example may take seconds.
 settings.register_profile("suite", deadline=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -252,14 +253,14 @@ class Api:
         return self.request("OPTIONS", path, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
-    """The origin (``http://127.0.0.1:PORT``) of an API serving a copy of the populated
-    database from its own thread for the whole session; tests must not change that database."""
-    name = f"live_{uuid.uuid4().hex[:12]}"
-    run_sync(fetch(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{populated_db}"'))
+@contextlib.contextmanager
+def live_api(admin_dsn: str, template: str, prefix: str = "live") -> Iterator[str]:
+    """The origin (``http://127.0.0.1:PORT``) of an API serving a copy of database *template*
+    from its own thread until the block ends."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    run_sync(fetch(admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(api_config(dsn_with_db(pg_admin_dsn, name))))
+    runner = web.AppRunner(create_app(api_config(dsn_with_db(admin_dsn, name))))
     ready: concurrent.futures.Future[str] = concurrent.futures.Future()
 
     def serve() -> None:
@@ -277,14 +278,22 @@ def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
         loop.run_until_complete(runner.cleanup())
         loop.close()
 
-    thread = threading.Thread(target=serve, name="live-api", daemon=True)
+    thread = threading.Thread(target=serve, name=f"{prefix}-api", daemon=True)
     thread.start()
     try:
         yield ready.result(timeout=30)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
-        run_sync(fetch(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(fetch(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def live_origin(pg_admin_dsn: str, populated_db: str) -> Iterator[str]:
+    """The origin (``http://127.0.0.1:PORT``) of an API serving a copy of the populated
+    database from its own thread for the whole session; tests must not change that database."""
+    with live_api(pg_admin_dsn, populated_db) as origin:
+        yield origin
 
 
 @pytest.fixture

@@ -319,6 +319,9 @@ async def demo_session(proc: asyncio.subprocess.Process, log: Path) -> None:
         raise AssertionError(f"{e}\n--- stderr ---\n{log.read_text()}") from None
     text = "".join(out)
     assert "trs-aggregator demo is serving" in text
+    first = next(line for line in out if "http://" in line)  # the URLs it prints: console first
+    assert first.startswith("Console: http://"), out
+    console = first.split()[1]
     base = next(
         word
         for line in out
@@ -338,6 +341,8 @@ async def demo_session(proc: asyncio.subprocess.Process, log: Path) -> None:
         async with session.get(bwa) as r:
             assert r.status == 200
             assert (await r.json())["id"] == "#workflow/github.com/demo-lab/bwa-mem-align"
+        async with session.get(console) as r:
+            assert r.status == 200 and "bwa-mem-align" in await r.text()
     assert await stop(proc, signal.SIGINT, timeout=30) == 0, log.read_text()
 
 

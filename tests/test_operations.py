@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,26 @@ async def _running(rows: Any) -> bool:
 async def _paused_in(worker: LiveWorker, name: str) -> bool:
     row = await worker.pool.fetchrow("select paused from upstreams where name = $1", name)
     return bool(row and row["paused"])
+
+
+async def test_admin_bodies_are_read_whole_and_bounded(
+    db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_client: Any
+) -> None:
+    """A configuration body longer than one network chunk is read whole; one over 1 MiB is
+    refused with 413; a body that is neither TOML nor JSON is 400 - each as TRS Error JSON."""
+    config = config_of(db_dsn, {})
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    async with pool.acquire() as conn:
+        token = await create_token(conn, "ci", "admin")
+    auth = {"Authorization": f"Bearer {token}"}
+    padding = "# padding\n" * 30_000  # ~300 KB of comments before the table
+    doc = padding + '[[upstreams]]\nname = "far"\nurl = "http://127.0.0.1:9/ga4gh/trs/v2"\n'
+    r = await client.post(f"{ADMIN}/upstreams/plan", data=io.BytesIO(doc.encode()), headers=auth)
+    assert r.status == 200, await r.text()
+    assert [c["name"] for c in (await r.json())["changes"]] == ["far"]
+    r = await client.post(
+        f"{ADMIN}/upstreams/plan", data=io.BytesIO(b"#" * (1024 * 1024 + 1)), headers=auth
+    )
+    assert r.status == 413 and (await r.json())["code"] == 413
+    r = await client.post(f"{ADMIN}/upstreams/plan", data="[[upstreams", headers=auth)
+    assert r.status == 400 and "TOML" in (await r.json())["message"]

@@ -23,7 +23,7 @@ def sloppy_registry() -> web.Application:
     no paging headers, limit ignored, ids not found when encoded, a wrong checksum."""
     tools = [
         {
-            "id": f"#workflow/github.com/lab/wf{i}",
+            "id": f"#workflow/github.com/lab/wf{i}" + ("\x1b[2J" if i == 0 else ""),
             "toolname": f"wf{i}",
             "author": "Someone",
             "url": f"http://x/{i}",
@@ -105,6 +105,7 @@ async def test_probe_scores_a_conformant_and_a_sloppy_upstream_differently(
     ):
         assert reason in text, text
     assert "Tool.toolclass: required" in text
+    assert "\x1b" not in text  # an upstream's control characters never reach the terminal
     block_text = text.split("Suggested configuration:", 1)[1]
     table = tomllib.loads(block_text)["upstreams"][0]
     assert table["change_detection"] == "fetch"

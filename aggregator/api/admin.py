@@ -97,9 +97,14 @@ async def _document(request: web.Request) -> dict[str, Any]:
     """The request body: a TOML or JSON document."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise _Refused(413, f"the body is over {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise _Refused(413, f"the body is over {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _Refused(413, f"the body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         if request.content_type == "application/json":
             data = orjson.loads(raw)

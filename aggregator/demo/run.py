@@ -79,6 +79,8 @@ def announce(origin: str) -> None:
     example: Any = "%23workflow%2Fgithub.com%2Fnf-core%2Frnaseq"
     print(
         f"""
+Console: {origin}/
+
 trs-aggregator demo is serving the merged catalogue. Try:
   curl {base}/service-info
   curl {base}/toolClasses

@@ -91,31 +91,36 @@ class Worker:
         """
         due = await db_upstreams.due_now(self.pool)
         for upstream in self.config.upstreams:
-            if not upstream.enabled:
-                continue
-            self.scheduler.add_job(
-                self._scheduled,
-                trigger_for(upstream),
-                args=[upstream],
-                id=upstream.name,
-                name=f"harvest {upstream.name}",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=None,
-            )
-            if due.get(upstream.name, True):
-                self.scheduler.add_job(
-                    self._scheduled,
-                    DateTrigger(dt.datetime.now(dt.UTC)),
-                    args=[upstream],
-                    id=f"{upstream.name}:catch-up",
-                    name=f"catch up {upstream.name}",
-                    misfire_grace_time=None,
-                )
+            if upstream.enabled:
+                self.schedule(upstream, catch_up=due.get(upstream.name, True))
         self.scheduler.start()
         for job in self.scheduler.get_jobs():
             log.info("harvest_scheduled", job=job.id, next_run=str(job.next_run_time))
         self._listener = asyncio.create_task(self._listen())
+
+    def schedule(self, upstream: UpstreamConfig, *, catch_up: bool) -> None:
+        """(Re)schedule *upstream*'s harvests; with *catch_up*, also harvest it at once."""
+        self.scheduler.add_job(
+            self._scheduled,
+            trigger_for(upstream),
+            args=[upstream],
+            id=upstream.name,
+            name=f"harvest {upstream.name}",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+            replace_existing=True,
+        )
+        if catch_up:
+            self.scheduler.add_job(
+                self._scheduled,
+                DateTrigger(dt.datetime.now(dt.UTC)),
+                args=[upstream],
+                id=f"{upstream.name}:catch-up",
+                name=f"catch up {upstream.name}",
+                misfire_grace_time=None,
+                replace_existing=True,
+            )
 
     async def stop(self) -> None:
         """Stop scheduling; cancel running harvests, which record themselves abandoned."""

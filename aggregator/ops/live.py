@@ -6,20 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
 import structlog
-from apscheduler.triggers.date import DateTrigger
 
 from aggregator.config import Config, UpstreamConfig
 from aggregator.db.operations import CANCEL_CHANNEL, UPSTREAMS_CHANNEL, cancel_requested
 from aggregator.db.pool import connect
 from aggregator.harvest.crawl import RunOutcome
 from aggregator.harvest.runner import Harvester
-from aggregator.harvest.scheduler import Worker, trigger_for
+from aggregator.harvest.scheduler import Worker
 from aggregator.ops.upstreams import stored_upstreams
 
 if TYPE_CHECKING:
@@ -119,26 +117,7 @@ class LiveWorker(Worker):
                     self.harvester.cancel(name)
         for name, u in new.items():
             if old.get(name) != u and u.enabled:
-                self.scheduler.add_job(
-                    self._scheduled,
-                    trigger_for(u),
-                    args=[u],
-                    id=u.name,
-                    name=f"harvest {u.name}",
-                    coalesce=True,
-                    max_instances=1,
-                    misfire_grace_time=None,
-                    replace_existing=True,
-                )
-                if name not in old:
-                    self.scheduler.add_job(
-                        self._scheduled,
-                        DateTrigger(dt.datetime.now(dt.UTC)),
-                        args=[u],
-                        id=f"{u.name}:catch-up",
-                        misfire_grace_time=None,
-                        replace_existing=True,
-                    )
+                self.schedule(u, catch_up=name not in old)
         log.info("upstreams_reloaded", upstreams=sorted(new))
 
     def _notified(self, *_: Any) -> None:
@@ -151,23 +130,24 @@ class LiveWorker(Worker):
         conn: Connection | None = None
         try:
             while True:
-                if conn is None or conn.is_closed():
-                    with contextlib.suppress(OSError, asyncpg.PostgresError):
+                # Whatever fails (the database is away), the worker goes on and tries again.
+                try:
+                    if conn is None or conn.is_closed():
                         conn = await connect(self.config.database.url)
                         await conn.add_listener(UPSTREAMS_CHANNEL, self._notified)
                         await conn.add_listener(CANCEL_CHANNEL, self._notified)
-                try:
                     fingerprint = await self._read_fingerprint()
                     if fingerprint != self._fingerprint:
                         self._fingerprint = fingerprint
                         await self.reload()
                     for name in await cancel_requested(self.pool):
                         self.harvester.cancel(name)
-                except (OSError, asyncpg.PostgresError) as e:
-                    log.warning("upstreams_unreadable", error=str(e))
+                except Exception as e:  # noqa: BLE001 - logged; the next poll retries
+                    log.warning("upstreams_unreadable", error=f"{type(e).__name__}: {e}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), poll)
                 self._changed.clear()
         finally:
             if conn is not None and not conn.is_closed():
-                await conn.close()
+                with contextlib.suppress(Exception):
+                    await conn.close()

@@ -34,6 +34,7 @@ from aggregator.api.cache import RESPONSE_CACHE, cache_key
 from aggregator.config import Config
 from aggregator.db.migrate import default_directory, load_migrations
 from aggregator.db.upstreams import list_upstreams
+from aggregator.errors import ConfigError
 from aggregator.harvest.scheduler import trigger_for
 from aggregator.keys import CONFIG, DB_POOL
 from aggregator.ops.upstreams import stored_upstream
@@ -211,7 +212,10 @@ async def _database_registry(pool: asyncpg.Pool[Any], config: Config) -> Collect
         failures.labels(name).set(r["consecutive_failures"])
         paused.labels(name).set(1 if r["paused"] else 0)
     for r in await pool.fetch("select * from upstreams, now() as now where removed_at is null"):
-        seconds = _schedule_seconds(r)
+        try:
+            seconds = _schedule_seconds(r)
+        except ConfigError:  # a row no configuration accepts any more: no schedule to show
+            continue
         if seconds is not None:
             schedule.labels(r["name"]).set(seconds)
     for r in await pool.fetch(

@@ -161,7 +161,12 @@ class ProbeReport:
         lines.append("")
         lines.append("[[upstreams]]")
         lines += [f"{k} = {_toml(v)}" for k, v in self.upstream_block().items()]
-        return "\n".join(lines) + "\n"
+        # What the upstream sent is printed: no control characters reach the terminal.
+        return "\n".join(_printable(line) for line in lines) + "\n"
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def _text(value: Any) -> str:
@@ -541,7 +546,8 @@ def _suggest(
         estimate = max(estimate, requests / state.rate_limit)
     report.findings["estimated_first_harvest"] = (
         f"{int(requests)} requests, about {_duration(estimate)} "
-        f"(median latency {latency * 1000:.0f} ms, concurrency {concurrency})"
+        f"of network time (median latency {latency * 1000:.0f} ms, concurrency {concurrency}; "
+        "storing and merging add to it)"
     )
     kind = "aggregator" if state.aggregator else "trs"
     if not report.findings.get("paging", {}).get("headers") and not state.page_limit_honoured:
