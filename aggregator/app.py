@@ -11,6 +11,7 @@ from aggregator.api import admin, openapi, provenance, upstreams
 from aggregator.api.cache import cache_ctx
 from aggregator.api.handlers import add_routes
 from aggregator.api.middleware import request_context
+from aggregator.api.reqlog import REQUEST_LOG, request_log_ctx, request_log_for
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
 from aggregator.keys import CONFIG, DB_POOL
@@ -28,7 +29,8 @@ def create_app(config: Config) -> web.Application:
     """Build the API application for *config*."""
     app = web.Application(middlewares=[metrics.observe, request_context, metrics.mark_handled])
     app[CONFIG] = config
-    app.cleanup_ctx.extend([db_pool_ctx, cache_ctx])  # the cache reads through the pool
+    app[REQUEST_LOG] = request_log_for(config.server)
+    app.cleanup_ctx.extend([request_log_ctx, db_pool_ctx, cache_ctx])  # cache reads the pool
     add_routes(app)
     provenance.add_routes(app)
     openapi.add_routes(app)

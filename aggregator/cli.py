@@ -20,6 +20,7 @@ from aggregator.logs import configure_logging
 from aggregator.ops.commands import COMMANDS as OPS_COMMANDS
 from aggregator.ops.commands import add_commands, run_command
 from aggregator.pgcluster import ClusterError, PgBinariesNotFound
+from aggregator.processes import api_processes, run_loop, serve_processes
 from aggregator.service import (
     cmd_harvest,
     cmd_merge,
@@ -79,9 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-merge every upstream record, not only the changed ones",
     )
-    sub.add_parser("serve", parents=[common], help="serve the TRS API")
+    serving = argparse.ArgumentParser(add_help=False)
+    serving.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="API processes sharing the port (default: server.workers; 0: one per CPU)",
+    )
+    sub.add_parser("serve", parents=[common, serving], help="serve the TRS API")
     sub.add_parser("worker", parents=[common], help="harvest upstreams on their schedules")
-    sub.add_parser("run", parents=[common], help="serve and worker in one process")
+    sub.add_parser(
+        "run", parents=[common, serving], help="serve and harvest on schedule, in one service"
+    )
     demo = sub.add_parser(
         "demo",
         parents=[common],
@@ -137,11 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cmd_harvest(config, args.names))
         if args.command == "merge":
             return asyncio.run(cmd_merge(config, full=args.full))
-        if args.command == "serve":
-            return asyncio.run(serve_forever(config, api=True, worker=False))
         if args.command == "worker":
             return asyncio.run(serve_forever(config, api=False, worker=True))
-        return asyncio.run(serve_forever(config, api=True, worker=True))
+        harvest = args.command == "run"
+        processes = api_processes(config, args.workers)
+        if processes == 1:
+            return run_loop(serve_forever(config, api=True, worker=harvest))
+        return serve_processes(config, processes, harvest=harvest)
     except ConfigError as e:
         print(f"trs-aggregator: config error: {e}", file=sys.stderr)
         return 2

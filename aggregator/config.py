@@ -42,11 +42,18 @@ class DatabaseConfig:
         url: A PostgreSQL DSN; ``None`` means not configured (``demo`` then starts its own).
         pool_min: Smallest number of pooled connections.
         pool_max: Largest number of pooled connections.
+        replica_url: A streaming replica of ``url`` the API reads from (optional). The API
+            learns the catalogue's generation from the replica itself, so it never serves a
+            generation the replica has not replayed; harvests and merges write to ``url``.
     """
 
     url: str | None = None
     pool_min: int = 1
     pool_max: int = 10
+    replica_url: str | None = None
+
+
+REQUEST_LOG_MODES: Final = ("all", "sample", "errors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +64,22 @@ class ServerConfig:
         host: Address to bind.
         port: Port to bind.
         public_url: Base URL clients reach us at; empty means derived from each request.
+        workers: API processes sharing the port (``SO_REUSEPORT``), each with its own
+            database pool and response cache; 0 means one per CPU this process may run on.
+        request_log: ``all`` logs one line per request; ``sample`` logs every error and
+            every answer that was not served from memory, one in ``1 / request_log_sample``
+            of the rest, and a ``requests_summary`` line (counts by status) every minute;
+            ``errors`` is ``sample`` with no warm answer logged.
+        request_log_sample: The fraction of warm answers logged in ``sample`` mode.
         cache_mb: How many MiB of rendered responses each API process keeps in memory.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""
+    workers: int = 0
+    request_log: str = "all"
+    request_log_sample: float = 0.01
     cache_mb: int = 256
 
 
@@ -258,20 +275,16 @@ def from_dict(
 ) -> Config:
     """Validate a parsed TOML document into a Config."""
     _no_unknown(data, "", ("database", "server", "harvest", "merge", "upstreams"))
-    merge = _section(MergeConfig, data.get("merge", {}), "merge")
-    if merge.max_tools_per_upstream < 1:
-        raise ConfigError("merge.max_tools_per_upstream", "must be at least 1")
-    merge = dataclasses.replace(
-        merge, always=_merge_pairs(merge.always, "always"), never=_merge_pairs(merge.never, "never")
-    )
-    both = {tuple(sorted(p)) for p in merge.always} & {tuple(sorted(p)) for p in merge.never}
-    if both:
-        raise ConfigError("merge.never", f"{min(both)} is also in merge.always")
+    merge = _merge_section(data.get("merge", {}))
     database = _section(DatabaseConfig, data.get("database", {}), "database")
     if environ.get(DATABASE_URL_ENV):
         database = dataclasses.replace(database, url=environ[DATABASE_URL_ENV])
     if database.url is not None and not database.url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url", "must be a postgresql:// URL")
+    if database.replica_url is not None and not database.replica_url.startswith(
+        ("postgres://", "postgresql://")
+    ):
+        raise ConfigError("database.replica_url", "must be a postgresql:// URL")
     if database.pool_min < 1:
         raise ConfigError("database.pool_min", "must be at least 1")
     if database.pool_max < database.pool_min:
@@ -281,6 +294,12 @@ def from_dict(
         raise ConfigError("server.port", "must be between 0 and 65535")
     if server.public_url and not _is_http_url(server.public_url):
         raise ConfigError("server.public_url", "must be an http(s) URL")
+    if server.workers < 0:
+        raise ConfigError("server.workers", "must be 0 (one per CPU) or more")
+    if server.request_log not in REQUEST_LOG_MODES:
+        raise ConfigError("server.request_log", f"must be one of {', '.join(REQUEST_LOG_MODES)}")
+    if not 0 <= server.request_log_sample <= 1:
+        raise ConfigError("server.request_log_sample", "must be between 0 and 1")
     if server.cache_mb < 1:
         raise ConfigError("server.cache_mb", "must be at least 1")
     harvest = _section(HarvestConfig, data.get("harvest", {}), "harvest")
@@ -406,6 +425,20 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
     if u.token_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", u.token_env):
         raise ConfigError(f"{key}.token_env", "must be the name of an environment variable")
     return dataclasses.replace(u, url=u.url.rstrip("/"))
+
+
+def _merge_section(raw: Any) -> MergeConfig:
+    """Validate ``[merge]``; a pair may not be in both ``always`` and ``never``."""
+    merge: MergeConfig = _section(MergeConfig, raw, "merge")
+    if merge.max_tools_per_upstream < 1:
+        raise ConfigError("merge.max_tools_per_upstream", "must be at least 1")
+    merge = dataclasses.replace(
+        merge, always=_merge_pairs(merge.always, "always"), never=_merge_pairs(merge.never, "never")
+    )
+    both = {tuple(sorted(p)) for p in merge.always} & {tuple(sorted(p)) for p in merge.never}
+    if both:
+        raise ConfigError("merge.never", f"{min(both)} is also in merge.always")
+    return merge
 
 
 def _merge_pairs(raw: Any, name: str) -> tuple[tuple[str, str], ...]:

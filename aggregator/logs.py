@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -13,6 +13,15 @@ from structlog.typing import EventDict
 
 from aggregator import redact
 from aggregator.db.outage import is_unavailable
+
+#: Where JSON lines go when configure_logging chose JSON at level INFO or below, else None.
+_json_sink: BinaryIO | None = None
+
+
+def json_sink() -> BinaryIO | None:
+    """The binary stream JSON log lines are written to, when the configuration logs INFO lines
+    as JSON; hot paths may write lines of the same shape there themselves."""
+    return _json_sink
 
 
 def configure_logging(
@@ -22,8 +31,10 @@ def configure_logging(
 
     *json* defaults to "stderr is not a terminal". Call once, from the CLI; never at import.
     """
+    global _json_sink  # noqa: PLW0603 - the one switch this function owns
     if json is None:
         json = not sys.stderr.isatty()
+    _json_sink = sys.stderr.buffer if json and level <= logging.INFO else None
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

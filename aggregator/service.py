@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from aggregator.api.fastpath import FastRunner
 from aggregator.app import create_app
 from aggregator.config import Config
 from aggregator.db.merge import save_merge_rules
@@ -139,7 +140,7 @@ def print_outcomes(outcomes: Sequence[RunOutcome]) -> None:
 @contextlib.asynccontextmanager
 async def running_site(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
     """Serve *app* on host:port until the block ends; yield the base URL."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = FastRunner(app, access_log=None)  # warm answers in front of the app
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -3,15 +3,16 @@
 Run by hand (never in the test suite), on an otherwise idle machine::
 
     apt-get install -y nginx wrk
-    .venv/bin/pip install -e '.[speed]'
     .venv/bin/python bench/api_bench.py --tools 5000 --rounds 3 --duration 10
 
 It starts a private PostgreSQL cluster, harvests a synthetic registry of ``--tools`` tools
-(three versions each) from an in-process TRS server, starts ``--workers`` API processes on one
-port (SO_REUSEPORT, uvloop when installed, JSON logs rendered to /dev/null) and an nginx with as
-many workers serving the API's own answers as static files, then measures with wrk, nginx and
-the API taking turns, and prints a Markdown report: requests/s and latency percentiles of each
-side, their ratio, and the latency of the first request after a new catalogue generation.
+(three versions each) from an in-process TRS server, starts ``trs-aggregator serve`` twice —
+with its defaults (one process per CPU, uvloop, one JSON log line per request, here to
+/dev/null) and with ``--best`` — an nginx with ``--workers`` workers (default: one per CPU)
+serving the API's own answers as static files, and as many bare aiohttp processes answering
+those bytes from memory; then measures with wrk, the servers taking turns, and prints a
+Markdown report: requests/s and latency percentiles of each side, their ratio to nginx in the
+same round, and the latency of the first request after a new catalogue generation.
 """
 
 from __future__ import annotations
@@ -127,30 +128,18 @@ async def populate(dsn: str, n: int) -> None:
         await server.close()
 
 
-def serve(dsn: str, port: int, level: str) -> None:
-    """One API process (``--serve``): the app on *port* with SO_REUSEPORT; *level* ``INFO``
-    logs the canonical line of every request (rendered, to /dev/null), ``WARNING`` does not."""
-    import logging
-
-    from aiohttp import web
-
-    from aggregator.app import create_app
-    from aggregator.config import Config, DatabaseConfig
-    from aggregator.logs import configure_logging
-
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    configure_logging(json=True, level=getattr(logging, level))
-    config = Config(database=DatabaseConfig(url=dsn, pool_min=2, pool_max=8))
-    web.run_app(
-        create_app(config),
-        host="127.0.0.1",
-        port=port,
-        reuse_port=True,
-        access_log=None,
-        print=None,
+def start_service(dsn: str, port: int, work: Path, extra: str) -> subprocess.Popen[bytes]:
+    """``trs-aggregator serve`` as a user runs it: its defaults (one process per CPU, uvloop,
+    the JSON request log, here to /dev/null) plus *extra* TOML lines under ``[server]``."""
+    config = work / f"serve-{port}.toml"
+    config.write_text(
+        f'[database]\nurl = "{dsn}"\n[server]\nhost = "127.0.0.1"\nport = {port}\n{extra}\n'
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "serve", "--config", str(config)],
+        cwd=work,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -241,7 +230,16 @@ _PCT = re.compile(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 def wrk(url: str, *, connections: int, duration: int, threads: int) -> dict[str, float]:
     """Requests/s and p50/p90/p99 latency (ms) of wrk against *url*."""
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "30s",
+            "--latency",
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -283,19 +281,20 @@ async def cold_latencies(dsn: str, url: str, repeats: int) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tools", type=int, default=5000)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cold-repeats", type=int, default=15)
     parser.add_argument("--dsn", help="use this (empty) database instead of a private cluster")
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--best",
+        default='request_log = "errors"',
+        help="[server] settings of the 'API, best' side (default: %(default)s)",
+    )
     parser.add_argument("--serve-bare", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        serve(args.serve[0], int(args.serve[1]), args.serve[2])
-        return 0
     if args.serve_bare:
         serve_bare(args.serve_bare[0], int(args.serve_bare[1]))
         return 0
@@ -316,15 +315,8 @@ def main() -> int:
         print(f"harvested {args.tools} tools in {time.monotonic() - started:.1f}s", file=sys.stderr)
 
         port, quiet_port, bare_port, nginx_port = (free_port() for _ in range(4))
-        for _ in range(args.workers):
-            for p, level in ((port, "INFO"), (quiet_port, "WARNING")):
-                workers.append(
-                    subprocess.Popen(
-                        [sys.executable, __file__, "--serve", dsn, str(p), level],
-                        stderr=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                    )
-                )
+        workers.append(start_service(dsn, port, work, ""))
+        workers.append(start_service(dsn, quiet_port, work, args.best))
         api = f"http://127.0.0.1:{port}/ga4gh/trs/v2"
         wait_ready(f"{api}/toolClasses")
         wait_ready(f"http://127.0.0.1:{quiet_port}/ga4gh/trs/v2/toolClasses")
@@ -360,10 +352,12 @@ def main() -> int:
                 sides = {
                     "nginx": f"http://127.0.0.1:{nginx_port}/{name}",
                     "bare aiohttp": f"http://127.0.0.1:{bare_port}/{name}",
-                    "API, no request log": url.replace(f":{port}/", f":{quiet_port}/"),
-                    "API": url,
+                    "API, best": url.replace(f":{port}/", f":{quiet_port}/"),
+                    "API, defaults": url,
                 }
                 results[label] = {side: [] for side in sides}
+                for target in sides.values():  # every process renders it once first
+                    wrk(target, connections=args.connections, duration=2, threads=args.threads)
                 for _ in range(args.rounds):  # interleaved: the machine is shared and noisy
                     for side, target in sides.items():
                         results[label][side].append(

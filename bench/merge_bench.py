@@ -2,6 +2,7 @@
 incremental. Run by hand; results go to docs/benchmarks.md.
 
     python bench/merge_bench.py pure --tools 1000000
+    python bench/merge_bench.py db --tools 1000000      # on a private PostgreSQL cluster
     python bench/merge_bench.py db --tools 1000000 --dsn postgresql://postgres@127.0.0.1/postgres
 """
 
@@ -93,7 +94,8 @@ async def bench_db(n: int, dsn: str) -> None:
     await admin.execute("drop database if exists trs_merge_bench")
     await admin.execute("create database trs_merge_bench")
     await admin.close()
-    db = dsn.rsplit("/", 1)[0] + "/trs_merge_bench"
+    base, sep, query = dsn.partition("?")
+    db = base.rsplit("/", 1)[0] + "/trs_merge_bench" + sep + query
     await migrate(db)
     conn = await connect(db)
     t0 = time.perf_counter()
@@ -147,12 +149,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["pure", "db"])
     parser.add_argument("--tools", type=int, default=1_000_000)
-    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--dsn", help="an existing server (default: start a private cluster)")
     args = parser.parse_args()
     if args.what == "pure":
         bench_pure(args.tools)
-    else:
+    elif args.dsn:
         asyncio.run(bench_db(args.tools, args.dsn))
+    else:
+        import shutil
+        import tempfile
+
+        from aggregator.pgcluster import LocalCluster
+
+        work = Path(tempfile.mkdtemp(prefix="trsagg-merge-bench-"))
+        work.chmod(0o755)  # the server runs as postgres when we are root
+        cluster = LocalCluster(work / "pg")  # durable, as a real database is
+        try:
+            asyncio.run(bench_db(args.tools, cluster.start()))
+        finally:
+            cluster.stop()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

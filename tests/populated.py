@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from aggregator.api.fastpath import FastRunner
 from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig
 from aggregator.db.pool import create_pool
@@ -260,7 +261,7 @@ def live_api(admin_dsn: str, template: str, prefix: str = "live") -> Iterator[st
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     run_sync(fetch(admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(api_config(dsn_with_db(admin_dsn, name))))
+    runner = FastRunner(create_app(api_config(dsn_with_db(admin_dsn, name))))
     ready: concurrent.futures.Future[str] = concurrent.futures.Future()
 
     def serve() -> None:

@@ -400,3 +400,37 @@ async def test_admin_bodies_are_read_whole_and_bounded(
     assert r.status == 413 and (await r.json())["code"] == 413
     r = await client.post(f"{ADMIN}/upstreams/plan", data="[[upstreams", headers=auth)
     assert r.status == 400 and "TOML" in (await r.json())["message"]
+
+
+async def test_pause_and_resume_from_the_command_line(
+    db_dsn: str, pool: asyncpg.Pool[Any], two_registries: dict[str, TestServer], tmp_path: Path
+) -> None:
+    """``pause NAME`` persists the pause (scheduled runs are then skipped), ``resume NAME``
+    lifts it, an unknown name exits 1; both are audited."""
+    s = two_registries
+    config = config_of(db_dsn, {"a": s["a"]})
+    await harvest(pool, config)
+    cfg = tmp_path / "agg.toml"
+    cfg.write_text(toml_config(db_dsn, [("a", s["a"], {})]))
+    paused = await run_cli(tmp_path, "pause", "a", "--config", str(cfg))
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.strip() == "a: paused"
+    async with make_session(config) as session:
+        from aggregator.harvest.runner import Harvester
+
+        outcome = await Harvester(pool, session, config).harvest(
+            config.upstreams[0], trigger="scheduled"
+        )
+    assert (outcome.status, outcome.error) == ("skipped", "paused")
+    resumed = await run_cli(tmp_path, "resume", "a", "--config", str(cfg))
+    assert resumed.stdout.strip() == "a: resumed"
+    row = await fetch(db_dsn, "select paused, paused_by from upstreams where name = 'a'")
+    assert (row[0]["paused"], row[0]["paused_by"]) == (False, None)
+    missing = await run_cli(tmp_path, "pause", "nope", "--config", str(cfg))
+    assert missing.returncode == 1 and "no upstream named 'nope'" in missing.stderr
+    audit = await fetch(db_dsn, "select action, target, outcome from audit_log order by id")
+    assert [tuple(r) for r in audit] == [
+        ("pause", "a", "ok"),
+        ("resume", "a", "ok"),
+        ("pause", "nope", "failed"),
+    ]

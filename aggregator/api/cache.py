@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -31,6 +32,7 @@ from multidict import CIMultiDict
 from aggregator.api.negotiation import accepts_gzip, not_modified, wants_zip
 from aggregator.config import ServerConfig
 from aggregator.db.generation import CATALOGUE_CHANNEL, catalogue_generation
+from aggregator.db.pool import create_pool
 from aggregator.db.queries import PageIndex, ToolQuery, page_index
 from aggregator.keys import CONFIG, DB_POOL
 
@@ -45,6 +47,8 @@ GZIP_MIN_BYTES: Final = 1024
 _GZIP_INLINE_MAX: Final = 256 * 1024
 #: How often the listener also reads the generation (a lost connection is noticed too).
 POLL_S: Final = 5.0
+#: How often a replica's generation is read while it has yet to replay an announced one.
+REPLAY_POLL_S: Final = 0.05
 _MAX_INDEXES: Final = 256
 #: The application_name of the listening connection (as pg_stat_activity shows it).
 LISTENER_NAME: Final = "trs-aggregator-catalogue-listener"
@@ -77,7 +81,16 @@ class Entry:
         gzipped: The gzip-compressed variant, once made.
     """
 
-    __slots__ = ("body", "compressible", "etag", "expires", "gzipped", "headers", "status")
+    __slots__ = (
+        "body",
+        "compressible",
+        "etag",
+        "expires",
+        "gzipped",
+        "headers",
+        "route",
+        "status",
+    )
 
     def __init__(
         self,
@@ -93,6 +106,8 @@ class Entry:
         self.etag = etag
         self.expires = expires
         self.gzipped: Entry | None = None
+        #: The route template that rendered it, once known (for the request metrics).
+        self.route: str | None = None
         self.compressible = (
             len(body) >= GZIP_MIN_BYTES
             and "Content-Encoding" not in headers
@@ -105,7 +120,7 @@ class Entry:
         return len(self.body) + 512 + (self.gzipped.size if self.gzipped else 0)
 
 
-def cache_key(request: web.Request) -> Hashable:
+def cache_key(request: web.BaseRequest) -> Hashable:
     """What an answer depends on: the URL as sent (scheme, host, path and query) and whether
     the client asked for a zip by Accept header."""
     return (request.scheme, request.host, request.raw_path, wants_zip(request))
@@ -152,7 +167,7 @@ def _gzip_etag(etag: str | None) -> str | None:
     return etag[:-1] + _GZIP_SUFFIX + '"' if etag else None
 
 
-def respond(request: web.Request, entry: Entry) -> web.Response | None:
+def respond(request: web.BaseRequest, entry: Entry) -> web.Response | None:
     """Send *entry*: 304 when If-None-Match names it, gzip when accepted and worth it.
 
     None when the gzip variant has yet to be made (``await compress(entry)``, then again).
@@ -330,13 +345,31 @@ RESPONSE_CACHE: Final = web.AppKey("response_cache", ResponseCache)
 
 
 class GenerationWatcher:
-    """Keeps a ResponseCache's generation current: LISTEN for publishes, and poll as a backstop."""
+    """Keeps a ResponseCache's generation current: LISTEN for publishes, and poll as a backstop.
 
-    def __init__(self, dsn: str, cache: ResponseCache, *, poll_s: float = POLL_S) -> None:
+    With a *replica*, the generation is read from the replica (LISTEN does not reach a standby):
+    a notification from the primary makes the watcher read the replica's generation until it
+    has replayed the announced one (every ``REPLAY_POLL_S``), so the cache never holds a
+    generation the replica has not replayed, and answers rendered on the replica are cached
+    from the moment it has.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        cache: ResponseCache,
+        *,
+        poll_s: float = POLL_S,
+        replica: str | None = None,
+    ) -> None:
         self.dsn = dsn
+        self.replica = replica
         self.cache = cache
         self.poll_s = poll_s
         self.ready = asyncio.Event()
+        #: The newest generation the primary announced.
+        self.announced = 0
+        self._wake = asyncio.Event()
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
@@ -344,30 +377,57 @@ class GenerationWatcher:
         except ValueError:
             log.warning("catalogue_notification_unreadable", payload=payload)
             return
+        self.announced = max(self.announced, generation)
+        if self.replica is not None:
+            self._wake.set()
+            return
         if self.cache.generation is None or generation > self.cache.generation:
             self.cache.set_generation(generation)
+
+    async def _follow(self, reader: Connection, lost: asyncio.Event) -> None:
+        """Read the generation from *reader* every poll_s, and (with a replica) soon after each
+        announcement until the replica has caught up; return when the connection is lost."""
+        while True:
+            self._wake.clear()
+            waits = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if lost.is_set():
+                raise ConnectionResetError("the listening connection was closed")
+            generation = await catalogue_generation(reader, timeout=self.poll_s)
+            self.cache.set_generation(generation)
+            while generation < self.announced and not lost.is_set():
+                await asyncio.sleep(REPLAY_POLL_S)
+                generation = await catalogue_generation(reader, timeout=self.poll_s)
+                self.cache.set_generation(generation)
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff; the cache is off while down."""
         delay = 0.5
         while True:
-            conn: Connection | None = None
+            conns: list[Connection] = []
             try:
                 conn = await asyncpg.connect(
                     self.dsn, timeout=10, server_settings={"application_name": LISTENER_NAME}
                 )
+                conns.append(conn)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
+                reader = conn
+                if self.replica is not None:
+                    reader = await asyncpg.connect(
+                        self.replica,
+                        timeout=10,
+                        server_settings={"application_name": LISTENER_NAME},
+                    )
+                    conns.append(reader)
+                    reader.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(CATALOGUE_CHANNEL, self._notified)
-                self.cache.set_generation(await catalogue_generation(conn))
+                self.cache.set_generation(await catalogue_generation(reader))
                 self.ready.set()
                 delay = 0.5
-                while True:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self.poll_s)
-                    if lost.is_set():
-                        raise ConnectionResetError("the listening connection was closed")
-                    self.cache.set_generation(await catalogue_generation(conn, timeout=self.poll_s))
+                await self._follow(reader, lost)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("catalogue_listener_lost", error=str(e), retry_in_s=delay)
                 self.cache.set_generation(None)
@@ -375,18 +435,31 @@ class GenerationWatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
             finally:
-                if conn is not None:
+                for c in conns:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        await asyncio.wait_for(c.close(), 2)
+
+
+GENERATION_WATCHER: Final = web.AppKey("generation_watcher", GenerationWatcher)
 
 
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The response cache and its generation listener, for the app's lifetime."""
+    """The response cache and its generation listener, for the app's lifetime. With
+    ``database.replica_url`` the cache renders from a pool of its own on the replica (everything
+    else, the admin API's writes included, uses the primary's pool)."""
     config = app[CONFIG]
-    cache = ResponseCache(app[DB_POOL], max_bytes=config.server.cache_mb * 1024 * 1024)
+    replica = config.database.replica_url
+    pool = (
+        await create_pool(dataclasses.replace(config.database, url=replica))
+        if replica
+        else app[DB_POOL]
+    )
+    cache = ResponseCache(pool, max_bytes=config.server.cache_mb * 1024 * 1024)
     app[RESPONSE_CACHE] = cache
     assert config.database.url is not None
-    watcher = GenerationWatcher(config.database.url, cache)
+    app[GENERATION_WATCHER] = watcher = GenerationWatcher(
+        config.database.url, cache, replica=config.database.replica_url
+    )
     task = asyncio.create_task(watcher.run(), name="catalogue-generation-watcher")
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(watcher.ready.wait(), 10)
@@ -394,3 +467,5 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if pool is not app[DB_POOL]:
+        await pool.close()

@@ -4,8 +4,6 @@ CORS preflight, ``nosniff``, one canonical log line per request."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from typing import Final
 from urllib.parse import unquote_to_bytes
@@ -17,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from aggregator.api.cache import CORS_HEADERS, RESPONSE_CACHE, Entry, cache_key, respond, send
+from aggregator.api.reqlog import REQUEST_LOG, new_request_id
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.errors import BadRequest, DatabaseUnavailable, NotFound
 from aggregator.trs.render import error
@@ -34,10 +33,7 @@ RETRY_AFTER_S: Final = "5"
 #: trying it again for this long.
 OUTAGE_RECHECK_S: Final = 1.0
 _PREFLIGHT_MAX_AGE: Final = "86400"
-_CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
-# Request ids: unique per process by a counter, across processes by a random prefix.
-_ID_PREFIX: Final = os.urandom(4).hex() + "-"
-_ID_COUNTER: Final = itertools.count(1)
+CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -57,14 +53,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     Otherwise the request id is bound for whatever the handler logs.
     """
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+    request_id = request.headers.get("X-Request-Id") or new_request_id()
     status = 500
+    warm = False
     try:
         response: web.StreamResponse | None = None
-        if request.method in _CACHED_METHODS:
+        if request.method in CACHED_METHODS:
             entry = request.app[RESPONSE_CACHE].get(cache_key(request))
             if entry is not None:
                 response = respond(request, entry)
+                warm = response is not None
         if response is None:
             with structlog.contextvars.bound_contextvars(request_id=request_id):
                 response = await _trs_errors(request, handler)
@@ -79,13 +77,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     else:
         return response
     finally:
-        log.info(
-            "request_finished",
-            request_id=request_id,
-            method=request.method,
-            path=request.raw_path,
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        request.app[REQUEST_LOG].finished(
+            request_id, request.method, request.raw_path, status, started, warm=warm
         )
 
 
@@ -127,7 +120,7 @@ async def _outage(
     if e is not None:
         log.warning("database_unavailable", error=str(unavailable(e)), path=request.raw_path)
         cache.unavailable_until = time.monotonic() + OUTAGE_RECHECK_S
-        if request.method in _CACHED_METHODS:
+        if request.method in CACHED_METHODS:
             entry = cache.last(cache_key(request))
     if entry is not None:
         response = await send(request, entry)
@@ -146,7 +139,7 @@ async def _trs_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     if problem is not None:
         return error_response(400, problem)
     cache = request.app[RESPONSE_CACHE]
-    if cache.unavailable_until > time.monotonic() and request.method in _CACHED_METHODS:
+    if cache.unavailable_until > time.monotonic() and request.method in CACHED_METHODS:
         entry = cache.last(cache_key(request))
         if entry is not None:
             return await _outage(request, None, entry)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 
-def wants_zip(request: web.Request) -> bool:
+def wants_zip(request: web.BaseRequest) -> bool:
     """Whether the Accept header asks for a zip (and not for JSON)."""
     accept = request.headers.get("Accept", "")
     return "application/zip" in accept and "application/json" not in accept
 
 
-def accepts_gzip(request: web.Request) -> bool:
+def accepts_gzip(request: web.BaseRequest) -> bool:
     """Whether Accept-Encoding allows gzip (``gzip`` or ``*`` without ``q=0``)."""
     for part in request.headers.get("Accept-Encoding", "").split(","):
         coding, _, params = part.partition(";")
@@ -21,7 +21,7 @@ def accepts_gzip(request: web.Request) -> bool:
     return False
 
 
-def not_modified(request: web.Request, etag: str, *, suffix: str = "") -> bool:
+def not_modified(request: web.BaseRequest, etag: str, *, suffix: str = "") -> bool:
     """Whether If-None-Match names *etag* (a quoted strong ETag) or its variant tagged with
     *suffix* (``"<tag><suffix>"``), or is ``*``. Weak and strong forms match alike."""
     tags = request.if_none_match

@@ -7,6 +7,7 @@ as a full re-merge (tested), which ``full=True`` performs.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ async def remerge(
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
     tools, and advance (and announce) the generation. Call inside the publishing transaction
     (``db.publish``)."""
+    lap = _Laps()
     dirty = [r["id"] for r in await conn.fetch(_ALL_TOOLS if full else _DIRTY_TOOLS)]
     rules, partners = await _load_rules(conn)
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
@@ -122,6 +124,7 @@ async def remerge(
         await conn.execute(_ANALYZE_EVIDENCE)
     if dirty:
         await conn.execute(_CLEAR_DIRTY, dirty)
+    lap("evidence")
     if full:
         affected = set(dirty)
         nodes = await _load_nodes(conn, affected, tombstone_after)
@@ -136,10 +139,14 @@ async def remerge(
             partners=partners,
         )
         nodes = await _load_nodes(conn, affected, tombstone_after)
+    lap("closure_and_load")
     components = merge(nodes, identifying=identifying, rules=rules)
+    lap("merge")
     versions = await _load_versions(conn, [n.id for n in nodes])
-    old_ids = await _drop_tools(conn, affected)
+    lap("load_versions")
+    old_ids = await _tools_holding(conn, affected)
     await _write(conn, components, versions, old_ids)
+    lap("write")
     generation = await advance_generation(conn)
     stats = MergeStats(len(dirty), len(nodes), len(components), generation)
     log.info(
@@ -149,8 +156,22 @@ async def remerge(
         tools=stats.tools,
         generation=generation,
         full=full,
+        seconds=lap.seconds,
     )
     return stats
+
+
+class _Laps:
+    """Seconds spent in each phase, for the log."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
 
 
 _DELETE_EVIDENCE: Final = """
@@ -387,17 +408,16 @@ async def _load_versions(conn: Connection, member_ids: list[int]) -> dict[int, l
     return out
 
 
-_DROP_TOOLS: Final = """
-delete from catalogue_tools c where c.id in (
-    select m.tool_id from catalogue_members m where m.upstream_tool_id = any($1::bigint[]))
-returning c.id
+_TOOLS_HOLDING: Final = """
+select distinct m.tool_id from catalogue_members m where m.upstream_tool_id = any($1::bigint[])
 """
 
 
-async def _drop_tools(conn: Connection, affected: set[int]) -> list[str]:
-    """Delete the catalogue tools holding any affected upstream tool; return their ids."""
-    rows = await conn.fetch(_DROP_TOOLS, list(affected))
-    return [r["id"] for r in rows]
+async def _tools_holding(conn: Connection, affected: set[int]) -> list[str]:
+    """The ids of the catalogue tools holding any affected upstream tool: what the merge
+    rewrites."""
+    rows = await conn.fetch(_TOOLS_HOLDING, list(affected))
+    return [r["tool_id"] for r in rows]
 
 
 _HISTORY_TABLE: Final = """
@@ -418,8 +438,9 @@ async def _write(
     versions: dict[int, list[VersionNode]],
     released: list[str],
 ) -> None:
-    """Insert the merged tools, settling plain-id claims against the rest of the catalogue."""
-    ids = await _assign_ids(conn, components, released)
+    """Write the merged tools in place of the *released* ones, settling plain-id claims against
+    the rest of the catalogue."""
+    ids, renames = await _assign_ids(conn, components, released)
     nodes = {m.id: m for comp in components for m in comp.members}
     tools, members, cat_versions, history = [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
@@ -453,19 +474,10 @@ async def _write(
             (tool_id, mv.key, mv.position, mv.served.id, [s.id for s in mv.sources], mv.conflict)
             for mv in merged
         ]
-    await conn.copy_records_to_table(
-        "catalogue_tools",
-        records=tools,
-        columns=["id", "sort_key", "primary_member_id", "conflicts"],
-    )
-    await conn.copy_records_to_table(
-        "catalogue_members", records=members, columns=["upstream_tool_id", "tool_id", "joined_by"]
-    )
-    await conn.copy_records_to_table(
-        "catalogue_versions",
-        records=cat_versions,
-        columns=["tool_id", "key", "position", "upstream_version_id", "source_ids", "conflict"],
-    )
+    if released or renames:
+        await _replace(conn, tools, members, cat_versions, released=released, renames=renames)
+    else:  # none of these tools is in the catalogue yet (a first merge, a new upstream)
+        await _insert(conn, tools, members, cat_versions)
     # The ids each tool had, so they keep resolving after its members change.
     await conn.execute(_HISTORY_TABLE)
     await conn.copy_records_to_table(
@@ -479,7 +491,7 @@ select c.id, t.external_id, u.name, u.priority
 from upstream_tools t
 join catalogue_tools c on c.primary_member_id = t.id
 join upstreams u on u.id = t.upstream_id
-where t.external_id = any($1::text[])
+where t.external_id = any($1::text[]) and c.id <> all($2::text[])
 """
 _RENAME: Final = "update catalogue_tools set id = $2, sort_key = $2 where id = $1"
 
@@ -499,17 +511,18 @@ def _join_record(other: Node, node: Node, kind: str, value: str) -> dict[str, An
 
 async def _assign_ids(
     conn: Connection, components: list[Component], released: list[str]
-) -> list[str]:
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
-    the same id (then the qualified id). Tools elsewhere in the catalogue that lose or regain
-    a plain id are renamed here."""
+    the same id (then the qualified id); and the renames (current id, new id) of tools
+    elsewhere in the catalogue that lose or regain a plain id, losers first. The *released*
+    tools are the ones the components replace."""
     claims: dict[str, list[tuple[tuple[int, str, str], int | None]]] = defaultdict(list)
     for i, comp in enumerate(components):
         p = comp.primary
         if not p.external_id.startswith(QUALIFIED_PREFIX):
             claims[p.external_id].append((p.order, i))
     contested = set(claims) | {r for r in released if not r.startswith(QUALIFIED_PREFIX)}
-    others = await conn.fetch(_CLAIMANTS, list(contested))
+    others = await conn.fetch(_CLAIMANTS, list(contested), released)
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         claims[r["external_id"]].append(((r["priority"], r["name"], r["external_id"]), None))
@@ -528,6 +541,132 @@ async def _assign_ids(
                 renames.append((current, wanted))
     # Losers step aside to their qualified ids before winners take the plain ones.
     renames.sort(key=lambda r: not r[1].startswith(QUALIFIED_PREFIX))
+    return ids, renames
+
+
+_TOOL_COLUMNS: Final = ["id", "sort_key", "primary_member_id", "conflicts"]
+_MEMBER_COLUMNS: Final = ["upstream_tool_id", "tool_id", "joined_by"]
+_VERSION_COLUMNS: Final = [
+    "tool_id",
+    "key",
+    "position",
+    "upstream_version_id",
+    "source_ids",
+    "conflict",
+]
+
+
+async def _insert(
+    conn: Connection,
+    tools: list[tuple[Any, ...]],
+    members: list[tuple[Any, ...]],
+    versions: list[tuple[Any, ...]],
+) -> None:
+    """Write tools none of whose ids or members the catalogue holds yet; after many, refresh
+    the tables' statistics (the next merge's joins are planned on them)."""
+    await conn.copy_records_to_table("catalogue_tools", records=tools, columns=_TOOL_COLUMNS)
+    await conn.copy_records_to_table("catalogue_members", records=members, columns=_MEMBER_COLUMNS)
+    await conn.copy_records_to_table(
+        "catalogue_versions", records=versions, columns=_VERSION_COLUMNS
+    )
+    if len(members) >= ANALYZE_AFTER:
+        await conn.execute(_ANALYZE_CATALOGUE)
+
+
+_ANALYZE_CATALOGUE: Final = "analyze catalogue_tools, catalogue_members, catalogue_versions"
+
+
+# The merged rows are loaded into these, then only the catalogue rows that differ are written.
+_REPLACE_TABLES: Final = """
+create temporary table if not exists merge_new_tools (
+    id text primary key, sort_key text collate "C", primary_member_id bigint,
+    conflicts jsonb);
+create temporary table if not exists merge_new_members (
+    upstream_tool_id bigint primary key, tool_id text, joined_by jsonb);
+create temporary table if not exists merge_new_versions (
+    tool_id text, key text, position integer, upstream_version_id bigint, source_ids bigint[],
+    conflict boolean, primary key (tool_id, key));
+truncate merge_new_tools, merge_new_members, merge_new_versions
+"""
+
+# In order: the replaced tools the merge no longer has go (their members and versions with
+# them); then, after the renames, tools, members and versions are updated where they differ,
+# inserted where new, and removed where the merge no longer has them. Inserts skip existing
+# rows by their unique index (an anti-join against the table being filled can turn quadratic).
+_ANALYZE_NEW: Final = "analyze merge_new_tools, merge_new_members, merge_new_versions"
+_DROP_RELEASED: Final = """
+delete from catalogue_tools c where c.id = any($1::text[])
+  and not exists (select 1 from merge_new_tools n where n.id = c.id)
+"""
+_WRITE_TOOLS: Final = """
+update catalogue_tools c
+set sort_key = n.sort_key, primary_member_id = n.primary_member_id, conflicts = n.conflicts
+from merge_new_tools n
+where c.id = n.id and (c.sort_key, c.primary_member_id, c.conflicts)
+                      is distinct from (n.sort_key, n.primary_member_id, n.conflicts);
+insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
+select n.id, n.sort_key, n.primary_member_id, n.conflicts from merge_new_tools n
+on conflict (id) do nothing;
+"""
+_DELETE_MEMBERS: Final = """
+delete from catalogue_members m
+where m.tool_id = any($1::text[])
+  and not exists (select 1 from merge_new_members n where n.upstream_tool_id = m.upstream_tool_id)
+"""
+_WRITE_MEMBERS: Final = """
+update catalogue_members m set tool_id = n.tool_id, joined_by = n.joined_by
+from merge_new_members n
+where m.upstream_tool_id = n.upstream_tool_id
+  and (m.tool_id, m.joined_by) is distinct from (n.tool_id, n.joined_by);
+insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
+select n.upstream_tool_id, n.tool_id, n.joined_by from merge_new_members n
+on conflict (upstream_tool_id) do nothing;
+"""
+_DELETE_VERSIONS: Final = """
+delete from catalogue_versions v
+where v.tool_id = any($1::text[])
+  and not exists (select 1 from merge_new_versions n where n.tool_id = v.tool_id and n.key = v.key)
+"""
+_WRITE_VERSIONS: Final = """
+update catalogue_versions v
+set position = n.position, upstream_version_id = n.upstream_version_id,
+    source_ids = n.source_ids, conflict = n.conflict
+from merge_new_versions n
+where v.tool_id = n.tool_id and v.key = n.key
+  and (v.position, v.upstream_version_id, v.source_ids, v.conflict)
+      is distinct from (n.position, n.upstream_version_id, n.source_ids, n.conflict);
+insert into catalogue_versions (tool_id, key, position, upstream_version_id, source_ids, conflict)
+select n.tool_id, n.key, n.position, n.upstream_version_id, n.source_ids, n.conflict
+from merge_new_versions n
+on conflict (tool_id, key) do nothing;
+"""
+
+
+async def _replace(
+    conn: Connection,
+    tools: list[tuple[Any, ...]],
+    members: list[tuple[Any, ...]],
+    versions: list[tuple[Any, ...]],
+    *,
+    released: list[str],
+    renames: list[tuple[str, str]],
+) -> None:
+    """Make the catalogue hold *tools* (with their members and versions) in place of the
+    *released* tools, after renaming other tools as *renames* says, writing only the rows that
+    differ from what is there."""
+    await conn.execute(_REPLACE_TABLES)
+    await conn.copy_records_to_table("merge_new_tools", records=tools, columns=_TOOL_COLUMNS)
+    await conn.copy_records_to_table("merge_new_members", records=members, columns=_MEMBER_COLUMNS)
+    await conn.copy_records_to_table(
+        "merge_new_versions", records=versions, columns=_VERSION_COLUMNS
+    )
+    await conn.execute(_ANALYZE_NEW)
+    await conn.execute(_DROP_RELEASED, released)
     for current, wanted in renames:
         await conn.execute(_RENAME, current, wanted)
-    return ids
+    await conn.execute(_WRITE_TOOLS)
+    new_ids = [t[0] for t in tools]
+    await conn.execute(_DELETE_MEMBERS, new_ids)
+    await conn.execute(_WRITE_MEMBERS)
+    await conn.execute(_DELETE_VERSIONS, new_ids)
+    await conn.execute(_WRITE_VERSIONS)

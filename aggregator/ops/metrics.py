@@ -59,6 +59,9 @@ CACHE: Final = Counter(
     ["result"],
 )
 
+#: The response cache's hits, bound once (the warm path counts them on every request).
+CACHE_HITS: Final = CACHE.labels("hit")
+
 
 def _route(request: web.Request) -> str:
     resource = request.match_info.route.resource
