@@ -5,6 +5,7 @@ CORS preflight, ``nosniff``, one canonical log line per request."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
@@ -34,6 +35,24 @@ RETRY_AFTER_S: Final = "5"
 OUTAGE_RECHECK_S: Final = 1.0
 _PREFLIGHT_MAX_AGE: Final = "86400"
 CACHED_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+async def with_final_status(
+    request: web.Request, handler: Handler, record: Callable[[int], None]
+) -> web.StreamResponse:
+    """Call *handler*, then *record* the status finally answered (an HTTP exception's too; 500
+    for anything else that escapes)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    else:
+        return response
+    finally:
+        record(status)
 
 
 def error_response(status: int, message: str) -> web.Response:

@@ -8,9 +8,10 @@ from typing import Any, Final
 import asyncpg
 from aiohttp import web
 
+from aggregator.api.paging import MAX_BIGINT, query_int
 from aggregator.api.upstreams import state_of
 from aggregator.console import chart
-from aggregator.console.render import LIVE_TTL_S, Page, positive_int, serve_page
+from aggregator.console.render import LIVE_TTL_S, Page, serve_page
 from aggregator.db import console as db_console
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
@@ -78,7 +79,7 @@ async def upstream_page(request: web.Request) -> web.Response:
     name = request.match_info["name"]
 
     async def build(conn: Any) -> Page:
-        before = positive_int(request.query, "before")
+        before = query_int(request.query, "before", None, low=1, high=MAX_BIGINT)
         items = await _upstreams(conn, request, name)
         if not items:
             raise NotFound(f"no upstream named {name!r}")

@@ -214,20 +214,6 @@ def setup(app: web.Application) -> None:
     env.filters["text"] = text
 
 
-def positive_int(query: Mapping[str, str], key: str) -> int | None:
-    """Query parameter *key* as a whole number of at least 1; None when absent or empty."""
-    raw = query.get(key, "")
-    if raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{key} must be a whole number, not {raw!r}") from None
-    if value < 1:
-        raise BadRequest(f"{key} must be at least 1")
-    return value
-
-
 # -- pages -------------------------------------------------------------------------------------
 
 

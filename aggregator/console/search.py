@@ -9,7 +9,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from aggregator.console.render import Page, positive_int, serve_page
+from aggregator.api.paging import query_int
+from aggregator.console.render import Page, serve_page
 from aggregator.db import console as db_console
 from aggregator.errors import BadRequest
 
@@ -108,7 +109,7 @@ async def home(request: web.Request) -> web.Response:
     params = {k: q.get(k, "").strip() for k in ("q", "multi", "page", *FILTERS)}
 
     async def build(conn: Any) -> Page:
-        page = positive_int(q, "page") or 1
+        page = query_int(q, "page", 1, low=1)
         if (page - 1) * PER_PAGE >= MAX_RESULTS:
             raise BadRequest(
                 f"results past the first {MAX_RESULTS} are not paged; narrow the search"

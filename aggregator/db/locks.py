@@ -15,8 +15,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
+import structlog
+
 if TYPE_CHECKING:
     from aggregator.db.pool import Connection
+
+log = structlog.get_logger()
 
 HARVEST_LOCK: Final = 0x7472_7368  # "trsh"
 MERGE_LOCK: Final = 0x7472_736D_6572_6765  # "trsmerge"
@@ -40,7 +44,17 @@ async def try_harvest_lock(conn: Connection, upstream_id: int) -> AsyncIterator[
         yield taken
     finally:
         if taken:
-            await asyncio.shield(conn.execute(_UNLOCK_HARVEST, HARVEST_LOCK, upstream_id))
+            await asyncio.shield(_release_harvest_lock(conn, upstream_id))
+
+
+async def _release_harvest_lock(conn: Connection, upstream_id: int) -> None:
+    """Unlock; when that fails (the connection is broken), drop the connection, which
+    releases its session locks, so that the failure never escapes unobserved."""
+    try:
+        await conn.execute(_UNLOCK_HARVEST, HARVEST_LOCK, upstream_id)
+    except Exception as e:  # noqa: BLE001 - whatever failed, the dropped session releases it
+        log.warning("harvest_lock_release_failed", upstream_id=upstream_id, error=repr(e))
+        conn.terminate()
 
 
 async def lock_merge(conn: Connection) -> None:

@@ -129,11 +129,16 @@ async def _record(conn: Connection, m: Migration) -> None:
 _APPLIED_NAMES: Final = "select name from schema_migrations"
 
 
+async def applied_migrations(conn: Executor) -> set[str]:
+    """The names of the migrations applied to the database (raises when none ever were)."""
+    return {r["name"] for r in await conn.fetch(_APPLIED_NAMES)}
+
+
 async def missing_migrations(conn: Executor) -> list[str]:
     """The names of the migrations not applied to the database, in order."""
     names = [m.name for m in load_migrations(default_directory())]
     try:
-        applied = {r["name"] for r in await conn.fetch(_APPLIED_NAMES)}
+        applied = await applied_migrations(conn)
     except asyncpg.UndefinedTableError:
         applied = set()
     return [n for n in names if n not in applied]

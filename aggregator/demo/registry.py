@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from aggregator.api.middleware import with_final_status
 from aggregator.api.negotiation import not_modified, wants_zip
 from aggregator.api.paging import query_int
 from aggregator.demo.catalogues import Catalogue, as_catalogue
@@ -305,17 +306,11 @@ async def _containerfile(request: web.Request) -> web.Response:
 @web.middleware
 async def _record_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: log every request with the status finally answered."""
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    else:
-        return response
-    finally:
+
+    def record(status: int) -> None:
         request.app[REQUESTS].append(f"{request.method} {request.raw_path} > {status}")
+
+    return await with_final_status(request, handler, record)
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:

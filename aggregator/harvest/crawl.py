@@ -99,38 +99,38 @@ class RunOutcome:
     upstream_down: bool = False
 
 
+@dataclass
 class Crawl:
-    """The state of one run of *upstream* (row *upstream_id*), recorded as run *run_id*."""
+    """The state of one run of *upstream* (row *upstream_id*), recorded as run *run_id*.
 
-    def __init__(  # noqa: PLR0917 - the run's collaborators, built by the runner only
-        self,
-        pool: asyncpg.Pool[Any],
-        client: UpstreamClient,
-        config: Config,
-        upstream: UpstreamConfig,
-        upstream_id: int,
-        run_id: int,
-        progress: Progress,
-    ) -> None:
-        self.pool = pool
-        self.client = client
-        self.config = config
-        self.upstream = upstream
-        self.upstream_id = upstream_id
-        self.run_id = run_id
-        self.progress = progress
-        self.result = RunOutcome(upstream.name, run_id=run_id)
+    Built by the runner with the run's collaborators; the rest is the run's own state.
+    """
+
+    pool: asyncpg.Pool[Any]
+    client: UpstreamClient
+    config: Config
+    upstream: UpstreamConfig
+    upstream_id: int
+    run_id: int
+    progress: Progress
+    result: RunOutcome = field(init=False)
+    counts: RunCounts = field(init=False)
+    quirks: Quirks = field(init=False, default_factory=Quirks)
+    stager: Stager = field(init=False)
+    known: dict[str, KnownTool] = field(init=False, default_factory=dict)
+    stored_pages: dict[str, ListingPage] = field(init=False, default_factory=dict)
+    listing: Listing | None = field(init=False, default=None)
+    detailed_ok: int = field(init=False, default=0)
+    detail_failed: int = field(init=False, default=0)
+    confirmed_unchanged: int = field(init=False, default=0)
+    not_refreshed: int = field(init=False, default=0)
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.result = RunOutcome(self.upstream.name, run_id=self.run_id)
         self.counts = self.result.counts
-        self.quirks = Quirks()
-        self.stager = Stager(pool, run_id)
-        self.known: dict[str, KnownTool] = {}
-        self.stored_pages: dict[str, ListingPage] = {}
-        self.listing: Listing | None = None
-        self.detailed_ok = 0
-        self.detail_failed = 0
-        self.confirmed_unchanged = 0
-        self.not_refreshed = 0
-        self.deadline = asyncio.get_running_loop().time() + upstream.run_budget_s
+        self.stager = Stager(self.pool, self.run_id)
+        self.deadline = asyncio.get_running_loop().time() + self.upstream.run_budget_s
 
     def error(self, message: str) -> None:
         """Record an error of this run."""

@@ -13,7 +13,12 @@ import asyncpg
 import structlog
 
 from aggregator.config import Config, UpstreamConfig
-from aggregator.db.operations import CANCEL_CHANNEL, UPSTREAMS_CHANNEL, cancel_requested
+from aggregator.db.operations import (
+    CANCEL_CHANNEL,
+    UPSTREAMS_CHANNEL,
+    cancel_requested,
+    upstreams_fingerprint,
+)
 from aggregator.db.pool import connect
 from aggregator.harvest.crawl import RunOutcome
 from aggregator.harvest.runner import Harvester
@@ -97,10 +102,7 @@ class LiveWorker(Worker):
         self.harvester.config = self.config
 
     async def _read_fingerprint(self) -> Any:
-        return await self.pool.fetchval(
-            "select coalesce(array_agg(array[name, updated_at::text, paused::text, "
-            "coalesce(removed_at::text, '')] order by name), '{}') from upstreams"
-        )
+        return await upstreams_fingerprint(self.pool)
 
     async def reload(self) -> None:
         """Reschedule after the upstream list in the database changed."""

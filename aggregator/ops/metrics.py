@@ -31,8 +31,11 @@ from prometheus_client import multiprocess as prom_multiprocess
 
 from aggregator import __version__
 from aggregator.api.cache import RESPONSE_CACHE, cache_key
+from aggregator.api.middleware import with_final_status
 from aggregator.config import Config
-from aggregator.db.migrate import default_directory, load_migrations
+from aggregator.db import metrics as db_metrics
+from aggregator.db.generation import catalogue_generation
+from aggregator.db.migrate import applied_migrations, default_directory, load_migrations
 from aggregator.db.upstreams import list_upstreams
 from aggregator.errors import ConfigError
 from aggregator.harvest.scheduler import trigger_for
@@ -72,16 +75,8 @@ def _route(request: web.Request) -> str:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count and time every request (outermost middleware)."""
     started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-    except web.HTTPException as e:
-        status = e.status
-        raise
-    else:
-        return response
-    finally:
+
+    def record(status: int) -> None:
         route = _route(request)
         REQUESTS.labels(route, request.method, str(status)).inc()
         LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
@@ -90,6 +85,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 CACHE.labels("hit").inc()
             elif request.app[RESPONSE_CACHE].get(cache_key(request)) is not None:
                 CACHE.labels("miss").inc()
+
+    return await with_final_status(request, handler, record)
 
 
 @web.middleware
@@ -119,15 +116,12 @@ def _schedule_seconds(row: asyncpg.Record) -> float | None:
 async def _database_registry(pool: asyncpg.Pool[Any], config: Config) -> CollectorRegistry:
     """Gauges read from the database now: the catalogue and every upstream."""
     registry = CollectorRegistry()
-    state = await pool.fetchrow(
-        "select generation, (select count(*) from catalogue_tools) as tools from catalogue_state"
-    )
-    assert state is not None
+    generation, tool_count = await db_metrics.catalogue_size(pool)
     Gauge("trs_aggregator_catalogue_generation", "Catalogue generation.", registry=registry).set(
-        state["generation"]
+        generation
     )
     Gauge("trs_aggregator_catalogue_tools", "Merged tools the API serves.", registry=registry).set(
-        state["tools"]
+        tool_count
     )
     labels = ["upstream"]
     last_status = Gauge(
@@ -188,15 +182,7 @@ async def _database_registry(pool: asyncpg.Pool[Any], config: Config) -> Collect
     rows = await list_upstreams(
         pool, tombstone_after=harvest.tombstone_after, stale_after_s=harvest.stale_after_s
     )
-    durations = {
-        r["upstream"]: r["seconds"]
-        for r in await pool.fetch(
-            """select distinct on (upstream_id) u.name as upstream,
-                      extract(epoch from r.finished_at - r.started_at)::float8 as seconds
-               from harvest_runs r join upstreams u on u.id = r.upstream_id
-               where r.finished_at is not null order by upstream_id, r.id desc"""
-        )
-    }
+    durations = await db_metrics.last_run_durations(pool)
     for r in rows:
         if r["removed_at"] is not None:
             continue
@@ -214,20 +200,15 @@ async def _database_registry(pool: asyncpg.Pool[Any], config: Config) -> Collect
         circuit.labels(name).set(1 if is_open else 0)
         failures.labels(name).set(r["consecutive_failures"])
         paused.labels(name).set(1 if r["paused"] else 0)
-    for r in await pool.fetch("select * from upstreams, now() as now where removed_at is null"):
+    for r in await db_metrics.scheduled_upstreams(pool):
         try:
             seconds = _schedule_seconds(r)
         except ConfigError:  # a row no configuration accepts any more: no schedule to show
             continue
         if seconds is not None:
             schedule.labels(r["name"]).set(seconds)
-    for r in await pool.fetch(
-        """select u.name, e.key as kind, sum(e.value::bigint)::float8 as n
-           from harvest_runs r join upstreams u on u.id = r.upstream_id,
-                jsonb_each_text(r.conformance -> 'fetch_errors') e
-           where u.removed_at is null group by 1, 2"""
-    ):
-        errors.labels(r["name"], r["kind"]).inc(r["n"])
+    for name, kind, n in await db_metrics.fetch_error_counts(pool):
+        errors.labels(name, kind).inc(n)
     return registry
 
 
@@ -266,9 +247,7 @@ async def readyz(request: web.Request) -> web.Response:
             async with request.app[DB_POOL].acquire() as conn:
                 # Only an answer says the database is reachable: a pooled connection the
                 # server has just closed is handed out before anyone notices.
-                applied = {
-                    r["name"] for r in await conn.fetch("select name from schema_migrations")
-                }
+                applied = await applied_migrations(conn)
                 checks["database"] = "ok"
                 missing = sorted({m.name for m in load_migrations(default_directory())} - applied)
                 checks["schema"] = "ok" if not missing else "missing " + ", ".join(missing)
@@ -276,7 +255,7 @@ async def readyz(request: web.Request) -> web.Response:
                     reasons.append(f"the database lacks migrations {', '.join(missing)}")
                 generation = request.app[RESPONSE_CACHE].generation
                 if generation is None:
-                    generation = await conn.fetchval("select generation from catalogue_state")
+                    generation = await catalogue_generation(conn)
                 checks["catalogue"] = f"generation {generation}"
     except Exception as e:  # noqa: BLE001 - whatever went wrong, this process is not ready
         checks.setdefault("database", "unreachable")

@@ -19,12 +19,19 @@ from aggregator.config import Config, UpstreamConfig, upstream_from_table, upstr
 from aggregator.db.generation import lock_catalogue
 from aggregator.db.locks import lock_merge
 from aggregator.db.merge import remerge
-from aggregator.db.operations import UPSTREAMS_CHANNEL, remove_upstream
-from aggregator.db.upstreams import upsert_upstreams
+from aggregator.db.operations import (
+    announce_upstreams_changed,
+    catalogue_ids,
+    count_records,
+    fetch_merged_members,
+    fetch_upstream_rows,
+    remove_upstream,
+)
+from aggregator.db.upstreams import fetch_upstream_id, upsert_upstreams
 from aggregator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from aggregator.db.pool import Connection
+    from aggregator.db.pool import Connection, Executor
 
 log = structlog.get_logger()
 
@@ -175,14 +182,9 @@ def stored_upstream(row: asyncpg.Record) -> UpstreamConfig:
     return UpstreamConfig(**{k: row[k] for k in _COLUMN_KEYS})
 
 
-async def stored_upstreams(
-    conn: Connection | asyncpg.Pool[Any], *, removed: bool = False
-) -> list[UpstreamConfig]:
+async def stored_upstreams(conn: Executor, *, removed: bool = False) -> list[UpstreamConfig]:
     """The upstreams the database holds (not removed ones, unless *removed*), by name."""
-    rows = await conn.fetch(
-        "select * from upstreams where $1 or removed_at is null order by name", removed
-    )
-    return [stored_upstream(r) for r in rows]
+    return [stored_upstream(r) for r in await fetch_upstream_rows(conn, removed=removed)]
 
 
 def _diff(
@@ -196,7 +198,7 @@ def _diff(
 async def _changes(
     conn: Connection, desired: Sequence[UpstreamConfig], tombstone_after: int
 ) -> list[UpstreamChange]:
-    rows = {r["name"]: r for r in await conn.fetch("select * from upstreams order by name")}
+    rows = {r["name"]: r for r in await fetch_upstream_rows(conn, removed=True)}
     wanted = {u.name: u for u in desired}
     changes: list[UpstreamChange] = []
     for name, u in sorted(wanted.items()):
@@ -208,35 +210,15 @@ async def _changes(
         known = None if row["config"] is not None else _COLUMN_KEYS
         keys = _diff(stored_upstream(row), u, known=known)
         if row["removed_at"] is not None:
-            kept = await conn.fetchval(
-                "select count(*) from upstream_tools where upstream_id = $1", row["id"]
-            )
+            kept = await count_records(conn, row["id"])
             changes.append(UpstreamChange(name, "readd", keys, kept))
         elif keys:
             changes.append(UpstreamChange(name, "change", keys))
     for name, row in rows.items():
         if name not in wanted and row["removed_at"] is None:
-            live = await conn.fetchval(
-                "select count(*) from upstream_tools where upstream_id = $1 "
-                "and missed_listings < $2",
-                row["id"],
-                tombstone_after,
-            )
+            live = await count_records(conn, row["id"], live_after=tombstone_after)
             changes.append(UpstreamChange(name, "remove", records=live))
     return changes
-
-
-_SNAPSHOT: Final = """
-select m.tool_id, m.upstream_tool_id, c.primary_member_id, u.name as upstream, t.external_id
-from catalogue_members m
-join catalogue_tools c on c.id = m.tool_id
-join upstream_tools t on t.id = m.upstream_tool_id
-join upstreams u on u.id = t.upstream_id
-where m.tool_id in (select m2.tool_id from catalogue_members m2
-                    join upstream_tools t2 on t2.id = m2.upstream_tool_id
-                    join upstreams u2 on u2.id = t2.upstream_id
-                    where u2.name = any($1::text[]) or m2.upstream_tool_id = any($2::bigint[]))
-"""
 
 
 @dataclass(slots=True)
@@ -251,7 +233,7 @@ async def _snapshot(
     """The merged tools with a member of upstreams *names*, or a member of a tool in *also*."""
     members = [m for t in (also or {}).values() for m in t.members]
     tools: dict[str, _Tool] = {}
-    for r in await conn.fetch(_SNAPSHOT, names, members):
+    for r in await fetch_merged_members(conn, names, members):
         tool = tools.setdefault(r["tool_id"], _Tool(r["primary_member_id"], {}))
         tool.members[r["upstream_tool_id"]] = r["upstream"]
     return tools
@@ -324,14 +306,13 @@ async def plan_or_apply(
         before = await _snapshot(conn, merging)
         ids_before: set[str] = set()
         if any(c.action == "readd" for c in plan.changes):
-            ids_before = {r["id"] for r in await conn.fetch("select id from catalogue_tools")}
+            ids_before = await catalogue_ids(conn)
         touched = [u for u in desired if u.name in {c.name for c in plan.changes}]
         await upsert_upstreams(conn, touched)
         for c in plan.changes:
             if c.action == "remove":
-                upstream_id = await conn.fetchval(
-                    "select id from upstreams where name = $1", c.name
-                )
+                upstream_id = await fetch_upstream_id(conn, c.name)
+                assert upstream_id is not None
                 await remove_upstream(conn, upstream_id)
         if merging:
             stats = await remerge(
@@ -344,7 +325,7 @@ async def plan_or_apply(
                 before, await _snapshot(conn, merging, before), ids_before
             )
         if plan.changes:
-            await conn.execute("select pg_notify($1, $2)", UPSTREAMS_CHANNEL, "")
+            await announce_upstreams_changed(conn)
     except BaseException:
         await transaction.rollback()
         raise
