@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import pwd
 import re
@@ -27,6 +28,8 @@ __all__ = [
     "LocalCluster",
     "PgBinariesNotFound",
     "find_pg_bindir",
+    "server_can_reach",
+    "shared_data_dir",
 ]
 
 INSTALL_HINT = (
@@ -147,6 +150,45 @@ def _may_search(st: os.stat_result, user: _OsUser) -> bool:
     if st.st_gid in user.groups:
         return bool(st.st_mode & stat.S_IXGRP)
     return bool(st.st_mode & stat.S_IXOTH)
+
+
+def server_can_reach(path: Path) -> bool:
+    """Whether the server could enter *path* (or the part of it that exists yet): always when
+    it runs as ourselves; as root it runs as ``postgres``, which must be able to search every
+    ancestor (a private home such as ``/root`` is not)."""
+    owner = LocalCluster._server_user()  # noqa: SLF001 - this module's own class
+    if owner is None:
+        return True
+    target = Path(os.path.abspath(path))
+    for directory in [*reversed(target.parents), target]:
+        try:
+            st = directory.stat()
+        except OSError:
+            return True  # the rest is created by us, for the server
+        if not _may_search(st, owner):
+            return False
+    return True
+
+
+def shared_data_dir(preferred: Path, *, root: Path = Path("/var/tmp")) -> Path:
+    """A directory for a cluster meant to live at *preferred*, under *root* (world-traversable,
+    kept across reboots), named after *preferred* so the next run finds it again.
+
+    The directory is created for us alone (mode 0755, owned by root); one that exists must be a
+    real directory owned by root, or it is refused.
+    """
+    digest = hashlib.sha256(str(Path(os.path.abspath(preferred))).encode()).hexdigest()[:12]
+    home = root / f"trs-aggregator-{digest}"
+    try:
+        home.mkdir(mode=0o755)
+    except FileExistsError:
+        st = home.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ClusterError(
+                f"{home} exists but is not a directory of ours; remove it or pass --data-dir"
+            ) from None
+    home.chmod(0o755)
+    return home / preferred.name
 
 
 @dataclass

@@ -166,7 +166,7 @@ async def test_numeric_offsets_give_the_same_rows_as_walking(trs: Client) -> Non
         (f"{BWA_V}/CWL/files?format=tar", 400),
         ("/elsewhere", 404),
         (f"{TRS}/", 404),
-        ("/strict-2.0.0/ga4gh/trs/v2/service-info", 404),
+        ("/strict-2.0.0/ga4gh/trs/v2/nothing", 404),
     ],
 )
 async def test_every_error_is_trs_error_json(trs: Client, path: str, status: int) -> None:

@@ -346,6 +346,26 @@ async def demo_session(proc: asyncio.subprocess.Process, log: Path) -> None:
     assert await stop(proc, signal.SIGINT, timeout=30) == 0, log.read_text()
 
 
+async def start_demo(cwd: Path, log: Path, *args: str) -> asyncio.subprocess.Process:
+    """Start ``python -m aggregator demo --port <free> ARGS`` in *cwd*: stdout piped (for
+    demo_session), stderr going to *log*."""
+    with log.open("wb") as err:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aggregator",
+            "demo",
+            "--port",
+            str(free_port()),
+            *args,
+            cwd=cwd,
+            env=child_env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+
+
 async def test_demo_runs_its_own_database_and_stops_it(tmp_path: Path) -> None:
     """demo starts PostgreSQL, harvests both bundled registries, serves, and cleans up on ^C."""
     # Short and world-traversable: as root the server runs as 'postgres' and needs to enter it.
@@ -355,22 +375,7 @@ async def test_demo_runs_its_own_database_and_stops_it(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
     proc: asyncio.subprocess.Process | None = None
     try:
-        with log.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "aggregator",
-                "demo",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                str(free_port()),
-                cwd=tmp_path,
-                env=child_env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-            )
+        proc = await start_demo(tmp_path, log, "--data-dir", str(data_dir))
         await asyncio.wait_for(demo_session(proc, log), 90)
         assert cluster.initialized
         assert not (cluster.data_dir / "postmaster.pid").exists()

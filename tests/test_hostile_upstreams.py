@@ -315,3 +315,26 @@ async def test_compression_bombs_are_cut_at_the_limit(
     assert said.count("over the limit of 65536") == 2, said
     largest = await pool.fetchval("select max(length(content)) from file_contents")
     assert largest < 65536
+
+
+async def test_run_errors_quoting_unstorable_text_are_recorded(pool: asyncpg.Pool[Any]) -> None:
+    """An error message quoting a NUL character or a lone surrogate from an upstream is stored
+    escaped: recording the run never fails on it."""
+    from aggregator.db.runs import RunCounts, finish_run, insert_run
+    from aggregator.db.upstreams import upsert_upstreams
+
+    counts = RunCounts()
+    counts.error("tool 'a\x00b': refused")
+    counts.error("path '\udcff.cwl' refused")
+    async with pool.acquire() as conn:
+        (upstream_id,) = (
+            await upsert_upstreams(conn, [UpstreamConfig(name="u", url="https://u.example/")])
+        ).values()
+        run_id = await insert_run(conn, upstream_id)
+        await finish_run(
+            conn, run_id, status="failed", counts=counts, listing_complete=False, error="x\x00y"
+        )
+    row = await pool.fetchrow("select error, error_samples from harvest_runs")
+    assert row is not None
+    assert row["error"] == "x\\x00y"
+    assert row["error_samples"] == ["tool 'a\\x00b': refused", "path '\\udcff.cwl' refused"]

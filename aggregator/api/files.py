@@ -4,7 +4,6 @@ containerfiles. Each renders an Entry from one snapshot of the catalogue."""
 from __future__ import annotations
 
 import io
-import posixpath
 import re
 import zipfile
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from aggregator.errors import BadRequest, NotFound
 from aggregator.trs import render
 from aggregator.trs.model import CatalogueVersion
 from aggregator.trs.parse import DescriptorType
+from aggregator.trs.paths import UnsafePath, join, parent, safe_tree_path, tree_path
 
 if TYPE_CHECKING:
     from aggregator.db.pool import Connection
@@ -34,40 +34,42 @@ def json_entry(data: Any, generation: int, **kwargs: Any) -> Entry:
     return make_entry(200, orjson.dumps(data), "application/json", generation=generation, **kwargs)
 
 
-def normalise(path: str) -> str:
-    """A requested or stored path in canonical form: no leading ``/`` or ``./``, no ``.``
-    segments, ``a/../b`` collapsed. Paths above the tree keep their leading ``../``."""
-    stripped = path.lstrip("/")
-    if not stripped:
-        return ""
-    out = posixpath.normpath(stripped)
-    return "" if out == "." else out
-
-
-def find_file(rows: Sequence[FileRow], requested: str) -> FileRow:
+def find_file(rows: Sequence[FileRow], requested: str, *, level: int = 0) -> FileRow:
     """The stored file *requested* names, in any of the spellings clients send.
 
-    ``a/b.cwl``, ``/a/b.cwl`` and ``./a/b.cwl`` are the same file. A path that does not name a
-    stored file is also tried relative to the primary descriptor's directory, which is how a
-    client that resolved an import against a primary descriptor URL in which ``/`` was encoded
-    asks for it. A path that leaves the tool's file tree is refused.
+    TRS reads ``descriptor/{relative_path}`` relative to the primary descriptor's directory;
+    clients that take the paths of ``/files`` send them from the root of the tree. Both are
+    tried, in that order, and ``a/b.cwl``, ``/a/b.cwl`` and ``./a/b.cwl`` are one path.
+
+    *level* is how far above ``descriptor/`` the request URL was: cwltool resolves a primary
+    descriptor's imports against ``…/{type}/descriptor/{encoded primary path}``, so
+    ``../x.cwl`` arrives as ``…/{type}/x.cwl`` (level 1) and ``../../x.cwl`` as
+    ``…/versions/{v}/x.cwl`` (level 2): those are read relative to the primary's directory
+    that many levels up. A path that leaves the tool's file tree is refused.
     """
-    wanted = normalise(requested)
-    if not wanted:
+    if not requested.strip("/"):
         raise BadRequest("relative_path is empty")
-    by_path = {normalise(r.path): r for r in rows}
-    found = by_path.get(wanted)
-    if found is not None:
-        return found
-    if wanted == ".." or wanted.startswith("../"):
-        raise BadRequest(f"relative_path {requested!r} leaves the tool's file tree")
+    by_path: dict[str, FileRow] = {}
+    for r in rows:
+        p = safe_tree_path(r.path)
+        if p is not None:
+            by_path.setdefault(p, r)
     primary = next((r for r in rows if r.file_type == "PRIMARY_DESCRIPTOR"), None)
-    if primary is not None:
-        directory = posixpath.dirname(normalise(primary.path))
-        if directory:
-            found = by_path.get(normalise(f"{directory}/{wanted}"))
-            if found is not None:
-                return found
+    primary_path = safe_tree_path(primary.path) if primary is not None else None
+    start = parent(primary_path, 1) if primary_path else ""
+    base = parent(start or "", level)
+    candidates = ([join(base, requested)] if base is not None else []) + [requested]
+    refusals = 0
+    for candidate in candidates:
+        try:
+            found = by_path.get(tree_path(candidate))
+        except UnsafePath:
+            refusals += 1
+            continue
+        if found is not None:
+            return found
+    if refusals == len(candidates):
+        raise BadRequest(f"relative_path {requested!r} leaves the tool's file tree")
     raise NotFound(f"no file {requested!r}")
 
 
@@ -76,8 +78,9 @@ def _served(rows: Sequence[FileRow]) -> list[FileRow]:
     file before a type-independent one."""
     out: dict[str, FileRow] = {}
     for r in sorted(rows, key=lambda r: r.descriptor_type == ""):
-        if r.sha256 is not None:
-            out.setdefault(normalise(r.path) or r.path, r)
+        path = safe_tree_path(r.path)
+        if r.sha256 is not None and path is not None:
+            out.setdefault(path, r)
     return list(out.values())
 
 
@@ -101,6 +104,20 @@ def redirect_entry(v: CatalogueVersion, tail: str, query: str) -> Entry:
     return make_entry(307, b"", "text/plain", generation=None, headers={"Location": target})
 
 
+def _extra(f: FileRow, kind: str) -> dict[str, Any] | None:
+    """The upstream's own fields of *f*'s FileWrapper or ToolFile (*kind*)."""
+    found = (f.extra or {}).get(kind)
+    return found if isinstance(found, dict) else None
+
+
+def _is_text(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 async def descriptor(
     conn: Connection,
     generation: int,
@@ -109,9 +126,16 @@ async def descriptor(
     relative: str | None,
     *,
     strict: bool,
+    version_url: str | None = None,
+    level: int = 0,
 ) -> Entry:
-    """A descriptor (the primary, or the file at *relative*) as a FileWrapper, or bare text
-    for PLAIN types."""
+    """A descriptor (the primary, or the file at *relative*, *level* directories above
+    ``descriptor/``: see find_file) as a FileWrapper, or the bare bytes for PLAIN types.
+
+    A file that is not UTF-8 text has no ``content`` in its FileWrapper: its checksum is given,
+    and its ``url`` is our PLAIN endpoint under *version_url* (our URL of the version), which
+    serves its bytes.
+    """
     rows = await db.fetch_files(
         conn, v.served.version_row_id, descriptor_type=t.name, with_content=False
     )
@@ -121,17 +145,26 @@ async def descriptor(
             raise NotFound(f"version {v.key!r} has no {t.name} descriptor")
         found = primaries[0]
     else:
-        found = find_file(rows, relative)
+        found = find_file(rows, relative, level=level)
     matches = await db.fetch_files(
         conn, v.served.version_row_id, descriptor_type=t.name, path=found.path
     )
     f = matches[0] if matches else None
     if f is None or f.content is None:
         raise NotFound(f"the content of {found.path!r} is not mirrored")
+    text = _is_text(f.content)
     if t.plain:
-        return make_entry(200, f.content, "text/plain; charset=utf-8", generation=generation)
+        content_type = "text/plain; charset=utf-8" if text else "application/octet-stream"
+        return make_entry(200, f.content, content_type, generation=generation)
+    url = _file_url(v, t, f)
+    if not text and version_url is not None:
+        url = f"{version_url}/PLAIN_{t.name}/descriptor/{quote(tree_path(f.path), safe='/')}"
     wrapper = render.file_wrapper(
-        f.content, f.sha256, _file_url(v, t, f), image_type=None if strict else t.name
+        f.content,
+        f.sha256,
+        url,
+        image_type=None if strict else t.name,
+        extra=None if strict else _extra(f, "wrapper"),
     )
     return json_entry(wrapper, generation)
 
@@ -160,14 +193,23 @@ async def files(
         raise NotFound(f"version {v.key!r} of {tool_id!r} has no {t.name} files")
     if not want_zip:
         return json_entry(
-            [render.tool_file(r.path, r.file_type, r.sha256, strict=strict) for r in rows],
+            [
+                render.tool_file(
+                    tree_path(r.path),
+                    r.file_type,
+                    r.sha256,
+                    strict=strict,
+                    extra=_extra(r, "tool_file"),
+                )
+                for r in rows
+            ],
             generation,
             vary="Accept, Accept-Encoding",
         )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for r in rows:
-            info = zipfile.ZipInfo(normalise(r.path) or r.path, date_time=_ZIP_TIME)
+            info = zipfile.ZipInfo(tree_path(r.path), date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, r.content or b"")
     stem = _UNSAFE_NAME.sub("_", f"{tool_id}-{v.key}-{t.name}").strip("_")

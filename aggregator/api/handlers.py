@@ -10,7 +10,7 @@ import datetime as dt
 import ipaddress
 import time
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 from aiohttp import web
@@ -156,6 +156,9 @@ class TrsApi:
 
     async def _tool(self, conn: Any, requested: str) -> CatalogueTool:
         tool_id = await db.resolve_tool_id(conn, requested)
+        if tool_id is None and "%" in requested:
+            # Encoded twice by the client (trs-cli quotes an id that is already quoted).
+            tool_id = await db.resolve_tool_id(conn, unquote(requested))
         tool = (await db.fetch_tools(conn, [tool_id])).get(tool_id) if tool_id else None
         if tool is None:
             raise NotFound(f"no tool with id {requested!r}")
@@ -180,6 +183,19 @@ class TrsApi:
             tools, _, published_at = await queries.catalogue_summary(conn)
             listed = ", ".join(f"{u.name} ({u.tools} tools)" for u in upstreams)
             origin = base[: -len(self.mount)]
+            plain = {
+                "id": _service_id(request.host),
+                "name": "trs-aggregator",
+                "type": {"group": "org.ga4gh", "artifact": "trs", "version": "2.0.0"},
+                "description": f"A federated GA4GH TRS catalogue of {tools} tools",
+                "organization": {"name": "trs-aggregator", "url": origin + "/"},
+                "documentationUrl": origin + "/aggregator/v1/openapi.json",
+                "updatedAt": published_at.isoformat(),
+                "version": __version__,
+            }
+            if self.profile.strict:
+                # Only the fields of GA4GH service-info 1.0: strict clients forbid others.
+                return files.json_entry(plain, generation)
             return files.json_entry(
                 {
                     "id": _service_id(request.host),
@@ -300,7 +316,7 @@ class TrsApi:
 
         async def build(conn: Any, generation: int) -> Entry:
             t = self._type(request)
-            _, v = await self._version(conn, request)
+            tool_id, v = await self._version(conn, request)
             relative = request.match_info.get("relative_path")
             if v.served.mode == "index":
                 tail = f"{request.match_info['type']}/descriptor"
@@ -308,8 +324,58 @@ class TrsApi:
                     tail += "/" + quote(relative, safe="")
                 return files.redirect_entry(v, tail, request.rel_url.raw_query_string)
             return await files.descriptor(
-                conn, generation, v, t, relative, strict=self.profile.strict
+                conn,
+                generation,
+                v,
+                t,
+                relative,
+                strict=self.profile.strict,
+                version_url=render.version_url(self.base_url(request), tool_id, v.key),
             )
+
+        return await self._serve(request, build)
+
+    async def get_above_descriptor(self, request: web.Request) -> web.Response:
+        """GET …/{type}/{path}: a file cwltool asks for after resolving a primary descriptor's
+        ``../`` import against ``…/{type}/descriptor/{encoded primary path}``.
+
+        ``…/{type}/x`` is one level above ``descriptor/``; when ``{type}`` is no descriptor
+        type (or no file is found that way), ``{type}/x`` is read two levels above it, as
+        ``…/versions/{v}/{dir}/x`` (``../../{dir}/x``), and answered as plain bytes. Deeper
+        imports cannot be told from the TRS routes above ``/versions/{v}`` (see find_file).
+        """
+
+        async def build(conn: Any, generation: int) -> Entry:
+            tool_id, v = await self._version(conn, request)
+            raw_type = request.match_info["type"]
+            relative = request.match_info["relative_path"]
+            if v.served.mode == "index":
+                tail = f"{quote(raw_type, safe='')}/{quote(relative, safe='/')}"
+                return files.redirect_entry(v, tail, request.query_string)
+            parsed = parse_descriptor_type(raw_type)
+            attempts: list[tuple[DescriptorType, str, int]] = (
+                [(parsed, relative, 1)] if parsed is not None else []
+            )
+            attempts.extend(
+                (DescriptorType(str(name), plain=True), f"{raw_type}/{relative}", 2)
+                for name in v.doc.get("descriptor_type") or ()
+            )
+            version_url = render.version_url(self.base_url(request), tool_id, v.key)
+            for t, path, level in attempts:
+                try:
+                    return await files.descriptor(
+                        conn,
+                        generation,
+                        v,
+                        t,
+                        path,
+                        strict=self.profile.strict,
+                        version_url=version_url,
+                        level=level,
+                    )
+                except NotFound:
+                    continue
+            raise NotFound(f"no file {raw_type}/{relative!r} in version {v.key!r}")
 
         return await self._serve(request, build)
 
@@ -368,8 +434,7 @@ class TrsApi:
         """Mount every endpoint of the profile under the base path (HEAD with each GET)."""
         m = self.mount
         v = m + "/tools/{id}/versions/{version_id}"
-        if self.profile.service_info:
-            app.router.add_get(m + "/service-info", self.get_service_info)
+        app.router.add_get(m + "/service-info", self.get_service_info)
         app.router.add_get(m + "/toolClasses", self.list_tool_classes)
         app.router.add_get(m + "/tools", self.list_tools)
         app.router.add_get(m + "/tools/{id}", self.get_tool)
@@ -383,7 +448,7 @@ class TrsApi:
         # cwltool resolves a primary descriptor's "../x" imports against a URL in which the
         # primary's own directory was encoded into one segment: "…/{type}/x". Last, so that
         # the routes above win.
-        app.router.add_get(v + "/{type}/{relative_path:.+}", self.get_descriptor)
+        app.router.add_get(v + "/{type}/{relative_path:.+}", self.get_above_descriptor)
 
 
 def add_routes(app: web.Application) -> None:

@@ -16,13 +16,11 @@ class Profile:
         name: ``default`` or ``strict-2.0.0``.
         schema: The field specs documents are conformed to.
         mounts: The base paths it is served under.
-        service_info: Whether ``/service-info`` exists (it does not in TRS 2.0.0).
     """
 
     name: str
     schema: Schema
     mounts: tuple[str, ...]
-    service_info: bool
 
     @property
     def strict(self) -> bool:
@@ -33,10 +31,8 @@ class Profile:
 #: TRS 2.0.1 with provenance, at the standard base path, Dockstore's layout (Toil,
 #: TOIL_TRS_ROOT) and the path cwltool's --add-ga4gh-tool-registry resolver requests.
 DEFAULT_PROFILE: Final = Profile(
-    "default", DEFAULT, ("/ga4gh/trs/v2", "/api/ga4gh/trs/v2", "/api/ga4gh/v2"), service_info=True
+    "default", DEFAULT, ("/ga4gh/trs/v2", "/api/ga4gh/trs/v2", "/api/ga4gh/v2")
 )
 #: Exactly the fields of TRS 2.0.0, for client libraries whose models forbid unknown fields.
-STRICT_PROFILE: Final = Profile(
-    "strict-2.0.0", STRICT, ("/strict-2.0.0/ga4gh/trs/v2",), service_info=False
-)
+STRICT_PROFILE: Final = Profile("strict-2.0.0", STRICT, ("/strict-2.0.0/ga4gh/trs/v2",))
 PROFILES: Final = (DEFAULT_PROFILE, STRICT_PROFILE)

@@ -133,6 +133,7 @@ def run_json(row: asyncpg.Record) -> dict[str, Any]:
         },
         "error": _masked(row["error"]),
         "error_samples": redact.deep(row["error_samples"]),
+        "file_hosts": redact.deep(row["file_hosts"]),
     }
 
 

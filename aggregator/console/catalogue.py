@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from aggregator.api.files import find_file, normalise
+from aggregator.api.files import find_file
 from aggregator.api.handlers import find_version
 from aggregator.api.provenance import provenance
 from aggregator.console import highlight
@@ -33,6 +33,7 @@ from aggregator.db.catalogue import FileRow
 from aggregator.errors import BadRequest, NotFound
 from aggregator.keys import CONFIG
 from aggregator.trs.model import CatalogueTool, CatalogueVersion
+from aggregator.trs.paths import safe_tree_path
 from aggregator.trs.render import tool_url, upstream_version_url, version_url
 
 TABS: Final = ("overview", "versions", "provenance", "use")
@@ -262,7 +263,9 @@ def file_tree(tool_id: str, key: str, rows: Sequence[FileRow], descriptor_type: 
     """The files of one descriptor type as a tree of directories, each file with its page."""
     root = Node("")
     for r in rows:
-        path = normalise(r.path) or r.path
+        path = safe_tree_path(r.path)
+        if path is None:  # a path that would leave the tree is never shown
+            continue
         parts = path.split("/")
         node = root
         for part in parts[:-1]:
@@ -359,7 +362,7 @@ async def file_page(request: web.Request) -> web.Response:
         trs = origin(request) + TRS_MOUNT
         base = version_url(trs, tool.id, v.key)
         api_type = descriptor_type or next(iter(_types(v)), "")
-        relative = quote(normalise(found.path) or found.path, safe="/")
+        relative = quote(safe_tree_path(found.path) or found.path, safe="/")
         if api_type:
             trs_json = f"{base}/{api_type}/descriptor/{relative}"
             raw = f"{base}/PLAIN_{api_type}/descriptor/{relative}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aggregator.trs.model import CatalogueTool, CatalogueVersion, Source, VersionSource
 
@@ -23,6 +23,8 @@ class FileRow:
     checksum_status: str
     url: str | None
     content: bytes | None
+    #: The upstream's own fields: {"wrapper": {...}, "tool_file": {...}}.
+    extra: dict[str, Any] | None = None
 
 
 _RESOLVE: Final = "select catalogue_resolve($1)"
@@ -112,7 +114,7 @@ async def fetch_tools(conn: Executor, tool_ids: Sequence[str]) -> dict[str, Cata
 # Without content the join to file_contents is removed by the planner.
 _FILES_TEMPLATE = """
 select f.descriptor_type, f.path, f.file_type, f.sha256, f.checksum_status, f.url,
-       {content} as content
+       {content} as content, f.extra
 from upstream_files f left join file_contents fc on fc.sha256 = f.sha256
 where f.upstream_version_id = $1
   and ($2::text is null or f.descriptor_type in ($2, ''))

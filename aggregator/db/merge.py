@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from aggregator.db.generation import advance_generation
+from aggregator.db.generation import advance_generation, catalogue_generation
 from aggregator.merge.content import carries_identity, information, normalised_sha256
 from aggregator.merge.engine import (
     QUALIFIED_PREFIX,
@@ -115,9 +115,14 @@ async def remerge(
 ) -> MergeStats:
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
     tools, and advance (and announce) the generation. Call inside the publishing transaction
-    (``db.publish``)."""
+    (``db.publish``). When nothing changed, the catalogue and its generation stay as they are,
+    so caches stay warm."""
     lap = _Laps()
     dirty = [r["id"] for r in await conn.fetch(_ALL_TOOLS if full else _DIRTY_TOOLS)]
+    if not dirty:
+        generation = await catalogue_generation(conn)
+        log.info("merge_skipped", reason="nothing changed", generation=generation)
+        return MergeStats(0, 0, 0, generation)
     rules, partners = await _load_rules(conn)
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if len(dirty) >= ANALYZE_AFTER:

@@ -73,6 +73,7 @@ async def stage_tools(conn: Connection, run_id: int, tools: Sequence[StagedTool]
                 f.declared_sha256,
                 f.checksum_status,
                 f.url,
+                f.extra,
             )
             for t in tools
             for v in t.versions
@@ -93,6 +94,7 @@ async def stage_tools(conn: Connection, run_id: int, tools: Sequence[StagedTool]
                     "declared_sha256",
                     "checksum_status",
                     "url",
+                    "extra",
                 ],
             )
 
@@ -162,15 +164,16 @@ where f.upstream_version_id = v.id and v.upstream_tool_id = t.id and t.upstream_
 # A file this run could not fetch keeps the content an earlier run stored.
 _UPSERT_FILES: Final = """
 insert into upstream_files as f (upstream_version_id, descriptor_type, path, file_type, sha256,
-                                 declared_sha256, checksum_status, url)
+                                 declared_sha256, checksum_status, url, extra)
 select v.id, sf.descriptor_type, sf.path, sf.file_type, sf.sha256, sf.declared_sha256,
-       sf.checksum_status, sf.url
+       sf.checksum_status, sf.url, sf.extra
 from staged_files sf
 join upstream_tools t on t.upstream_id = $2 and t.external_id = sf.tool_external_id
 join upstream_versions v on v.upstream_tool_id = t.id and v.key = sf.version_key
 where sf.run_id = $1
 on conflict (upstream_version_id, descriptor_type, path) do update set
     file_type = excluded.file_type, url = excluded.url,
+    extra = coalesce(excluded.extra, f.extra),
     declared_sha256 = case when excluded.sha256 is null and f.sha256 is not null
                            then f.declared_sha256 else excluded.declared_sha256 end,
     sha256 = coalesce(excluded.sha256, f.sha256),

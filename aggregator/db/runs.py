@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     from aggregator.db.pool import Connection, Executor
 
 MAX_ERROR_SAMPLES: Final = 20
+
+
+def storable(message: str) -> str:
+    """*message* as PostgreSQL can store it: NUL characters and lone surrogates (quoted from
+    what an upstream sent) written as escapes."""
+    return message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(slots=True)
@@ -33,6 +39,8 @@ class RunCounts:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     error_kinds: dict[str, int] = field(default_factory=dict)
+    #: Per host other than the upstream's own: files fetched, failed, skipped, last error.
+    file_hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def error(self, message: str) -> None:
         """Count an error (by kind, too) and keep the first few as samples."""
@@ -40,7 +48,7 @@ class RunCounts:
         kind = error_kind(message)
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
-            self.error_samples.append(message)
+            self.error_samples.append(storable(message))
 
 
 _INSERT_RUN: Final = """
@@ -76,7 +84,7 @@ update harvest_runs set status = $2, finished_at = now(), listing_complete = $3,
     error = $4, tools_seen = $5, tools_new = $6, tools_changed = $7,
     tools_unchanged = $8, tools_tombstoned = $9, versions_seen = $10,
     files_stored = $11, requests = $12, bytes_fetched = $13, errors = $14,
-    error_samples = $15, tools_fetched = $16, not_modified = $17
+    error_samples = $15, tools_fetched = $16, not_modified = $17, file_hosts = $18
 where id = $1
 """
 
@@ -97,7 +105,7 @@ async def finish_run(
         run_id,
         status,
         listing_complete,
-        error,
+        None if error is None else storable(error),
         c["tools_seen"],
         c["tools_new"],
         c["tools_changed"],
@@ -111,6 +119,7 @@ async def finish_run(
         c["error_samples"],
         c["tools_fetched"],
         c["not_modified"],
+        c["file_hosts"],
     )
 
 

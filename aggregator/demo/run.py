@@ -14,7 +14,7 @@ from aggregator.db.migrate import migrate
 from aggregator.db.pool import ensure_database
 from aggregator.demo.catalogues import DEMO_REGISTRIES, load_catalogue
 from aggregator.demo.registry import make_registry_app
-from aggregator.pgcluster import LocalCluster
+from aggregator.pgcluster import SERVER_OS_USER, LocalCluster, server_can_reach, shared_data_dir
 from aggregator.service import cmd_harvest, running_site, serve_forever
 
 DEMO_DATABASE = "trs_aggregator"
@@ -31,7 +31,7 @@ async def run_demo(config: Config, *, data_dir: Path, port: int | None) -> int:
     async with contextlib.AsyncExitStack() as stack:
         url = config.database.url
         if url is None:
-            cluster = LocalCluster(data_dir.resolve() / "pg")  # noqa: ASYNC240 - once, at start
+            cluster = LocalCluster(demo_cluster_dir(data_dir))
             say(f"starting a private PostgreSQL cluster in {cluster.data_dir} …")
             admin = await asyncio.to_thread(cluster.start)
             stack.callback(cluster.stop)
@@ -66,6 +66,21 @@ async def run_demo(config: Config, *, data_dir: Path, port: int | None) -> int:
             say("some upstreams failed to harvest; serving what there is")
         return await serve_forever(demo, api=True, worker=True, on_ready=announce)
     return 0  # pragma: no cover - the stack always returns above
+
+
+def demo_cluster_dir(data_dir: Path) -> Path:
+    """Where the demo's cluster lives: ``<data_dir>/pg``, unless PostgreSQL runs as another
+    user (we are root) who cannot reach it, as in a checkout inside root's private home; then a
+    directory of its own under /var/tmp, the same on every run from that checkout."""
+    preferred = data_dir.resolve() / "pg"
+    if server_can_reach(preferred):
+        return preferred
+    moved = shared_data_dir(preferred)
+    say(
+        f"{SERVER_OS_USER!r}, the user PostgreSQL runs as under root, cannot reach "
+        f"{preferred}; the demo's cluster lives in {moved} instead"
+    )
+    return moved
 
 
 def say(message: str) -> None:

@@ -22,10 +22,11 @@ from aggregator.db.harvest_state import (
     fetch_stored_files,
 )
 from aggregator.db.publish import publish_run, stage_tools
-from aggregator.db.runs import RunCounts
+from aggregator.db.runs import RunCounts, storable
 from aggregator.errors import AggregatorError, InvalidUpstreamData, UpstreamError
 from aggregator.harvest.client import CircuitOpen, UpstreamClient
 from aggregator.harvest.files import VersionFiles
+from aggregator.harvest.hosts import FileHosts
 from aggregator.harvest.listing import Listing
 from aggregator.progress import Progress
 from aggregator.trs.parse import Quirks, doc_hash, read_tool_classes, read_version, version_key
@@ -125,11 +126,13 @@ class Crawl:
     confirmed_unchanged: int = field(init=False, default=0)
     not_refreshed: int = field(init=False, default=0)
     deadline: float = field(init=False)
+    file_hosts: FileHosts = field(init=False)
 
     def __post_init__(self) -> None:
         self.result = RunOutcome(self.upstream.name, run_id=self.run_id)
         self.counts = self.result.counts
         self.stager = Stager(self.pool, self.run_id)
+        self.file_hosts = FileHosts(self.client.session, self.upstream, self.client)
         self.deadline = asyncio.get_running_loop().time() + self.upstream.run_budget_s
 
     def error(self, message: str) -> None:
@@ -143,6 +146,10 @@ class Crawl:
         c.requests = self.client.traffic.requests
         c.bytes_fetched = self.client.traffic.bytes
         c.not_modified = self.client.traffic.not_modified
+        c.file_hosts = {
+            host: {**s, "last_error": s["last_error"] and storable(s["last_error"])}
+            for host, s in self.file_hosts.summary().items()
+        }
         self.progress.update(
             self.upstream.name,
             tools=c.tools_seen,
@@ -404,6 +411,8 @@ class Crawl:
                 for v in raw_versions:
                     # A pre-release string Tool.author is only in the listing's tool.
                     author = listed.get(version_key(v), {}).get("author")
+                    if author is None and isinstance(doc.get("author"), str):
+                        author = [doc["author"]]
                     if "author" not in v and author is not None:
                         v["author"] = author
         previous = await self._previous_files(tool_id)
@@ -423,6 +432,7 @@ class Crawl:
                     version_url,
                     functools.partial(_file_error, error, f"tool {tool_id} version {key}"),
                     previous.get(key),
+                    self.file_hosts,
                 )
                 staged.files = await fetcher.fetch_all(vdoc["descriptor_type"])
                 self.counts.files_stored += sum(f.content is not None for f in staged.files)

@@ -110,6 +110,8 @@ class Listing:
         mode = self.upstream.change_detection
         if mode != "auto":
             return mode == "listing"
+        if self.upstream.kind == "static":
+            return True  # a static tree is published whole: an unchanged entry is unchanged
         versions = raw.get("versions") if isinstance(raw, Mapping) else None
         return (
             isinstance(versions, list)
@@ -141,9 +143,11 @@ class Listing:
             fetched.add(signature)
             stored = self.stored.get(signature)
             # The last page is always fetched in full: a 304 cannot say that a page now
-            # follows it (ETags cover bodies, not paging headers).
+            # follows it (ETags cover bodies, not paging headers). A static tree has one page.
             conditional = (
-                stored is not None and stored.next_page is not None and self._replayable(stored)
+                stored is not None
+                and (stored.next_page is not None or self.upstream.kind == "static")
+                and self._replayable(stored)
             )
             async with self.budget():
                 response = await self.client.get(

@@ -26,6 +26,7 @@ from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
 from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.crawl import Crawl, RunOutcome
+from aggregator.harvest.static import StaticTreeClient
 from aggregator.progress import NoProgress, Progress
 from aggregator.trs.conformance import run_conformance
 
@@ -92,6 +93,17 @@ def isolate(
     return outcomes
 
 
+def _next_tick(upstream: UpstreamConfig) -> dt.datetime | None:
+    """When *upstream*'s schedule next fires after now."""
+    from aggregator.harvest.scheduler import trigger_for  # noqa: PLC0415 - it imports us
+
+    now = dt.datetime.now(dt.UTC)
+    fire: dt.datetime | None = trigger_for(upstream).get_next_fire_time(
+        None, now + dt.timedelta(microseconds=1)
+    )
+    return fire
+
+
 class Harvester:
     """Runs harvests against one database with one HTTP session."""
 
@@ -130,6 +142,10 @@ class Harvester:
         """
         started = time.monotonic()
         assert self.config.database.url is not None
+        if trigger == "manual" and next_due is None:
+            # This run stands for the schedule's current tick: a worker started right after
+            # it (demo, run) waits for the next one instead of harvesting again.
+            next_due = _next_tick(upstream)
         # A connection of its own: the session-level lock lives as long as it does, and a
         # process that dies mid-run releases it with its connection.
         lock_conn = await connect(self.config.database.url)
@@ -180,7 +196,8 @@ class Harvester:
         with structlog.contextvars.bound_contextvars(upstream=upstream.name, run_id=run_id):
             log.info("harvest_started", url=upstream.url, mode=upstream.mode, trigger=trigger)
             token = self.environ.get(upstream.token_env) if upstream.token_env else None
-            client = UpstreamClient(self.session, upstream, token=token)
+            kind = StaticTreeClient if upstream.kind == "static" else UpstreamClient
+            client = kind(self.session, upstream, token=token)
             crawl = Crawl(
                 self.pool, client, self.config, upstream, upstream_id, run_id, self.progress
             )
@@ -202,6 +219,7 @@ class Harvester:
                 outcome.status, outcome.error = "failed", f"{type(e).__name__}: {e}"
             finally:
                 await client.close()
+                await crawl.file_hosts.close()
             outcome.duration_s = time.monotonic() - started
             # One transaction: a run is never seen closed with its staged rows still there (a
             # worker stopped in between would leave them to nobody).

@@ -91,7 +91,7 @@ def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
     """Normalise one upstream Tool; raise InvalidUpstreamData when it has no usable id.
 
     Pre-release names (``toolname``, ``tool_class``, string ``author``) are mapped to their
-    2.0.1 names; versions are read with read_version.
+    2.0.1 names and kept as sent; versions are read with read_version.
     """
     quirks = quirks if quirks is not None else Quirks()
     if not isinstance(raw, Mapping):
@@ -104,12 +104,12 @@ def read_tool(raw: Any, quirks: Quirks | None = None) -> dict[str, Any]:
         quirks.add("tool id is a number, not a string")
     doc["id"] = tool_id
     if "toolclass" not in doc and isinstance(doc.get("tool_class"), Mapping):
-        doc["toolclass"] = doc.pop("tool_class")
+        doc["toolclass"] = doc["tool_class"]
         quirks.add("'tool_class' instead of 'toolclass'")
     if "name" not in doc and isinstance(doc.get("toolname"), str):
-        doc["name"] = doc.pop("toolname")
+        doc["name"] = doc["toolname"]
         quirks.add("pre-release field 'toolname'")
-    author = doc.pop("author", None) if isinstance(doc.get("author"), str) else None
+    author = doc["author"] if isinstance(doc.get("author"), str) else None
     if author is not None:
         quirks.add("pre-release string field Tool.author")
     if not isinstance(doc.get("toolclass"), Mapping):
@@ -144,7 +144,7 @@ def read_version(
         quirks.add("version without an id")
     doc["id"] = vid
     if "is_production" not in doc and isinstance(doc.get("immutable"), bool):
-        doc["is_production"] = doc.pop("immutable")
+        doc["is_production"] = doc["immutable"]
         quirks.add("pre-release field 'immutable'")
     if author is not None and "author" not in doc:
         doc["author"] = [author]
@@ -166,7 +166,7 @@ def read_version(
 def _read_image(raw: Mapping[str, Any]) -> dict[str, Any]:
     image = dict(raw)
     if "checksum" not in image and isinstance(image.get("hashcode"), str):
-        image["checksum"] = [{"checksum": image.pop("hashcode"), "type": "sha-256"}]
+        image["checksum"] = [{"checksum": image["hashcode"], "type": "sha-256"}]
     return image
 
 
@@ -215,6 +215,7 @@ def read_files_listing(raw: Any) -> list[dict[str, Any]]:
                 "path": item["path"],
                 "file_type": file_type if file_type in FILE_TYPES else "OTHER",
                 "declared_sha256": declared_sha256(item.get("checksum")),
+                "extra": _extra(item, TOOL_FILE_FIELDS),
             }
         )
     return out
@@ -223,7 +224,7 @@ def read_files_listing(raw: Any) -> list[dict[str, Any]]:
 def read_file_wrapper(raw: Any) -> dict[str, Any]:
     """Normalise a FileWrapper: content (str or None), url (str or None), declared sha256."""
     if isinstance(raw, str):
-        return {"content": raw, "url": None, "declared_sha256": None}
+        return {"content": raw, "url": None, "declared_sha256": None, "extra": None}
     if not isinstance(raw, Mapping):
         raise InvalidUpstreamData("a FileWrapper must be a JSON object")
     content = raw.get("content")
@@ -232,7 +233,19 @@ def read_file_wrapper(raw: Any) -> dict[str, Any]:
         "content": content if isinstance(content, str) else None,
         "url": url if isinstance(url, str) and url else None,
         "declared_sha256": declared_sha256(raw.get("checksum")),
+        "extra": _extra(raw, FILE_WRAPPER_FIELDS),
     }
+
+
+#: The fields TRS gives a FileWrapper and a ToolFile; an upstream's others are kept as sent.
+FILE_WRAPPER_FIELDS: Final = frozenset({"content", "checksum", "url", "image_type"})
+TOOL_FILE_FIELDS: Final = frozenset({"path", "file_type", "checksum"})
+
+
+def _extra(raw: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any] | None:
+    """The fields of *raw* beyond *known* (nulls dropped), or None when there are none."""
+    out = {k: v for k, v in raw.items() if k not in known and v is not None}
+    return out or None
 
 
 def doc_hash(doc: Any) -> str:

@@ -324,12 +324,19 @@ def checksums(sha256: str | None) -> list[dict[str, str]]:
 
 
 def file_wrapper(
-    content: bytes | None, sha256: str | None, url: str | None, *, image_type: str | None = None
+    content: bytes | None,
+    sha256: str | None,
+    url: str | None,
+    *,
+    image_type: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A FileWrapper for stored bytes; bytes that are not UTF-8 are offered by url only.
 
-    *url* is where the upstream serves the original; the content is our mirror's copy, and the
-    checksum is of exactly the bytes in ``content``.
+    *url* is where the bytes are served (the upstream's original, or our own endpoint for a
+    binary file); the content is our mirror's copy, and the checksum is of exactly the bytes
+    stored, whether or not they are inline. *extra* holds the upstream's own further fields
+    (default profile only), which never replace ours.
     """
     out: dict[str, Any] = {}
     text: str | None = None
@@ -340,22 +347,37 @@ def file_wrapper(
             text = None
     if text is not None:
         out["content"] = text
-    out["checksum"] = checksums(sha256) if text is not None else []
+    out["checksum"] = checksums(sha256) if content is not None else []
     if url:
         out["url"] = url
     if image_type is not None:
         out["image_type"] = image_type
+    for key, value in (extra or {}).items():
+        out.setdefault(key, value)
     return out
 
 
-def tool_file(path: str, file_type: str, sha256: str | None, *, strict: bool) -> dict[str, Any]:
-    """A ToolFile; 2.0.1 adds one ``checksum`` object (not an array), which 2.0.0 lacks."""
+def tool_file(
+    path: str,
+    file_type: str,
+    sha256: str | None,
+    *,
+    strict: bool,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ToolFile; 2.0.1 adds one ``checksum`` object (not an array), which 2.0.0 lacks.
+
+    *extra* holds the upstream's own further fields, kept unless *strict*.
+    """
     out: dict[str, Any] = {
         "path": path,
         "file_type": file_type if file_type in FILE_TYPES else "OTHER",
     }
     if sha256 and not strict:
         out["checksum"] = {"checksum": sha256, "type": SHA256}
+    if not strict:
+        for key, value in (extra or {}).items():
+            out.setdefault(key, value)
     return out
 
 

@@ -22,6 +22,8 @@ class StagedFile:
     sha256: str | None = None
     declared_sha256: str | None = None
     checksum_status: str = "not_fetched"
+    #: Fields the upstream sent beyond TRS's: {"wrapper": {...}, "tool_file": {...}}.
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
