@@ -216,9 +216,15 @@ class MergeConfig:
     Attributes:
         max_tools_per_upstream: A key (alias, global id, descriptor checksum) held by more
             tools than this in any one upstream is not identifying and joins nothing.
+        always: Pairs of qualified ids (``#upstream/<name>/<id>``) always merged, whatever
+            the evidence says.
+        never: Pairs of qualified ids never merged, whatever the evidence says (a *never*
+            also beats an *always* that would chain the two together).
     """
 
     max_tools_per_upstream: int = 1
+    always: tuple[tuple[str, str], ...] = ()
+    never: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,9 +299,7 @@ def from_dict(
 ) -> Config:
     """Validate a parsed TOML document into a Config."""
     _no_unknown(data, "", ("database", "server", "harvest", "merge", "changes", "upstreams"))
-    merge = _section(MergeConfig, data.get("merge", {}), "merge")
-    if merge.max_tools_per_upstream < 1:
-        raise ConfigError("merge.max_tools_per_upstream", "must be at least 1")
+    merge = _merge_section(data.get("merge", {}))
     database = _section(DatabaseConfig, data.get("database", {}), "database")
     if environ.get(DATABASE_URL_ENV):
         database = dataclasses.replace(database, url=environ[DATABASE_URL_ENV])
@@ -452,6 +456,43 @@ def _upstream(raw: Any, key: str) -> UpstreamConfig:
     return dataclasses.replace(u, url=u.url.rstrip("/"))
 
 
+def _merge_section(raw: Any) -> MergeConfig:
+    """Validate ``[merge]``; a pair may not be in both ``always`` and ``never``."""
+    merge: MergeConfig = _section(MergeConfig, raw, "merge")
+    if merge.max_tools_per_upstream < 1:
+        raise ConfigError("merge.max_tools_per_upstream", "must be at least 1")
+    merge = dataclasses.replace(
+        merge, always=_merge_pairs(merge.always, "always"), never=_merge_pairs(merge.never, "never")
+    )
+    both = {tuple(sorted(p)) for p in merge.always} & {tuple(sorted(p)) for p in merge.never}
+    if both:
+        raise ConfigError("merge.never", f"{min(both)} is also in merge.always")
+    return merge
+
+
+def _merge_pairs(raw: Any, name: str) -> tuple[tuple[str, str], ...]:
+    """Validate ``merge.always`` / ``merge.never``: pairs of two different qualified ids."""
+    pairs = []
+    for i, pair in enumerate(raw):
+        key = f"merge.{name}[{i}]"
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not all(isinstance(q, str) for q in pair)
+        ):
+            raise ConfigError(
+                key, 'must be a pair of qualified ids, ["#upstream/a/x", "#upstream/b/y"]'
+            )
+        for q in pair:
+            upstream, _, tool = q.removeprefix("#upstream/").partition("/")
+            if not q.startswith("#upstream/") or not upstream or not tool:
+                raise ConfigError(key, f"{q!r} is not a qualified id (#upstream/<name>/<id>)")
+        if pair[0] == pair[1]:
+            raise ConfigError(key, "names the same record twice")
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
+
+
 def check_tokens(
     config: Config, names: Sequence[str] = (), environ: Mapping[str, str] = os.environ
 ) -> None:
@@ -516,6 +557,8 @@ def _type_ok(value: Any, expected: str) -> bool:
         return isinstance(value, str)
     if expected == "tuple[str, ...]":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if expected == "tuple[tuple[str, str], ...]":
+        return isinstance(value, list)
     return True
 
 
@@ -525,6 +568,7 @@ def _type_word(expected: str) -> str:
         "int": "an integer",
         "float": "a number",
         "tuple[str, ...]": "an array of strings",
+        "tuple[tuple[str, str], ...]": "an array of pairs of qualified ids",
     }.get(expected, "a string")
 
 

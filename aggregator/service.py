@@ -16,6 +16,7 @@ from aiohttp import web
 from aggregator.api.fastpath import FastRunner
 from aggregator.app import create_app
 from aggregator.config import Config
+from aggregator.db.merge import save_merge_rules
 from aggregator.db.migrate import migrate, missing_migrations
 from aggregator.db.pool import connect, create_pool
 from aggregator.db.publish import remerge_catalogue
@@ -47,6 +48,7 @@ async def cmd_merge(config: Config, *, full: bool) -> int:
     conn = await connect(config.database.url)
     try:
         await upsert_upstreams(conn, config.upstreams)
+        await save_merge_rules(conn, config.merge.always, config.merge.never)
         stats = await remerge_catalogue(
             conn,
             tombstone_after=config.harvest.tombstone_after,
@@ -174,6 +176,7 @@ async def serve_forever(
                 session = await stack.enter_async_context(make_session(config))
                 async with pool.acquire() as conn:
                     await upsert_upstreams(conn, config.upstreams)
+                    await save_merge_rules(conn, config.merge.always, config.merge.never)
                 harvest_worker = LiveWorker(pool, session, config)
                 await harvest_worker.start()
                 stack.push_async_callback(harvest_worker.stop)

@@ -29,8 +29,8 @@ UPSTREAMS = ("dockstore", "workflowhub", "biocontainers", "yevis", "private")
 
 
 def synthetic_nodes(n: int, seed: int = 1) -> list[Node]:
-    """*n* records of n/2 real tools spread over five upstreams: half carry a global id, half a
-    descriptor checksum, some an alias, and one alias in a hundred is a generic word."""
+    """*n* records of n/2 real tools spread over five upstreams: half carry a repository, half a
+    descriptor checksum, some a distinctive alias, and one record in a hundred a generic word."""
     rng = random.Random(seed)
     nodes = []
     for i in range(n):
@@ -38,13 +38,13 @@ def synthetic_nodes(n: int, seed: int = 1) -> list[Node]:
         real = rng.randrange(n // 2)
         keys: set[tuple[str, str]] = set()
         if rng.random() < 0.5:
-            keys.add(("id", f"src:github.com/org{real % 997}/repo{real}"))
+            keys.add(("repo", f"github.com/org{real % 997}/repo{real}"))
         if rng.random() < 0.5:
-            keys.add(("sha256", f"{real:064x}"))
+            keys.add(("content", f"{real:064x}"))
         if rng.random() < 0.2:
             keys.add(("alias", f"tool-{real}"))
         if rng.random() < 0.01:
-            keys.add(("alias", "variant calling"))
+            keys.add(("word", "variant calling"))
         nodes.append(Node(i, upstream, UPSTREAMS.index(upstream), f"t{i}", frozenset(keys)))
     return nodes
 
@@ -113,7 +113,7 @@ async def bench_db(n: int, dsn: str) -> None:
                   jsonb_build_object('id', 't' || i, 'aliases',
                       case when i % 3 = 0 then jsonb_build_array(
                                '#workflow/github.com/org/repo' || (i / 7))
-                           when i % 3 = 1 then jsonb_build_array('tool-' || (i / 11))
+                           when i % 3 = 1 then jsonb_build_array('kelmor-tavisu-' || (i / 11))
                            else '[]'::jsonb end),
                   md5(i::text)
            from generate_series(0, $1 - 1) as i""",

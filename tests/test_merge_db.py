@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from aggregator.app import create_app
-from aggregator.config import Config
-from aggregator.db.merge import remerge
+from aggregator.config import Config, MergeConfig
+from aggregator.db.merge import remerge, save_merge_rules
 from aggregator.demo.registry import STATE, make_registry_app
 from tests.static_trs import make_static_app
 from tests.support import catalogue, config_for, cwl_tool, harvest, with_priority
@@ -113,13 +114,13 @@ async def test_real_static_registries_and_a_dockstore_style_one_merge_the_shared
         "677a5fd8-fe70-48f7-adb4-8842c6427ab6",
         "68c32f9c-bdaa-420c-879c-90b40d8bc4d5",
     ]
-    assert {j["evidence"] for m in mito["members"] for j in m["joined_by"]} == {"sha256"}
+    assert {j["evidence"] for m in mito["members"] for j in m["joined_by"]} == {"content"}
     merged = await (await client.get(f"{TRS}/tools/{SHARED_UUID}")).json()
     assert merged["id"] == dockstore_tool["id"]
     record = await provenance(client, SHARED_UUID)
     assert sorted(m["upstream"] for m in record["members"]) == ["ddbj", "dockstore", "manabuishii"]
     evidence = {(j["evidence"], j["value"]) for m in record["members"] for j in m["joined_by"]}
-    assert ("id", f"uuid:{SHARED_UUID}") in evidence
+    assert ("uuid", SHARED_UUID) in evidence
     # Both trees publish version 1.0.0 with the same descriptor bytes: one version, two sources.
     v100 = next(v for v in record["versions"] if v["key"] == "1.0.0")
     assert sorted(s["upstream"] for s in v100["sources"]) == ["ddbj", "manabuishii"]
@@ -180,10 +181,10 @@ async def test_one_upstream_is_never_merged_with_itself(
         make_registry_app(
             catalogue(
                 [
-                    cwl_tool("a1", aliases=["shared-name-one"]),
-                    cwl_tool("a2", aliases=["shared-name-two"]),
-                    cwl_tool("a3", aliases=["generic-workflow"]),
-                    cwl_tool("a4", aliases=["generic-workflow"]),
+                    cwl_tool("a1", aliases=["kelmor tavisu"]),
+                    cwl_tool("a2", aliases=["pilvan dorusk"]),
+                    cwl_tool("a3", aliases=["zenvik-morla"]),
+                    cwl_tool("a4", aliases=["zenvik-morla"]),
                 ]
             )
         )
@@ -192,8 +193,8 @@ async def test_one_upstream_is_never_merged_with_itself(
         make_registry_app(
             catalogue(
                 [
-                    cwl_tool("b1", aliases=["shared-name-one", "shared-name-two"]),
-                    cwl_tool("b2", aliases=["generic-workflow"]),
+                    cwl_tool("b1", aliases=["kelmor tavisu", "pilvan dorusk"]),
+                    cwl_tool("b2", aliases=["zenvik-morla"]),
                 ]
             )
         )
@@ -208,7 +209,10 @@ async def test_one_upstream_is_never_merged_with_itself(
     record = await provenance(client, "a1")
     assert sorted(m["upstream_id"] for m in record["members"]) == ["a1", "b1"]
     refused = [c for c in record["conflicts"] if c["kind"] == "join_refused"]
-    assert refused and refused[0]["value"] == "shared-name-two"
+    assert refused and refused[0]["value"] == "pilvan dorusk"
+    # The counterpart outside this tool is named by its qualified id, not a row number.
+    assert (refused[0]["a"], refused[0]["b"]) == ("#upstream/one/a2", "#upstream/two/b1")
+    assert refused[0]["reason"] == "both tools come from one upstream"
 
 
 async def test_incremental_merge_publishes_what_a_full_merge_would(
@@ -216,7 +220,7 @@ async def test_incremental_merge_publishes_what_a_full_merge_would(
 ) -> None:
     """After every harvest of random changes, the catalogue equals a full re-merge's."""
     rng = random.Random(20261122)
-    aliases = [f"alias-{i}" for i in range(12)]
+    aliases = [f"https://github.com/lab/r{i}" for i in range(12)]
     names = ("red", "green", "blue")
 
     def random_catalogue(upstream: str) -> dict[str, Any]:
@@ -265,12 +269,22 @@ async def test_merge_does_not_depend_on_harvest_order(
     """Harvesting the same upstreams in either order publishes the same catalogue."""
     red = await aiohttp_server(
         make_registry_app(
-            catalogue([cwl_tool("r1", aliases=["tool-x"]), cwl_tool("x", marker="red")])
+            catalogue(
+                [
+                    cwl_tool("r1", aliases=["https://github.com/lab/tool-x"]),
+                    cwl_tool("x", marker="red"),
+                ]
+            )
         )
     )
     blue = await aiohttp_server(
         make_registry_app(
-            catalogue([cwl_tool("b1", aliases=["tool-x"]), cwl_tool("x", marker="blue")])
+            catalogue(
+                [
+                    cwl_tool("b1", aliases=["git@github.com:lab/tool-x.git"]),
+                    cwl_tool("x", marker="blue"),
+                ]
+            )
         )
     )
     config = config_for(db_dsn, {"red": red, "blue": blue})
@@ -286,10 +300,14 @@ async def test_merge_command_applies_a_priority_change(
 ) -> None:
     """`trs-aggregator merge` after swapping priorities makes the other member primary."""
     one = await aiohttp_server(
-        make_registry_app(catalogue([cwl_tool("one-tool", aliases=["shared-alias"])]))
+        make_registry_app(
+            catalogue([cwl_tool("one-tool", aliases=["https://github.com/lab/shared"])])
+        )
     )
     two = await aiohttp_server(
-        make_registry_app(catalogue([cwl_tool("two-tool", aliases=["shared-alias"])]))
+        make_registry_app(
+            catalogue([cwl_tool("two-tool", aliases=["https://github.com/lab/shared"])])
+        )
     )
     config = with_priority(config_for(db_dsn, {"one": one, "two": two}), "one", 1)
     await harvest(pool, config)
@@ -322,3 +340,74 @@ priority = 1
     assert "into 1 tools" in out.decode()
     assert await pool.fetchval("select array_agg(id) from catalogue_tools") == ["two-tool"]
     assert await pool.fetchval("select catalogue_resolve('one-tool')") == "two-tool"
+
+
+async def test_operator_rules_override_evidence_and_show_in_provenance(
+    aiohttp_server: Any, aiohttp_client: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
+    """`[merge] never` splits what evidence joins and `always` joins what nothing joins; the
+    provenance names the rule, and a change of rules re-merges the records they name."""
+    one = await aiohttp_server(
+        make_registry_app(
+            catalogue(
+                [
+                    cwl_tool("x", aliases=["https://github.com/lab/shared"]),
+                    cwl_tool("lonely", marker="one"),
+                ]
+            )
+        )
+    )
+    two = await aiohttp_server(
+        make_registry_app(
+            catalogue(
+                [
+                    cwl_tool("y", aliases=["github.com/lab/shared"]),
+                    cwl_tool("other", aliases=["https://github.com/lab/elsewhere"]),
+                ]
+            )
+        )
+    )
+    config = config_for(db_dsn, {"one": one, "two": two})
+    rules = MergeConfig(
+        never=(("#upstream/one/x", "#upstream/two/y"),),
+        always=(("#upstream/one/lonely", "#upstream/two/other"),),
+    )
+    await harvest(pool, dataclasses.replace(config, merge=rules))
+    client = await aiohttp_client(create_app(config))
+    ids = sorted(t["id"] for t in await (await client.get(f"{TRS}/tools")).json())
+    assert ids == ["lonely", "x", "y"]
+    record = await provenance(client, "x")
+    (refusal,) = [c for c in record["conflicts"] if c["kind"] == "join_refused"]
+    assert refusal["reason"] == "operator rule: never"
+    assert {refusal["a"], refusal["b"]} == {"#upstream/one/x", "#upstream/two/y"}
+    joined = await provenance(client, "lonely")
+    lines = [j for m in joined["members"] for j in m["joined_by"]]
+    assert {(j["with"], j["evidence"], j.get("rule")) for j in lines} == {
+        ("#upstream/two/other", "operator", "always"),
+        ("#upstream/one/lonely", "operator", "always"),
+    }
+
+    # A change to one record of an always pair re-merges its partner too: the incremental
+    # merge publishes what a full one would.
+    two.app[STATE].catalogue = catalogue(
+        [
+            cwl_tool("y", aliases=["github.com/lab/shared"]),
+            cwl_tool("other", aliases=["https://github.com/lab/elsewhere"], marker="new"),
+        ]
+    )
+    await harvest(pool, dataclasses.replace(config, merge=rules), ["two"])
+    assert await snapshot(pool) == await full_merge_snapshot(pool, config)
+    assert await pool.fetchval("select catalogue_resolve('other')") == "lonely"
+
+    # Without the rules, the next merge follows the evidence again.
+    async with pool.acquire() as conn, conn.transaction():
+        await save_merge_rules(conn)
+        await conn.execute("select 1 from catalogue_state for update")
+        stats = await remerge(conn, tombstone_after=3)
+    assert stats.dirty == 4
+    client = await aiohttp_client(create_app(config))
+    ids = sorted(t["id"] for t in await (await client.get(f"{TRS}/tools")).json())
+    assert ids == ["lonely", "other", "x"]
+    record = await provenance(client, "x")
+    (line,) = [j for m in record["members"] if m["upstream"] == "one" for j in m["joined_by"]]
+    assert line == {"with": "#upstream/two/y", "evidence": "repo", "value": "github.com/lab/shared"}

@@ -11,19 +11,31 @@ from hypothesis import strategies as st
 from aggregator.merge.engine import (
     Component,
     Node,
+    Rules,
     VersionNode,
+    conflict,
     identifying_keys,
     merge,
     merge_versions,
+    signature,
 )
-from aggregator.merge.identity import evidence, global_id, is_placeholder, normalise_alias
 
 UPSTREAMS = ("alpha", "beta", "gamma", "delta")
 KEYS = (
-    [("id", f"src:github.com/org/r{i}") for i in range(4)]
-    + [("alias", f"alias-{i}") for i in range(4)]
-    + [("sha256", f"{i:064x}") for i in range(4)]
+    [("repo", f"github.com/org/r{i}") for i in range(3)]
+    + [("repo", "github.com/org/mono#a"), ("repo", "github.com/org/mono#b")]
+    + [("doi", f"10.48546/workflowhub.workflow.{i}") for i in range(2)]
+    + [("uuid", f"{i:08x}-0000-0000-0000-000000000000") for i in range(2)]
+    + [("alias", f"alias-{i}") for i in range(3)]
+    + [("word", "variant calling")]
+    + [("content", f"{i:064x}") for i in range(3)]
 )
+
+
+def with_roots(keys: set[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+    """A record naming a workflow path in a repository also names the repository."""
+    roots = {("repo", v.partition("#")[0]) for k, v in keys if k == "repo" and "#" in v}
+    return frozenset(keys | roots)
 
 
 @st.composite
@@ -32,9 +44,30 @@ def node_sets(draw: Any) -> list[Node]:
     nodes = []
     for i in range(count):
         upstream = draw(st.sampled_from(UPSTREAMS))
-        keys = frozenset(draw(st.lists(st.sampled_from(KEYS), max_size=3)))
+        keys = with_roots(set(draw(st.lists(st.sampled_from(KEYS), max_size=3))))
         nodes.append(Node(i, upstream, UPSTREAMS.index(upstream) * 10, f"t{i}", keys))
     return nodes
+
+
+@st.composite
+def rule_sets(draw: Any, nodes: list[Node]) -> Rules:
+    names = [n.qualified for n in nodes]
+    if len(names) < 2:
+        return Rules()
+    pairs = st.lists(st.tuples(st.sampled_from(names), st.sampled_from(names)), max_size=3)
+    always = [p for p in draw(pairs) if p[0] != p[1]]
+    never = [
+        p
+        for p in draw(pairs)
+        if p[0] != p[1] and tuple(sorted(p)) not in {tuple(sorted(a)) for a in always}
+    ]
+    return Rules.of(always, never)
+
+
+@st.composite
+def nodes_and_rules(draw: Any) -> tuple[list[Node], Rules]:
+    nodes = draw(node_sets())
+    return nodes, draw(rule_sets(nodes))
 
 
 def canonical(components: list[Component]) -> list[tuple[Any, ...]]:
@@ -47,94 +80,78 @@ def canonical(components: list[Component]) -> list[tuple[Any, ...]]:
     ]
 
 
-class TestIdentity:
-    """Normalisation of identity evidence."""
-
-    def test_global_ids_normalise_across_spellings(self) -> None:
-        """A Dockstore id, its GitHub URL and a bare path are one key; so are DOI spellings."""
-        assert global_id("#workflow/github.com/Org/Repo") == "src:github.com/org/repo"
-        assert global_id("https://github.com/org/repo.git") == "src:github.com/org/repo"
-        assert global_id("github.com/org/repo/") == "src:github.com/org/repo"
-        assert global_id("https://doi.org/10.5281/zenodo.123") == "doi:10.5281/zenodo.123"
-        assert global_id("doi:10.5281/ZENODO.123") == "doi:10.5281/zenodo.123"
-        assert global_id("10.5281-zenodo.123") == "doi:10.5281/zenodo.123"
-        assert (
-            global_id("324A6207-70bd-4a59-be2b-25001d1af9e3")
-            == "uuid:324a6207-70bd-4a59-be2b-25001d1af9e3"
-        )
-        assert global_id("trs://dockstore.org/%23workflow%2Fx") == "trs:dockstore.org/#workflow/x"
-
-    def test_local_ids_are_not_global(self) -> None:
-        """Short local ids and names without a host are never global identifiers."""
-        for local in (
-            "1",
-            "123",
-            "samtools",
-            "A1B2C3",
-            "devteam~fastqc~fastqc",
-            "github.com/org",
-            "quay.io",
-        ):
-            assert global_id(local) is None, local
-
-    def test_aliases_reject_numbers_and_placeholders(self) -> None:
-        """Bare numbers, tiny strings and placeholder words are not aliases."""
-        assert normalise_alias("  My   Tool ") == "my tool"
-        for bad in ("", "12", "123456", "latest", "N/A", "ab"):
-            assert normalise_alias(bad) is None, bad
-
-    def test_placeholder_content_is_not_evidence(self) -> None:
-        """Empty files and registries' placeholder texts carry no identity."""
-        assert is_placeholder(0, b"")
-        assert is_placeholder(40, b"Dockstore does not store binary files")
-        assert not is_placeholder(500, b"cwlVersion: v1.2\nclass: Workflow\n")
-        keys = evidence(
-            "101",
-            {"aliases": ["#workflow/github.com/a/b", "my-tool", "7"]},
-            [("ab" * 32, 500, b"version 1.0"), ("cd" * 32, 3, b"x\n")],
-        )
-        assert keys == {("id", "src:github.com/a/b"), ("alias", "my-tool"), ("sha256", "ab" * 32)}
-
-
 class TestComponents:
     """Merging upstream tools into components."""
 
-    @given(node_sets(), st.randoms())
-    def test_order_independent(self, nodes: list[Node], rnd: Any) -> None:
+    @given(nodes_and_rules(), st.randoms())
+    def test_order_independent(self, case: tuple[list[Node], Rules], rnd: Any) -> None:
         """Shuffling the input never changes the components."""
+        nodes, rules = case
         shuffled = list(nodes)
         rnd.shuffle(shuffled)
-        assert canonical(merge(shuffled)) == canonical(merge(nodes))
+        assert canonical(merge(shuffled, rules=rules)) == canonical(merge(nodes, rules=rules))
 
-    @given(node_sets())
-    def test_never_loses_or_duplicates_a_tool(self, nodes: list[Node]) -> None:
+    @given(nodes_and_rules())
+    def test_never_loses_or_duplicates_a_tool(self, case: tuple[list[Node], Rules]) -> None:
         """Every node is in exactly one component."""
-        members = [m.id for c in merge(nodes) for m in c.members]
+        nodes, rules = case
+        members = [m.id for c in merge(nodes, rules=rules) for m in c.members]
         assert sorted(members) == sorted(n.id for n in nodes)
 
     @given(node_sets())
-    def test_one_upstream_never_merges_with_itself(self, nodes: list[Node]) -> None:
-        """No component holds two tools of one upstream."""
+    def test_evidence_never_joins_what_it_must_not(self, nodes: list[Node]) -> None:
+        """Without operator rules, no component holds two tools of one upstream or two
+        records whose strong identifiers say they are different tools."""
         for c in merge(nodes):
             assert len({m.upstream for m in c.members}) == len(c.members)
+            for x in c.members:
+                for y in c.members:
+                    assert conflict(signature(x.keys), signature(y.keys)) is None
 
-    @given(node_sets())
-    def test_idempotent(self, nodes: list[Node]) -> None:
+    @given(nodes_and_rules())
+    def test_never_rules_always_hold(self, case: tuple[list[Node], Rules]) -> None:
+        """No component holds both records of a never pair, even when always pairs chain."""
+        nodes, rules = case
+        for c in merge(nodes, rules=rules):
+            names = {m.qualified for m in c.members}
+            assert not any(a in names and b in names for a, b in rules.never)
+
+    @given(nodes_and_rules())
+    def test_always_rules_join_unless_a_never_forbids(self, case: tuple[list[Node], Rules]) -> None:
+        """Both records of an always pair are in one component, or the refusal names the
+        operator's never rule."""
+        nodes, rules = case
+        comps = merge(nodes, rules=rules)
+        where = {m.qualified: i for i, c in enumerate(comps) for m in c.members}
+        for a, b in rules.always:
+            if where[a] != where[b]:
+                refused = comps[where[a]].refused
+                assert any(e.kind == "operator" and e.reason for e in refused)
+
+    @given(nodes_and_rules())
+    def test_idempotent(self, case: tuple[list[Node], Rules]) -> None:
         """Merging the members of each component again gives the same component."""
-        first = merge(nodes)
+        nodes, rules = case
+        first = merge(nodes, rules=rules)
         identifying = identifying_keys(nodes)
         for c in first:
-            again = merge(c.members, identifying=identifying)
+            again = merge(c.members, identifying=identifying, rules=rules)
             assert [[m.id for m in a.members] for a in again] == [[m.id for m in c.members]]
 
-    @given(node_sets())
-    def test_joins_explain_every_component(self, nodes: list[Node]) -> None:
-        """A component of n members has n-1 joins, each on an identifying key both share."""
+    @given(nodes_and_rules())
+    def test_joins_explain_every_component(self, case: tuple[list[Node], Rules]) -> None:
+        """A component of n members has n-1 joins, each on an identifying key both share or
+        an operator's always pair."""
+        nodes, rules = case
         identifying = identifying_keys(nodes)
         by_id = {n.id: n for n in nodes}
-        for c in merge(nodes):
+        for c in merge(nodes, rules=rules):
             assert len(c.joins) == len(c.members) - 1
             for e in c.joins:
+                if e.kind == "operator":
+                    pair = tuple(sorted((by_id[e.a].qualified, by_id[e.b].qualified)))
+                    assert pair in rules.always
+                    continue
                 key = (e.kind, e.value)
                 assert key in identifying
                 assert key in by_id[e.a].keys and key in by_id[e.b].keys
@@ -142,7 +159,8 @@ class TestComponents:
     @given(node_sets())
     def test_identifying_keys_that_can_join_do(self, nodes: list[Node]) -> None:
         """Two tools sharing an identifying key are together unless joining their tools would
-        put two tools of one upstream together (and that refusal is reported)."""
+        put two tools of one upstream together or negative evidence stands between them (and
+        that refusal is reported with its reason)."""
         identifying = identifying_keys(nodes)
         comps = merge(nodes)
         where = {m.id: i for i, c in enumerate(comps) for m in c.members}
@@ -150,12 +168,35 @@ class TestComponents:
             for b in nodes:
                 if a.id < b.id and (a.keys & b.keys & identifying) and where[a.id] != where[b.id]:
                     ca, cb = comps[where[a.id]], comps[where[b.id]]
-                    assert {m.upstream for m in ca.members} & {m.upstream for m in cb.members}
+                    assert any(
+                        x.upstream == y.upstream or conflict(signature(x.keys), signature(y.keys))
+                        for x in ca.members
+                        for y in cb.members
+                    )
+                    assert all(e.reason for e in ca.refused + cb.refused)
                     assert ca.refused or cb.refused
+
+    def test_weak_and_corroborating_keys_do_not_identify(self) -> None:
+        """A common word and a monorepo's root never identify; a distinctive alias does."""
+        nodes = [
+            Node(1, "a", 1, "x", frozenset({("word", "variant calling"), ("alias", "abc-xyz1")})),
+            Node(2, "b", 2, "y", frozenset({("word", "variant calling"), ("alias", "abc-xyz1")})),
+            Node(3, "a", 1, "m1", frozenset({("repo", "github.com/o/m")})),
+            Node(4, "b", 2, "m2", frozenset({("repo", "github.com/o/m")})),
+            Node(
+                5,
+                "c",
+                3,
+                "m3",
+                frozenset({("repo", "github.com/o/m"), ("repo", "github.com/o/m#w")}),
+            ),
+        ]
+        assert identifying_keys(nodes) == {("alias", "abc-xyz1"), ("repo", "github.com/o/m#w")}
+        assert [[m.id for m in c.members] for c in merge(nodes)] == [[3], [1, 2], [4], [5]]
 
     def test_a_generic_alias_does_not_chain_unrelated_tools(self) -> None:
         """An alias held by many tools of one upstream joins none of them."""
-        generic = ("alias", "variant calling")
+        generic = ("alias", "acme-variant-caller")
         nodes = [Node(i, "alpha", 1, f"a{i}", frozenset({generic})) for i in range(5)]
         nodes += [
             Node(10, "beta", 2, "b", frozenset({generic})),
@@ -166,7 +207,7 @@ class TestComponents:
 
     def test_primary_is_the_best_priority(self) -> None:
         """The member of best priority, then upstream name, is the primary."""
-        k = frozenset({("id", "uuid:x")})
+        k = frozenset({("uuid", "x")})
         nodes = [
             Node(1, "zeta", 5, "z", k),
             Node(2, "beta", 5, "b", k),
@@ -239,12 +280,13 @@ class TestVersions:
 
 
 @settings(max_examples=25)
-@given(node_sets())
-def test_merge_of_a_closed_subset_matches_the_whole(nodes: list[Node]) -> None:
+@given(nodes_and_rules())
+def test_merge_of_a_closed_subset_matches_the_whole(case: tuple[list[Node], Rules]) -> None:
     """Merging one connected part alone, with the global identifying keys, gives the same
     components as merging everything (what the incremental merge relies on)."""
+    nodes, rules = case
     identifying = identifying_keys(nodes)
-    whole = merge(nodes)
+    whole = merge(nodes, rules=rules)
     for comp in whole:
         # The closure of the component under identifying keys.
         part = {m.id for m in comp.members}
@@ -253,11 +295,14 @@ def test_merge_of_a_closed_subset_matches_the_whole(nodes: list[Node]) -> None:
             changed = False
             for n in nodes:
                 if n.id not in part and any(
-                    n.keys & m.keys & identifying for m in nodes if m.id in part
+                    n.keys & m.keys & identifying
+                    or (tuple(sorted((n.qualified, m.qualified))) in rules.always)
+                    for m in nodes
+                    if m.id in part
                 ):
                     part.add(n.id)
                     changed = True
-        sub = merge([n for n in nodes if n.id in part], identifying=identifying)
+        sub = merge([n for n in nodes if n.id in part], identifying=identifying, rules=rules)
         assert [tuple(m.id for m in c.members) for c in sub] == [
             tuple(m.id for m in c.members) for c in whole if {m.id for m in c.members} <= part
         ]

@@ -147,14 +147,27 @@ _SCHEMAS: Final[dict[str, Any]] = {
                         "joined_by": {
                             "type": "array",
                             "description": "The evidence that joined "
-                            "this member to another: an alias, a globally unique id, or "
-                            "an identical primary-descriptor checksum.",
+                            "this member to another (named by qualified id): its kind "
+                            "(uuid, trs, doi, repo, biotools, content, xref, alias, or "
+                            "operator for an operator's always rule) and value, and the "
+                            "other evidence both hold.",
                             "items": {
                                 "type": "object",
                                 "properties": {
                                     "with": {"type": "string"},
                                     "evidence": {"type": "string"},
                                     "value": {"type": "string"},
+                                    "rule": {"type": "string"},
+                                    "also": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "evidence": {"type": "string"},
+                                                "value": {"type": "string"},
+                                            },
+                                        },
+                                    },
                                 },
                             },
                         },
@@ -179,7 +192,9 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "conflicts": {
                 "type": "array",
                 "description": "Disagreements the merge kept "
-                "visible (e.g. one version name with different content).",
+                "visible: one version name with different content, and joins refused "
+                "(a and b by qualified id, the evidence, and the reason: one upstream, "
+                "negative evidence, or an operator's never rule).",
                 "items": {"type": "object"},
             },
         },

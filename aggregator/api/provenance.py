@@ -46,14 +46,7 @@ def provenance(
             "stale": (now - s.last_confirmed).total_seconds() > stale_after,
             "missing_since": s.tombstoned_at.isoformat() if s.tombstoned_at else None,
             "origin": (origins or {}).get(s.member_id),
-            "joined_by": [
-                {
-                    "with": names.get(j["with"], str(j["with"])),
-                    "evidence": j["evidence"],
-                    "value": j["value"],
-                }
-                for j in s.joined_by
-            ],
+            "joined_by": [{**j, "with": names.get(j["with"], str(j["with"]))} for j in s.joined_by],
         }
 
     def version_source(v: VersionSource) -> dict[str, Any]:

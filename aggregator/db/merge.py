@@ -9,28 +9,34 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from aggregator.db.generation import advance_generation, catalogue_generation
+from aggregator.merge.content import carries_identity, information, normalised_sha256
 from aggregator.merge.engine import (
+    QUALIFIED_PREFIX,
     Component,
     Node,
+    Rules,
     VersionNode,
     identifying_keys,
     merge,
     merge_versions,
+    qualified_id,
 )
-from aggregator.merge.identity import Key, evidence
+from aggregator.merge.identity import CORROBORATING, Key, evidence
+
+__all__ = ["QUALIFIED_PREFIX", "MergeStats", "qualified_id", "remerge", "save_merge_rules"]
 
 if TYPE_CHECKING:
     from aggregator.db.pool import Connection
 
 log = structlog.get_logger()
 
-QUALIFIED_PREFIX: Final = "#upstream/"
 # Changed tools from which the statistics of the tables a publish writes and the merge reads
 # are refreshed inside the transaction (the planner must see a large change's rows).
 ANALYZE_AFTER: Final = 500
@@ -46,9 +52,50 @@ class MergeStats:
     generation: int
 
 
-def qualified_id(upstream: str, external_id: str) -> str:
-    """The id that names one upstream record and cannot collide with a plain one."""
-    return f"{QUALIFIED_PREFIX}{upstream}/{external_id}"
+_RULES: Final = "select rule, a, b from merge_rules"
+_DELETE_RULES: Final = "delete from merge_rules"
+_QUALIFIED_TOOLS: Final = """
+select '#upstream/' || u.name || '/' || t.external_id as qualified, t.id
+from upstream_tools t join upstreams u on u.id = t.upstream_id
+where '#upstream/' || u.name || '/' || t.external_id = any($1::text[])
+"""
+_MARK_DIRTY: Final = "update upstream_tools set merge_dirty = true where id = any($1::bigint[])"
+
+
+async def save_merge_rules(
+    conn: Connection, always: Iterable[Sequence[str]] = (), never: Iterable[Sequence[str]] = ()
+) -> None:
+    """Store the operator's rules (pairs of qualified ids); when they changed, mark the records
+    they name, before and after, for re-merging."""
+    rules = Rules.of(always, never)
+    new = {("always", a, b) for a, b in rules.always} | {("never", a, b) for a, b in rules.never}
+    old = {(r["rule"], r["a"], r["b"]) for r in await conn.fetch(_RULES)}
+    if new == old:
+        return
+    await conn.execute(_DELETE_RULES)
+    await conn.copy_records_to_table("merge_rules", records=sorted(new), columns=["rule", "a", "b"])
+    named = sorted({q for _, a, b in old ^ new for q in (a, b)})
+    ids = [r["id"] for r in await conn.fetch(_QUALIFIED_TOOLS, named)]
+    await conn.execute(_MARK_DIRTY, ids)
+    log.info("merge_rules_changed", always=len(rules.always), never=len(rules.never))
+
+
+async def _load_rules(conn: Connection) -> tuple[Rules, dict[int, set[int]]]:
+    """The stored rules, and the always-partners among the records by row id."""
+    rows = await conn.fetch(_RULES)
+    rules = Rules.of(
+        [(r["a"], r["b"]) for r in rows if r["rule"] == "always"],
+        [(r["a"], r["b"]) for r in rows if r["rule"] == "never"],
+    )
+    partners: dict[int, set[int]] = defaultdict(set)
+    if rules.always:
+        named = sorted({q for pair in rules.always for q in pair})
+        by_name = {r["qualified"]: r["id"] for r in await conn.fetch(_QUALIFIED_TOOLS, named)}
+        for a, b in rules.always:
+            if a in by_name and b in by_name:
+                partners[by_name[a]].add(by_name[b])
+                partners[by_name[b]].add(by_name[a])
+    return rules, partners
 
 
 _ALL_TOOLS: Final = "select id from upstream_tools"
@@ -76,6 +123,7 @@ async def remerge(
         generation = await catalogue_generation(conn)
         log.info("merge_skipped", reason="nothing changed", generation=generation)
         return MergeStats(0, 0, 0, generation)
+    rules, partners = await _load_rules(conn)
     old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
     if len(dirty) >= ANALYZE_AFTER:
         await conn.execute(_ANALYZE_EVIDENCE)
@@ -88,11 +136,16 @@ async def remerge(
         identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
     else:
         affected, identifying = await _closure(
-            conn, set(dirty), old_keys, max_per_upstream, tombstone_after
+            conn,
+            set(dirty),
+            old_keys,
+            max_per_upstream=max_per_upstream,
+            tombstone_after=tombstone_after,
+            partners=partners,
         )
         nodes = await _load_nodes(conn, affected, tombstone_after)
     lap("closure_and_load")
-    components = merge(nodes, identifying=identifying)
+    components = merge(nodes, identifying=identifying, rules=rules)
     lap("merge")
     versions = await _load_versions(conn, [n.id for n in nodes])
     lap("load_versions")
@@ -129,17 +182,25 @@ class _Laps:
 _DELETE_EVIDENCE: Final = """
 delete from tool_evidence where upstream_tool_id = any($1::bigint[]) returning kind, value
 """
-_LIVE_ALIASES: Final = """
-select t.id, t.external_id, t.doc->'aliases' as aliases
+_LIVE_IDENTIFIERS: Final = """
+select t.id, t.external_id, t.doc->'aliases' as aliases, t.doc->'identifiers' as identifiers
 from upstream_tools t
 where t.id = any($1::bigint[]) and upstream_tool_live(t.missed_listings, $2)
 """
+# The primary descriptors of some tools: the content only where its normalised checksum and
+# information have not been computed yet.
 _PRIMARY_DESCRIPTORS: Final = """
-select v.upstream_tool_id as id, f.sha256, fc.size, substring(fc.content from 1 for 64) as head
+select v.upstream_tool_id as id, f.path, fc.sha256, fc.normalised_sha256, fc.information,
+       case when fc.normalised_sha256 is null then fc.content end as content
 from upstream_versions v
 join upstream_files f on f.upstream_version_id = v.id
 join file_contents fc on fc.sha256 = f.sha256
 where v.upstream_tool_id = any($1::bigint[]) and f.file_type = 'PRIMARY_DESCRIPTOR'
+"""
+_SAVE_NORMALISED: Final = """
+update file_contents fc set normalised_sha256 = x.n, information = x.i
+from unnest($1::text[], $2::text[], $3::int[]) as x(sha256, n, i)
+where fc.sha256 = x.sha256
 """
 
 
@@ -149,20 +210,45 @@ async def _refresh_evidence(conn: Connection, ids: list[int], tombstone_after: i
     if not ids:
         return set()
     old = await conn.fetch(_DELETE_EVIDENCE, ids)
-    tools = await conn.fetch(_LIVE_ALIASES, ids, tombstone_after)
-    descriptors: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
-    for r in await conn.fetch(_PRIMARY_DESCRIPTORS, ids):
-        descriptors[r["id"]].append((r["sha256"], r["size"], bytes(r["head"])))
+    tools = await conn.fetch(_LIVE_IDENTIFIERS, ids, tombstone_after)
+    content = await _descriptor_content(conn, ids)
     rows = []
     for t in tools:
-        doc = {"aliases": t["aliases"] if isinstance(t["aliases"], list) else []}
-        for kind, value in evidence(t["external_id"], doc, descriptors.get(t["id"], ())):
+        doc = {"aliases": t["aliases"], "identifiers": t["identifiers"]}
+        for kind, value in evidence(t["external_id"], doc, content.get(t["id"], ())):
             rows.append((t["id"], kind, value))
     if rows:
         await conn.copy_records_to_table(
             "tool_evidence", records=rows, columns=["upstream_tool_id", "kind", "value"]
         )
     return {(r["kind"], r["value"]) for r in old}
+
+
+async def _descriptor_content(conn: Connection, ids: list[int]) -> dict[int, set[str]]:
+    """The normalised checksums of the identity-carrying primary descriptors of tools *ids*.
+
+    A file's normalised checksum and information are computed once, the first time it is read
+    here, and kept beside its bytes.
+    """
+    rows = await conn.fetch(_PRIMARY_DESCRIPTORS, ids)
+    computed: dict[str, tuple[str, int]] = {}
+    for r in rows:
+        if r["normalised_sha256"] is None and r["sha256"] not in computed:
+            data = bytes(r["content"])
+            computed[r["sha256"]] = (normalised_sha256(data), information(data))
+    if computed:
+        await conn.execute(
+            _SAVE_NORMALISED,
+            list(computed),
+            [n for n, _ in computed.values()],
+            [i for _, i in computed.values()],
+        )
+    out: dict[int, set[str]] = defaultdict(set)
+    for r in rows:
+        norm, info = computed.get(r["sha256"]) or (r["normalised_sha256"], r["information"])
+        if carries_identity(r["path"], info):
+            out[r["id"]].add(norm)
+    return out
 
 
 _CLOSURE_TABLES: Final = """
@@ -174,18 +260,24 @@ truncate merge_affected, merge_frontier, merge_keys
 """
 
 # One step of the closure, all in the server: the frontier's keys not yet judged are judged
-# (identifying when no upstream has more than $2 live holders), then the holders of its
-# identifying keys and the members of the catalogue tools holding it join the affected set;
-# the newly affected are returned (the next frontier).
+# (identifying when no upstream has more than $2 live holders and, for a repository root,
+# no holder names a workflow path in that repository; corroborating kinds $3 never), then the
+# holders of its identifying keys and the members of the catalogue tools holding it join the
+# affected set; the newly affected are returned (the next frontier).
 _CLOSURE_STEP: Final = """
 with fresh as (
     select distinct e.kind, e.value
     from merge_frontier f join tool_evidence e on e.upstream_tool_id = f.id
-    where not exists (select 1 from merge_keys k where k.kind = e.kind and k.value = e.value)),
+    where e.kind <> all($3::text[])
+      and not exists (select 1 from merge_keys k where k.kind = e.kind and k.value = e.value)),
 judged as (
     insert into merge_keys (kind, value, identifying)
-    select x.kind, x.value, max(x.c) <= $2
-    from (select fr.kind, fr.value, t.upstream_id, count(*) as c
+    select x.kind, x.value, max(x.c) <= $2 and not bool_or(x.pathed)
+    from (select fr.kind, fr.value, t.upstream_id, count(*) as c,
+                 bool_or(fr.kind = 'repo' and strpos(fr.value, '#') = 0 and exists (
+                     select 1 from tool_evidence p
+                     where p.upstream_tool_id = e.upstream_tool_id and p.kind = 'repo'
+                       and starts_with(p.value, fr.value || '#'))) as pathed
           from fresh fr
           join tool_evidence e on e.kind = fr.kind and e.value = fr.value
           join upstream_tools t on t.id = e.upstream_tool_id
@@ -216,26 +308,36 @@ async def _closure(
     conn: Connection,
     seeds: set[int],
     old_keys: set[Key],
+    *,
     max_per_upstream: int,
     tombstone_after: int,
+    partners: dict[int, set[int]],
 ) -> tuple[set[int], set[Key]]:
     """Every upstream tool whose merge can change, and the identifying keys among theirs.
 
-    The seeds, the tools sharing any key the seeds hold or held, every member of a catalogue
-    tool holding one of them, and so on through identifying keys until nothing is added.
+    The seeds, the tools sharing any joining key the seeds hold or held, every member of a
+    catalogue tool holding one of them, the operator's always-partners, and so on through
+    identifying keys until nothing is added.
     """
     await conn.execute(_CLOSURE_TABLES)
-    await conn.copy_records_to_table("merge_affected", records=[(i,) for i in seeds])
-    seed_keys = old_keys | await _keys_of(conn, seeds)
-    holders = await _holders(conn, seed_keys)
-    await conn.copy_records_to_table("merge_affected", records=[(i,) for i in holders - seeds])
-    frontier = seeds | holders
-    affected = set(frontier)
+    seed_keys = {k for k in old_keys | await _keys_of(conn, seeds) if k[0] not in CORROBORATING}
+    frontier = seeds | await _holders(conn, seed_keys)
+    affected: set[int] = set()
+    stored: set[int] = set()  # already in merge_affected
     while frontier:
+        frontier |= {p for i in frontier for p in partners.get(i, ())} - affected
+        await conn.copy_records_to_table(
+            "merge_affected", records=[(i,) for i in frontier - stored]
+        )
+        affected |= frontier
         await conn.execute(_TRUNCATE_FRONTIER)
         await conn.copy_records_to_table("merge_frontier", records=[(i,) for i in frontier])
-        frontier = set(await conn.fetchval(_CLOSURE_STEP, tombstone_after, max_per_upstream))
-        affected |= frontier
+        frontier = set(
+            await conn.fetchval(
+                _CLOSURE_STEP, tombstone_after, max_per_upstream, sorted(CORROBORATING)
+            )
+        )
+        stored |= affected | frontier
     rows = await conn.fetch(_IDENTIFYING_KEYS)
     return affected, {(r["kind"], r["value"]) for r in rows}
 
@@ -344,6 +446,7 @@ async def _write(
     """Write the merged tools in place of the *released* ones, settling plain-id claims against
     the rest of the catalogue."""
     ids, renames = await _assign_ids(conn, components, released)
+    nodes = {m.id: m for comp in components for m in comp.members}
     tools, members, cat_versions, history = [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
         member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
@@ -355,18 +458,18 @@ async def _write(
         report += [
             {
                 "kind": "join_refused",
-                "a": e.a,
-                "b": e.b,
+                "a": nodes[e.a].qualified,
+                "b": nodes[e.b].qualified,
                 "evidence": e.kind,
                 "value": e.value,
-                "reason": "both tools come from one upstream",
+                "reason": e.reason,
             }
             for e in comp.refused
         ]
         tools.append((tool_id, tool_id, comp.primary.id, report))
         for m in comp.members:
             joined = [
-                {"with": e.b if e.a == m.id else e.a, "evidence": e.kind, "value": e.value}
+                _join_record(nodes[e.b if e.a == m.id else e.a], m, e.kind, e.value)
                 for e in comp.joins
                 if m.id in (e.a, e.b)
             ]
@@ -396,6 +499,19 @@ join upstreams u on u.id = t.upstream_id
 where t.external_id = any($1::text[]) and c.id <> all($2::text[])
 """
 _RENAME: Final = "update catalogue_tools set id = $2, sort_key = $2 where id = $1"
+
+
+def _join_record(other: Node, node: Node, kind: str, value: str) -> dict[str, Any]:
+    """One line of a member's ``joined_by``: the member it joined, by qualified id, the
+    evidence, and the other evidence both hold (corroborating, or strong evidence that was
+    not needed)."""
+    record: dict[str, Any] = {"with": other.qualified, "evidence": kind, "value": value}
+    also = sorted((node.keys & other.keys) - {(kind, value)})
+    if kind == "operator":
+        record["rule"] = "always"
+    if also:
+        record["also"] = [{"evidence": k, "value": v} for k, v in also]
+    return record
 
 
 async def _assign_ids(

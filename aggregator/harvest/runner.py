@@ -20,6 +20,7 @@ from aggregator.config import Config, UpstreamConfig
 from aggregator.db import runs as db_runs
 from aggregator.db import upstreams as db_upstreams
 from aggregator.db.locks import try_harvest_lock
+from aggregator.db.merge import save_merge_rules
 from aggregator.db.operations import save_conformance
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
@@ -65,6 +66,7 @@ async def harvest_upstreams(
     )
     async with pool.acquire() as conn:
         await db_upstreams.upsert_upstreams(conn, config.upstreams)
+        await save_merge_rules(conn, config.merge.always, config.merge.never)
     harvester = Harvester(pool, session, config, progress=progress, environ=environ)
     results = await asyncio.gather(*(harvester.harvest(u) for u in chosen), return_exceptions=True)
     return isolate(chosen, results)
