@@ -70,6 +70,10 @@ class Registries:
         )
 
 
+#: A UUID alias two upstreams give one tool: strong evidence that they are the same tool.
+SHARED = "6f1c2a9e-3b7d-4e21-9a55-0c8d1f2e3a4b"
+
+
 async def feed(session: aiohttp.ClientSession, origin: str, since: str = "0") -> dict[str, Any]:
     """Every change after *since*, following pages."""
     out: dict[str, Any] = {"changes": []}
@@ -110,7 +114,7 @@ async def test_every_kind_of_change(db_dsn: str) -> None:
             ]
 
         try:
-            regs.publish("a", [cwl_tool("t1", aliases=["one"]), cwl_tool("t2")])
+            regs.publish("a", [cwl_tool("t1", aliases=[SHARED]), cwl_tool("t2")])
             regs.publish("b", [cwl_tool("u1", marker="b")])
             assert sorted(await step(), key=lambda c: c["id"]) == [
                 {"kind": "added", "id": "t1"},
@@ -120,15 +124,15 @@ async def test_every_kind_of_change(db_dsn: str) -> None:
             # Nothing changed upstream: nothing in the feed.
             assert await step() == []
             # A description, and a file's content.
-            t1 = cwl_tool("t1", aliases=["one"])
+            t1 = cwl_tool("t1", aliases=[SHARED])
             t1["description"] = "now described"
             regs.publish("a", [t1, cwl_tool("t2", marker="new")])
             assert sorted(await step(), key=lambda c: c["id"]) == [
                 {"kind": "changed", "id": "t1", "parts": ["metadata"]},
                 {"kind": "changed", "id": "t2", "parts": ["files"]},
             ]
-            # b's tool takes t1's alias: merged into t1.
-            regs.publish("b", [cwl_tool("u1", marker="b", aliases=["one"])])
+            # b's tool takes t1's UUID alias (strong evidence): merged into t1.
+            regs.publish("b", [cwl_tool("u1", marker="b", aliases=[SHARED])])
             changes = await step()
             assert {"kind": "merged", "id": "u1", "into": "t1"} in changes
             assert any(c["kind"] == "changed" and c["id"] == "t1" for c in changes)
@@ -160,9 +164,11 @@ async def test_every_kind_of_change(db_dsn: str) -> None:
 
 
 TOOL_NAMES = ("t1", "t2", "t3")
+#: Aliases that are evidence a merge accepts on their own (plain words are not).
+UUIDS = ("0c5a4a0e-7f0c-4d3a-9d4e-1b2c3d4e5f61", "9e8d7c6b-5a49-4382-b1c0-d9e8f7a6b5c4")
 upstream_state = st.dictionaries(
     st.sampled_from(TOOL_NAMES),
-    st.tuples(st.sampled_from(("", "x")), st.sampled_from((None, "k1", "k2"))),
+    st.tuples(st.sampled_from(("", "x")), st.sampled_from((None, *UUIDS))),
     max_size=3,
 )
 harvest_sequence = st.lists(
