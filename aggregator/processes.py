@@ -29,7 +29,13 @@ from aggregator.app import create_app
 from aggregator.config import Config
 from aggregator.db.pool import create_pool
 from aggregator.errors import ConfigError
-from aggregator.service import check_schema, serve_forever, wait_for_signal
+from aggregator.service import (
+    check_schema,
+    hold_stop_signals,
+    release_stop_signals,
+    serve_forever,
+    wait_for_signal,
+)
 
 log = structlog.get_logger()
 
@@ -115,6 +121,7 @@ async def api_process(config: Config, sock: socket.socket, ready: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    release_stop_signals()
     runner = FastRunner(create_app(config), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -267,6 +274,8 @@ def serve_processes(
     url = _url(sockets[0])
     ready_read, ready_write = os.pipe()
     pids: list[int] = []
+    # Until this process and each child have their handlers, a stop signal waits for them.
+    hold_stop_signals()
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import structlog
@@ -151,12 +151,27 @@ async def running_site(app: web.Application, host: str, port: int) -> AsyncItera
         await runner.cleanup()
 
 
+STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def hold_stop_signals() -> None:
+    """Keep SIGINT and SIGTERM pending until their handlers are in place (release_stop_signals),
+    so a signal that comes early stops the process cleanly instead of killing it outright."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_stop_signals() -> None:
+    """Deliver SIGINT and SIGTERM again, pending ones included."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 async def wait_for_signal() -> None:
     """Return on SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    release_stop_signals()
     try:
         await stop.wait()
     finally:
