@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -195,3 +196,16 @@ async def eventually(
             extra = f":\n{detail()}" if detail is not None else ""
             raise AssertionError(f"{what} did not happen within {timeout}s{extra}")
         await asyncio.sleep(interval)
+
+
+def upstream_toml(name: str, server: TestServer, **keys: Any) -> list[str]:
+    """The lines of one fast-failing ``[[upstreams]]`` table for the registry *server*;
+    *keys* add to it or override its defaults."""
+    values: dict[str, Any] = {
+        "name": name,
+        "url": str(server.make_url("/ga4gh/trs/v2")),
+        "retries": 0,
+        "timeout_s": 5,
+        **keys,
+    }
+    return ["", "[[upstreams]]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]

@@ -27,7 +27,7 @@ from yarl import URL
 from aggregator.db.migrate import default_directory, load_migrations
 from aggregator.demo.registry import STATE, make_registry_app
 from aggregator.pgcluster import LocalCluster
-from tests.support import catalogue, config_for, cwl_tool, eventually, fetch, harvest
+from tests.support import catalogue, config_for, cwl_tool, eventually, fetch, harvest, upstream_toml
 
 TRS = "/ga4gh/trs/v2"
 
@@ -103,15 +103,7 @@ def write_config(path: Path, dsn: str, upstreams: dict[str, TestServer], *, port
         f"port = {port}",
     ]
     for name, server in upstreams.items():
-        lines += [
-            "",
-            "[[upstreams]]",
-            f"name = {json.dumps(name)}",
-            f"url = {json.dumps(str(server.make_url(TRS)))}",
-            "retries = 0",
-            "timeout_s = 5",
-            "page_size = 2",
-        ]
+        lines += upstream_toml(name, server, page_size=2)
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -20,7 +20,7 @@ from aggregator.demo.registry import make_registry_app
 from aggregator.harvest.runner import make_session
 from aggregator.ops.live import LiveWorker
 from aggregator.ops.upstreams import plan_or_apply
-from tests.support import catalogue, cwl_tool, eventually, fetch, harvest
+from tests.support import catalogue, cwl_tool, eventually, fetch, harvest, upstream_toml
 from tests.test_cli import run_cli
 
 TRS = "/ga4gh/trs/v2"
@@ -37,15 +37,7 @@ def toml_config(dsn: str, upstreams: list[tuple[str, TestServer, dict[str, Any]]
     """A configuration document naming *upstreams* (name, server, extra keys)."""
     lines = ["[database]", f"url = {json.dumps(dsn)}", "pool_max = 4"]
     for name, server, extra in upstreams:
-        lines += [
-            "",
-            "[[upstreams]]",
-            f"name = {json.dumps(name)}",
-            f"url = {json.dumps(str(server.make_url(TRS)))}",
-            "retries = 0",
-            "timeout_s = 5",
-        ]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+        lines += upstream_toml(name, server, **extra)
     return "\n".join(lines) + "\n"
 
 

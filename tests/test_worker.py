@@ -23,7 +23,7 @@ from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig, UpstreamConfig
 from aggregator.demo.registry import REQUESTS, STATE, make_registry_app
 from aggregator.harvest.scheduler import trigger_for
-from tests.support import catalogue, cwl_tool, eventually, harvest
+from tests.support import catalogue, cwl_tool, eventually, harvest, upstream_toml
 
 TRS = "/ga4gh/trs/v2"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,16 +55,7 @@ def write_config(
         f"request_poll = {json.dumps(request_poll)}",
     ]
     for name, server in servers.items():
-        lines += [
-            "",
-            "[[upstreams]]",
-            f"name = {json.dumps(name)}",
-            f"url = {json.dumps(str(server.make_url(TRS)))}",
-            f"schedule = {json.dumps(schedule)}",
-            "retries = 0",
-            "timeout_s = 5",
-            "page_size = 2",
-        ]
+        lines += upstream_toml(name, server, schedule=schedule, page_size=2)
     path.write_text("\n".join(lines) + "\n")
     return path
 
