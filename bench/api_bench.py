@@ -420,12 +420,17 @@ def report(
         "\nCold: the first request after a new catalogue generation (one client, "
         f"{args.cold_repeats} generations)\n"
     )
+    print_cold_table(cold)
+
+
+def print_cold_table(cold: dict[str, list[float]]) -> None:
+    """The Markdown table of cold-request times (ms) by request label."""
     print("| request | median ms | p90 ms | max ms |")
     print("| --- | ---: | ---: | ---: |")
     for label, measured in cold.items():
         values = sorted(measured)
         p90 = values[min(len(values) - 1, int(len(values) * 0.9))]
-        print(f"| {label} | {med(values):.1f} | {p90:.1f} | {values[-1]:.1f} |")
+        print(f"| {label} | {statistics.median(values):.1f} | {p90:.1f} | {values[-1]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -144,12 +144,7 @@ def report(
             f"{med('p50'):.1f} | {med('p90'):.1f} | {med('p99'):.1f} |"
         )
     print("\nCold: the first request after a new catalogue generation\n")
-    print("| request | median ms | p90 ms | max ms |")
-    print("| --- | ---: | ---: | ---: |")
-    for label, ms in cold.items():
-        ordered = sorted(ms)
-        p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
-        print(f"| {label} | {statistics.median(ms):.1f} | {p90:.1f} | {max(ms):.1f} |")
+    api_bench.print_cold_table(cold)
 
 
 if __name__ == "__main__":
