@@ -167,7 +167,9 @@ async def remerge(
         components = merge(nodes, identifying=identifying, rules=rules)
         del identifying
         lap("merge")
-        versions = await _load_versions(conn, [n.id for n in nodes])
+        # A tool of one record serves its versions as they are: they are written in the server.
+        joined = [m.id for c in components if len(c.members) > 1 for m in c.members]
+        versions = await _load_versions(conn, joined)
         lap("load_versions")
         old_ids = await _tools_holding(conn, part)
         await writer.write(components, versions, old_ids)
@@ -531,14 +533,15 @@ on conflict (id, upstream_tool_id) do nothing
 
 
 class _Writer:
-    """Writes the merged tools slice after slice; refreshes the catalogue's statistics after
-    a large insert (the next statements, and the next merge, are planned on them), as the
-    catalogue doubles."""
+    """Writes the merged tools slice after slice. After a large insert the catalogue's
+    statistics are refreshed (the next statements, and the next merge, are planned on them):
+    once after the first slice that inserts many rows, so the planner knows the rows' size,
+    and once at the end."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.inserted = 0  # member rows inserted since the last refresh
-        self.before = 0  # member rows inserted before it
+        self.inserted = 0  # member rows inserted since the statistics were refreshed
+        self.refreshed = False
 
     async def write(
         self,
@@ -548,18 +551,15 @@ class _Writer:
     ) -> None:
         """Write *components* in place of the *released* tools."""
         self.inserted += await _write(self.conn, components, versions, released)
-        if self.inserted >= max(ANALYZE_AFTER, self.before):
-            await self._analyze()
+        if not self.refreshed and self.inserted >= ANALYZE_AFTER:
+            await self.finish()
+            self.refreshed = True
 
     async def finish(self) -> None:
-        """Refresh the statistics if much was inserted since they were last refreshed."""
+        """Refresh the statistics if many rows were inserted since they were refreshed."""
         if self.inserted >= ANALYZE_AFTER:
-            await self._analyze()
-
-    async def _analyze(self) -> None:
-        await self.conn.execute(_ANALYZE_CATALOGUE)
-        self.before += self.inserted
-        self.inserted = 0
+            await self.conn.execute(_ANALYZE_CATALOGUE)
+            self.inserted = 0
 
 
 async def _write(
@@ -573,14 +573,23 @@ async def _write(
     of these tools (0 when rows were compared and replaced)."""
     ids, renames = await _assign_ids(conn, components, released)
     nodes = {m.id: m for comp in components for m in comp.members}
-    tools, members, cat_versions, history = [], [], [], []
+    tools, members, cat_versions, history, single = [], [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
-        member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
-        merged, conflicts = merge_versions(comp, member_versions)
-        report: list[dict[str, Any]] = [
-            {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
-            for c in conflicts
-        ]
+        report: list[dict[str, Any]] = []
+        if len(comp.members) == 1:
+            # Its versions, as they are, in their order: written in the server (_SINGLE_*).
+            single.append((comp.primary.id, tool_id))
+        else:
+            member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
+            merged, conflicts = merge_versions(comp, member_versions)
+            report += [
+                {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
+                for c in conflicts
+            ]
+            cat_versions += [
+                (tool_id, v.key, v.position, v.served.id, [s.id for s in v.sources], v.conflict)
+                for v in merged
+            ]
         report += [
             {
                 "kind": "join_refused",
@@ -601,10 +610,10 @@ async def _write(
             ]
             members.append((m.id, tool_id, joined))
             history.append((tool_id, m.id, m is comp.primary))
-        cat_versions += [
-            (tool_id, mv.key, mv.position, mv.served.id, [s.id for s in mv.sources], mv.conflict)
-            for mv in merged
-        ]
+    await conn.execute(_SINGLE_TABLE)
+    await conn.copy_records_to_table(
+        "merge_single", records=single, columns=["upstream_tool_id", "tool_id"]
+    )
     inserted = 0
     if released or renames:
         await _replace(conn, tools, members, cat_versions, released=released, renames=renames)
@@ -678,6 +687,27 @@ async def _assign_ids(
     return ids, renames
 
 
+# The tools of one record (merge_single): each serves its record's versions as they are, under
+# their keys, in the order merge_versions gives them (position, then key).
+_SINGLE_TABLE: Final = """
+create temporary table if not exists merge_single (upstream_tool_id bigint, tool_id text);
+truncate merge_single
+"""
+_SINGLE_VERSIONS: Final = """
+select s.tool_id, v.key,
+       (row_number() over (partition by v.upstream_tool_id
+                           order by v.position, v.key collate "C"))::integer - 1,
+       v.id, array[v.id], false
+from merge_single s join upstream_versions v on v.upstream_tool_id = s.upstream_tool_id
+"""
+_INSERT_SINGLE_VERSIONS: Final = (
+    "insert into catalogue_versions (tool_id, key, position, upstream_version_id, source_ids,"
+    " conflict)" + _SINGLE_VERSIONS
+)
+_STAGE_SINGLE_VERSIONS: Final = (
+    "insert into merge_new_versions (tool_id, key, position, upstream_version_id, source_ids,"
+    " conflict)" + _SINGLE_VERSIONS
+)
 _TOOL_COLUMNS: Final = ["id", "sort_key", "primary_member_id", "conflicts"]
 _MEMBER_COLUMNS: Final = ["upstream_tool_id", "tool_id", "joined_by"]
 _VERSION_COLUMNS: Final = [
@@ -702,6 +732,7 @@ async def _insert(
     await conn.copy_records_to_table(
         "catalogue_versions", records=versions, columns=_VERSION_COLUMNS
     )
+    await conn.execute(_INSERT_SINGLE_VERSIONS)
 
 
 _ANALYZE_CATALOGUE: Final = "analyze catalogue_tools, catalogue_members, catalogue_versions"
@@ -791,6 +822,7 @@ async def _replace(
     await conn.copy_records_to_table(
         "merge_new_versions", records=versions, columns=_VERSION_COLUMNS
     )
+    await conn.execute(_STAGE_SINGLE_VERSIONS)
     await conn.execute(_ANALYZE_NEW)
     await conn.execute(_DROP_RELEASED, released)
     for current, wanted in renames:
