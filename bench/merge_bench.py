@@ -129,14 +129,19 @@ async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
         """insert into upstream_versions (upstream_tool_id, key, external_id, position, doc)
            select id, '1.0', '1.0', 0, '{"id": "1.0", "name": "1.0"}' from upstream_tools"""
     )
+    # Queued for the merge, as a publish queues new records.
+    await conn.execute("insert into merge_queue select id from upstream_tools")
     await conn.execute("vacuum analyze")
     print(f"db n={n}: loaded in {time.perf_counter() - t0:.1f}s")
     for label, full, change in (("full", True, 0), ("incremental 1%", False, n // 100)):
         if change:
             await conn.execute(
-                """update upstream_tools set merge_dirty = true,
-                       doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
-                   where id in (select id from upstream_tools order by random() limit $1)""",
+                """with changed as (
+                       update upstream_tools
+                       set doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
+                       where id in (select id from upstream_tools order by random() limit $1)
+                       returning id)
+                   insert into merge_queue select id from changed""",
                 change,
             )
         t = time.perf_counter()

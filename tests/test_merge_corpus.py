@@ -72,7 +72,8 @@ def test_engine_precision_and_recall() -> None:
 
 
 async def load(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], records: list[Record]) -> None:
-    """Insert the corpus as published upstream records (one version per descriptor)."""
+    """Insert the corpus as published upstream records (one version per descriptor), queued
+    for the merge as a publish queues them."""
     ids = {}
     for name, priority in PRIORITY.items():
         ids[name] = await conn.fetchval(
@@ -91,6 +92,7 @@ async def load(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], records: list[
             r.external_id,
             doc,
         )
+        await conn.execute("insert into merge_queue values ($1)", tool)
         for n, (path, lang, data) in enumerate(r.descriptors):
             version = await conn.fetchval(
                 """insert into upstream_versions (upstream_tool_id, key, external_id, position, doc)

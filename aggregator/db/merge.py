@@ -1,6 +1,6 @@
 """Running the merge against the database: evidence, affected components, the catalogue rows.
 
-After every publish, only the upstream tools marked ``merge_dirty`` (new, changed, or whose
+After every publish, only the upstream tools in ``merge_queue`` (new, changed, or whose
 liveness changed) and everything their evidence reaches are re-merged; the result is the same
 as a full re-merge (tested), which ``full=True`` performs.
 """
@@ -66,7 +66,9 @@ select '#upstream/' || u.name || '/' || t.external_id as qualified, t.id
 from upstream_tools t join upstreams u on u.id = t.upstream_id
 where '#upstream/' || u.name || '/' || t.external_id = any($1::text[])
 """
-_MARK_DIRTY: Final = "update upstream_tools set merge_dirty = true where id = any($1::bigint[])"
+_MARK_DIRTY: Final = """
+insert into merge_queue (upstream_tool_id) select unnest($1::bigint[]) on conflict do nothing
+"""
 
 
 async def save_merge_rules(
@@ -106,11 +108,9 @@ async def _load_rules(conn: Connection) -> tuple[Rules, dict[int, set[int]]]:
 
 
 _ALL_TOOLS: Final = "select id from upstream_tools"
-_DIRTY_TOOLS: Final = "select id from upstream_tools where merge_dirty"
+_DIRTY_TOOLS: Final = "select upstream_tool_id as id from merge_queue"
 _ANALYZE_EVIDENCE: Final = "analyze tool_evidence"
-_CLEAR_DIRTY: Final = """
-update upstream_tools set merge_dirty = false where id = any($1::bigint[]) and merge_dirty
-"""
+_CLEAR_DIRTY: Final = "delete from merge_queue where upstream_tool_id = any($1::bigint[])"
 
 
 async def remerge(
