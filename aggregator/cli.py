@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "harvest" and args.queue:
             return asyncio.run(cmd_request_harvest(config, args.names))
         if args.command == "harvest":
-            return asyncio.run(cmd_harvest(config, args.names))
+            return run_loop(cmd_harvest(config, args.names))
         if args.command == "merge":
             return asyncio.run(cmd_merge(config, full=args.full))
         if args.command == "export":
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(cmd_export(config, args.directory, public_url=args.public_url))
         if args.command == "worker":
-            return asyncio.run(serve_forever(config, api=False, worker=True))
+            return run_loop(serve_forever(config, api=False, worker=True))
         harvest = args.command == "run"
         processes = api_processes(config, args.workers)
         if processes == 1:
