@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -174,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "harvest" and args.queue:
             return asyncio.run(cmd_request_harvest(config, args.names))
         if args.command == "harvest":
-            return asyncio.run(cmd_harvest(config, args.names))
+            # What the imports made lives as long as the process: keep it out of the
+            # collector's full passes, which a large crawl would otherwise pay for again and
+            # again.
+            gc.freeze()
+            return run_loop(cmd_harvest(config, args.names))
         if args.command == "merge":
             return asyncio.run(cmd_merge(config, full=args.full))
         if args.command == "export":
@@ -182,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(cmd_export(config, args.directory, public_url=args.public_url))
         if args.command == "worker":
-            return asyncio.run(serve_forever(config, api=False, worker=True))
+            gc.freeze()  # as for harvest
+            return run_loop(serve_forever(config, api=False, worker=True))
         harvest = args.command == "run"
         processes = api_processes(config, args.workers)
         if processes == 1:

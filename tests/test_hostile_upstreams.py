@@ -208,6 +208,19 @@ async def test_policy_refuses_other_schemes_origins_and_private_literals() -> No
     with pytest.raises(Refused):
         policy.decide("https://user:pw@reg.example:8443/x")
     assert not policy.decide("https://zenodo.org/x", "file").credentials
+    # The origin with its default port, written either way; nothing else that starts alike.
+    default = EgressPolicy("https://reg.example/ga4gh/trs/v2")
+    assert default.decide("https://reg.example/x").credentials
+    assert default.decide("https://REG.example:443/x").credentials
+    for url in (
+        "https://reg.example.evil.test/x",
+        "https://reg.example@evil.test/x",
+        "https://reg.example:443@evil.test/x",
+        "https://reg.example:4430/x",
+        "http://reg.example/x",
+    ):
+        with pytest.raises(Refused):
+            default.decide(url)
     for private in (
         "http://169.254.169.254/",
         "http://[::1]/",

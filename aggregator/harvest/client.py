@@ -28,7 +28,14 @@ from aggregator.errors import (
     UpstreamUnavailable,
 )
 from aggregator.harvest import records
-from aggregator.harvest.egress import EgressPolicy, PublicResolver, Purpose, Refused, RefusedAddress
+from aggregator.harvest.egress import (
+    Decision,
+    EgressPolicy,
+    PublicResolver,
+    Purpose,
+    Refused,
+    RefusedAddress,
+)
 
 log = structlog.get_logger()
 
@@ -107,8 +114,12 @@ class Response:
         """Decode the body as one record: InvalidUpstreamData when any part of it cannot be
         stored and served (a NUL character, invalid UTF-8, a number out of range, nesting
         too deep)."""
-        value = self.json()
-        why = records.problem(value)
+        try:
+            value, why = records.record_problem(self.body)
+        except orjson.JSONDecodeError as e:
+            raise InvalidUpstreamData(
+                f"malformed JSON from {self.url}: {e}", url=self.url
+            ) from None
         if why is not None:
             raise InvalidUpstreamData(f"refused the answer of {self.url}: {why}", url=self.url)
         return value
@@ -188,12 +199,17 @@ class UpstreamClient:
         """
         if self.tripped:
             raise CircuitOpen(self.tripped, url=url)
-        self.policy.decide(url, purpose)
+        decision = self.policy.decide(url, purpose)
         attempt = 0
         while True:
             try:
                 response = await self._get_once(
-                    url, params=params, accept=accept, validators=validators, purpose=purpose
+                    url,
+                    decision,
+                    params=params,
+                    accept=accept,
+                    validators=validators,
+                    purpose=purpose,
                 )
             except (
                 TimeoutError,
@@ -311,6 +327,7 @@ class UpstreamClient:
     async def _get_once(
         self,
         url: str,
+        decision: Decision,
         *,
         params: Mapping[str, str] | None,
         accept: str,
@@ -320,7 +337,6 @@ class UpstreamClient:
         base_headers = {"Accept": accept}
         if validators is not None:
             base_headers.update(validators.headers())
-        decision = self.policy.decide(url, purpose)
         async with self._semaphore:
             for _ in range(MAX_REDIRECTS + 1):
                 await self._wait_turn()

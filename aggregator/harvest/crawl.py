@@ -40,7 +40,12 @@ STAGE_BATCH_BYTES: Final = 8 * 1024 * 1024
 
 
 class Stager:
-    """Writes a run's staged tools in batches, so memory holds one batch, not the upstream."""
+    """Writes a run's staged tools in batches, so memory holds two batches, not the upstream.
+
+    A full batch is written in the background while the crawl fills the next; the next full
+    batch waits until the one before is written (back-pressure). A write that failed fails
+    the next ``add`` or ``flush``.
+    """
 
     def __init__(self, pool: asyncpg.Pool[Any], run_id: int) -> None:
         self.pool = pool
@@ -48,23 +53,47 @@ class Stager:
         self._buffer: list[StagedTool] = []
         self._bytes = 0
         self._lock = asyncio.Lock()
+        self._writing: asyncio.Task[None] | None = None
+
+    def _full(self) -> bool:
+        return len(self._buffer) >= STAGE_BATCH or self._bytes >= STAGE_BATCH_BYTES
 
     async def add(self, tool: StagedTool) -> None:
-        """Stage *tool*; waits while a full batch is written (back-pressure)."""
+        """Stage *tool*; waits while the batch before a full one is still being written."""
         self._buffer.append(tool)
         self._bytes += sum(
             len(f.content) for v in tool.versions for f in v.files if f.content is not None
         )
-        if len(self._buffer) >= STAGE_BATCH or self._bytes >= STAGE_BATCH_BYTES:
-            await self.flush()
+        if self._full():
+            async with self._lock:
+                if self._full():  # another caller may have taken the batch meanwhile
+                    await self._written()
+                    batch, self._buffer, self._bytes = self._buffer, [], 0
+                    self._writing = asyncio.create_task(self._write(batch))
 
     async def flush(self) -> None:
-        """Write whatever is buffered."""
+        """Write whatever is buffered, and wait until every batch is written."""
         async with self._lock:
+            await self._written()
             batch, self._buffer, self._bytes = self._buffer, [], 0
-            if batch:
-                async with self.pool.acquire() as conn:
-                    await stage_tools(conn, self.run_id, batch)
+            await self._write(batch)
+
+    async def settle(self) -> None:
+        """Wait for a batch still being written, ignoring its failure (for a run that already
+        failed: nothing is written after it ends)."""
+        task, self._writing = self._writing, None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _written(self) -> None:
+        task, self._writing = self._writing, None
+        if task is not None:
+            await task
+
+    async def _write(self, batch: list[StagedTool]) -> None:
+        if batch:
+            async with self.pool.acquire() as conn:
+                await stage_tools(conn, self.run_id, batch)
 
 
 class RunBudgetExhausted(AggregatorError):
@@ -171,6 +200,8 @@ class Crawl:
             await self.stager.flush()
         except (AggregatorError, aiohttp.ClientError, asyncpg.PostgresError, OSError) as e:
             r.error = str(e) or type(e).__name__
+        finally:
+            await self.stager.settle()
         if self.client.tripped:
             r.upstream_down = True
             if r.error is None or not r.error.startswith("stopped after"):

@@ -77,6 +77,9 @@ class Decision:
     trusted_host: bool
 
 
+_OWN_ORIGIN: Final = Decision(credentials=True, trusted_host=True)
+
+
 def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -123,6 +126,15 @@ class EgressPolicy:
         if origin is None:
             raise ValueError(f"not an http(s) URL: {upstream_url!r}")
         self.origin = origin
+        # URLs that start with one of these are on the upstream's own origin, with nothing
+        # between the authority and the path (no user-info): the usual case, told without
+        # parsing (anything else is parsed below).
+        authority = _bracketed(origin.host)
+        self._own_prefixes = (f"{origin}/",) + (
+            (f"{origin.scheme}://{authority}/",)
+            if origin.port == _DEFAULT_PORTS[origin.scheme]
+            else ()
+        )
         self._file_names, self._file_networks = _host_entries(file_hosts)
         self._redirect_names, _ = _host_entries(redirect_hosts)
 
@@ -137,6 +149,8 @@ class EgressPolicy:
         Refused saying why not; a host that is neither the upstream's nor listed by the
         operator must also resolve to public addresses (see ``address_allowed``).
         """
+        if url.startswith(self._own_prefixes):
+            return _OWN_ORIGIN
         o = Origin.of(url)
         if o is None:
             raise Refused(f"refused {url!r}: only http(s) URLs are fetched", url=url)
@@ -147,7 +161,7 @@ class EgressPolicy:
         if userinfo:
             raise Refused(f"refused a URL with user-info ({o}): credentials in URLs", url=url)
         if o == self.origin:
-            return Decision(credentials=True, trusted_host=True)
+            return _OWN_ORIGIN
         own_host = o.host == self.origin.host
         if purpose == "api":
             raise Refused(

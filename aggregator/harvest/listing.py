@@ -78,11 +78,10 @@ class Listing:
                 tools.append(listed)
             yield tools
 
-    def _read(self, item: Any) -> ListedTool | None:
-        if isinstance(item, tuple):  # a page answered 304: replayed
-            tool_id, lhash = item
-            return ListedTool(tool_id, lhash, None, trusted=False)
-        lhash = listing_hash(self.upstream.mode, item)
+    def _read(self, entry: tuple[Any, str, bool]) -> ListedTool | None:
+        item, lhash, replayed = entry
+        if replayed:  # a page answered 304: *item* is the tool's id
+            return ListedTool(item, lhash, None, trusted=False)
         try:
             doc = read_tool(item, self.quirks)
         except InvalidUpstreamData as e:
@@ -127,8 +126,9 @@ class Listing:
             self.unchanged(t, h) for t, h in zip(page.tool_ids, page.listing_hashes, strict=True)
         )
 
-    async def _pages(self) -> AsyncIterator[list[Any]]:
-        """Every page of /tools: raw entries, or (id, listing hash) pairs of a 304 page."""
+    async def _pages(self) -> AsyncIterator[list[tuple[Any, str, bool]]]:
+        """Every page of /tools: (raw entry, its listing hash, False) for each tool, or (id,
+        listing hash, True) for each tool of a page that answered 304."""
         url: str | None = f"{self.upstream.url}/tools"
         params: dict[str, str] | None = {"limit": str(self.upstream.page_size)}
         fetched: set[str] = set()
@@ -165,7 +165,10 @@ class Listing:
                     if not next_page
                     else dataclasses.replace(stored, next_page=urljoin(response.url, next_page))
                 )
-                items: list[Any] = list(zip(stored.tool_ids, stored.listing_hashes, strict=True))
+                items: list[tuple[Any, str, bool]] = [
+                    (t, h, True)
+                    for t, h in zip(stored.tool_ids, stored.listing_hashes, strict=True)
+                ]
                 ids = set(stored.tool_ids)
             else:
                 body = response.json()
@@ -174,7 +177,8 @@ class Listing:
                         f"/tools did not answer a JSON array ({response.url})", url=response.url
                     )
                 body = self._screened(body)
-                items = body
+                hashes = [listing_hash(self.upstream.mode, t) for t in body]
+                items = [(t, h, False) for t, h in zip(body, hashes, strict=True)]
                 listed_ids = [listed_tool_id(t) or "" for t in body]
                 ids = set(listed_ids)
                 next_page = response.headers.get("next_page")
@@ -184,7 +188,7 @@ class Listing:
                     response.validators.last_modified,
                     urljoin(response.url, next_page) if next_page else None,
                     listed_ids,
-                    [listing_hash(self.upstream.mode, t) for t in body],
+                    hashes,
                 )
             if items and ids <= ids_seen:
                 raise InvalidUpstreamData(

@@ -29,13 +29,36 @@ def loads(body: bytes) -> Any:
     surrogates, numbers at full range) so that ``problem`` can refuse the records that carry
     them and keep the rest. Raises ValueError (orjson's) when the document is not JSON at all.
     """
+    return decode(body)[0]
+
+
+def decode(body: bytes) -> tuple[Any, bool]:
+    """``loads``, and whether orjson read *body* strictly (then every string in it is valid
+    UTF-8 and every number finite and in range: see ``plain``)."""
     try:
-        return orjson.loads(body)
+        return orjson.loads(body), True
     except orjson.JSONDecodeError as strict:
         try:
-            return json.loads(body.decode("utf-8", "surrogateescape"))
+            return json.loads(body.decode("utf-8", "surrogateescape")), False
         except (ValueError, RecursionError):
             raise strict from None
+
+
+def plain(body: bytes) -> bool:
+    r"""Whether a JSON text that orjson read strictly holds nothing ``problem`` refuses, seen
+    from its bytes alone: no NUL (in JSON only the escape ``\u0000`` makes one) and too few
+    brackets to nest deeper than ``MAX_DEPTH``. False says nothing: check the value."""
+    return b"\\u0000" not in body and body.count(b"[") + body.count(b"{") <= MAX_DEPTH
+
+
+def record_problem(body: bytes) -> tuple[Any, str | None]:
+    """Decode *body* as one record: its value and why it cannot be stored (None when it can).
+
+    Raises ValueError (orjson's) when it is not JSON at all."""
+    value, strict = decode(body)
+    if strict and plain(body):
+        return value, None
+    return value, problem(value)
 
 
 def _string_problem(s: str) -> str | None:
