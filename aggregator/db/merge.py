@@ -43,9 +43,9 @@ log = structlog.get_logger()
 ANALYZE_AFTER: Final = 500
 # Records merged at once: a larger merge (a full one, a first publish) is cut into slices of
 # whole components, each loaded, merged and written in turn, so that memory stays bounded.
-SLICE_RECORDS: Final = 20_000
+SLICE_RECORDS: Final = 25_000
 # Records whose evidence is recomputed at once.
-EVIDENCE_BATCH: Final = 20_000
+EVIDENCE_BATCH: Final = 25_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,16 +457,16 @@ async def _slices(
 
 _NODES: Final = """
 select t.id, u.name, u.priority, t.external_id,
-       coalesce(array_agg(e.kind) filter (where e.kind is not null), '{}') as kinds,
-       coalesce(array_agg(e.value) filter (where e.kind is not null), '{}') as vals,
-       coalesce(array_agg(k.identifying is true) filter (where e.kind is not null), '{}')
-           as judged
+       coalesce(e.kinds, '{}') as kinds, coalesce(e.vals, '{}') as vals,
+       coalesce(e.judged, '{}') as judged
 from upstream_tools t
 join upstreams u on u.id = t.upstream_id
-left join tool_evidence e on e.upstream_tool_id = t.id
-left join merge_keys k on k.kind = e.kind and k.value = e.value
+cross join lateral (
+    select array_agg(e.kind) as kinds, array_agg(e.value) as vals,
+           array_agg(k.identifying is true) as judged
+    from tool_evidence e left join merge_keys k on k.kind = e.kind and k.value = e.value
+    where e.upstream_tool_id = t.id) as e
 where t.id = any($2::bigint[]) and upstream_tool_live(t.missed_listings, $1)
-group by t.id, u.name, u.priority, t.external_id
 """
 
 
