@@ -280,8 +280,9 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.admin, self.db, self.period = pid, admin, db, period
         self.done = threading.Event()
-        #: phase: [seconds, peak RSS in KiB]
-        self.phases: dict[str, list[float]] = {p: [0.0, 0] for p in PHASES}
+        #: phase: [seconds, peak RSS in KiB, CPU seconds of the harvest]
+        self.phases: dict[str, list[float]] = {p: [0.0, 0, 0.0] for p in PHASES}
+        self._ticks = os.sysconf("SC_CLK_TCK")
 
     def _rss(self, pid: int) -> int:
         try:
@@ -292,6 +293,15 @@ class Sampler(threading.Thread):
         except OSError:
             pass
         return 0
+
+    def _cpu(self, pid: int) -> float:
+        """User and system seconds of *pid* so far."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / self._ticks
 
     def _child(self) -> int | None:
         """The harvest: the only child of GNU time."""
@@ -309,14 +319,16 @@ class Sampler(threading.Thread):
         import asyncpg
 
         conn = await asyncpg.connect(self.admin)
-        phase, child = "crawl", None
+        phase, child, cpu = "crawl", None, 0.0
         try:
             while not self.done.is_set():
                 if child is None:
                     child = self._child()
+                before, cpu = cpu, self._cpu(child) if child else 0.0
                 rows = await conn.fetch(
                     "select query from pg_stat_activity where datname = $1 "
-                    "and state = 'active' and pid <> pg_backend_pid()",
+                    "and state = 'active' and backend_type = 'client backend' "
+                    "and pid <> pg_backend_pid()",
                     self.db,
                 )
                 for r in rows:
@@ -325,13 +337,19 @@ class Sampler(threading.Thread):
                 seen = self.phases[phase]
                 seen[0] += self.period
                 seen[1] = max(seen[1], rss)
+                seen[2] += max(0.0, cpu - before)
                 await asyncio.sleep(self.period)
         finally:
             await conn.close()
 
-    def summary(self) -> dict[str, tuple[float, int]]:
-        """Seconds and peak RSS in MiB of each phase seen."""
-        return {p: (round(s, 1), round(r / 1024)) for p, (s, r) in self.phases.items() if s}
+    def summary(self) -> dict[str, tuple[float, int, int]]:
+        """Seconds, peak RSS in MiB and the harvest's CPU use (% of one core) of each phase
+        seen."""
+        return {
+            p: (round(s, 1), round(r / 1024), round(100 * c / s))
+            for p, (s, r, c) in self.phases.items()
+            if s
+        }
 
 
 def run_timed(
@@ -340,9 +358,9 @@ def run_timed(
     *,
     cwd: Path | None = None,
     sample: tuple[str, str] | None = None,
-) -> tuple[float, int, str, dict[str, tuple[float, int]]]:
+) -> tuple[float, int, str, dict[str, tuple[float, int, int]]]:
     """Run *args* under GNU time in *cwd*; return wall seconds, peak RSS in KiB, stdout and,
-    with *sample* (admin DSN, database), seconds and peak RSS by phase."""
+    with *sample* (admin DSN, database), seconds, peak RSS and CPU use by phase."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         ["/usr/bin/time", "-v", *args],
@@ -501,10 +519,10 @@ def main() -> None:
         )
         print(
             "round | tree | reference s | harvest s | ratio | peak RSS MiB | re-harvest s | "
-            "speed-up | phases: s (peak MiB)"
+            "speed-up | phases: s (peak MiB, harvest CPU %)"
         )
         for r in results:
-            phases = ", ".join(f"{p} {s:.0f} ({m})" for p, (s, m) in r["phases"].items())
+            phases = ", ".join(f"{p} {s:.0f} ({m}, {c}%)" for p, (s, m, c) in r["phases"].items())
             print(
                 f"{r['round']} | {r['tree']} | {r['reference_s']:.1f} | {r['harvest_s']:.1f} | "
                 f"{r['throughput_ratio']:.2f} | {r['harvest_rss_mib']:.0f} | "
