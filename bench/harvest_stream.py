@@ -319,9 +319,10 @@ class Sampler(threading.Thread):
         import asyncpg
 
         conn = await asyncpg.connect(self.admin)
-        phase, child, cpu = "crawl", None, 0.0
+        phase, child, cpu, now = "crawl", None, 0.0, time.perf_counter()
         try:
             while not self.done.is_set():
+                then, now = now, time.perf_counter()
                 if child is None:
                     child = self._child()
                 before, cpu = cpu, self._cpu(child) if child else 0.0
@@ -335,7 +336,7 @@ class Sampler(threading.Thread):
                     phase = phase_of(r["query"], phase)
                 rss = self._rss(child) if child else 0
                 seen = self.phases[phase]
-                seen[0] += self.period
+                seen[0] += now - then
                 seen[1] = max(seen[1], rss)
                 seen[2] += max(0.0, cpu - before)
                 await asyncio.sleep(self.period)
