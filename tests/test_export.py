@@ -23,6 +23,7 @@ from aggregator.db.pool import create_pool
 from aggregator.demo.registry import STATE, make_registry_app
 from aggregator.export import export
 from tests.conftest import database_copy
+from tests.plain_static import serve_folder
 from tests.support import catalogue, config_for, cwl_tool, fetch, harvest
 from tests.test_cwltool import cwltool_validate
 
@@ -207,14 +208,13 @@ async def test_export_is_what_the_api_serves_and_rewrites_incrementally(
 async def test_export_harvested_back_gives_the_same_catalogue(
     setup: dict[str, Any], tmp_path: Path, pg_admin_dsn: str, template_db: str
 ) -> None:
-    static = TestServer(static_app(tmp_path / "tree"), host="127.0.0.1")
-    await static.start_server()
-    public = str(static.make_url("")).rstrip("/")
-    try:
-        await export(setup["config"], tmp_path / "tree", public_url=public)
+    # The tree as `python -m http.server` serves it: no TRS routing, directory listings for
+    # folders; read back with the static upstream kind.
+    await export(setup["config"], tmp_path / "tree", public_url="https://mirror.example")
+    with serve_folder(tmp_path / "tree") as (origin, requests):
         async with database_copy(pg_admin_dsn, template_db) as dsn:
             upstream = UpstreamConfig(
-                name="exported", url=public + TRS, kind=_STATIC_KIND, retries=1, timeout_s=10
+                name="exported", url=origin, kind="static", retries=1, timeout_s=10
             )
             config = dataclasses.replace(setup["config"], upstreams=(upstream,))
             config = dataclasses.replace(
@@ -225,20 +225,21 @@ async def test_export_harvested_back_gives_the_same_catalogue(
                 outcomes = await harvest(pool, config)
             finally:
                 await pool.close()
-            assert outcomes["exported"].status == "succeeded", outcomes
+            assert outcomes["exported"].status == "succeeded", (outcomes, requests)
 
-            query = """select c.id, cv.key, f.path, f.file_type, f.sha256
+            # The same tools, ids, versions, files and checksums.
+            query = """select c.id, cv.key, v.external_id, f.descriptor_type, f.path,
+                              f.file_type, f.sha256
                        from catalogue_tools c join catalogue_versions cv on cv.tool_id = c.id
+                       join upstream_versions v on v.id = cv.upstream_version_id
                        join upstream_files f on f.upstream_version_id = cv.upstream_version_id
-                       order by 1, 2, 3"""
+                       order by 1, 2, 4, 5"""
             original = [tuple(r) for r in await fetch(setup["dsn"], query)]
             again = [tuple(r) for r in await fetch(dsn, query)]
             assert again == original
-            assert len({r[0] for r in again}) == 2
-    finally:
-        await static.close()
-
-
-# The static tree is read back as a TRS API (it answers the same paths); with the static
-# upstream kind, as one.
-_STATIC_KIND = "trs"
+            assert {r[0] for r in again} == set(IDS)
+            aliases = """select c.id, t.doc->'aliases' from catalogue_tools c
+                         join upstream_tools t on t.id = c.primary_member_id order by 1"""
+            assert [tuple(r) for r in await fetch(dsn, aliases)] == [
+                tuple(r) for r in await fetch(setup["dsn"], aliases)
+            ]

@@ -45,8 +45,11 @@ class StaticTreeClient(UpstreamClient):
         if plain != base and not plain.startswith(base + "/"):
             return None
         path = plain[len(base) :].strip("/")
-        last = path.rsplit("/", 1)[-1]
-        if last.endswith(".json"):
+        segments = path.split("/")
+        # A JSON file of the tree (``yevis-metadata.json``) is read as it is; but a descriptor
+        # route's relative path may end in .json too (``…/descriptor/tests/job.json``), and
+        # that is a TRS path with its own index.json.
+        if segments[-1].endswith(".json") and "descriptor" not in segments[:-1]:
             return None
         stem = f"{base}/{path}" if path else base
         return [f"{stem}/{INDEX}", stem]
