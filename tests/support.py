@@ -15,9 +15,12 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from aggregator.api.cache import RESPONSE_CACHE
 from aggregator.config import Config, DatabaseConfig, UpstreamConfig
+from aggregator.db.generation import catalogue_generation
 from aggregator.harvest.crawl import RunOutcome
 from aggregator.harvest.runner import harvest_upstreams, make_session
 
@@ -209,3 +212,17 @@ def upstream_toml(name: str, server: TestServer, **keys: Any) -> list[str]:
         **keys,
     }
     return ["", "[[upstreams]]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+
+
+async def caught_up(app: web.Application, pool: asyncpg.Pool[Any]) -> None:
+    """Wait until *app*'s response cache knows the catalogue generation the database holds: an
+    API process hears of a publish asynchronously, so an answer asked for right after one may
+    still be the cached answer of the generation before."""
+    async with pool.acquire() as conn:
+        generation = await catalogue_generation(conn)
+
+    async def heard() -> bool:
+        known = app[RESPONSE_CACHE].generation
+        return known is not None and known >= generation
+
+    await eventually(heard, what=f"the API hearing of generation {generation}")

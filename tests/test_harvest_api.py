@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from aggregator.app import create_app
 from aggregator.config import Config
 from aggregator.demo.registry import REQUESTS, STATE, make_registry_app
-from tests.support import catalogue, config_for, cwl_tool, harvest, with_priority
+from tests.support import catalogue, caught_up, config_for, cwl_tool, harvest, with_priority
 
 DOCKSTORE_ID = "#workflow/github.com/org/repo"
 TRS = "/ga4gh/trs/v2"
@@ -221,8 +221,10 @@ async def test_missing_tool_is_tombstoned_then_removed_after_n_listings(
     upstream.app[STATE].catalogue = catalogue([cwl_tool("a")])
     outcome = (await harvest(pool, config))["up"]
     assert outcome.counts.tools_tombstoned == 1
+    await caught_up(client.server.app, pool)
     assert (await client.get(f"{TRS}/tools/b")).status == 200
     await harvest(pool, config)
+    await caught_up(client.server.app, pool)
     r = await client.get(f"{TRS}/tools/b")
     assert r.status == 404 and (await r.json())["code"] == 404
     assert (
@@ -231,6 +233,7 @@ async def test_missing_tool_is_tombstoned_then_removed_after_n_listings(
     )
     upstream.app[STATE].catalogue = catalogue([cwl_tool("a"), cwl_tool("b")])
     await harvest(pool, config)
+    await caught_up(client.server.app, pool)
     assert (await client.get(f"{TRS}/tools/b")).status == 200
 
 

@@ -90,6 +90,7 @@ class Entry:
         "headers",
         "route",
         "status",
+        "wire_head",
     )
 
     def __init__(
@@ -108,6 +109,8 @@ class Entry:
         self.gzipped: Entry | None = None
         #: The route template that rendered it, once known (for the request metrics).
         self.route: str | None = None
+        #: Its status line and fixed headers as sent on the wire, once made (api.fastpath).
+        self.wire_head: bytes | None = None
         self.compressible = (
             len(body) >= GZIP_MIN_BYTES
             and "Content-Encoding" not in headers

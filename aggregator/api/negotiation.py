@@ -7,13 +7,22 @@ from aiohttp import web
 
 def wants_zip(request: web.BaseRequest) -> bool:
     """Whether the Accept header asks for a zip (and not for JSON)."""
-    accept = request.headers.get("Accept", "")
+    return accept_wants_zip(request.headers.get("Accept", ""))
+
+
+def accept_wants_zip(accept: str) -> bool:
+    """Whether an Accept header's value asks for a zip (and not for JSON)."""
     return "application/zip" in accept and "application/json" not in accept
 
 
 def accepts_gzip(request: web.BaseRequest) -> bool:
     """Whether Accept-Encoding allows gzip (``gzip`` or ``*`` without ``q=0``)."""
-    for part in request.headers.get("Accept-Encoding", "").split(","):
+    return encoding_allows_gzip(request.headers.get("Accept-Encoding", ""))
+
+
+def encoding_allows_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header's value allows gzip."""
+    for part in accept_encoding.split(","):
         coding, _, params = part.partition(";")
         if coding.strip().lower() in ("gzip", "*"):
             q = params.strip().removeprefix("q=")
