@@ -196,11 +196,13 @@ class _Children:
         try:
             watch = asyncio.create_task(self.watch())
             waiting = asyncio.create_task(done.wait())
-            await asyncio.wait(
-                {watch, waiting}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in (watch, waiting):
-                task.cancel()
+            try:
+                await asyncio.wait(
+                    {watch, waiting}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in (watch, waiting):
+                    task.cancel()
         finally:
             loop.remove_reader(fd)
             os.close(fd)

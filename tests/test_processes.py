@@ -85,6 +85,7 @@ async def serve(tmp_path: Path, dsn: str, workers: int) -> AsyncIterator[Service
         await asyncio.wait(
             {waiting, service.reader}, timeout=TIMEOUT, return_when="FIRST_COMPLETED"
         )
+        waiting.cancel()
         assert service.listening.is_set(), f"never listened: {service.lines}"
         yield service
     finally:

@@ -393,9 +393,11 @@ class GenerationWatcher:
         while True:
             self._wake.clear()
             waits = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(self._wake.wait())]
-            await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
+            try:
+                await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # cancelled too when this watcher is
+                for w in waits:
+                    w.cancel()
             if lost.is_set():
                 raise ConnectionResetError("the listening connection was closed")
             generation = await catalogue_generation(reader, timeout=self.poll_s)
