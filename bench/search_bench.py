@@ -319,6 +319,12 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{phase}: API / bare client p50 {pct(a, 50) / pct(r, 50):.2f}, "
                 f"p99 {pct(a, 99) / pct(r, 99):.2f}"
             )
+        # The queries behind the cold tail: their place in the run (the first ones meet an
+        # empty cache) and their cold times through the API.
+        slowest = sorted(range(len(qs)), key=lambda i: -times["api_cold"][i])[:6]
+        print("slowest cold (API):")
+        for i in slowest:
+            print(f"  #{i} {qs[i]} {times['api_cold'][i] * 1000:.1f} ms")
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from aggregator.db import search as db_search
+from aggregator.db.pool import create_pool
 from tests.populated import CHECKED, TRS, Api
 
 SEARCH = "/aggregator/v1/search"
@@ -66,6 +68,7 @@ async def test_filters_agree_with_tools_filters(trs: Api) -> None:
     assert {h["id"] for h in body["hits"]} == await tools_ids(trs, toolClass="Workflow")
     body = await search(trs, hasChecker="true")
     assert [h["id"] for h in body["hits"]] == [CHECKED]
+    assert everything["facets_estimated"] is False
     assert everything["facets"]["has_checker"] == {
         "true": 1,
         "false": everything["total"] - 1,
@@ -85,6 +88,8 @@ async def test_upstream_filter_and_facet(trs: Api) -> None:
     cwl = await search(trs, descriptorType="CWL")
     assert set(cwl["facets"]["descriptor_type"]) >= {"CWL"}
     assert sum(cwl["facets"]["has_checker"].values()) == cwl["total"]
+    bare = await search(trs, descriptorType="CWL", facets="false")
+    assert "facets" not in bare and "facets_estimated" not in bare
 
 
 async def test_keyset_pages_cover_every_hit_once(trs: Api) -> None:
@@ -151,3 +156,34 @@ async def test_openapi_documents_search(trs: Api) -> None:
     doc = await r.json()
     params = {p["name"] for p in doc["paths"]["/search"]["get"]["parameters"]}
     assert params >= {"q", "upstream", "descriptorType", "toolClass", "organization"}
+
+
+async def test_facets_past_the_limit_are_estimated(populated_dsn: str) -> None:
+    pool = await create_pool(populated_dsn)
+    try:
+        exact = await db_search.search(pool, db_search.SearchQuery(), limit=5)
+        assert not exact.facets_estimated
+        assert sum(exact.facets["has_checker"].values()) == exact.total
+        # Past the limit, the counts come from a sample of about that many hits, scaled.
+        estimated = await db_search.search(
+            pool, db_search.SearchQuery(), limit=5, facet_exact_limit=4
+        )
+        assert estimated.facets_estimated
+        assert estimated.total == exact.total
+        assert [h.id for h in estimated.hits] == [h.id for h in exact.hits]
+        assert estimated.facets["has_checker"], "the sample holds no hit"
+        for name, counts in estimated.facets.items():
+            assert set(counts) <= set(exact.facets[name]), name
+            assert all(0 < n <= exact.total for n in counts.values()), name
+        # Every hit has one has_checker value: scaled, the sample's counts add up to the total.
+        assert abs(sum(estimated.facets["has_checker"].values()) - exact.total) <= 1
+        # The sample is chosen by the hits' ids: the same search counts the same hits.
+        again = await db_search.search(pool, db_search.SearchQuery(), limit=5, facet_exact_limit=4)
+        assert again.facets == estimated.facets
+        # A limit the hits do not exceed counts exactly.
+        same = await db_search.search(
+            pool, db_search.SearchQuery(), limit=5, facet_exact_limit=exact.total
+        )
+        assert not same.facets_estimated and same.facets == exact.facets
+    finally:
+        await pool.close()

@@ -12,6 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from aggregator.db import search as db
+from aggregator.db.search import FACET_EXACT_LIMIT
 from aggregator.errors import BadRequest
 from aggregator.keys import CONFIG, DB_POOL
 from aggregator.trs.parse import parse_descriptor_type
@@ -117,6 +118,7 @@ async def get_search(request: web.Request) -> web.Response:
     }
     if facets:
         body["facets"] = result.facets
+        body["facets_estimated"] = result.facets_estimated
     headers = {}
     if result.next_after is not None:
         cursor = encode_cursor(result.next_after)
@@ -175,7 +177,11 @@ def openapi_paths(servers: list[dict[str, str]]) -> dict[str, Any]:
                         "`true`: only tools with a checker workflow; `false`: only tools without.",
                         {"type": "boolean"},
                     ),
-                    _param("facets", "`false` leaves out the facet counts.", {"type": "boolean"}),
+                    _param(
+                        "facets",
+                        "`false` leaves out the facet counts (and `facets_estimated`).",
+                        {"type": "boolean"},
+                    ),
                     _param(
                         "limit",
                         f"Hits per page, 1 or more (default {DEFAULT_LIMIT}, at most {MAX_LIMIT}).",
@@ -190,7 +196,8 @@ def openapi_paths(servers: list[dict[str, str]]) -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "A page of hits, best first, with the total number of "
-                        "hits, the facet counts over all hits, and the URL of the next page.",
+                        "hits, the facet counts over the hits (estimated past "
+                        f"{FACET_EXACT_LIMIT:,} hits), and the URL of the next page.",
                         "headers": {
                             "Link": {
                                 "description": 'The next page: `<url>; rel="next"`.',
@@ -244,11 +251,19 @@ SCHEMAS: Final[dict[str, Any]] = {
             "facets": {
                 "type": "object",
                 "description": "Per filter (`upstream`, `descriptor_type`, `toolclass`, "
-                "`organization`, `has_checker`), how many hits have each value.",
+                "`organization`, `has_checker`), how many hits have each value: exact up to "
+                f"{FACET_EXACT_LIMIT:,} hits; above that, estimated from a sample of about "
+                f"{FACET_EXACT_LIMIT:,} hits (chosen by a hash of the tool id) scaled to the "
+                "total, and a value no sampled hit has is left out (see `facets_estimated`).",
                 "additionalProperties": {
                     "type": "object",
                     "additionalProperties": {"type": "integer"},
                 },
+            },
+            "facets_estimated": {
+                "type": "boolean",
+                "description": "Present with `facets`: true when the counts are estimates "
+                f"(more than {FACET_EXACT_LIMIT:,} hits), false when they are exact.",
             },
             "next": {"type": "string", "nullable": True, "description": "The next page."},
         },

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 MAX_QUERY_CHARS: Final = 200
 #: How much of a query word must match a name, in shared trigrams, to count as a typo of it.
 TYPO_SIMILARITY: Final = 0.4
+#: Facets are counted over every hit up to this many hits; past it, over a sample of about
+#: this many (chosen by a hash of the tool id, so independent of order and of every filter),
+#: scaled to the total, and the answer says they are estimates.
+FACET_EXACT_LIMIT: Final = 1000
 FACETS: Final = ("upstream", "descriptor_type", "toolclass", "organization", "has_checker")
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]+")
@@ -94,23 +98,38 @@ class SearchResult:
     hits: list[Hit]
     facets: dict[str, dict[str, int]] = field(default_factory=dict)
     next_after: tuple[float, str] | None = None
+    #: Whether the facet counts are estimates from a sample of the hits (see FACET_EXACT_LIMIT).
+    facets_estimated: bool = False
 
 
 _HEADLINE: Final = "StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5"
 _WORD: Final = re.compile(r"[^\W_]{3,}")
 
-# The counts of each filter value among all hits (m), as one JSON object.
+# The counts of each filter value among the hits counted (s: all hits, or a sample of them),
+# as one JSON object.
 _FACETS: Final = """jsonb_build_object(
     'upstream', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select u as k, count(*) as n from m, unnest(m.upstreams) u group by u) x),
+                 (select u as k, count(*) as n from s, unnest(s.upstreams) u group by u) x),
     'descriptor_type', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select t as k, count(*) as n from m, unnest(m.descriptor_types) t group by t) x),
+                 (select t as k, count(*) as n from s, unnest(s.descriptor_types) t group by t) x),
     'toolclass', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select c as k, count(*) as n from m, unnest(m.toolclasses) c group by c) x),
+                 (select c as k, count(*) as n from s, unnest(s.toolclasses) c group by c) x),
     'organization', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select o as k, count(*) as n from m, unnest(m.organizations) o group by o) x),
+                 (select o as k, count(*) as n from s, unnest(s.organizations) o group by o) x),
     'has_checker', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select m.has_checker::text as k, count(*) as n from m group by 1) x))"""
+                 (select s.has_checker::text as k, count(*) as n from s group by 1) x))"""
+
+# The hits whose facets are counted: all of them up to $limit, else those whose id hashes below
+# the share $limit / total of the 2^20 buckets.
+_SAMPLE: Final = """s as (select m.* from m, n
+             where n.total <= {limit}
+                or (hashtext(m.tool_id)::bigint & 1048575) < 1048576 * {limit} / n.total)"""
+
+# A search's transaction: the typo threshold, and no JIT compilation (a search over thousands
+# of hits is planned at a cost that turns it on, and compiling takes longer than the search).
+_SETTINGS: Final = (
+    f"set local pg_trgm.similarity_threshold = {TYPO_SIMILARITY}; set local jit = off"
+)
 
 
 async def search(
@@ -120,18 +139,24 @@ async def search(
     limit: int,
     after: tuple[float, str] | None = None,
     facets: bool = True,
+    facet_exact_limit: int = FACET_EXACT_LIMIT,
 ) -> SearchResult:
     """The page of *limit* hits after *after* (score, id) of *query*, best first (ties by
-    id), with the total and, when *facets*, the counts of each filter value among all hits."""
+    id), with the total and, when *facets*, the counts of each filter value among the hits:
+    exact up to *facet_exact_limit* hits, estimated from a sample of about that many above."""
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await conn.execute(f"set local pg_trgm.similarity_threshold = {TYPO_SIMILARITY}")
-        return await _search(conn, query, limit=limit, after=after, facets=facets)
+        await conn.execute(_SETTINGS)
+        return await _search(
+            conn, query, limit=limit, after=after, facets=facets, sample=facet_exact_limit
+        )
 
 
 async def corrected(conn: Any, text: str) -> str:
     """*text* with each word that is no name word of the catalogue replaced by the most
     similar one that is (unchanged when there is none)."""
-    words = sorted({w.lower() for w in _WORD.findall(text)})
+    # The lexicon holds words with a letter; a number (``104`` of ``lab-104``) is never a
+    # typo of one, and would share trigrams with thousands of ids.
+    words = sorted({w.lower() for w in _WORD.findall(text) if any(c.isalpha() for c in w)})
     if not words:
         return text
     rows = await conn.fetch(
@@ -154,6 +179,7 @@ async def _search(
     limit: int,
     after: tuple[float, str] | None,
     facets: bool,
+    sample: int,
 ) -> SearchResult:
     args: list[Any] = []
     text = sanitise(query.text)
@@ -189,6 +215,8 @@ async def _search(
             f"where (score < round(${n - 1}::float8::numeric, 6) or "
             f"(score = round(${n - 1}::float8::numeric, 6) and tool_id > ${n}))"
         )
+    args.append(max(1, sample))
+    counted_hits = _SAMPLE.format(limit=f"${len(args)}::bigint")
     args.append(limit + 1)
     rows = await conn.fetch(
         f"""with m as materialized (
@@ -196,13 +224,16 @@ async def _search(
                        d.upstreams, d.descriptor_types, d.toolclasses, d.organizations,
                        d.has_checker, {score} as score
                 from {source} where {where}),
+            n as (select count(*) as total from m),
+            {counted_hits},
             p as (select x.*, d.description
                   from (select * from m {keyset} order by score desc, tool_id
                         limit ${len(args)}) as x
                   join search_docs d on d.tool_id = x.tool_id)
-            select f.total, f.facets, p.tool_id, p.score, p.name, p.organization, p.toolclass,
-                   p.upstreams, p.descriptor_types, p.has_checker, {headline}
-            from (select (select count(*) from m) as total,
+            select f.total, f.counted, f.facets, p.tool_id, p.score, p.name, p.organization,
+                   p.toolclass, p.upstreams, p.descriptor_types, p.has_checker, {headline}
+            from (select (select total from n) as total,
+                         {"(select count(*) from s)" if facets else "0::bigint"} as counted,
                          {_FACETS if facets else "null::jsonb"} as facets) as f
             left join p on true
             order by p.score desc, p.tool_id""",
@@ -232,7 +263,15 @@ async def _search(
         result.next_after = (hits[-1].score, hits[-1].id)
     if facets and rows:
         found = rows[0]["facets"] or {}
+        counted = int(rows[0]["counted"])
+        result.facets_estimated = counted < result.total
+        # Estimates: the sample's counts scaled to the total (never above it).
+        scale = result.total / counted if result.facets_estimated and counted else 1.0
         result.facets = {
-            name: {str(k): int(v) for k, v in (found.get(name) or {}).items()} for name in FACETS
+            name: {
+                str(k): min(result.total, round(int(v) * scale))
+                for k, v in (found.get(name) or {}).items()
+            }
+            for name in FACETS
         }
     return result
