@@ -226,7 +226,7 @@ async def publish_run(
     max_per_upstream: int = 1,
     service_info: Any = None,
     tool_classes: list[dict[str, Any]] | None = None,
-    pages: Sequence[ListingPage] = (),
+    pages: list[ListingPage] | None = None,
 ) -> int:
     """Publish run *run_id* over the live records of *upstream_id*, re-merge what changed and
     announce the new generation; return it.
@@ -235,7 +235,9 @@ async def publish_run(
     Tools absent from a complete listing are tombstoned (the API hides them after
     *tombstone_after* misses); after an incomplete listing nothing is tombstoned. Fills the
     change counters of *counts*. *service_info* and *tool_classes* (None: keep what was
-    stored) and the listing *pages* with validators are stored for the next run.
+    stored) and the listing *pages* with validators are stored for the next run; *pages* is
+    emptied once they are, before the merge, which can then use that memory (a large
+    upstream's listing keeps every tool's id and listing hash).
     """
     async with conn.transaction():
         await lock_merge(conn)
@@ -247,10 +249,12 @@ async def publish_run(
         await _apply_run(
             conn, run_id, upstream_id, listing_complete=listing_complete, counts=counts
         )
+        await _save_pages(conn, upstream_id, pages or ())
+        if pages:
+            pages.clear()
         stats = await remerge(
             conn, tombstone_after=tombstone_after, max_per_upstream=max_per_upstream
         )
-        await _save_pages(conn, upstream_id, pages)
     return stats.generation
 
 
