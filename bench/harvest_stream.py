@@ -10,6 +10,14 @@ Usage::
 
     .venv/bin/python bench/harvest_stream.py --tools 100000 --rounds 2
 
+``--baseline DIR`` also runs, in each round, the harvest of another checkout (for example
+``git worktree add /tmp/base main``) against a database of its own, between the reference and
+this tree's harvest, so that a change is measured against what it changes in the same run.
+Each harvest's resident memory is sampled while it runs, with what its database sessions are
+doing, and reported by phase: ``crawl`` (listing, fetching and staging), ``publish`` (the
+staged rows written over the upstream's records), ``merge`` and ``capture`` (the generation
+bump, with the change feed and search index triggers).
+
 Needs nginx (``apt-get install nginx``) and the PostgreSQL server binaries. Everything it
 creates lives in a temporary directory and is removed at the end. Not part of the test suite.
 """
@@ -26,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -243,17 +252,199 @@ async def reference(tools: int, port: int, concurrency: int) -> None:
         await asyncio.gather(*workers)
 
 
-def run_timed(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """Run *args* under GNU time; return wall seconds, peak RSS in KiB, and stdout."""
+PHASES = ("crawl", "publish", "merge", "capture")
+
+
+def phase_of(query: str, current: str) -> str:
+    """The phase a harvest is in when one of its sessions runs *query* (the latest phase
+    seen so far is *current*: phases only go forward)."""
+    q = query.lstrip().lower()
+    if q.startswith("copy") or ("file_contents" in q and q.startswith("insert")):
+        found = "crawl"  # staging
+    elif "staged_" in q or q.startswith("analyze upstream_"):
+        found = "publish"
+    elif "catalogue_state" in q:
+        found = "capture"
+    elif current in ("publish", "merge"):
+        found = "merge"
+    else:
+        found = current
+    return max(found, current, key=PHASES.index)
+
+
+class Sampler(threading.Thread):
+    """Samples the resident memory of the harvest running under GNU time (its child *pid*)
+    and the queries its database *db* runs, every *period* seconds."""
+
+    def __init__(self, pid: int, admin: str, db: str, period: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.admin, self.db, self.period = pid, admin, db, period
+        self.done = threading.Event()
+        #: phase: [seconds, peak RSS in KiB, CPU seconds of the harvest]
+        self.phases: dict[str, list[float]] = {p: [0.0, 0, 0.0] for p in PHASES}
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def _rss(self, pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def _cpu(self, pid: int) -> float:
+        """User and system seconds of *pid* so far."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / self._ticks
+
+    def _child(self) -> int | None:
+        """The harvest: the only child of GNU time."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def run(self) -> None:
+        """Sample until ``done`` is set."""
+        asyncio.run(self._sample())
+
+    async def _sample(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.admin)
+        phase, child, cpu, now = "crawl", None, 0.0, time.perf_counter()
+        try:
+            while not self.done.is_set():
+                then, now = now, time.perf_counter()
+                if child is None:
+                    child = self._child()
+                before, cpu = cpu, self._cpu(child) if child else 0.0
+                rows = await conn.fetch(
+                    "select query from pg_stat_activity where datname = $1 "
+                    "and state = 'active' and backend_type = 'client backend' "
+                    "and pid <> pg_backend_pid()",
+                    self.db,
+                )
+                for r in rows:
+                    phase = phase_of(r["query"], phase)
+                rss = self._rss(child) if child else 0
+                seen = self.phases[phase]
+                seen[0] += now - then
+                seen[1] = max(seen[1], rss)
+                seen[2] += max(0.0, cpu - before)
+                await asyncio.sleep(self.period)
+        finally:
+            await conn.close()
+
+    def summary(self) -> dict[str, tuple[float, int, int]]:
+        """Seconds, peak RSS in MiB and the harvest's CPU use (% of one core) of each phase
+        seen."""
+        return {
+            p: (round(s, 1), round(r / 1024), round(100 * c / s))
+            for p, (s, r, c) in self.phases.items()
+            if s
+        }
+
+
+def run_timed(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    sample: tuple[str, str] | None = None,
+) -> tuple[float, int, str, dict[str, tuple[float, int, int]]]:
+    """Run *args* under GNU time in *cwd*; return wall seconds, peak RSS in KiB, stdout and,
+    with *sample* (admin DSN, database), seconds, peak RSS and CPU use by phase."""
     started = time.perf_counter()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-v", *args], capture_output=True, text=True, env=env, check=False
+    proc = subprocess.Popen(
+        ["/usr/bin/time", "-v", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
     )
+    sampler = Sampler(proc.pid, *sample) if sample else None
+    if sampler:
+        sampler.start()
+    out, err = proc.communicate()
     elapsed = time.perf_counter() - started
+    if sampler:
+        sampler.done.set()
+        sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"{args} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)[1])
-    return elapsed, rss, proc.stdout
+        raise SystemExit(f"{args} failed:\n{out}\n{err[-3000:]}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)[1])
+    return elapsed, rss, out, sampler.summary() if sampler else {}
+
+
+def harvest_round(
+    py: str,
+    tree: Path,
+    *,
+    admin: str,
+    db: str,
+    config: Path,
+    port: int,
+    args: argparse.Namespace,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """A first harvest and a re-harvest by the checkout *tree* into a new database *db*."""
+    subprocess.run(
+        [
+            py,
+            "-c",
+            f"""
+import asyncio, asyncpg
+async def go():
+    c = await asyncpg.connect({admin!r}); await c.execute('create database {db}'); await c.close()
+asyncio.run(go())""",
+        ],
+        check=True,
+    )
+    dsn = re.sub(r"/[^/?]*(\?|$)", f"/{db}\\1", admin, count=1)
+    config.write_text(f"""[database]
+url = {json.dumps(dsn)}
+pool_max = 6
+[[upstreams]]
+name = "bench"
+url = "http://127.0.0.1:{port}{TRS}"
+page_size = {PAGE}
+concurrency = {args.concurrency}
+""")
+    env = {**env, "AGGREGATOR_DATABASE_URL": dsn}
+    # Run from *tree*: its package is the one imported, its migrations the ones applied.
+    subprocess.run(
+        [py, "-m", "aggregator", "migrate", "--config", str(config)],
+        check=True,
+        env=env,
+        capture_output=True,
+        cwd=tree,
+    )
+    profile = os.environ.get("BENCH_PROFILE")
+    cmd = [py, *(["-m", "cProfile", "-o", profile] if profile else [])]
+    cmd += ["-m", "aggregator", "harvest", "--config", str(config)]
+    first_s, first_rss, out, phases = run_timed(cmd, env, cwd=tree, sample=(admin, db))
+    if profile:
+        cmd[3] = profile + ".again"
+    again_s, again_rss, out2, _ = run_timed(cmd, env, cwd=tree)
+    return {
+        "harvest_s": first_s,
+        "harvest_rss_mib": first_rss / 1024,
+        "phases": phases,
+        "reharvest_s": again_s,
+        "reharvest_rss_mib": again_rss / 1024,
+        "reharvest_speedup": first_s / again_s,
+        "harvest_summary": out.strip(),
+        "reharvest_summary": out2.strip(),
+    }
 
 
 def main() -> None:
@@ -261,6 +452,11 @@ def main() -> None:
     parser.add_argument("--tools", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout whose harvest is also run in each round, before this tree's",
+    )
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -280,40 +476,12 @@ def main() -> None:
         time.sleep(0.5)
         env = {**os.environ, "AGGREGATOR_DATABASE_URL": ""}
         py = sys.executable
+        trees = [("baseline", args.baseline)] if args.baseline else []
+        trees.append(("this tree", ROOT))
         results: list[dict[str, Any]] = []
+        databases = 0
         for n in range(args.rounds):
-            db = f"bench_{n}"
-            subprocess.run(
-                [
-                    py,
-                    "-c",
-                    f"""
-import asyncio, asyncpg
-async def go():
-    c = await asyncpg.connect({admin!r}); await c.execute('create database {db}'); await c.close()
-asyncio.run(go())""",
-                ],
-                check=True,
-            )
-            dsn = re.sub(r"/[^/?]*(\?|$)", f"/{db}\\1", admin, count=1)
-            config = work / f"agg_{n}.toml"
-            config.write_text(f"""[database]
-url = {json.dumps(dsn)}
-pool_max = 6
-[[upstreams]]
-name = "bench"
-url = "http://127.0.0.1:{port}{TRS}"
-page_size = {PAGE}
-concurrency = {args.concurrency}
-""")
-            env["AGGREGATOR_DATABASE_URL"] = dsn
-            subprocess.run(
-                [py, "-m", "aggregator", "migrate", "--config", str(config)],
-                check=True,
-                env=env,
-                capture_output=True,
-            )
-            ref_s, _, _ = run_timed(
+            ref_s, _, _, _ = run_timed(
                 [
                     py,
                     __file__,
@@ -327,52 +495,39 @@ concurrency = {args.concurrency}
                 ],
                 env,
             )
-            profile = (
-                ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
-                if os.environ.get("BENCH_PROFILE")
-                else []
-            )
-            cmd = [py, *profile, "-m", "aggregator", "harvest", "--config", str(config)]
-            first_s, first_rss, out = run_timed(cmd, env)
-            if profile:
-                cmd = [
+            for label, tree in trees:
+                databases += 1
+                db = f"bench_{databases}"
+                row = harvest_round(
                     py,
-                    "-m",
-                    "cProfile",
-                    "-o",
-                    os.environ["BENCH_PROFILE"] + ".again",
-                    "-m",
-                    "aggregator",
-                    "harvest",
-                    "--config",
-                    str(config),
-                ]
-            again_s, again_rss, out2 = run_timed(cmd, env)
-            row = {
-                "round": n + 1,
-                "reference_s": ref_s,
-                "harvest_s": first_s,
-                "harvest_rss_mib": first_rss / 1024,
-                "reharvest_s": again_s,
-                "reharvest_rss_mib": again_rss / 1024,
-                "throughput_ratio": ref_s / first_s,
-                "reharvest_speedup": first_s / again_s,
-                "harvest_summary": out.strip(),
-                "reharvest_summary": out2.strip(),
-            }
-            results.append(row)
-            print(json.dumps(row), flush=True)
+                    tree,
+                    admin=admin,
+                    db=db,
+                    config=work / f"agg_{databases}.toml",
+                    port=port,
+                    args=args,
+                    env=env,
+                )
+                row = {"round": n + 1, "tree": label, "reference_s": ref_s, **row}
+                row["throughput_ratio"] = ref_s / row["harvest_s"]
+                row["load"] = os.getloadavg()
+                results.append(row)
+                print(json.dumps(row), flush=True)
         requests = args.tools * len(TOOL_PATHS) + len(urls(args.tools, port)[0])
         print(
             f"\n{args.tools} tools, {requests} requests per first harvest, "
             f"concurrency {args.concurrency}"
         )
-        print("round | reference s | harvest s | ratio | peak RSS MiB | re-harvest s | speed-up")
+        print(
+            "round | tree | reference s | harvest s | ratio | peak RSS MiB | re-harvest s | "
+            "speed-up | phases: s (peak MiB, harvest CPU %)"
+        )
         for r in results:
+            phases = ", ".join(f"{p} {s:.0f} ({m}, {c}%)" for p, (s, m, c) in r["phases"].items())
             print(
-                f"{r['round']} | {r['reference_s']:.1f} | {r['harvest_s']:.1f} | "
+                f"{r['round']} | {r['tree']} | {r['reference_s']:.1f} | {r['harvest_s']:.1f} | "
                 f"{r['throughput_ratio']:.2f} | {r['harvest_rss_mib']:.0f} | "
-                f"{r['reharvest_s']:.1f} | {r['reharvest_speedup']:.1f}x"
+                f"{r['reharvest_s']:.1f} | {r['reharvest_speedup']:.1f}x | {phases}"
             )
     finally:
         if nginx is not None:

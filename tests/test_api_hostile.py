@@ -87,8 +87,8 @@ async def test_bad_bytes_and_out_of_range_integers_answer_400(
 
 async def test_raw_bytes_in_the_request_line_answer_400(api: TestClient[Any, Any]) -> None:
     """Bytes that are not UTF-8, sent raw rather than percent-encoded, are a 400 too: aiohttp's
-    HTTP parser refuses them before any application code runs, so that answer is aiohttp's
-    text/plain, not TRS JSON (the README says so)."""
+    HTTP parser refuses them before any application code runs (the service's own runner words
+    that answer in TRS JSON: test_wire)."""
     assert api.server.port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
     writer.write(b"GET " + TRS.encode() + b"/tools/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n")

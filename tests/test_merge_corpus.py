@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import asyncpg
+import pytest
 
 from aggregator.db.merge import remerge
 from aggregator.merge.content import carries_identity, information, normalised_sha256
@@ -71,7 +72,8 @@ def test_engine_precision_and_recall() -> None:
 
 
 async def load(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], records: list[Record]) -> None:
-    """Insert the corpus as published upstream records (one version per descriptor)."""
+    """Insert the corpus as published upstream records (one version per descriptor), queued
+    for the merge as a publish queues them."""
     ids = {}
     for name, priority in PRIORITY.items():
         ids[name] = await conn.fetchval(
@@ -90,6 +92,7 @@ async def load(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], records: list[
             r.external_id,
             doc,
         )
+        await conn.execute("insert into merge_queue values ($1)", tool)
         for n, (path, lang, data) in enumerate(r.descriptors):
             version = await conn.fetchval(
                 """insert into upstream_versions (upstream_tool_id, key, external_id, position, doc)
@@ -118,15 +121,22 @@ async def load(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any], records: list[
             )
 
 
-async def test_database_precision_and_recall(pool: asyncpg.Pool[Any]) -> None:
+@pytest.mark.parametrize(
+    ("full", "slice_records"), [(False, None), (False, 7), (True, 7)], ids=["one", "sliced", "full"]
+)
+async def test_database_precision_and_recall(
+    pool: asyncpg.Pool[Any], full: bool, slice_records: int | None
+) -> None:
     """The database step (evidence from stored documents and descriptor bytes, closure,
     merge) publishes the engine's groups: precision 1.00, recall at least 0.98; served bytes
-    keep their exact checksum beside the normalised one."""
+    keep their exact checksum beside the normalised one. The same when the merge is cut into
+    slices of a few records (whole components each), incremental or full."""
     records = build()
     await load(pool, records)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("select 1 from catalogue_state for update")
-        await remerge(conn, tombstone_after=3)
+        stats = await remerge(conn, tombstone_after=3, full=full, slice_records=slice_records)
+    assert stats.slices > 1 if slice_records else stats.slices == 1
     rows = await pool.fetch(
         """select m.tool_id, u.name, t.external_id from catalogue_members m
            join upstream_tools t on t.id = m.upstream_tool_id

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from aggregator.app import create_app
 from aggregator.config import Config, MergeConfig
+from aggregator.db import merge as merge_db
 from aggregator.db.merge import remerge, save_merge_rules
 from aggregator.demo.registry import STATE, make_registry_app
 from tests.static_trs import make_static_app
@@ -73,14 +74,23 @@ async def snapshot(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[st
     }
 
 
-async def full_merge_snapshot(pool: asyncpg.Pool[Any], config: Config) -> dict[str, Any]:
-    """What a full re-merge would publish, computed in a transaction that is rolled back."""
+async def full_merge_snapshot(
+    pool: asyncpg.Pool[Any], config: Config, slice_records: int = sys.maxsize
+) -> dict[str, Any]:
+    """What a full re-merge (in one piece, unless *slice_records* says otherwise) would
+    publish, computed in a transaction that is rolled back."""
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
         try:
             await conn.execute("select 1 from catalogue_state for update")
-            await remerge(conn, tombstone_after=config.harvest.tombstone_after, full=True)
+            stats = await remerge(
+                conn,
+                tombstone_after=config.harvest.tombstone_after,
+                full=True,
+                slice_records=slice_records,
+            )
+            assert stats.slices == 1 or slice_records < stats.nodes
             return await snapshot(conn)
         finally:
             await tx.rollback()
@@ -215,10 +225,18 @@ async def test_one_upstream_is_never_merged_with_itself(
     assert refused[0]["reason"] == "both tools come from one upstream"
 
 
+@pytest.mark.parametrize("slice_records", [None, 4], ids=["one", "sliced"])
 async def test_incremental_merge_publishes_what_a_full_merge_would(
-    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str
+    aiohttp_server: Any,
+    pool: asyncpg.Pool[Any],
+    db_dsn: str,
+    slice_records: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """After every harvest of random changes, the catalogue equals a full re-merge's."""
+    """After every harvest of random changes, the catalogue equals a full re-merge's, also
+    when each merge is cut into slices of a few records."""
+    if slice_records:
+        monkeypatch.setattr(merge_db, "SLICE_RECORDS", slice_records)
     rng = random.Random(20261122)
     aliases = [f"https://github.com/lab/r{i}" for i in range(12)]
     names = ("red", "green", "blue")
@@ -245,7 +263,11 @@ async def test_incremental_merge_publishes_what_a_full_merge_would(
         for n in changed:
             servers[n].app[STATE].catalogue = random_catalogue(n)
         await harvest(pool, config, list(changed))
-        assert await snapshot(pool) == await full_merge_snapshot(pool, config), round_
+        published = await snapshot(pool)
+        assert published == await full_merge_snapshot(pool, config), round_
+        if slice_records:
+            sliced = await full_merge_snapshot(pool, config, slice_records)
+            assert published == sliced, round_
         # Every live upstream version is a source of exactly one served version.
         assert (
             await pool.fetchval(

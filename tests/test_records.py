@@ -48,3 +48,27 @@ def test_what_the_shortcut_refuses() -> None:
 def test_not_json_is_raised() -> None:
     with pytest.raises(ValueError, match="unexpected character"):
         records.record_problem(b"<html>")
+
+
+LISTING = (
+    b'[{"id": "a", "versions": [{"author": ["A"]}]}, "not a tool", 7, null, '
+    b'{"id": "d", "x": ' + b"[" * 64 + b"]" * 64 + b"}, "
+    b'{"id": "e", "x": {"y": ' + b"[" * 63 + b"]" * 63 + b"}}, "
+    b'[{"k": ' + b"[" * 70 + b"]" * 70 + b"}], "
+    b'{"id": "big", "n": 18446744073709551616, "s": "caf\xc3\xa9"}]'
+)
+
+
+def test_a_plain_listing_is_screened_like_any_other() -> None:
+    value, strict = records.decode(LISTING)
+    assert strict and records.plain_text(LISTING)
+    quick = records.screen(value, plain=True)
+    assert quick == records.screen(value)
+    assert [i for i, _ in quick[1]] == [4, 5, 6]
+    assert {why for _, why in quick[1]} == {"nesting deeper than 64 levels"}
+
+
+def test_a_listing_with_a_nul_is_not_plain() -> None:
+    body = b'[{"id": "n1", "description": "tool \\u0000 n1"}]'
+    assert not records.plain_text(body)
+    assert records.screen(records.loads(body))[1] == [(0, "a NUL character in a string")]

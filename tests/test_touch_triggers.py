@@ -26,7 +26,7 @@ from upstream_versions;
 #: The three updates whose old and new rows the triggers compare, each run on no rows first
 #: (its plan is made then) and on every row after; a tenth of the rows really change.
 UPDATES = (
-    """update upstream_tools set merge_dirty = false,
+    """update upstream_tools set last_confirmed = now(),
        doc_hash = case when id % 10 = 0 then 'changed' else doc_hash end where {}""",
     """update upstream_versions set
        position = case when id % 10 = 0 then 1 else position end where {}""",

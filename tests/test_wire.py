@@ -211,3 +211,35 @@ async def test_gzip_variant_on_the_wire(site: Site) -> None:
     assert gzip.decompress(warm.body) == plain.body
     assert warm.headers["etag"] == made.headers["etag"] != plain.headers["etag"]
     assert len(site.front_answers) == 0
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(
+            b"GET " + TRS.encode() + b"/tools/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", id="raw"
+        ),
+        pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", id="long-line"),
+        pytest.param(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", id="long-header"
+        ),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nBad\x01Name: y\r\n\r\n", id="bad-name"),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", id="tls-hello"),
+    ],
+)
+async def test_requests_the_parser_refuses_get_trs_json(site: Site, request_bytes: bytes) -> None:
+    """What aiohttp's HTTP parser refuses before any application code runs is answered 400 in
+    TRS Error JSON, and the connection is closed."""
+    conn = await site.connect()
+    await conn.send(request_bytes)
+    reply = await conn.reply()
+    assert reply.status == 400, reply
+    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    error = orjson.loads(reply.body)
+    assert error["code"] == 400 and error["message"].startswith("The request cannot be read")
+    assert await conn.closed()
+    # the service answers the next client as ever
+    fresh = await site.connect()
+    await fresh.send(get(site.host, f"{TRS}/tools/{enc(NESTED)}"))
+    assert (await fresh.reply()).status == 200

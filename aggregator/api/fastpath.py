@@ -36,7 +36,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 
 from aggregator.api.cache import RESPONSE_CACHE, Entry, ResponseCache, cache_key, respond
-from aggregator.api.middleware import CACHED_METHODS, NOSNIFF
+from aggregator.api.middleware import CACHED_METHODS, NOSNIFF, error_response
 from aggregator.api.negotiation import accept_wants_zip, encoding_allows_gzip
 from aggregator.api.reqlog import REQUEST_LOG, RequestLog, new_request_id
 from aggregator.ops import metrics
@@ -69,6 +69,8 @@ _VALUE: Final = re.compile(rb"[\x20-\x7e\t]*")
 _REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,200}")
 _BOUNDARY: Final = b"\r\n\r\n"
 _BODY_HINTS: Final = (b"content-length", b"transfer-encoding")
+#: What of the parser's own message a refused request's answer quotes.
+_ERROR_MESSAGE_MAX: Final = 300
 
 
 class Warm:
@@ -242,6 +244,25 @@ class WireHandler(RequestHandler):
                 hint in lowered for hint in _BODY_HINTS
             )
         super().data_received(data)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The answer to a request aiohttp's parser refused (or that failed outside the
+        application), as TRS Error JSON rather than text/plain."""
+        super().handle_error(request, status, exc, message)  # logs; raises if too late
+        if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+            text = "Internal Server Error"
+        else:
+            text = f"The request cannot be read: {message or HTTPStatus(status).phrase}"
+        answer = error_response(status, text[:_ERROR_MESSAGE_MAX])
+        answer.headers[NOSNIFF[0]] = NOSNIFF[1]
+        answer.force_close()  # as aiohttp does: the connection's state is unknown
+        return answer
 
     def _idle(self) -> bool:
         """No request in progress or queued, nothing closing or switched."""

@@ -1,6 +1,6 @@
 """Running the merge against the database: evidence, affected components, the catalogue rows.
 
-After every publish, only the upstream tools marked ``merge_dirty`` (new, changed, or whose
+After every publish, only the upstream tools in ``merge_queue`` (new, changed, or whose
 liveness changed) and everything their evidence reaches are re-merged; the result is the same
 as a full re-merge (tested), which ``full=True`` performs.
 """
@@ -8,6 +8,7 @@ as a full re-merge (tested), which ``full=True`` performs.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ log = structlog.get_logger()
 # Changed tools from which the statistics of the tables a publish writes and the merge reads
 # are refreshed inside the transaction (the planner must see a large change's rows).
 ANALYZE_AFTER: Final = 500
+# Records merged at once: a larger merge (a full one, a first publish) is cut into slices of
+# whole components, each loaded, merged and written in turn, so that memory stays bounded.
+SLICE_RECORDS: Final = 25_000
+# Records whose evidence is recomputed at once.
+EVIDENCE_BATCH: Final = 25_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,7 @@ class MergeStats:
     nodes: int
     tools: int
     generation: int
+    slices: int = 1
 
 
 _RULES: Final = "select rule, a, b from merge_rules"
@@ -59,7 +66,9 @@ select '#upstream/' || u.name || '/' || t.external_id as qualified, t.id
 from upstream_tools t join upstreams u on u.id = t.upstream_id
 where '#upstream/' || u.name || '/' || t.external_id = any($1::text[])
 """
-_MARK_DIRTY: Final = "update upstream_tools set merge_dirty = true where id = any($1::bigint[])"
+_MARK_DIRTY: Final = """
+insert into merge_queue (upstream_tool_id) select unnest($1::bigint[]) on conflict do nothing
+"""
 
 
 async def save_merge_rules(
@@ -99,11 +108,9 @@ async def _load_rules(conn: Connection) -> tuple[Rules, dict[int, set[int]]]:
 
 
 _ALL_TOOLS: Final = "select id from upstream_tools"
-_DIRTY_TOOLS: Final = "select id from upstream_tools where merge_dirty"
+_DIRTY_TOOLS: Final = "select upstream_tool_id as id from merge_queue"
 _ANALYZE_EVIDENCE: Final = "analyze tool_evidence"
-_CLEAR_DIRTY: Final = """
-update upstream_tools set merge_dirty = false where id = any($1::bigint[]) and merge_dirty
-"""
+_CLEAR_DIRTY: Final = "delete from merge_queue where upstream_tool_id = any($1::bigint[])"
 
 
 async def remerge(
@@ -112,11 +119,16 @@ async def remerge(
     tombstone_after: int,
     max_per_upstream: int = 1,
     full: bool = False,
+    slice_records: int | None = None,
 ) -> MergeStats:
     """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
     tools, and advance (and announce) the generation. Call inside the publishing transaction
     (``db.publish``). When nothing changed, the catalogue and its generation stay as they are,
-    so caches stay warm."""
+    so caches stay warm.
+
+    More than *slice_records* (default ``SLICE_RECORDS``) affected records are merged in
+    slices of whole components (closed under shared evidence), one after the other in the
+    same transaction: the result is the same, and memory holds one slice at a time."""
     lap = _Laps()
     dirty = [r["id"] for r in await conn.fetch(_ALL_TOOLS if full else _DIRTY_TOOLS)]
     if not dirty:
@@ -124,41 +136,58 @@ async def remerge(
         log.info("merge_skipped", reason="nothing changed", generation=generation)
         return MergeStats(0, 0, 0, generation)
     rules, partners = await _load_rules(conn)
-    old_keys = await _refresh_evidence(conn, dirty, tombstone_after)
+    await conn.execute(_CLOSURE_TABLES)
+    await _refresh_evidence(conn, dirty, tombstone_after, keep_old=not full)
     if len(dirty) >= ANALYZE_AFTER:
         await conn.execute(_ANALYZE_EVIDENCE)
-    if dirty:
-        await conn.execute(_CLEAR_DIRTY, dirty)
+    await conn.execute(_CLEAR_DIRTY, dirty)
     lap("evidence")
     if full:
         affected = set(dirty)
-        nodes = await _load_nodes(conn, affected, tombstone_after)
-        identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
     else:
-        affected, identifying = await _closure(
+        affected = await _closure(
             conn,
             set(dirty),
-            old_keys,
             max_per_upstream=max_per_upstream,
             tombstone_after=tombstone_after,
             partners=partners,
         )
-        nodes = await _load_nodes(conn, affected, tombstone_after)
-    lap("closure_and_load")
-    components = merge(nodes, identifying=identifying, rules=rules)
-    lap("merge")
-    versions = await _load_versions(conn, [n.id for n in nodes])
-    lap("load_versions")
-    old_ids = await _tools_holding(conn, affected)
-    await _write(conn, components, versions, old_ids)
+    dirty_count = len(dirty)
+    del dirty
+    size = SLICE_RECORDS if slice_records is None else slice_records
+    slices = await _slices(conn, affected, partners, size, restricted=not full)
+    lap("closure")
+    writer = _Writer(conn)
+    nodes_seen = tools = 0
+    for part in slices:
+        nodes, identifying = await _load_nodes(conn, part, tombstone_after)
+        if full:
+            identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
+        lap("load_nodes")
+        components = merge(nodes, identifying=identifying, rules=rules)
+        del identifying
+        lap("merge")
+        # A tool of one record serves its versions as they are: they are written in the server.
+        joined = [m.id for c in components if len(c.members) > 1 for m in c.members]
+        versions = await _load_versions(conn, joined)
+        lap("load_versions")
+        old_ids = await _tools_holding(conn, part)
+        await writer.write(components, versions, old_ids)
+        nodes_seen += len(nodes)
+        tools += len(components)
+        del nodes, components, versions, old_ids
+        lap("write")
+    await writer.finish()
     lap("write")
     generation = await advance_generation(conn)
-    stats = MergeStats(len(dirty), len(nodes), len(components), generation)
+    lap("generation")
+    stats = MergeStats(dirty_count, nodes_seen, tools, generation, len(slices))
     log.info(
         "merge_finished",
         dirty=stats.dirty,
         nodes=stats.nodes,
         tools=stats.tools,
+        slices=stats.slices,
         generation=generation,
         full=full,
         seconds=lap.seconds,
@@ -175,12 +204,18 @@ class _Laps:
 
     def __call__(self, phase: str) -> None:
         now = time.perf_counter()
-        self.seconds[phase] = round(now - self._last, 3)
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 3)
         self._last = now
 
 
-_DELETE_EVIDENCE: Final = """
-delete from tool_evidence where upstream_tool_id = any($1::bigint[]) returning kind, value
+_DELETE_EVIDENCE: Final = "delete from tool_evidence where upstream_tool_id = any($1::bigint[])"
+# The keys the records held before, kept for the closure (the tools sharing any of them).
+_DELETE_EVIDENCE_KEEP: Final = """
+with gone as (
+    delete from tool_evidence where upstream_tool_id = any($1::bigint[]) returning kind, value)
+insert into merge_old_keys (kind, value)
+select distinct kind, value from gone where kind <> all($2::text[])
+on conflict do nothing
 """
 _LIVE_IDENTIFIERS: Final = """
 select t.id, t.external_id, t.doc->'aliases' as aliases, t.doc->'identifiers' as identifiers
@@ -204,24 +239,28 @@ where fc.sha256 = x.sha256
 """
 
 
-async def _refresh_evidence(conn: Connection, ids: list[int], tombstone_after: int) -> set[Key]:
-    """Recompute the evidence of tools *ids* (none for tools no longer live); return the keys
-    they held before."""
-    if not ids:
-        return set()
-    old = await conn.fetch(_DELETE_EVIDENCE, ids)
-    tools = await conn.fetch(_LIVE_IDENTIFIERS, ids, tombstone_after)
-    content = await _descriptor_content(conn, ids)
-    rows = []
-    for t in tools:
-        doc = {"aliases": t["aliases"], "identifiers": t["identifiers"]}
-        for kind, value in evidence(t["external_id"], doc, content.get(t["id"], ())):
-            rows.append((t["id"], kind, value))
-    if rows:
-        await conn.copy_records_to_table(
-            "tool_evidence", records=rows, columns=["upstream_tool_id", "kind", "value"]
-        )
-    return {(r["kind"], r["value"]) for r in old}
+async def _refresh_evidence(
+    conn: Connection, ids: list[int], tombstone_after: int, *, keep_old: bool
+) -> None:
+    """Recompute the evidence of tools *ids* (none for tools no longer live), a batch at a
+    time; when *keep_old*, the joining keys they held before go to ``merge_old_keys``."""
+    for start in range(0, len(ids), EVIDENCE_BATCH):
+        batch = ids[start : start + EVIDENCE_BATCH]
+        if keep_old:
+            await conn.execute(_DELETE_EVIDENCE_KEEP, batch, sorted(CORROBORATING))
+        else:
+            await conn.execute(_DELETE_EVIDENCE, batch)
+        tools = await conn.fetch(_LIVE_IDENTIFIERS, batch, tombstone_after)
+        content = await _descriptor_content(conn, batch)
+        rows = []
+        for t in tools:
+            doc = {"aliases": t["aliases"], "identifiers": t["identifiers"]}
+            for kind, value in evidence(t["external_id"], doc, content.get(t["id"], ())):
+                rows.append((t["id"], kind, value))
+        if rows:
+            await conn.copy_records_to_table(
+                "tool_evidence", records=rows, columns=["upstream_tool_id", "kind", "value"]
+            )
 
 
 async def _descriptor_content(conn: Connection, ids: list[int]) -> dict[int, set[str]]:
@@ -256,7 +295,9 @@ create temporary table if not exists merge_affected (id bigint primary key);
 create temporary table if not exists merge_frontier (id bigint primary key);
 create temporary table if not exists merge_keys (kind text, value text, identifying boolean,
                                                  primary key (kind, value));
-truncate merge_affected, merge_frontier, merge_keys
+create temporary table if not exists merge_old_keys (kind text, value text,
+                                                     primary key (kind, value));
+truncate merge_affected, merge_frontier, merge_keys, merge_old_keys
 """
 
 # One step of the closure, all in the server: the frontier's keys not yet judged are judged
@@ -298,30 +339,35 @@ added as (
     insert into merge_affected (id) select id from reached on conflict do nothing returning id)
 select coalesce(array_agg(id), '{}') from added
 """
-
-
+# The tools sharing any joining key the seeds (in merge_frontier) hold or held.
+_SEED_HOLDERS: Final = """
+select coalesce(array_agg(distinct e.upstream_tool_id), '{}')
+from (select kind, value from merge_old_keys
+      union
+      select s.kind, s.value from merge_frontier f
+      join tool_evidence s on s.upstream_tool_id = f.id
+      where s.kind <> all($1::text[])) as k
+join tool_evidence e on e.kind = k.kind and e.value = k.value
+"""
 _TRUNCATE_FRONTIER: Final = "truncate merge_frontier"
-_IDENTIFYING_KEYS: Final = "select kind, value from merge_keys where identifying"
 
 
 async def _closure(
     conn: Connection,
     seeds: set[int],
-    old_keys: set[Key],
     *,
     max_per_upstream: int,
     tombstone_after: int,
     partners: dict[int, set[int]],
-) -> tuple[set[int], set[Key]]:
-    """Every upstream tool whose merge can change, and the identifying keys among theirs.
+) -> set[int]:
+    """Every upstream tool whose merge can change; its keys are judged in ``merge_keys``.
 
-    The seeds, the tools sharing any joining key the seeds hold or held, every member of a
-    catalogue tool holding one of them, the operator's always-partners, and so on through
-    identifying keys until nothing is added.
+    The seeds, the tools sharing any joining key the seeds hold or held (``merge_old_keys``),
+    every member of a catalogue tool holding one of them, the operator's always-partners, and
+    so on through identifying keys until nothing is added.
     """
-    await conn.execute(_CLOSURE_TABLES)
-    seed_keys = {k for k in old_keys | await _keys_of(conn, seeds) if k[0] not in CORROBORATING}
-    frontier = seeds | await _holders(conn, seed_keys)
+    await conn.copy_records_to_table("merge_frontier", records=[(i,) for i in seeds])
+    frontier = seeds | set(await conn.fetchval(_SEED_HOLDERS, sorted(CORROBORATING)))
     affected: set[int] = set()
     stored: set[int] = set()  # already in merge_affected
     while frontier:
@@ -338,56 +384,105 @@ async def _closure(
             )
         )
         stored |= affected | frontier
-    rows = await conn.fetch(_IDENTIFYING_KEYS)
-    return affected, {(r["kind"], r["value"]) for r in rows}
+    return affected
 
 
-_KEYS_OF: Final = "select kind, value from tool_evidence where upstream_tool_id = any($1::bigint[])"
-
-
-async def _keys_of(conn: Connection, ids: set[int]) -> set[Key]:
-    rows = await conn.fetch(_KEYS_OF, list(ids))
-    return {(r["kind"], r["value"]) for r in rows}
-
-
-_HOLDERS: Final = """
-select distinct e.upstream_tool_id from unnest($1::text[], $2::text[]) as k(kind, value)
-join tool_evidence e on e.kind = k.kind and e.value = k.value
+# Pairs (record, first holder of a joining key it holds) over all records, or over the
+# affected ones: the edges of the components the merge's slices must keep whole.
+_EDGES: Final = """
+select id, first from (
+    select e.upstream_tool_id as id,
+           min(e.upstream_tool_id) over (partition by e.kind, e.value) as first
+    from tool_evidence e where e.kind <> all($1::text[])) as x
+where id <> first
+"""
+_AFFECTED_EDGES: Final = """
+select id, first from (
+    select e.upstream_tool_id as id,
+           min(e.upstream_tool_id) over (partition by e.kind, e.value) as first
+    from tool_evidence e join merge_affected a on a.id = e.upstream_tool_id
+    where e.kind <> all($1::text[])) as x
+where id <> first
 """
 
 
-async def _holders(conn: Connection, keys: set[Key]) -> set[int]:
-    if not keys:
-        return set()
-    kinds, values = zip(*keys, strict=True)
-    rows = await conn.fetch(_HOLDERS, list(kinds), list(values))
-    return {r["upstream_tool_id"] for r in rows}
+async def _slices(
+    conn: Connection,
+    affected: set[int],
+    partners: dict[int, set[int]],
+    size: int,
+    *,
+    restricted: bool,
+) -> list[list[int]]:
+    """*affected* cut into slices of about *size* records, none splitting a component of
+    records joined by a joining key (among the affected records when *restricted*, else among
+    all) or an always rule: each slice merges alone as it would with the rest."""
+    if len(affected) <= size:
+        return [sorted(affected)]
+    low, high = min(affected), max(affected)
+    parent = array("q", range(high - low + 1))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        if low <= a <= high and low <= b <= high:
+            ra, rb = find(a - low), find(b - low)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+
+    query = _AFFECTED_EDGES if restricted else _EDGES
+    async for r in conn.cursor(query, sorted(CORROBORATING), prefetch=10_000):
+        union(r[0], r[1])
+    for a, others in partners.items():
+        for b in others:
+            if a in affected and b in affected:
+                union(a, b)
+    slices: list[list[int]] = []
+    current: list[int] = []
+    last = -1
+    for i in sorted(affected, key=lambda i: find(i - low)):
+        root = find(i - low)
+        if root != last and len(current) >= size:
+            slices.append(current)
+            current = []
+        current.append(i)
+        last = root
+    slices.append(current)
+    return slices
 
 
 _NODES: Final = """
 select t.id, u.name, u.priority, t.external_id,
-       coalesce(array_agg(e.kind) filter (where e.kind is not null), '{}') as kinds,
-       coalesce(array_agg(e.value) filter (where e.kind is not null), '{}') as vals
+       coalesce(e.kinds, '{}') as kinds, coalesce(e.vals, '{}') as vals,
+       coalesce(e.judged, '{}') as judged
 from upstream_tools t
 join upstreams u on u.id = t.upstream_id
-left join tool_evidence e on e.upstream_tool_id = t.id
+cross join lateral (
+    select array_agg(e.kind) as kinds, array_agg(e.value) as vals,
+           array_agg(k.identifying is true) as judged
+    from tool_evidence e left join merge_keys k on k.kind = e.kind and k.value = e.value
+    where e.upstream_tool_id = t.id) as e
 where t.id = any($2::bigint[]) and upstream_tool_live(t.missed_listings, $1)
-group by t.id, u.name, u.priority, t.external_id
 """
 
 
-async def _load_nodes(conn: Connection, ids: set[int], tombstone_after: int) -> list[Node]:
-    rows = await conn.fetch(_NODES, tombstone_after, list(ids))
-    return [
-        Node(
-            r["id"],
-            r["name"],
-            r["priority"],
-            r["external_id"],
-            frozenset(zip(r["kinds"], r["vals"], strict=True)),
-        )
-        for r in rows
-    ]
+async def _load_nodes(
+    conn: Connection, ids: list[int], tombstone_after: int
+) -> tuple[list[Node], set[Key]]:
+    """The live records among *ids*, and those of their keys ``merge_keys`` judged
+    identifying."""
+    rows = await conn.fetch(_NODES, tombstone_after, ids)
+    nodes = []
+    identifying: set[Key] = set()
+    for r in rows:
+        keys = list(zip(r["kinds"], r["vals"], strict=True))
+        nodes.append(Node(r["id"], r["name"], r["priority"], r["external_id"], frozenset(keys)))
+        identifying.update(k for k, judged in zip(keys, r["judged"], strict=True) if judged)
+    return nodes, identifying
 
 
 _VERSIONS: Final = """
@@ -418,10 +513,10 @@ select distinct m.tool_id from catalogue_members m where m.upstream_tool_id = an
 """
 
 
-async def _tools_holding(conn: Connection, affected: set[int]) -> list[str]:
+async def _tools_holding(conn: Connection, affected: list[int]) -> list[str]:
     """The ids of the catalogue tools holding any affected upstream tool: what the merge
     rewrites."""
-    rows = await conn.fetch(_TOOLS_HOLDING, list(affected))
+    rows = await conn.fetch(_TOOLS_HOLDING, affected)
     return [r["tool_id"] for r in rows]
 
 
@@ -437,24 +532,64 @@ on conflict (id, upstream_tool_id) do nothing
 """
 
 
+class _Writer:
+    """Writes the merged tools slice after slice. After a large insert the catalogue's
+    statistics are refreshed (the next statements, and the next merge, are planned on them):
+    once after the first slice that inserts many rows, so the planner knows the rows' size,
+    and once at the end."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.inserted = 0  # member rows inserted since the statistics were refreshed
+        self.refreshed = False
+
+    async def write(
+        self,
+        components: list[Component],
+        versions: dict[int, list[VersionNode]],
+        released: list[str],
+    ) -> None:
+        """Write *components* in place of the *released* tools."""
+        self.inserted += await _write(self.conn, components, versions, released)
+        if not self.refreshed and self.inserted >= ANALYZE_AFTER:
+            await self.finish()
+            self.refreshed = True
+
+    async def finish(self) -> None:
+        """Refresh the statistics if many rows were inserted since they were refreshed."""
+        if self.inserted >= ANALYZE_AFTER:
+            await self.conn.execute(_ANALYZE_CATALOGUE)
+            self.inserted = 0
+
+
 async def _write(
     conn: Connection,
     components: list[Component],
     versions: dict[int, list[VersionNode]],
     released: list[str],
-) -> None:
+) -> int:
     """Write the merged tools in place of the *released* ones, settling plain-id claims against
-    the rest of the catalogue."""
+    the rest of the catalogue; return the member rows inserted into a catalogue that held none
+    of these tools (0 when rows were compared and replaced)."""
     ids, renames = await _assign_ids(conn, components, released)
     nodes = {m.id: m for comp in components for m in comp.members}
-    tools, members, cat_versions, history = [], [], [], []
+    tools, members, cat_versions, history, single = [], [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
-        member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
-        merged, conflicts = merge_versions(comp, member_versions)
-        report: list[dict[str, Any]] = [
-            {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
-            for c in conflicts
-        ]
+        report: list[dict[str, Any]] = []
+        if len(comp.members) == 1:
+            # Its versions, as they are, in their order: written in the server (_SINGLE_*).
+            single.append((comp.primary.id, tool_id))
+        else:
+            member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
+            merged, conflicts = merge_versions(comp, member_versions)
+            report += [
+                {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
+                for c in conflicts
+            ]
+            cat_versions += [
+                (tool_id, v.key, v.position, v.served.id, [s.id for s in v.sources], v.conflict)
+                for v in merged
+            ]
         report += [
             {
                 "kind": "join_refused",
@@ -475,20 +610,23 @@ async def _write(
             ]
             members.append((m.id, tool_id, joined))
             history.append((tool_id, m.id, m is comp.primary))
-        cat_versions += [
-            (tool_id, mv.key, mv.position, mv.served.id, [s.id for s in mv.sources], mv.conflict)
-            for mv in merged
-        ]
+    await conn.execute(_SINGLE_TABLE)
+    await conn.copy_records_to_table(
+        "merge_single", records=single, columns=["upstream_tool_id", "tool_id"]
+    )
+    inserted = 0
     if released or renames:
         await _replace(conn, tools, members, cat_versions, released=released, renames=renames)
     else:  # none of these tools is in the catalogue yet (a first merge, a new upstream)
         await _insert(conn, tools, members, cat_versions)
+        inserted = len(members)
     # The ids each tool had, so they keep resolving after its members change.
     await conn.execute(_HISTORY_TABLE)
     await conn.copy_records_to_table(
         "merge_history", records=history, columns=["id", "upstream_tool_id", "was_primary"]
     )
     await conn.execute(_SAVE_HISTORY)
+    return inserted
 
 
 _CLAIMANTS: Final = """
@@ -549,6 +687,27 @@ async def _assign_ids(
     return ids, renames
 
 
+# The tools of one record (merge_single): each serves its record's versions as they are, under
+# their keys, in the order merge_versions gives them (position, then key).
+_SINGLE_TABLE: Final = """
+create temporary table if not exists merge_single (upstream_tool_id bigint, tool_id text);
+truncate merge_single
+"""
+_SINGLE_VERSIONS: Final = """
+select s.tool_id, v.key,
+       (row_number() over (partition by v.upstream_tool_id
+                           order by v.position, v.key collate "C"))::integer - 1,
+       v.id, array[v.id], false
+from merge_single s join upstream_versions v on v.upstream_tool_id = s.upstream_tool_id
+"""
+_INSERT_SINGLE_VERSIONS: Final = (
+    "insert into catalogue_versions (tool_id, key, position, upstream_version_id, source_ids,"
+    " conflict)" + _SINGLE_VERSIONS
+)
+_STAGE_SINGLE_VERSIONS: Final = (
+    "insert into merge_new_versions (tool_id, key, position, upstream_version_id, source_ids,"
+    " conflict)" + _SINGLE_VERSIONS
+)
 _TOOL_COLUMNS: Final = ["id", "sort_key", "primary_member_id", "conflicts"]
 _MEMBER_COLUMNS: Final = ["upstream_tool_id", "tool_id", "joined_by"]
 _VERSION_COLUMNS: Final = [
@@ -567,15 +726,13 @@ async def _insert(
     members: list[tuple[Any, ...]],
     versions: list[tuple[Any, ...]],
 ) -> None:
-    """Write tools none of whose ids or members the catalogue holds yet; after many, refresh
-    the tables' statistics (the next merge's joins are planned on them)."""
+    """Write tools none of whose ids or members the catalogue holds yet."""
     await conn.copy_records_to_table("catalogue_tools", records=tools, columns=_TOOL_COLUMNS)
     await conn.copy_records_to_table("catalogue_members", records=members, columns=_MEMBER_COLUMNS)
     await conn.copy_records_to_table(
         "catalogue_versions", records=versions, columns=_VERSION_COLUMNS
     )
-    if len(members) >= ANALYZE_AFTER:
-        await conn.execute(_ANALYZE_CATALOGUE)
+    await conn.execute(_INSERT_SINGLE_VERSIONS)
 
 
 _ANALYZE_CATALOGUE: Final = "analyze catalogue_tools, catalogue_members, catalogue_versions"
@@ -665,6 +822,7 @@ async def _replace(
     await conn.copy_records_to_table(
         "merge_new_versions", records=versions, columns=_VERSION_COLUMNS
     )
+    await conn.execute(_STAGE_SINGLE_VERSIONS)
     await conn.execute(_ANALYZE_NEW)
     await conn.execute(_DROP_RELEASED, released)
     for current, wanted in renames:

@@ -206,9 +206,14 @@ update upstreams set removed_at = now(), updated_at = now() where id = $1
 """
 
 _TOMBSTONE_REMOVED: Final = """
-update upstream_tools set missed_listings = missed_listings + $2,
-    tombstoned_at = coalesce(tombstoned_at, now()), merge_dirty = true
-where upstream_id = $1 and missed_listings < $2
+with changed as (
+    update upstream_tools set missed_listings = missed_listings + $2,
+        tombstoned_at = coalesce(tombstoned_at, now())
+    where upstream_id = $1 and missed_listings < $2
+    returning id),
+queued as (
+    insert into merge_queue (upstream_tool_id) select id from changed on conflict do nothing)
+select count(*) from changed
 """
 
 
@@ -216,25 +221,29 @@ async def remove_upstream(conn: Connection, upstream_id: int) -> int:
     """Mark an upstream removed and tombstone its records (kept, not deleted); return how many
     records were live. Run inside the caller's transaction, then re-merge."""
     await conn.execute(_MARK_REMOVED, upstream_id)
-    status = await conn.execute(_TOMBSTONE_REMOVED, upstream_id, REMOVED_OFFSET)
-    return int(status.split()[-1])
+    count: int = await conn.fetchval(_TOMBSTONE_REMOVED, upstream_id, REMOVED_OFFSET)
+    return count
 
 
 _MARK_RESTORED: Final = "update upstreams set removed_at = null where id = $1"
 
 _UNTOMBSTONE_RESTORED: Final = """
-update upstream_tools set missed_listings = missed_listings - $2,
-    tombstoned_at = case when missed_listings - $2 = 0 then null else tombstoned_at end,
-    merge_dirty = true
-where upstream_id = $1 and missed_listings >= $2
+with changed as (
+    update upstream_tools set missed_listings = missed_listings - $2,
+        tombstoned_at = case when missed_listings - $2 = 0 then null else tombstoned_at end
+    where upstream_id = $1 and missed_listings >= $2
+    returning id),
+queued as (
+    insert into merge_queue (upstream_tool_id) select id from changed on conflict do nothing)
+select count(*) from changed
 """
 
 
 async def restore_upstream(conn: Connection, upstream_id: int) -> int:
     """Undo remove_upstream: the records are as they were before; return how many."""
     await conn.execute(_MARK_RESTORED, upstream_id)
-    status = await conn.execute(_UNTOMBSTONE_RESTORED, upstream_id, REMOVED_OFFSET)
-    return int(status.split()[-1])
+    count: int = await conn.fetchval(_UNTOMBSTONE_RESTORED, upstream_id, REMOVED_OFFSET)
+    return count
 
 
 _SAVE_CONFORMANCE: Final = "update harvest_runs set conformance = $2 where id = $1"

@@ -108,24 +108,37 @@ left join upstream_tools t on t.upstream_id = $2 and t.external_id = s.external_
 where s.run_id = $1
 """
 
+# Before the writes below: the stored tools this run changes (their document) or revives.
+_QUEUE_CHANGED: Final = """
+insert into merge_queue (upstream_tool_id)
+select t.id from staged_tools s
+join upstream_tools t on t.upstream_id = $2 and t.external_id = s.external_id
+where s.run_id = $1 and (s.detailed and t.doc_hash <> s.doc_hash or t.missed_listings > 0)
+on conflict do nothing
+"""
+
+# New tools are queued for the merge as they are inserted (first_seen is the transaction's).
 _UPSERT_TOOLS: Final = """
-insert into upstream_tools as t (upstream_id, external_id, doc, doc_hash, last_run_id,
-                               listing_hash, details_fetched_at)
-select $2, s.external_id, s.doc, s.doc_hash, $1, s.listing_hash, now()
-from staged_tools s where s.run_id = $1 and s.detailed
-on conflict (upstream_id, external_id) do update set
-    doc = case when excluded.doc_hash = t.doc_hash then t.doc else excluded.doc end,
-    last_changed = case when excluded.doc_hash = t.doc_hash then t.last_changed else now() end,
-    doc_hash = excluded.doc_hash,
-    listing_hash = excluded.listing_hash, details_fetched_at = excluded.details_fetched_at,
-    last_confirmed = now(), last_run_id = excluded.last_run_id,
-    merge_dirty = t.merge_dirty or t.doc_hash <> excluded.doc_hash or t.missed_listings > 0,
-    missed_listings = 0, tombstoned_at = null
+with written as (
+    insert into upstream_tools as t (upstream_id, external_id, doc, doc_hash, last_run_id,
+                                   listing_hash, details_fetched_at)
+    select $2, s.external_id, s.doc, s.doc_hash, $1, s.listing_hash, now()
+    from staged_tools s where s.run_id = $1 and s.detailed
+    on conflict (upstream_id, external_id) do update set
+        doc = case when excluded.doc_hash = t.doc_hash then t.doc else excluded.doc end,
+        last_changed = case when excluded.doc_hash = t.doc_hash then t.last_changed
+                            else now() end,
+        doc_hash = excluded.doc_hash,
+        listing_hash = excluded.listing_hash, details_fetched_at = excluded.details_fetched_at,
+        last_confirmed = now(), last_run_id = excluded.last_run_id,
+        missed_listings = 0, tombstoned_at = null
+    returning t.id, t.first_seen = now() as new)
+insert into merge_queue (upstream_tool_id) select id from written where new
+on conflict do nothing
 """
 
 _CONFIRM_ONLY: Final = """
 update upstream_tools t set last_confirmed = now(), last_run_id = $1,
-    merge_dirty = t.merge_dirty or t.missed_listings > 0,
     missed_listings = 0, tombstoned_at = null
 from staged_tools s
 where s.run_id = $1 and not s.detailed and t.upstream_id = $2 and t.external_id = s.external_id
@@ -182,11 +195,16 @@ on conflict (upstream_version_id, descriptor_type, path) do update set
 """
 
 _MARK_MISSED: Final = """
-update upstream_tools t set missed_listings = missed_listings + 1,
-    tombstoned_at = coalesce(tombstoned_at, now()), merge_dirty = true
-where t.upstream_id = $2
-  and not exists (select 1 from staged_tools s
-                  where s.run_id = $1 and s.external_id = t.external_id)
+with missed as (
+    update upstream_tools t set missed_listings = missed_listings + 1,
+        tombstoned_at = coalesce(tombstoned_at, now())
+    where t.upstream_id = $2
+      and not exists (select 1 from staged_tools s
+                      where s.run_id = $1 and s.external_id = t.external_id)
+    returning t.id),
+queued as (
+    insert into merge_queue (upstream_tool_id) select id from missed on conflict do nothing)
+select count(*) from missed
 """
 
 
@@ -208,7 +226,7 @@ async def publish_run(
     max_per_upstream: int = 1,
     service_info: Any = None,
     tool_classes: list[dict[str, Any]] | None = None,
-    pages: Sequence[ListingPage] = (),
+    pages: list[ListingPage] | None = None,
 ) -> int:
     """Publish run *run_id* over the live records of *upstream_id*, re-merge what changed and
     announce the new generation; return it.
@@ -217,7 +235,9 @@ async def publish_run(
     Tools absent from a complete listing are tombstoned (the API hides them after
     *tombstone_after* misses); after an incomplete listing nothing is tombstoned. Fills the
     change counters of *counts*. *service_info* and *tool_classes* (None: keep what was
-    stored) and the listing *pages* with validators are stored for the next run.
+    stored) and the listing *pages* with validators are stored for the next run; *pages* is
+    emptied once they are, before the merge, which can then use that memory (a large
+    upstream's listing keeps every tool's id and listing hash).
     """
     async with conn.transaction():
         await lock_merge(conn)
@@ -229,10 +249,12 @@ async def publish_run(
         await _apply_run(
             conn, run_id, upstream_id, listing_complete=listing_complete, counts=counts
         )
+        await _save_pages(conn, upstream_id, pages or ())
+        if pages:
+            pages.clear()
         stats = await remerge(
             conn, tombstone_after=tombstone_after, max_per_upstream=max_per_upstream
         )
-        await _save_pages(conn, upstream_id, pages)
     return stats.generation
 
 
@@ -268,6 +290,7 @@ async def _apply_run(
         changes["changed"],
         changes["unchanged"],
     )
+    await conn.execute(_QUEUE_CHANGED, run_id, upstream_id)
     await conn.execute(_CONFIRM_ONLY, run_id, upstream_id)
     await conn.execute(_UPSERT_TOOLS, run_id, upstream_id)
     # After a large change the planner must see the new rows, or the joins below turn
@@ -284,8 +307,7 @@ async def _apply_run(
     if large:
         await conn.execute(_ANALYZE_FILES)
     if listing_complete:
-        status = await conn.execute(_MARK_MISSED, run_id, upstream_id)
-        counts.tools_tombstoned = int(status.split()[-1])
+        counts.tools_tombstoned = await conn.fetchval(_MARK_MISSED, run_id, upstream_id)
 
 
 async def _save_pages(conn: Connection, upstream_id: int, pages: Sequence[ListingPage]) -> None:

@@ -40,7 +40,10 @@ returning id, (select removed_at is not null from upstreams where name = $1) as 
 """
 
 
-_MARK_UPSTREAM_DIRTY: Final = "update upstream_tools set merge_dirty = true where upstream_id = $1"
+_MARK_UPSTREAM_DIRTY: Final = """
+insert into merge_queue (upstream_tool_id) select id from upstream_tools where upstream_id = $1
+on conflict do nothing
+"""
 
 
 async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]) -> dict[str, int]:

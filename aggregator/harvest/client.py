@@ -103,12 +103,18 @@ class Response:
         Records that cannot be stored (see ``records``) are not refused here: a listing
         screens its entries one by one.
         """
+        return self.decoded()[0]
+
+    def decoded(self) -> tuple[Any, bool]:
+        """``json``, and whether nothing but nesting can make a record in it unstorable (the
+        body was read strictly and is ``records.plain_text``)."""
         try:
-            return records.loads(self.body)
+            value, strict = records.decode(self.body)
         except orjson.JSONDecodeError as e:
             raise InvalidUpstreamData(
                 f"malformed JSON from {self.url}: {e}", url=self.url
             ) from None
+        return value, strict and records.plain_text(self.body)
 
     def record(self) -> Any:
         """Decode the body as one record: InvalidUpstreamData when any part of it cannot be

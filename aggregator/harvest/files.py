@@ -23,7 +23,8 @@ from aggregator.trs.staged import StagedFile
 
 
 def _is_url(path: str) -> bool:
-    return urlsplit(path).scheme in ("http", "https")
+    # Without a colon there is no scheme: most paths are answered without parsing.
+    return ":" in path and urlsplit(path).scheme in ("http", "https")
 
 
 def _encode_path(path: str) -> str:

@@ -90,10 +90,11 @@ class Listing:
             return None
         return ListedTool(doc["id"], lhash, doc, trusted=self._trusted(item))
 
-    def _screened(self, entries: list[Any]) -> list[Any]:
+    def _screened(self, entries: list[Any], *, plain: bool) -> list[Any]:
         """The listing entries that can be stored; each other one is reported and skipped
-        (and the listing is then not complete: nothing is counted missing)."""
-        good, refused = records.screen(entries)
+        (and the listing is then not complete: nothing is counted missing). *plain*: see
+        ``records.screen``."""
+        good, refused = records.screen(entries, plain=plain)
         for index, why in refused:
             self.clean = False
             self.error(f"listing: refused tool {records.label(entries[index], index)}: {why}")
@@ -171,12 +172,12 @@ class Listing:
                 ]
                 ids = set(stored.tool_ids)
             else:
-                body = response.json()
+                body, plain = response.decoded()
                 if not isinstance(body, list):
                     raise InvalidUpstreamData(
                         f"/tools did not answer a JSON array ({response.url})", url=response.url
                     )
-                body = self._screened(body)
+                body = self._screened(body, plain=plain)
                 hashes = [listing_hash(self.upstream.mode, t) for t in body]
                 items = [(t, h, False) for t, h in zip(body, hashes, strict=True)]
                 listed_ids = [listed_tool_id(t) or "" for t in body]

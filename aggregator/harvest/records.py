@@ -48,7 +48,7 @@ def plain(body: bytes) -> bool:
     r"""Whether a JSON text that orjson read strictly holds nothing ``problem`` refuses, seen
     from its bytes alone: no NUL (in JSON only the escape ``\u0000`` makes one) and too few
     brackets to nest deeper than ``MAX_DEPTH``. False says nothing: check the value."""
-    return b"\\u0000" not in body and body.count(b"[") + body.count(b"{") <= MAX_DEPTH
+    return plain_text(body) and body.count(b"[") + body.count(b"{") <= MAX_DEPTH
 
 
 def record_problem(body: bytes) -> tuple[Any, str | None]:
@@ -102,12 +102,35 @@ def problem(value: Any) -> str | None:
     return None
 
 
-def screen(items: Sequence[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
-    """The records of *items* that can be stored, and (index, problem) of the others."""
+def _too_deep(value: Any) -> str | None:
+    """``problem`` for a value whose strings and numbers are known to be fine (see
+    ``plain_text``): only its nesting is checked, visiting containers only."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nesting deeper than {MAX_DEPTH} levels"
+        values = item.values() if type(item) is dict else item
+        stack.extend((v, depth + 1) for v in values if type(v) is dict or type(v) is list)
+    return None
+
+
+def plain_text(body: bytes) -> bool:
+    r"""Whether a JSON text that orjson read strictly can hold nothing ``problem`` refuses but
+    nesting: no string in it has a NUL (in JSON only the escape ``\u0000`` makes one)."""
+    return b"\\u0000" not in body
+
+
+def screen(items: Sequence[Any], *, plain: bool = False) -> tuple[list[Any], list[tuple[int, str]]]:
+    """The records of *items* that can be stored, and (index, problem) of the others.
+
+    *plain*: the document holding them was read strictly and is ``plain_text``; only their
+    nesting can then be a problem."""
+    check = _too_deep if plain else problem
     good: list[Any] = []
     refused: list[tuple[int, str]] = []
     for i, item in enumerate(items):
-        why = problem(item)
+        why = check(item) if type(item) is dict or type(item) is list else problem(item)
         if why is None:
             good.append(item)
         else:
