@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -45,6 +47,8 @@ STOP_TIMEOUT_S: Final = 30.0
 READY_TIMEOUT_S: Final = 120.0
 _POLL_S: Final = 0.2
 _BACKLOG: Final = 1024
+#: prctl(2)'s request for a signal on the parent's death (linux/prctl.h).
+_PR_SET_PDEATHSIG: Final = 1
 
 
 def cpu_count() -> int:
@@ -134,8 +138,22 @@ async def api_process(config: Config, sock: socket.socket, ready: int) -> int:
     return 0
 
 
-def _child(config: Config, sock: socket.socket, others: list[socket.socket], ready: int) -> None:
+def _end_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent (the supervisor) dies, even
+    by SIGKILL, so no API process outlives it holding the port; exit at once if it already
+    has. Linux only (prctl); elsewhere the processes end when the supervisor stops them."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was in place
+        os._exit(1)
+
+
+def _child(
+    config: Config, sock: socket.socket, others: list[socket.socket], ready: int, parent: int
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent(parent)  # SIGTERM is held until api_process handles it
     status = 1
     try:
         for other in others:
@@ -280,12 +298,13 @@ def serve_processes(
     hold_stop_signals()
     sys.stdout.flush()
     sys.stderr.flush()
+    supervisor = os.getpid()
     try:
         for sock in sockets:
             pid = os.fork()
             if pid == 0:
                 os.close(ready_read)
-                _child(config, sock, sockets, ready_write)
+                _child(config, sock, sockets, ready_write, supervisor)
             pids.append(pid)
     except BaseException:
         for pid in pids:

@@ -92,7 +92,9 @@ async def serve(tmp_path: Path, dsn: str, workers: int) -> AsyncIterator[Service
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        await service.reader
+        # processes that outlived it would hold its stderr open: never wait on them for ever
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(service.reader, TIMEOUT)
 
 
 async def answers(url: str, n: int) -> list[tuple[str, str | None]]:
@@ -165,6 +167,25 @@ async def _prefixes(service: Service, n: int) -> set[str]:
         if len(found) >= n:
             return found
     raise AssertionError(f"only {len(found)} processes answered")
+
+
+async def test_api_processes_end_with_their_supervisor(tmp_path: Path, populated_dsn: str) -> None:
+    """When the supervisor is killed outright (SIGKILL: no chance to stop them), its API
+    processes end too rather than keep serving the port unsupervised."""
+    async with serve(tmp_path, populated_dsn, workers=2) as service:
+        children = service.children()
+        assert len(children) == 2
+        service.proc.kill()  # not waited for here: that also waits for its stderr to close
+
+        async def all_gone() -> bool:
+            return not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+        try:
+            await eventually(all_gone, timeout=TIMEOUT, what="the API processes ending")
+        finally:
+            for pid in children:  # none is left behind, whatever happened
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 async def test_a_process_that_dies_stops_the_service(tmp_path: Path, populated_dsn: str) -> None:
