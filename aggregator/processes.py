@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import socket
@@ -142,9 +141,10 @@ def _end_with_parent(parent: int) -> None:
     """Have the kernel send this process SIGTERM when its parent (the supervisor) dies, even
     by SIGKILL, so no API process outlives it holding the port; exit at once if it already
     has. Linux only (prctl); elsewhere the processes end when the supervisor stops them."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            # the process's own symbols, libc's among them: no library search at start-up
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before the request was in place
         os._exit(1)
 

@@ -40,7 +40,7 @@ returning id, (select removed_at is not null from upstreams where name = $1) as 
 """
 
 
-_MARK_UPSTREAM_DIRTY: Final = """
+_QUEUE_UPSTREAM_TOOLS: Final = """
 insert into merge_queue (upstream_tool_id) select id from upstream_tools where upstream_id = $1
 on conflict do nothing
 """
@@ -72,7 +72,7 @@ async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]
         if before is not None and before != u.priority:
             # Priority decides merged records' primaries and plain-id claims: re-merge them at
             # the next publish.
-            await conn.execute(_MARK_UPSTREAM_DIRTY, ids[u.name])
+            await conn.execute(_QUEUE_UPSTREAM_TOOLS, ids[u.name])
     return ids
 
 
