@@ -116,6 +116,13 @@ _SET_PAGE_COST: Final = "select set_config('random_page_cost', $1, true)"
 MERGE_PAGE_COST: Final = "1.1"
 _ALL_TOOLS: Final = "select id from upstream_tools"
 _DIRTY_TOOLS: Final = "select upstream_tool_id as id from merge_queue"
+_CATALOGUE_HELD: Final = "select exists (select 1 from catalogue_members)"
+# The evidence's statistics are refreshed when the recomputed records are many and more than a
+# tenth of what the statistics last counted (a first publish; not 1% of a large catalogue,
+# which leaves them as they were).
+_EVIDENCE_COUNTED: Final = """
+select reltuples from pg_class where oid = 'tool_evidence'::regclass
+"""
 _ANALYZE_EVIDENCE: Final = "analyze tool_evidence"
 _CLEAR_DIRTY: Final = "delete from merge_queue where upstream_tool_id = any($1::bigint[])"
 
@@ -142,12 +149,15 @@ async def remerge(
         generation = await catalogue_generation(conn)
         log.info("merge_skipped", reason="nothing changed", generation=generation)
         return MergeStats(0, 0, 0, generation)
+    # A slice's records are held only by tools of the catalogue before the merge (the earlier
+    # slices wrote other records): a full merge into an empty catalogue replaces nothing.
+    replacing = not full or await conn.fetchval(_CATALOGUE_HELD)
     page_cost = await conn.fetchval(_PAGE_COST)
     await conn.execute(_SET_PAGE_COST, MERGE_PAGE_COST)
     rules, partners = await _load_rules(conn)
     await conn.execute(_CLOSURE_TABLES)
     await _refresh_evidence(conn, dirty, tombstone_after, keep_old=not full)
-    if len(dirty) >= ANALYZE_AFTER:
+    if len(dirty) >= ANALYZE_AFTER and len(dirty) * 10 >= await conn.fetchval(_EVIDENCE_COUNTED):
         await conn.execute(_ANALYZE_EVIDENCE)
     await conn.execute(_CLEAR_DIRTY, dirty)
     lap("evidence")
@@ -180,7 +190,7 @@ async def remerge(
         joined = [m.id for c in components if len(c.members) > 1 for m in c.members]
         versions = await _load_versions(conn, joined)
         lap("load_versions")
-        old_ids = await _tools_holding(conn, part)
+        old_ids = await _tools_holding(conn, part) if replacing else []
         await writer.write(components, versions, old_ids)
         nodes_seen += len(nodes)
         tools += len(components)
@@ -805,7 +815,10 @@ truncate merge_new_tools, merge_new_members, merge_new_versions
 # them); then, after the renames, tools, members and versions are updated where they differ,
 # inserted where new, and removed where the merge no longer has them. Inserts skip existing
 # rows by their unique index (an anti-join against the table being filled can turn quadratic).
-_ANALYZE_NEW: Final = "analyze merge_new_tools, merge_new_members, merge_new_versions"
+_ANALYZE_NEW: Final = """
+analyze merge_new_tools (id), merge_new_members (upstream_tool_id, tool_id),
+        merge_new_versions (tool_id, key)
+"""
 _DROP_RELEASED: Final = """
 delete from catalogue_tools c where c.id = any($1::text[])
   and not exists (select 1 from merge_new_tools n where n.id = c.id)
