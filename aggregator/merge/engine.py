@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Final
 
 from aggregator.merge.identity import JOINING, Key
@@ -36,6 +37,10 @@ QUALIFIED_PREFIX: Final = "#upstream/"
 _WORKFLOWHUB: Final = "10.48546/workflowhub.workflow."
 SAME_UPSTREAM: Final = "both tools come from one upstream"
 OPERATOR_NEVER: Final = "operator rule: never"
+
+
+# Node.order, read without building a tuple in Python for each comparison.
+_ORDER: Final = attrgetter("priority", "upstream", "external_id")
 
 
 def qualified_id(upstream: str, external_id: str) -> str:
@@ -214,7 +219,7 @@ def merge(
     when *nodes* is a closed subset of a larger catalogue, whose counts decide). *rules* are
     the operator's always/never pairs, by qualified id.
     """
-    ordered = sorted(nodes, key=lambda n: n.order)
+    ordered = sorted(nodes, key=_ORDER)
     if identifying is None:
         identifying = identifying_keys(ordered, max_per_upstream=max_per_upstream)
     joiner = _Joiner(ordered, rules or Rules())
@@ -347,6 +352,8 @@ class _Joiner:
 
     def components(self) -> list[Component]:
         """The components, sorted by their primary's order."""
+        # A component first appears at its best-ordered member, its primary: the components
+        # come out sorted by their primary's order.
         groups: dict[int, Component] = {}
         for i, n in enumerate(self.ordered):
             root = self.find(i)
@@ -354,7 +361,7 @@ class _Joiner:
             if comp is None:
                 comp = groups[root] = Component([], self.joins[root], self.refused[root])
             comp.members.append(n)
-        return sorted(groups.values(), key=lambda c: c.primary.order)
+        return list(groups.values())
 
 
 @dataclass(frozen=True, slots=True)
