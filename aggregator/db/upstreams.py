@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import asyncpg
+import structlog
 
 from aggregator.config import UpstreamConfig, upstream_table
 from aggregator.db.operations import restore_upstream
@@ -18,15 +19,24 @@ if TYPE_CHECKING:
 #: NOTIFY channel of "harvest now" requests; the payload is the upstream's name.
 HARVEST_REQUEST_CHANNEL: Final = "trs_aggregator_harvest"
 
+log = structlog.get_logger()
+
 _PRIORITY: Final = "select priority from upstreams where name = $1"
 # A changed schedule makes the upstream due at once, so a shorter interval takes effect now.
+# $9 is the source ('config': the configuration file, 'api': the admin API). A write from the
+# file records the file's table in file_config; with $10, it leaves alone an upstream changed
+# through the admin API since the file last set it, as long as the file's entry is unchanged.
 _UPSERT_UPSTREAM: Final = """
-insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source, config)
-values ($1, $2, $3, $4, $5, $6, $7, 'config', $8)
+insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source, config,
+                       file_config)
+values ($1, $2, $3, $4, $5, $6, $7, $9::text, $8::jsonb,
+        case when $9::text = 'config' then $8::jsonb end)
 on conflict (name) do update set
     url = excluded.url, kind = excluded.kind, mode = excluded.mode,
     priority = excluded.priority, schedule = excluded.schedule, enabled = excluded.enabled,
-    source = 'config', config = excluded.config,
+    source = excluded.source, config = excluded.config,
+    file_config = case when excluded.source = 'config' then excluded.config
+                       else upstreams.file_config end,
     next_harvest_at = case when upstreams.schedule is distinct from excluded.schedule then null
                            else upstreams.next_harvest_at end,
     updated_at = case
@@ -36,9 +46,11 @@ on conflict (name) do update set
              (excluded.url, excluded.kind, excluded.mode, excluded.priority, excluded.schedule,
               excluded.enabled, excluded.config, null)
         then now() else upstreams.updated_at end
+where not ($10::boolean and upstreams.source = 'api' and upstreams.file_config = excluded.config)
 returning id, (select removed_at is not null from upstreams where name = $1) as was_removed
 """
 
+_UPSTREAM_ID: Final = "select id from upstreams where name = $1"
 
 _QUEUE_UPSTREAM_TOOLS: Final = """
 insert into merge_queue (upstream_tool_id) select id from upstream_tools where upstream_id = $1
@@ -46,10 +58,20 @@ on conflict do nothing
 """
 
 
-async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]) -> dict[str, int]:
-    """Insert or update the configured *upstreams*; return their ids by name.
+async def upsert_upstreams(
+    conn: Connection,
+    upstreams: Sequence[UpstreamConfig],
+    *,
+    source: Literal["config", "api"] = "config",
+    keep_api_changes: bool = False,
+) -> dict[str, int]:
+    """Insert or update *upstreams*, as the configuration file (*source* ``config``) or the
+    admin API (``api``) says; return their ids by name.
 
-    An upstream that was removed comes back with its records (db.operations.restore_upstream).
+    With *keep_api_changes* (what the commands do with the file when they start), an upstream
+    changed or removed through the admin API since the file last set it keeps that change while
+    the file's entry stays as it was; an edited entry wins. An upstream that was removed comes
+    back with its records (db.operations.restore_upstream).
     """
     ids: dict[str, int] = {}
     for u in upstreams:
@@ -64,8 +86,14 @@ async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]
             u.schedule,
             u.enabled,
             upstream_table(u),
+            source,
+            keep_api_changes,
         )
-        assert row is not None
+        if row is None:
+            # Changed through the admin API since the file last set it: keep that.
+            ids[u.name] = await conn.fetchval(_UPSTREAM_ID, u.name)
+            log.warning("upstream_config_kept", upstream=u.name, reason=_KEPT_REASON)
+            continue
         ids[u.name] = row["id"]
         if row["was_removed"]:
             await restore_upstream(conn, row["id"])
@@ -74,6 +102,13 @@ async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]
             # the next publish.
             await conn.execute(_QUEUE_UPSTREAM_TOOLS, ids[u.name])
     return ids
+
+
+_KEPT_REASON: Final = (
+    "changed through the admin API since the configuration file last set it, and the file's "
+    "entry is unchanged: the database's version stays (edit the file's entry, or run "
+    "`trs-aggregator upstreams apply`, to make the file's version current)"
+)
 
 
 _SAVE_SERVICE_INFO: Final = """
