@@ -241,9 +241,10 @@ class _Joiner:
         self.ordered = ordered
         self.rules = rules
         self.parent = list(range(len(ordered)))
-        self.upstreams: list[set[str]] = [{n.upstream} for n in ordered]
-        self.joins: list[list[Edge]] = [[] for _ in ordered]
-        self.refused: list[list[Edge]] = [[] for _ in ordered]
+        # Per root of more than one record (or with a refusal): its upstreams, joins, refusals.
+        self.upstreams: dict[int, set[str]] = {}
+        self.joins: dict[int, list[Edge]] = {}
+        self.refused: dict[int, list[Edge]] = {}
         self.never: dict[int, set[int]] = defaultdict(set)
         self.index: dict[str, int] = {}
         if rules.always or rules.never:
@@ -276,10 +277,13 @@ class _Joiner:
                 guarded[root] = [root]
         return guarded.get(root)
 
+    def upstreams_of(self, root: int) -> set[str]:
+        """The upstreams of *root*'s component."""
+        return self.upstreams.get(root) or {self.ordered[root].upstream}
+
     def blocker(self, ra: int, rb: int, *, forced: bool) -> str | None:
         """Why the components of roots *ra* and *rb* cannot be one, or None."""
-        upstreams = self.upstreams
-        if not forced and upstreams[ra] & upstreams[rb]:
+        if not forced and not self.upstreams_of(ra).isdisjoint(self.upstreams_of(rb)):
             return SAME_UPSTREAM
         guards = self.guards
         ga, gb = guards(ra), guards(rb)
@@ -306,16 +310,22 @@ class _Joiner:
         if moved:
             self.guarded.setdefault(keep, []).extend(moved)
         self.parent[gone] = keep
-        self.upstreams[keep] |= self.upstreams[gone]
-        self.joins[keep] += [*self.joins[gone], edge]
-        self.refused[keep] += self.refused[gone]
+        upstreams = self.upstreams.get(keep)
+        if upstreams is None:
+            upstreams = self.upstreams[keep] = {self.ordered[keep].upstream}
+        upstreams |= self.upstreams.pop(gone, set()) or {self.ordered[gone].upstream}
+        joins = self.joins.setdefault(keep, [])
+        joins += self.joins.pop(gone, ())
+        joins.append(edge)
+        if gone in self.refused:
+            self.refused.setdefault(keep, []).extend(self.refused.pop(gone))
 
     def refuse(self, ia: int, ib: int, edge: Edge) -> None:
         """Report refused *edge* on both sides."""
         ra, rb = self.find(ia), self.find(ib)
-        self.refused[ra].append(edge)
+        self.refused.setdefault(ra, []).append(edge)
         if rb != ra:
-            self.refused[rb].append(edge)
+            self.refused.setdefault(rb, []).append(edge)
 
     def apply_always(self) -> None:
         """Join the operator's always pairs, unless a never pair forbids it."""
@@ -359,7 +369,9 @@ class _Joiner:
             root = self.find(i)
             comp = groups.get(root)
             if comp is None:
-                comp = groups[root] = Component([], self.joins[root], self.refused[root])
+                comp = groups[root] = Component(
+                    [], self.joins.get(root, []), self.refused.get(root, [])
+                )
             comp.members.append(n)
         return list(groups.values())
 
