@@ -76,8 +76,6 @@ async def check_schema(pool: asyncpg.Pool[Any]) -> None:
 
 async def cmd_harvest(config: Config, names: Sequence[str]) -> int:
     """Harvest now, with a progress line on a terminal; 1 if any upstream failed."""
-    for name in names:
-        config.upstream(name)
     if not names and not config.upstreams:
         raise ConfigError("upstreams", "no upstreams configured")
     progress = TerminalProgress() if sys.stderr.isatty() else NoProgress()

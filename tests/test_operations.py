@@ -441,7 +441,8 @@ async def test_a_restart_keeps_admin_api_changes_unless_the_file_changed(
 ) -> None:
     """A command starting with the configuration file leaves alone an upstream changed or
     removed through the admin API while the file's entry for it stays as it was (and says so);
-    an edited entry wins; ``upstreams apply`` makes the whole file current."""
+    an edited entry wins; one added through the API can be harvested by name; ``upstreams
+    apply`` makes the whole file current."""
     s = two_registries
     config = config_of(db_dsn, {"a": s["a"], "b": s["b"]})
     await harvest(pool, config)
@@ -490,8 +491,20 @@ async def test_a_restart_keeps_admin_api_changes_unless_the_file_changed(
     await merge()
     assert await state() == {"a": (20, False), "b": (100, True)}
 
-    # An explicit apply makes the whole file current: b comes back with its records.
+    # An upstream added only through the API can be harvested by name.
+    r = await client.put(
+        f"{ADMIN}/upstreams/c",
+        data=json.dumps({"url": str(s["c"].make_url(TRS))}),
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    assert r.status == 200, await r.text()
+    harvested = await run_cli(tmp_path, "harvest", "c", "--config", str(cfg))
+    assert harvested.returncode == 0, harvested.stderr
+    assert "only-c" in await catalogue_ids(db_dsn)
+
+    # An explicit apply makes the whole file current: b comes back with its records, c (not
+    # in the file) is removed.
     applied = await run_cli(tmp_path, "upstreams", "apply", "--config", str(cfg))
     assert applied.returncode == 0, applied.stderr
-    assert await state() == {"a": (20, False), "b": (100, False)}
+    assert await state() == {"a": (20, False), "b": (100, False), "c": (100, True)}
     assert "only-b" in await catalogue_ids(db_dsn)

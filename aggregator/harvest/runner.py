@@ -24,6 +24,7 @@ from aggregator.db.merge import save_merge_rules
 from aggregator.db.operations import save_conformance
 from aggregator.db.outage import is_unavailable, unavailable
 from aggregator.db.pool import connect
+from aggregator.errors import ConfigError
 from aggregator.harvest.aggregator import AggregatorCrawl
 from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.crawl import Crawl, RunOutcome
@@ -65,20 +66,26 @@ async def harvest_upstreams(
     progress: Progress | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> list[RunOutcome]:
-    """Harvest the upstreams called *names* (all enabled ones when empty), concurrently.
+    """Harvest the upstreams called *names* (the configuration file's enabled ones when
+    empty), concurrently, as the database holds them: an upstream changed through the admin
+    API keeps that change while the file's entry is as it was, and one added through the API
+    may be named. Raises ConfigError for a name the database does not hold.
 
     One upstream's failure never affects another's run.
     """
-    chosen = (
-        [config.upstream(n) for n in names] if names else [u for u in config.upstreams if u.enabled]
-    )
     async with pool.acquire() as conn:
         await db_upstreams.upsert_upstreams(conn, config.upstreams, keep_api_changes=True)
         await save_merge_rules(conn, config.merge.always, config.merge.never)
-        # What the database holds is what is harvested: an upstream changed through the admin
-        # API keeps that change while the file's entry is as it was.
         stored = {u.name: u for u in await stored_upstreams(conn, removed=True)}
-    chosen = [stored.get(u.name, u) for u in chosen]
+    for name in names:
+        if name not in stored:
+            known = ", ".join(sorted(stored)) or "none configured"
+            raise ConfigError("upstreams", f"no upstream named {name!r} (known: {known})")
+    chosen = (
+        [stored[n] for n in names]
+        if names
+        else [s for u in config.upstreams if (s := stored.get(u.name, u)).enabled]
+    )
     harvester = Harvester(pool, session, config, progress=progress, environ=environ)
     results = await asyncio.gather(*(harvester.harvest(u) for u in chosen), return_exceptions=True)
     return isolate(chosen, results)
