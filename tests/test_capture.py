@@ -216,6 +216,9 @@ async def outcome(conn: asyncpg.Connection[Any]) -> dict[str, list[tuple[Any, ..
         "indexes": "select tablename, indexname, indexdef from pg_indexes "
         "where tablename in ('search_docs', 'search_lexicon', 'catalogue_snapshot') "
         "order by indexname",
+        "constraints": "select conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+        "from pg_constraint where conrelid in ('search_docs'::regclass, "
+        "'search_lexicon'::regclass, 'catalogue_snapshot'::regclass) order by conname",
     }
     return {k: [tuple(r) for r in await conn.fetch(q)] for k, q in queries.items()}
 

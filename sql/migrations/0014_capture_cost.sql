@@ -28,34 +28,48 @@ create or replace function search_json_array(value jsonb) returns jsonb language
                                      else '[]'::jsonb end
 $$;
 
--- Drop the indexes of *tbl* that no constraint needs and return their definitions, for
--- capture_build_indexes once the table is filled.
+-- Drop the indexes of *tbl* (and the primary key and unique constraints they serve, unless
+-- something depends on them) and return the statements that make them again, for
+-- capture_build_indexes once the table is filled: building an index over a table's rows is a
+-- quarter of the cost of inserting the rows into it one by one.
 create or replace function capture_drop_indexes(tbl regclass) returns text[]
 language plpgsql as $$
 declare
-    defs text[] := '{}';
-    idx oid;
+    remake text[] := '{}';
+    found record;
 begin
-    for idx in
-        select i.indexrelid from pg_index i
+    for found in
+        select i.indexrelid as idx, c.oid as con, c.conname
+        from pg_index i
+        left join pg_constraint c on c.conindid = i.indexrelid and c.conrelid = tbl
         where i.indrelid = tbl
-          and not exists (select 1 from pg_constraint c where c.conindid = i.indexrelid)
-        order by i.indexrelid
+          and not exists (select 1 from pg_constraint f
+                          where f.contype = 'f' and f.conindid = i.indexrelid)
+          and not exists (select 1 from pg_depend d
+                          where d.refclassid = 'pg_constraint'::regclass and d.refobjid = c.oid
+                            and d.deptype <> 'i')
+        order by c.oid nulls last, i.indexrelid
     loop
-        defs := defs || pg_get_indexdef(idx);
-        execute format('drop index %s', idx::regclass);
+        if found.con is null then
+            remake := remake || pg_get_indexdef(found.idx);
+            execute format('drop index %s', found.idx::regclass);
+        else
+            remake := remake || format('alter table %s add constraint %I %s', tbl, found.conname,
+                                       pg_get_constraintdef(found.con));
+            execute format('alter table %s drop constraint %I', tbl, found.conname);
+        end if;
     end loop;
-    return defs;
+    return remake;
 end $$;
 
--- Build the indexes capture_drop_indexes dropped.
-create or replace function capture_build_indexes(defs text[]) returns void
+-- Make again the indexes capture_drop_indexes dropped.
+create or replace function capture_build_indexes(remake text[]) returns void
 language plpgsql as $$
 declare
-    def text;
+    statement text;
 begin
-    foreach def in array defs loop
-        execute def;
+    foreach statement in array remake loop
+        execute statement;
     end loop;
 end $$;
 
@@ -178,14 +192,14 @@ begin
         analyze catalogue_versions;
     end if;
     create temporary table if not exists capture_new (
-        tool_id text primary key, member_ids bigint[], metadata text, versions text,
-        files text, sources text) on commit drop;
+        tool_id text, member_ids bigint[], metadata text, versions text, files text,
+        sources text) on commit drop;
     truncate capture_new;
     insert into capture_new select * from catalogue_parts();
 
     create temporary table if not exists capture_old (
-        tool_id text primary key, member_ids bigint[], metadata text, versions text,
-        files text, sources text) on commit drop;
+        tool_id text, member_ids bigint[], metadata text, versions text, files text,
+        sources text) on commit drop;
     truncate capture_old;
     insert into capture_old
     select s.* from catalogue_snapshot s where s.tool_id in (select tool_id from capture_ids);
@@ -197,7 +211,7 @@ begin
     -- Where the records of each old tool are now: the new tools holding them, and whether
     -- those hold exactly the same records and are not themselves old tools.
     create temporary table if not exists capture_dest (
-        tool_id text primary key, dest text[], same_members boolean) on commit drop;
+        tool_id text, dest text[], same_members boolean) on commit drop;
     truncate capture_dest;
     insert into capture_dest
     select o.tool_id,
@@ -298,26 +312,36 @@ declare
     records bigint;
     pages bigint;
 begin
-    create temporary table if not exists capture_ids (tool_id text primary key) on commit drop;
+    -- The work tables have no index: each is read whole, or probed from the catalogue's side,
+    -- and one index more per row written is a quarter of what a large capture costs.
+    create temporary table if not exists capture_touched (
+        tool_id text, upstream_tool_id bigint, upstream_version_id bigint) on commit drop;
+    truncate capture_touched;
+    create temporary table if not exists capture_ids (tool_id text) on commit drop;
     truncate capture_ids;
-    create temporary table if not exists capture_records (upstream_tool_id bigint primary key)
+    create temporary table if not exists capture_records (upstream_tool_id bigint)
         on commit drop;
     truncate capture_records;
+    -- What was touched is taken as it is deleted: a touch committed meanwhile by another
+    -- transaction stays for the next capture.
+    with taken as (
+        delete from catalogue_touched
+        returning tool_id, upstream_tool_id, upstream_version_id)
+    insert into capture_touched select * from taken;
     insert into capture_records
-    select upstream_tool_id from catalogue_touched where upstream_tool_id is not null
+    select upstream_tool_id from capture_touched where upstream_tool_id is not null
     union
     select v.upstream_tool_id from upstream_versions v
-    where v.id in (select upstream_version_id from catalogue_touched
+    where v.id in (select upstream_version_id from capture_touched
                    where upstream_version_id is not null);
     get diagnostics records = row_count;
     if records >= 500 then
         analyze capture_records;
     end if;
     insert into capture_ids
-    select tool_id from catalogue_touched where tool_id is not null
+    select tool_id from capture_touched where tool_id is not null
     union
-    select m.tool_id from catalogue_members m join capture_records r using (upstream_tool_id)
-    on conflict do nothing;
+    select m.tool_id from catalogue_members m join capture_records r using (upstream_tool_id);
     -- The tools that held those records when last described: found by a probe of the
     -- snapshot's index per record (a few microseconds each), or by one pass over the snapshot
     -- when the records are many for its size (a pass costs about as much as a probe per seven
@@ -325,18 +349,17 @@ begin
     pages := pg_relation_size('catalogue_snapshot') / current_setting('block_size')::bigint;
     if records > 0 and records < 5 * pages then
         insert into capture_ids
-        select s.tool_id
+        select distinct s.tool_id
         from capture_records r
         join catalogue_snapshot s on s.member_ids && array[r.upstream_tool_id]
-        on conflict do nothing;
+        where not exists (select 1 from capture_ids i where i.tool_id = s.tool_id);
     elsif records > 0 then
         insert into capture_ids
         select distinct s.tool_id
         from catalogue_snapshot s cross join lateral unnest(s.member_ids) as r(upstream_tool_id)
         where r.upstream_tool_id in (select upstream_tool_id from capture_records)
-        on conflict do nothing;
+          and not exists (select 1 from capture_ids i where i.tool_id = s.tool_id);
     end if;
-    delete from catalogue_touched;
     perform catalogue_diff(new.generation);
     return null;
 end $$;
