@@ -47,7 +47,7 @@ async def cmd_merge(config: Config, *, full: bool) -> int:
     assert config.database.url is not None
     conn = await connect(config.database.url)
     try:
-        await upsert_upstreams(conn, config.upstreams)
+        await upsert_upstreams(conn, config.upstreams, keep_api_changes=True)
         await save_merge_rules(conn, config.merge.always, config.merge.never)
         stats = await remerge_catalogue(
             conn,
@@ -105,7 +105,7 @@ async def cmd_request_harvest(config: Config, names: Sequence[str]) -> int:
     try:
         await check_schema(pool)
         async with pool.acquire() as conn:
-            await upsert_upstreams(conn, config.upstreams)
+            await upsert_upstreams(conn, config.upstreams, keep_api_changes=True)
             ids = await request_harvest(conn, chosen, requested_by=f"cli:{WORKER_ID}")
     finally:
         await pool.close()
@@ -190,7 +190,7 @@ async def serve_forever(
             if worker:
                 session = await stack.enter_async_context(make_session(config))
                 async with pool.acquire() as conn:
-                    await upsert_upstreams(conn, config.upstreams)
+                    await upsert_upstreams(conn, config.upstreams, keep_api_changes=True)
                     await save_merge_rules(conn, config.merge.always, config.merge.never)
                 harvest_worker = LiveWorker(pool, session, config)
                 await harvest_worker.start()

@@ -258,14 +258,18 @@ async def test_tokens_roles_and_audit(
 
     r = await client.get(f"{ADMIN}/audit?limit=100", headers=auth(operator))
     assert r.status == 200
-    log = [(e["actor"], e["action"], e["outcome"], e["status"]) for e in await r.json()]
+    entries = await r.json()
+    log = [(e["actor"], e["action"], e["outcome"], e["status"]) for e in entries]
     log.reverse()
-    assert log[:4] == [
+    # The two refusals without a valid token share one record, which counts them.
+    assert log[:3] == [
         ("cli:" + log[0][0].split(":", 1)[1], "token_create", "ok", None),
-        ("anonymous", "pause", "refused", 401),
         ("anonymous", "pause", "refused", 401),
         ("token:oncall", "apply", "refused", 403),
     ]
+    anonymous = entries[-2]["detail"]
+    assert anonymous["count"] == 2 and anonymous["last_target"] == "a"
+    assert anonymous["remote"] == "127.0.0.1"
     assert ("token:oncall", "pause", "ok", 200) in log
     assert ("token:deployer", "apply", "ok", 200) in log
     assert ("token:deployer", "apply", "failed", 400) in log
@@ -426,3 +430,68 @@ async def test_pause_and_resume_from_the_command_line(
         ("resume", "a", "ok"),
         ("pause", "nope", "failed"),
     ]
+
+
+async def test_a_restart_keeps_admin_api_changes_unless_the_file_changed(
+    db_dsn: str,
+    pool: asyncpg.Pool[Any],
+    two_registries: dict[str, TestServer],
+    tmp_path: Path,
+    aiohttp_client: Any,
+) -> None:
+    """A command starting with the configuration file leaves alone an upstream changed or
+    removed through the admin API while the file's entry for it stays as it was (and says so);
+    an edited entry wins; ``upstreams apply`` makes the whole file current."""
+    s = two_registries
+    config = config_of(db_dsn, {"a": s["a"], "b": s["b"]})
+    await harvest(pool, config)
+    cfg = tmp_path / "aggregator.toml"
+
+    def write(priority_a: int) -> None:
+        cfg.write_text(
+            toml_config(db_dsn, [("a", s["a"], {"priority": priority_a}), ("b", s["b"], {})])
+        )
+
+    async def merge() -> str:
+        done = await run_cli(tmp_path, "merge", "--config", str(cfg))
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    async def state() -> dict[str, tuple[int, bool]]:
+        rows = await fetch(db_dsn, "select name, priority, removed_at from upstreams")
+        return {r["name"]: (r["priority"], r["removed_at"] is not None) for r in rows}
+
+    write(priority_a=10)
+    await merge()
+    assert await state() == {"a": (10, False), "b": (100, False)}
+
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(config))
+    auth = {"Authorization": f"Bearer {await make_token(tmp_path, db_dsn, 'ci', 'admin')}"}
+    r = await client.put(
+        f"{ADMIN}/upstreams/a",
+        data=json.dumps({"url": str(s["a"].make_url(TRS)), "priority": 7}),
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    assert r.status == 200, await r.text()
+    r = await client.delete(f"{ADMIN}/upstreams/b", headers=auth)
+    assert r.status == 200, await r.text()
+    assert await state() == {"a": (7, False), "b": (100, True)}
+    assert "only-b" not in await catalogue_ids(db_dsn)
+
+    # The same file again: both admin changes stay, and the command says why.
+    said = await merge()
+    assert await state() == {"a": (7, False), "b": (100, True)}
+    assert said.count("upstream_config_kept") == 2
+    assert "only-b" not in await catalogue_ids(db_dsn)
+
+    # The operator edits a's entry: the file wins for a; b's entry is unchanged, so b stays
+    # removed.
+    write(priority_a=20)
+    await merge()
+    assert await state() == {"a": (20, False), "b": (100, True)}
+
+    # An explicit apply makes the whole file current: b comes back with its records.
+    applied = await run_cli(tmp_path, "upstreams", "apply", "--config", str(cfg))
+    assert applied.returncode == 0, applied.stderr
+    assert await state() == {"a": (20, False), "b": (100, False)}
+    assert "only-b" in await catalogue_ids(db_dsn)

@@ -70,7 +70,9 @@ def action(name: str, role: str) -> Callable[[Action], Callable[[web.Request], A
                 )
 
             if token is None:
-                await record("refused", 401)
+                await ops_db.audit_anonymous_refusal(
+                    pool, action=name, target=target, remote=request.remote
+                )
                 response = error_response(401, "a valid bearer token is required")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="trs-aggregator admin"'
                 return response
@@ -122,7 +124,9 @@ async def _run_plan(
 ) -> Result:
     try:
         async with request.app[DB_POOL].acquire() as conn:
-            plan = await plan_or_apply(conn, request.app[CONFIG], desired, apply=apply)
+            plan = await plan_or_apply(
+                conn, request.app[CONFIG], desired, apply=apply, source="api"
+            )
     except ConfigError as e:
         raise _Refused(400, str(e)) from None
     body = plan.as_json()

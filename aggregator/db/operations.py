@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import asyncpg
 
@@ -154,6 +154,40 @@ async def audit(
     return audit_id
 
 
+# Refusals of requests without a valid token are counted on one row per action and minute
+# rather than written one by one: nobody can grow the audit log faster than that.
+_COUNT_ANONYMOUS_REFUSAL: Final = """
+update audit_log set detail = detail || jsonb_build_object(
+        'count', coalesce((detail ->> 'count')::bigint, 1) + 1,
+        'last_at', now(), 'last_target', $2::text, 'last_remote', $3::text)
+where id = (select id from audit_log
+            where actor = 'anonymous' and action = $1 and outcome = 'refused'
+              and at > now() - interval '1 minute'
+            order by id desc limit 1)
+returning id
+"""
+
+
+async def audit_anonymous_refusal(
+    conn: Executor, *, action: str, target: str | None, remote: str | None
+) -> int:
+    """Record that a request for *action* came without a valid token (401); return the id of
+    the audit record, which counts such refusals for a minute."""
+    audit_id: int | None = await conn.fetchval(_COUNT_ANONYMOUS_REFUSAL, action, target, remote)
+    if audit_id is not None:
+        return audit_id
+    return await audit(
+        conn,
+        actor="anonymous",
+        role=None,
+        action=action,
+        target=target,
+        outcome="refused",
+        status=401,
+        detail={"count": 1, "remote": remote},
+    )
+
+
 _LIST_AUDIT: Final = """
 select * from audit_log where $1::bigint is null or id < $1
 order by id desc limit $2
@@ -202,7 +236,7 @@ async def set_paused(conn: Connection, name: str, *, paused: bool, by: str) -> b
 
 
 _MARK_REMOVED: Final = """
-update upstreams set removed_at = now(), updated_at = now() where id = $1
+update upstreams set removed_at = now(), updated_at = now(), source = $2 where id = $1
 """
 
 _TOMBSTONE_REMOVED: Final = """
@@ -217,10 +251,13 @@ select count(*) from changed
 """
 
 
-async def remove_upstream(conn: Connection, upstream_id: int) -> int:
-    """Mark an upstream removed and tombstone its records (kept, not deleted); return how many
-    records were live. Run inside the caller's transaction, then re-merge."""
-    await conn.execute(_MARK_REMOVED, upstream_id)
+async def remove_upstream(
+    conn: Connection, upstream_id: int, *, source: Literal["config", "api"] = "config"
+) -> int:
+    """Mark an upstream removed, as the configuration file (*source* ``config``) or the admin
+    API (``api``) asked, and tombstone its records (kept, not deleted); return how many records
+    were live. Run inside the caller's transaction, then re-merge."""
+    await conn.execute(_MARK_REMOVED, upstream_id, source)
     count: int = await conn.fetchval(_TOMBSTONE_REMOVED, upstream_id, REMOVED_OFFSET)
     return count
 

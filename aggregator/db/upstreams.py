@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import asyncpg
+import structlog
 
 from aggregator.config import UpstreamConfig, upstream_table
 from aggregator.db.operations import restore_upstream
@@ -18,15 +19,24 @@ if TYPE_CHECKING:
 #: NOTIFY channel of "harvest now" requests; the payload is the upstream's name.
 HARVEST_REQUEST_CHANNEL: Final = "trs_aggregator_harvest"
 
+log = structlog.get_logger()
+
 _PRIORITY: Final = "select priority from upstreams where name = $1"
 # A changed schedule makes the upstream due at once, so a shorter interval takes effect now.
+# $9 is the source ('config': the configuration file, 'api': the admin API). A write from the
+# file records the file's table in file_config; with $10, it leaves alone an upstream changed
+# through the admin API since the file last set it, as long as the file's entry is unchanged.
 _UPSERT_UPSTREAM: Final = """
-insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source, config)
-values ($1, $2, $3, $4, $5, $6, $7, 'config', $8)
+insert into upstreams (name, url, kind, mode, priority, schedule, enabled, source, config,
+                       file_config)
+values ($1, $2, $3, $4, $5, $6, $7, $9::text, $8::jsonb,
+        case when $9::text = 'config' then $8::jsonb end)
 on conflict (name) do update set
     url = excluded.url, kind = excluded.kind, mode = excluded.mode,
     priority = excluded.priority, schedule = excluded.schedule, enabled = excluded.enabled,
-    source = 'config', config = excluded.config,
+    source = excluded.source, config = excluded.config,
+    file_config = case when excluded.source = 'config' then excluded.config
+                       else upstreams.file_config end,
     next_harvest_at = case when upstreams.schedule is distinct from excluded.schedule then null
                            else upstreams.next_harvest_at end,
     updated_at = case
@@ -36,9 +46,11 @@ on conflict (name) do update set
              (excluded.url, excluded.kind, excluded.mode, excluded.priority, excluded.schedule,
               excluded.enabled, excluded.config, null)
         then now() else upstreams.updated_at end
+where not ($10::boolean and upstreams.source = 'api' and upstreams.file_config = excluded.config)
 returning id, (select removed_at is not null from upstreams where name = $1) as was_removed
 """
 
+_UPSTREAM_ID: Final = "select id from upstreams where name = $1"
 
 _QUEUE_UPSTREAM_TOOLS: Final = """
 insert into merge_queue (upstream_tool_id) select id from upstream_tools where upstream_id = $1
@@ -46,10 +58,20 @@ on conflict do nothing
 """
 
 
-async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]) -> dict[str, int]:
-    """Insert or update the configured *upstreams*; return their ids by name.
+async def upsert_upstreams(
+    conn: Connection,
+    upstreams: Sequence[UpstreamConfig],
+    *,
+    source: Literal["config", "api"] = "config",
+    keep_api_changes: bool = False,
+) -> dict[str, int]:
+    """Insert or update *upstreams*, as the configuration file (*source* ``config``) or the
+    admin API (``api``) says; return their ids by name.
 
-    An upstream that was removed comes back with its records (db.operations.restore_upstream).
+    With *keep_api_changes* (what the commands do with the file when they start), an upstream
+    changed or removed through the admin API since the file last set it keeps that change while
+    the file's entry stays as it was; an edited entry wins. An upstream that was removed comes
+    back with its records (db.operations.restore_upstream).
     """
     ids: dict[str, int] = {}
     for u in upstreams:
@@ -64,8 +86,14 @@ async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]
             u.schedule,
             u.enabled,
             upstream_table(u),
+            source,
+            keep_api_changes,
         )
-        assert row is not None
+        if row is None:
+            # Changed through the admin API since the file last set it: keep that.
+            ids[u.name] = await conn.fetchval(_UPSTREAM_ID, u.name)
+            log.warning("upstream_config_kept", upstream=u.name, reason=_KEPT_REASON)
+            continue
         ids[u.name] = row["id"]
         if row["was_removed"]:
             await restore_upstream(conn, row["id"])
@@ -74,6 +102,13 @@ async def upsert_upstreams(conn: Connection, upstreams: Sequence[UpstreamConfig]
             # the next publish.
             await conn.execute(_QUEUE_UPSTREAM_TOOLS, ids[u.name])
     return ids
+
+
+_KEPT_REASON: Final = (
+    "changed through the admin API since the configuration file last set it, and the file's "
+    "entry is unchanged: the database's version stays (edit the file's entry, or run "
+    "`trs-aggregator upstreams apply`, to make the file's version current)"
+)
 
 
 _SAVE_SERVICE_INFO: Final = """
@@ -230,16 +265,6 @@ select u.id, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled, u
        last.error as last_run_error,
        ok.id as last_success_id, ok.started_at as last_success_started_at,
        ok.finished_at as last_success_finished_at,
-       (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)) as tools,
-       (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and t.tombstoned_at is not null
-          and upstream_tool_live(t.missed_listings, $2)) as tools_tombstoned,
-       (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)
-          and t.last_confirmed < now() - make_interval(secs => $3)) as tools_stale,
-       (select count(*) from upstream_versions v join upstream_tools t on t.id = v.upstream_tool_id
-        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)) as versions,
        (select count(*) from harvest_requests r
         where r.upstream_id = u.id and r.served_at is null) as pending_requests,
        u.paused, u.paused_at, u.paused_by, u.removed_at,
@@ -258,12 +283,78 @@ where $1::text is null or u.name = $1
 order by u.priority, u.name
 """
 
+# One upstream's record counts, in one pass over its records (and one over their versions),
+# and when the next fresh record turns stale.
+_RECORD_COUNTS: Final = """
+with t as (
+    select id, tombstoned_at, last_confirmed,
+           upstream_tool_live(missed_listings, $2) as live,
+           last_confirmed < now() - make_interval(secs => $3) as stale
+    from upstream_tools where upstream_id = $1)
+select count(*) filter (where live) as tools,
+       count(*) filter (where live and tombstoned_at is not null) as tools_tombstoned,
+       count(*) filter (where live and stale) as tools_stale,
+       min(last_confirmed) filter (where live and not stale)
+           + make_interval(secs => $3) as next_stale_at,
+       (select count(*) from upstream_versions v join t on t.id = v.upstream_tool_id
+        where t.live) as versions
+from t
+"""
+
+_COUNT_KEYS: Final = ("tools", "tools_tombstoned", "tools_stale", "versions")
+#: The longest a process reuses an upstream's record counts (a safety net: they change only
+#: when a run of it publishes, it is removed or restored, or a record turns stale — each of
+#: which the cache key or its expiry covers).
+COUNTS_MAX_AGE_S: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    key: tuple[Any, ...]
+    values: dict[str, int]
+    valid_until: dt.datetime
+
+
+#: upstream id -> its counts as last computed in this process.
+_counts: dict[int, _Counts] = {}
+
+
+async def _record_counts(
+    conn: Executor, row: asyncpg.Record, tombstone_after: int, stale_after_s: float
+) -> dict[str, int]:
+    """*row*'s upstream's record counts: live tools, missing (tombstoned but kept), stale, and
+    versions of live tools. Counting is a pass over every record of the upstream (seconds at a
+    million), so the answer is kept until a run of the upstream publishes, the upstream is
+    removed or restored, a record turns stale, or COUNTS_MAX_AGE_S pass."""
+    # The last publish's finish time tells one database's run from another's of the same id.
+    key = (
+        row["last_success_id"],
+        row["last_success_finished_at"],
+        row["last_run_id"],
+        row["removed_at"],
+        tombstone_after,
+        stale_after_s,
+    )
+    now: dt.datetime = row["now"]
+    kept = _counts.get(row["id"])
+    if kept is not None and kept.key == key and now < kept.valid_until:
+        return kept.values
+    counted = await conn.fetchrow(_RECORD_COUNTS, row["id"], tombstone_after, stale_after_s)
+    assert counted is not None
+    values = {k: int(counted[k]) for k in _COUNT_KEYS}
+    valid_until = now + dt.timedelta(seconds=COUNTS_MAX_AGE_S)
+    if counted["next_stale_at"] is not None:
+        valid_until = min(valid_until, counted["next_stale_at"])
+    _counts[row["id"]] = _Counts(key, values, valid_until)
+    return values
+
 
 async def list_upstreams(
     conn: Executor, *, tombstone_after: int, stale_after_s: float, name: str | None = None
-) -> list[asyncpg.Record]:
+) -> list[dict[str, Any]]:
     """Every upstream (or the one called *name*) with its last runs and record counts."""
-    return await conn.fetch(_LIST_UPSTREAMS, name, tombstone_after, stale_after_s)
+    rows = await conn.fetch(_LIST_UPSTREAMS, name)
+    return [dict(r) | await _record_counts(conn, r, tombstone_after, stale_after_s) for r in rows]
 
 
 _FETCH_UPSTREAM_ID: Final = "select id from upstreams where name = $1"

@@ -20,6 +20,7 @@ import orjson
 import structlog
 from aiolimiter import AsyncLimiter
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from aggregator.config import UpstreamConfig
 from aggregator.errors import (
@@ -36,20 +37,18 @@ from aggregator.harvest.egress import (
     Refused,
     RefusedAddress,
 )
+from aggregator.harvest.http1 import CannotConnect, Limits, MalformedAnswer, OriginClient, SlowBody
 
 log = structlog.get_logger()
 
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS: Final = 5
 _CHUNK: Final = 64 * 1024
 
 
 class CircuitOpen(UpstreamUnavailable):
     """The upstream failed too many requests in a row; this run sends it no more."""
-
-
-class _SlowBody(Exception):
-    """A body arrived slower than the minimum rate."""
 
 
 @dataclass(slots=True)
@@ -143,8 +142,9 @@ class UpstreamClient:
 
     Requests go where ``policy`` allows (see ``egress``): the token only to the upstream's own
     origin; hosts neither the upstream's nor listed by the operator are reached through a
-    session of this client's own whose resolver keeps only public addresses. ``close()``
-    releases that session.
+    session of this client's own whose resolver keeps only public addresses. Requests to the
+    upstream's own origin over plain HTTP take the lean keep-alive client of ``http1``; all
+    others take aiohttp. ``close()`` releases this client's own connections.
 
     Attributes:
         session: The aiohttp session (owned by the caller).
@@ -167,6 +167,8 @@ class UpstreamClient:
     _not_before: float = 0.0
     _failures_in_a_row: int = 0
     _timeout: aiohttp.ClientTimeout = field(init=False)
+    _limits: Limits = field(init=False)
+    _direct: OriginClient | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.upstream.concurrency)
@@ -178,11 +180,26 @@ class UpstreamClient:
             file_hosts=self.upstream.file_hosts,
             redirect_hosts=self.upstream.redirect_hosts,
         )
+        u = self.upstream
         self._timeout = aiohttp.ClientTimeout(
-            total=self.upstream.timeout_s,
-            sock_connect=self.upstream.connect_timeout_s,
-            sock_read=self.upstream.timeout_s,
+            total=u.timeout_s, sock_connect=u.connect_timeout_s, sock_read=u.timeout_s
         )
+        self._limits = Limits(
+            timeout_s=u.timeout_s,
+            connect_timeout_s=u.connect_timeout_s,
+            max_body_bytes=u.max_body_bytes,
+            min_bytes_per_s=u.min_bytes_per_s,
+            min_rate_after_s=u.min_rate_after_s,
+        )
+        origin = URL(u.url)
+        if origin.scheme == "http" and origin.raw_host:
+            self._direct = OriginClient(
+                origin.raw_host,
+                origin.port or 80,
+                host_header=origin.host_port_subcomponent or origin.raw_host,
+                headers=self.session.headers,
+                max_idle=u.concurrency,
+            )
 
     async def get(
         self,
@@ -221,7 +238,7 @@ class UpstreamClient:
                 TimeoutError,
                 aiohttp.ClientConnectionError,
                 aiohttp.ClientPayloadError,
-                _SlowBody,
+                SlowBody,
             ) as e:
                 problem = self._describe(e)
                 delay = None
@@ -289,7 +306,10 @@ class UpstreamClient:
         return None if response is None else (response.record(), response)
 
     async def close(self) -> None:
-        """Close the session used for hosts other than the upstream's own."""
+        """Close the connections to the upstream's origin and the session used for hosts
+        other than the upstream's own."""
+        if self._direct is not None:
+            self._direct.close()
         if self._public_session is not None:
             await self._public_session.close()
             self._public_session = None
@@ -351,40 +371,75 @@ class UpstreamClient:
                 # Credentials go to the upstream's own origin, never where it redirects.
                 if self.token and decision.credentials:
                     headers["Authorization"] = f"Bearer {self.token}"
-                try:
-                    resp = await self._session_for(trusted_host=decision.trusted_host).get(
-                        url,
-                        params=params,
-                        headers=headers,
-                        timeout=self._timeout,
-                        allow_redirects=False,
-                    )
-                except aiohttp.ClientConnectorError as e:
-                    if isinstance(e.__cause__, RefusedAddress):
-                        raise Refused(f"refused {url}: {e.__cause__}", url=url) from None
-                    raise
-                async with resp:
-                    self._check_peer(resp, trusted_host=decision.trusted_host)
-                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                        target = urljoin(str(resp.url), resp.headers["Location"])
-                        try:
-                            decision = self.policy.decide(
-                                target, "file" if purpose == "file" else "redirect"
-                            )
-                        except Refused as e:
-                            raise UpstreamHTTPError(
-                                f"redirect from {resp.url} to {target} refused: {e}",
-                                url=str(resp.url),
-                                status=resp.status,
-                            ) from None
-                        url, params = target, None
-                        continue
-                    if resp.status == 304:
-                        self.traffic.not_modified += 1
-                        return Response(str(resp.url), 304, resp.headers, b"")
-                    body = await self._read_body(resp)
-                    return Response(str(resp.url), resp.status, resp.headers, body)
+                if decision.credentials and self._direct is not None:
+                    # The upstream's own origin (the decision says so) over plain HTTP.
+                    response = await self._get_direct(self._direct, url, params, headers)
+                else:
+                    response = await self._get_aiohttp(url, params, headers, decision)
+                if response.status in REDIRECT_STATUSES and "Location" in response.headers:
+                    target = urljoin(response.url, response.headers["Location"])
+                    try:
+                        decision = self.policy.decide(
+                            target, "file" if purpose == "file" else "redirect"
+                        )
+                    except Refused as e:
+                        raise UpstreamHTTPError(
+                            f"redirect from {response.url} to {target} refused: {e}",
+                            url=response.url,
+                            status=response.status,
+                        ) from None
+                    url, params = target, None
+                    continue
+                if response.status == 304:
+                    self.traffic.not_modified += 1
+                    return Response(response.url, 304, response.headers, b"")
+                self.traffic.bytes += len(response.body)
+                return response
         raise UpstreamHTTPError(f"more than {MAX_REDIRECTS} redirects from {url}", url=url)
+
+    async def _get_direct(
+        self,
+        direct: OriginClient,
+        url: str,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> Response:
+        """One request through the lean client (the body read whole, within the limits)."""
+        target = URL(url)
+        if params:
+            target = target.extend_query(params)
+        where = str(target)
+        answer = await direct.get(target.raw_path_qs or "/", headers, self._limits, url=where)
+        return Response(where, answer.status, answer.headers, answer.body)
+
+    async def _get_aiohttp(
+        self,
+        url: str,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        decision: Decision,
+    ) -> Response:
+        """One request through aiohttp; the body is left unread for a redirect or a 304."""
+        try:
+            resp = await self._session_for(trusted_host=decision.trusted_host).get(
+                url,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.__cause__, RefusedAddress):
+                raise Refused(f"refused {url}: {e.__cause__}", url=url) from None
+            raise
+        async with resp:
+            self._check_peer(resp, trusted_host=decision.trusted_host)
+            if resp.status == 304 or (
+                resp.status in REDIRECT_STATUSES and "Location" in resp.headers
+            ):
+                return Response(str(resp.url), resp.status, resp.headers, b"")
+            body = await self._read_body(resp)
+            return Response(str(resp.url), resp.status, resp.headers, body)
 
     def _check_peer(self, resp: aiohttp.ClientResponse, *, trusted_host: bool) -> None:
         """Refuse an answer from an address the policy does not allow (the resolver already
@@ -415,9 +470,7 @@ class UpstreamClient:
             and resp.content_length <= min_rate * self.upstream.min_rate_after_s
         ):
             # Small enough to be complete before its rate would be checked: read it at once.
-            body = await resp.read()
-            self.traffic.bytes += len(body)
-            return body
+            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         started = time.monotonic()
@@ -430,11 +483,10 @@ class UpstreamClient:
             chunks.append(chunk)
             elapsed = time.monotonic() - started
             if min_rate and elapsed > self.upstream.min_rate_after_s and size / elapsed < min_rate:
-                raise _SlowBody(
+                raise SlowBody(
                     f"body arriving at {size / elapsed:.0f} bytes/s, below the "
                     f"minimum of {min_rate} bytes/s"
                 )
-        self.traffic.bytes += size
         return b"".join(chunks)
 
     def _describe(self, e: BaseException) -> str:
@@ -446,14 +498,16 @@ class UpstreamClient:
             return f"read timeout (no data for {u.timeout_s:g}s)"
         if isinstance(e, TimeoutError):
             return f"timeout ({u.timeout_s:g}s for the whole request)"
-        if isinstance(e, _SlowBody):
+        if isinstance(e, SlowBody):
             return f"too slow: {e}"
         if isinstance(e, aiohttp.ClientPayloadError):
             return f"connection broken while reading the body ({_first_line(e)})"
         if isinstance(e, aiohttp.ServerDisconnectedError):
             return "connection closed by the server before it answered"
-        if isinstance(e, aiohttp.ClientConnectorError):
+        if isinstance(e, aiohttp.ClientConnectorError | CannotConnect):
             return f"cannot connect: {e.os_error.strerror or e.os_error}"
+        if isinstance(e, MalformedAnswer):
+            return f"malformed answer: {_first_line(e)}"
         if isinstance(e, aiohttp.ClientOSError) and e.errno == errno.ECONNRESET:
             return "connection reset by the server"
         return f"{type(e).__name__}: {_first_line(e)}".rstrip(": ")

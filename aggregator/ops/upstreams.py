@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import asyncpg
 import structlog
@@ -281,9 +281,11 @@ async def plan_or_apply(
     desired: Sequence[UpstreamConfig] | None = None,
     *,
     apply: bool,
+    source: Literal["config", "api"] = "config",
 ) -> Plan:
     """Compare *desired* (default: the configured upstreams) with the database; with *apply*,
-    make it so and tell workers and API processes, else undo everything.
+    make it so and tell workers and API processes, else undo everything. *source* says who
+    asks: the configuration file (``upstreams apply``) or the admin API.
 
     Raises ConfigError when *desired* names an upstream twice.
     """
@@ -308,12 +310,12 @@ async def plan_or_apply(
         if any(c.action == "readd" for c in plan.changes):
             ids_before = await catalogue_ids(conn)
         touched = [u for u in desired if u.name in {c.name for c in plan.changes}]
-        await upsert_upstreams(conn, touched)
+        await upsert_upstreams(conn, touched, source=source)
         for c in plan.changes:
             if c.action == "remove":
                 upstream_id = await fetch_upstream_id(conn, c.name)
                 assert upstream_id is not None
-                await remove_upstream(conn, upstream_id)
+                await remove_upstream(conn, upstream_id, source=source)
         if merging:
             stats = await remerge(
                 conn,
