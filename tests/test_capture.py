@@ -42,15 +42,18 @@ select 1 + g % 3, '{prefix}' || g,
            'toolname', case when g % 4 = 0 then 'bwa-mem' || g end,
            'organization', case g % 4 when 0 then 'Lab-' || g % 7 when 1 then null
                                       else 'org' end,
-           'description', 'aligns sequencing reads ' || g || ' against references',
+           'description', case g % 8 when 0 then null when 1 then '  '
+                                     else 'aligns sequencing reads ' || g || ' against references'
+                                     end,
            'toolclass', case when g % 5 = 0 then null
                              else jsonb_build_object('name', case g % 2 when 0 then 'Workflow'
                                                                   else 'CommandLineTool' end) end,
-           'aliases', case g % 7 when 0 then '["x-1", null, 3, ["n"], {"k": "v"}]'::jsonb
-                                 when 1 then '"single-alias"' when 2 then '5'
-                                 when 3 then '{"a": 1}' when 4 then '[]'
-                                 when 5 then 'null'
-                                 else jsonb_build_array('alias-' || g, 'kelmor tavisu') end,
+           'aliases', case g % 10 when 0 then '["x-1", null, 3, ["n"], {"k": "v"}]'::jsonb
+                                  when 1 then '"single-alias"' when 2 then '5'
+                                  when 3 then '{"a": 1}' when 4 then '[]'
+                                  when 5 then 'null' when 6 then jsonb_build_array('solo-' || g)
+                                  when 7 then '[null]' when 8 then '[{"k": 1}]'
+                                  else jsonb_build_array('alias-' || g, 'kelmor tavisu') end,
            'has_checker', g % 5 = 0,
            'checker_url', case when g % 11 = 0 then 'http://checker.test' end),
        'h' || g

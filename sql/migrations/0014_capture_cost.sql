@@ -97,9 +97,15 @@ begin
                i.id || ' ' || string_agg(
                    t.external_id || ' ' || coalesce(t.doc->>'name', '') || ' '
                    || coalesce(t.doc->>'toolname', '') || ' '
-                   || coalesce((select string_agg(a, ' ')
-                                from jsonb_array_elements_text(search_json_array(t.doc->'aliases'))
-                                    as a), ''), ' '
+                   || case jsonb_typeof(t.doc->'aliases')
+                          when 'string' then t.doc->>'aliases'
+                          when 'array' then case jsonb_array_length(t.doc->'aliases')
+                              when 0 then ''
+                              when 1 then coalesce(t.doc->'aliases'->>0, '')
+                              else coalesce((select string_agg(a, ' ')
+                                             from jsonb_array_elements_text(t.doc->'aliases')
+                                                 as a), '') end
+                          else '' end, ' '
                    order by u.name, t.external_id) as names,
                string_agg(coalesce(t.doc->>'description', ''), ' '
                    order by u.name, t.external_id) as descriptions,
@@ -129,21 +135,26 @@ begin
         from ver
         cross join lateral jsonb_array_elements_text(search_json_array(ver.doc->'author'))
             with ordinality as a(a, n)
+        where jsonb_typeof(ver.doc->'author') in ('array', 'string')
         group by ver.tool_id),
     types as (
         select ver.tool_id, array_agg(distinct upper(d)) as types
         from ver
         cross join lateral jsonb_array_elements_text(search_json_array(ver.doc->'descriptor_type'))
             as d
+        where jsonb_typeof(ver.doc->'descriptor_type') in ('array', 'string')
         group by ver.tool_id)
     select i.id, i.sort_key,
            coalesce(p.doc->>'name', ''), coalesce(p.doc->>'organization', ''),
            coalesce(p.doc->>'description', ''), p.doc->'toolclass'->>'name',
            x.names,
            setweight(to_tsvector('simple', search_words(x.names)), 'A')
-           || setweight(to_tsvector('simple', search_words(
-                  x.organizations_text || ' ' || coalesce(a.authors, ''))), 'B')
-           || setweight(to_tsvector('english', x.descriptions), 'C'),
+           || case when btrim(x.organizations_text || ' ' || coalesce(a.authors, '')) = ''
+                   then ''::tsvector
+                   else setweight(to_tsvector('simple', search_words(
+                            x.organizations_text || ' ' || coalesce(a.authors, ''))), 'B') end
+           || case when btrim(x.descriptions) = '' then ''::tsvector
+                   else setweight(to_tsvector('english', x.descriptions), 'C') end,
            x.upstreams, coalesce(y.types, '{}'), x.toolclasses, x.organizations, x.has_checker
     from ids i
     join upstream_tools p on p.id = i.primary_member_id
