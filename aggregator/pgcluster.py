@@ -227,7 +227,7 @@ class LocalCluster:
 
     def start(self) -> str:
         """Create the cluster if needed, start it unless running, and return its DSN."""
-        bindir = self._bindir()
+        bindir = self.binaries()
         owner = self._server_user()
         self._prepare_data_dir(owner, bindir)
         if not self.initialized:
@@ -246,7 +246,7 @@ class LocalCluster:
         if self.initialized and self._running_pid() is not None:
             result = self._run(
                 [
-                    str(self._bindir() / "pg_ctl"),
+                    str(self.binaries() / "pg_ctl"),
                     "stop",
                     "-D",
                     str(self.data_dir),
@@ -279,7 +279,8 @@ class LocalCluster:
 
     # -- processes ----------------------------------------------------------------------
 
-    def _bindir(self) -> Path:
+    def binaries(self) -> Path:
+        """The directory of the server binaries this cluster runs (found on first use)."""
         if self.bindir is None:
             self.bindir = find_pg_bindir()
         return self.bindir

@@ -8,6 +8,8 @@ Builds a private PostgreSQL cluster under a temporary directory, fills it with s
 upstream records and their merged catalogue (the search index is built by the publish
 trigger, timed), restarts the server (empty shared buffers), then runs each query once
 (cold), then every query again several times (warm), interleaving the API and the reference.
+The web console's search page for the same words and filters is timed too, cold only (a page
+is rendered once per catalogue generation, then served from the cache).
 """
 
 from __future__ import annotations
@@ -247,7 +249,13 @@ async def measure(dsn: str, qs: list[dict[str, str]], rounds: int) -> dict[str, 
     await site.start()
     port = runner.addresses[0][1]
     pool = await create_pool(dsn)
-    times: dict[str, list[float]] = {"api_cold": [], "ref_cold": [], "api_warm": [], "ref_warm": []}
+    times: dict[str, list[float]] = {
+        "api_cold": [],
+        "ref_cold": [],
+        "console_cold": [],
+        "api_warm": [],
+        "ref_warm": [],
+    }
     try:
         async with aiohttp.ClientSession() as session:
 
@@ -256,6 +264,15 @@ async def measure(dsn: str, qs: list[dict[str, str]], rounds: int) -> dict[str, 
                 async with session.get(
                     f"http://127.0.0.1:{port}/aggregator/v1/search", params=params
                 ) as r:
+                    assert r.status == 200, await r.text()
+                    await r.read()
+                return time.perf_counter() - t0
+
+            async def console(params: dict[str, str]) -> float:
+                names = {"q": "q", "descriptorType": "type", "upstream": "upstream"}
+                page = {names[k]: v for k, v in params.items()}
+                t0 = time.perf_counter()
+                async with session.get(f"http://127.0.0.1:{port}/", params=page) as r:
                     assert r.status == 200, await r.text()
                     await r.read()
                 return time.perf_counter() - t0
@@ -279,6 +296,7 @@ async def measure(dsn: str, qs: list[dict[str, str]], rounds: int) -> dict[str, 
                 else:
                     times["ref_cold"].append(await ref(q))
                     times["api_cold"].append(await api(q))
+                times["console_cold"].append(await console(q))
             for _ in range(rounds):
                 for q in qs:
                     times["api_warm"].append(await api(q))
@@ -308,7 +326,7 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         print("| | p50 ms | p99 ms | mean ms |")
         print("| --- | ---: | ---: | ---: |")
-        for key in ("api_cold", "ref_cold", "api_warm", "ref_warm"):
+        for key in ("api_cold", "ref_cold", "console_cold", "api_warm", "ref_warm"):
             v = times[key]
             print(
                 f"| {key} | {pct(v, 50):.1f} | {pct(v, 99):.1f} | {statistics.mean(v) * 1000:.1f} |"
@@ -319,6 +337,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{phase}: API / bare client p50 {pct(a, 50) / pct(r, 50):.2f}, "
                 f"p99 {pct(a, 99) / pct(r, 99):.2f}"
             )
+        c, r = times["console_cold"], times["ref_cold"]
+        print(
+            f"console page cold / bare client cold: p50 {pct(c, 50) / pct(r, 50):.2f}, "
+            f"p99 {pct(c, 99) / pct(r, 99):.2f}"
+        )
         # The queries behind the cold tail: their place in the run (the first ones meet an
         # empty cache) and their cold times through the API.
         slowest = sorted(range(len(qs)), key=lambda i: -times["api_cold"][i])[:6]

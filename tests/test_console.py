@@ -196,3 +196,14 @@ async def test_jsonld_and_snippets_on_the_use_tab(live_origin: str) -> None:
     code, output = await cwltool_validate(args[2], args[3])
     assert code == 0, output
     assert "is valid CWL" in output
+
+
+async def test_half_typed_names_and_typos_find_the_tool(live_origin: str) -> None:
+    """The search reads the full-text index: the start of a name finds the tool, so does a
+    name with a typo; every word must match."""
+    _, _, page = await _get(live_origin, "/?q=fastq")
+    assert _hits(page)[0] == "quay.io/demo-lab/fastqc" and "exact match" not in page
+    _, _, page = await _get(live_origin, "/?q=samtols")
+    assert "quay.io/demo-lab/samtools-sort" in _hits(page)
+    _, _, page = await _get(live_origin, "/?q=" + quote("fastqc no-such-word-anywhere"))
+    assert _total(page) == 0

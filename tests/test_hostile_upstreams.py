@@ -351,3 +351,30 @@ async def test_run_errors_quoting_unstorable_text_are_recorded(pool: asyncpg.Poo
     assert row is not None
     assert row["error"] == "x\\x00y"
     assert row["error_samples"] == ["tool 'a\\x00b': refused", "path '\\udcff.cwl' refused"]
+
+
+async def test_a_token_missing_from_the_environment_stops_the_run_before_any_request(
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
+    """An upstream whose token_env variable this process lacks (set when it was configured,
+    gone now) is not harvested without credentials: the run fails saying so, no request
+    reaches the registry, and what was published stays live."""
+    up = await registry(aiohttp_server, [cwl_tool("private-one"), cwl_tool("private-two")])
+    out = await harvest(pool, db_dsn, upstream("up", up))
+    assert out["up"].status == "succeeded", errors(out["up"])
+    up.app[RECORDER].seen.clear()
+
+    config = Config(
+        database=DatabaseConfig(url=db_dsn, pool_max=6), upstreams=(upstream("up", up),)
+    )
+    async with make_session(config) as session:
+        (outcome,) = await harvest_upstreams(pool, session, config, environ={})
+    assert outcome.status == "failed"
+    assert "HOSTILE_TOKEN" in (outcome.error or "") and "not set" in (outcome.error or "")
+    assert up.app[RECORDER].seen == []
+    live = await pool.fetch(
+        "select external_id from upstream_tools where tombstoned_at is null order by 1"
+    )
+    assert [r["external_id"] for r in live] == ["private-one", "private-two"]
+    run = await pool.fetchrow("select status, error from harvest_runs order by id desc limit 1")
+    assert run is not None and run["status"] == "failed" and "HOSTILE_TOKEN" in run["error"]

@@ -45,7 +45,7 @@ def replica_dsn(pg_admin_dsn: str) -> Iterator[str]:
         data.mkdir(mode=0o700)
         if os.geteuid() == 0:
             shutil.chown(data, "postgres", "postgres")
-        bindir = cluster._bindir()
+        bindir = cluster.binaries()
         subprocess.run(
             [
                 *_as_server_user(),

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from aggregator.app import create_app
 from aggregator.config import Config, DatabaseConfig, HarvestConfig, UpstreamConfig
-from aggregator.demo.registry import make_registry_app
+from aggregator.demo.registry import STATE, make_registry_app
 from aggregator.harvest.runner import Harvester, make_session
 from tests.support import catalogue, cwl_tool
 
@@ -98,3 +98,31 @@ async def test_upstream_errors_are_trs_error_json(
         assert r.status == 400, query
         body = await r.json()
         assert body["code"] == 400 and body["message"], query
+
+
+async def test_counts_are_kept_between_publishes_and_follow_each_one(
+    db_dsn: str, pool: asyncpg.Pool[Any], aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    """Record counts (a pass over every record of the upstream) are computed once per publish
+    of that upstream, not at every request; each publish shows in them."""
+    server = await aiohttp_server(make_registry_app(catalogue([cwl_tool("a"), cwl_tool("b")])))
+    up = UpstreamConfig(name="up", url=str(server.make_url(TRS)), retries=0, timeout_s=5)
+    config = Config(database=DatabaseConfig(url=db_dsn), upstreams=(up,))
+    client = await aiohttp_client(create_app(config))
+
+    async def counts() -> dict[str, int]:
+        listed = await (await client.get(f"{UPSTREAMS}/up")).json()
+        return dict(listed["counts"])
+
+    async with make_session(config) as session:
+        harvester = Harvester(pool, session, config)
+        assert (await harvester.harvest(up)).status == "succeeded"
+        assert (await counts())["tools"] == 2
+        # Between publishes the counts are not read again: a change made behind the
+        # harvester's back (here, by hand) shows only with the next publish.
+        await pool.execute("delete from upstream_versions")
+        assert (await counts())["versions"] == 2
+        server.app[STATE].catalogue = catalogue([cwl_tool(n) for n in ("a", "b", "c")])
+        assert (await harvester.harvest(up)).status == "succeeded"
+        after = await counts()
+    assert after["tools"] == 3 and after["versions"] == 3 and after["tools_stale"] == 0

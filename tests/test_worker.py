@@ -20,9 +20,14 @@ from aiohttp.test_utils import TestServer
 from apscheduler.triggers.interval import IntervalTrigger
 
 from aggregator.app import create_app
-from aggregator.config import Config, DatabaseConfig, UpstreamConfig
+from aggregator.config import Config, DatabaseConfig, HarvestConfig, UpstreamConfig
+from aggregator.db.locks import try_harvest_lock
+from aggregator.db.runs import abandon_orphaned_runs, insert_run
+from aggregator.db.upstreams import upsert_upstreams
 from aggregator.demo.registry import REQUESTS, STATE, make_registry_app
+from aggregator.harvest.runner import make_session
 from aggregator.harvest.scheduler import trigger_for
+from aggregator.ops.live import LiveWorker
 from tests.support import catalogue, cwl_tool, eventually, harvest, upstream_toml
 
 TRS = "/ga4gh/trs/v2"
@@ -257,3 +262,49 @@ async def test_harvest_now_reaches_a_running_worker(
     assert runs[1]["trigger"] == "requested" and runs[1]["tools_new"] == 1
     request = await pool.fetchrow("select * from harvest_requests")
     assert request["run_id"] == runs[1]["id"] and request["served_at"] is not None
+
+
+async def test_a_worker_abandons_runs_whose_process_is_gone(
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
+    """A run left 'running' by a process that is gone is marked abandoned at the next poll of
+    any worker, without waiting for its upstream's next run; a run whose process still holds
+    the upstream's harvest lock is left alone until it lets go."""
+    server = await aiohttp_server(make_registry_app(catalogue([cwl_tool("t")])))
+    config = Config(
+        database=DatabaseConfig(url=db_dsn),
+        harvest=HarvestConfig(request_poll="1s"),
+        upstreams=tuple(
+            UpstreamConfig(name=n, url=str(server.make_url(TRS)), schedule="every 24h")
+            for n in ("gone", "alive")
+        ),
+    )
+    async with pool.acquire() as conn:
+        ids = await upsert_upstreams(conn, config.upstreams)
+        # Neither is harvested by the worker: only the sweep can touch their runs.
+        await conn.execute("update upstreams set paused = true")
+        orphan = await insert_run(conn, ids["gone"])
+
+    async def status(run_id: int) -> str:
+        return str(await pool.fetchval("select status from harvest_runs where id = $1", run_id))
+
+    async with pool.acquire() as holder, try_harvest_lock(holder, ids["alive"]) as taken:
+        assert taken
+        live = await insert_run(holder, ids["alive"])
+        async with make_session(config) as session:
+            worker = LiveWorker(pool, session, config)
+            await worker.start()
+            try:
+                await eventually(lambda: _is(status(orphan), "abandoned"))
+                assert await status(live) == "running"
+            finally:
+                await worker.stop()
+    error = await pool.fetchval("select error from harvest_runs where id = $1", orphan)
+    assert "stopped before the run ended" in error
+    # The holder has let go: the same sweep now finds that run orphaned too.
+    assert await abandon_orphaned_runs(pool) == 1
+    assert await status(live) == "abandoned"
+
+
+async def _is(value: Awaitable[str], expected: str) -> bool:
+    return await value == expected

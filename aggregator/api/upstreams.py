@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any, Final
 
 import asyncpg
@@ -27,7 +28,7 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def state_of(row: asyncpg.Record) -> str:
+def state_of(row: Mapping[str, Any]) -> str:
     """``circuit_open``, ``failing``, ``removed``, ``paused``, ``healthy``, or
     ``never_harvested``."""
     if row["removed_at"] is not None:
@@ -41,7 +42,7 @@ def state_of(row: asyncpg.Record) -> str:
     return "healthy" if row["last_success_id"] is not None else "never_harvested"
 
 
-def upstream_json(row: asyncpg.Record, stale_after_s: float) -> dict[str, Any]:
+def upstream_json(row: Mapping[str, Any], stale_after_s: float) -> dict[str, Any]:
     """One upstream as the API shows it."""
     last_run = None
     if row["last_run_id"] is not None:
@@ -145,7 +146,7 @@ def _json(body: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-async def _rows(request: web.Request, name: str | None = None) -> list[asyncpg.Record]:
+async def _rows(request: web.Request, name: str | None = None) -> list[dict[str, Any]]:
     harvest = request.app[CONFIG].harvest
     return await db_upstreams.list_upstreams(
         request.app[DB_POOL],

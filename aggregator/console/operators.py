@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any, Final
 
 import asyncpg
@@ -31,7 +32,7 @@ STATES: Final = {
 }
 
 
-def console_state(row: asyncpg.Record, stale_after_s: float) -> str:
+def console_state(row: Mapping[str, Any], stale_after_s: float) -> str:
     """The state shown for an upstream: the API's, refined with ``running`` and ``stale``."""
     if row["last_run_status"] == "running":
         return "running"

@@ -1,16 +1,22 @@
 """Reads of the web console: ranked catalogue search with facet counts, and run history.
 
-The search ranks exact matches first: the tool an id names (``catalogue_resolve``), then tools
-any of whose members is named exactly the query, then exact aliases, name prefixes, names
-containing it, and last the tools that only mention every word somewhere (id, name,
-organisation, description, aliases). ``search`` is the one function the console calls, so a
-full-text index can replace the query without touching the pages.
+The search reads the full-text index of the catalogue (``search_docs``, kept by the database at
+every generation, as ``/aggregator/v1/search`` does): a tool matches when the query names it
+(``catalogue_resolve``: merged id, a member's native id, an alias), when its words match as the
+API's search reads them (plain words, English, typos corrected), or when every word begins a
+word of its names, ids or aliases (so a half-typed name finds it). Exact matches rank first: the
+tool the query names, then the tool named exactly the query, then tools with a name, alias or id
+that is exactly the query, then names starting with it, names containing it, and last the
+others by full-text rank.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
+
+from aggregator.db.search import TYPO_SIMILARITY, corrected, sanitise
 
 if TYPE_CHECKING:
     import asyncpg
@@ -20,85 +26,50 @@ if TYPE_CHECKING:
 #: Most values listed per facet (the chosen one is always listed).
 FACET_VALUES: Final = 12
 
-_TYPES: Final = (
-    "jsonb_array_elements_text(case when jsonb_typeof(v.doc->'descriptor_type') = 'array' "
-    "then v.doc->'descriptor_type' else '[]'::jsonb end)"
-)
+# Words as the prefix query reads them: letters and digits only, so nothing in them is
+# tsquery syntax.
+_PREFIX_WORD: Final = re.compile(r"[^\W_]+")
 
-# One row per catalogue tool matching the words ($2) or named exactly by $1, with what the
-# facets and the ranking need. $1 is the whole query (or null), $2 its lower-cased words.
-_MATCHED: Final = f"""
-with resolved as (select catalogue_resolve($1) as id),
-tools as (
-    select c.id, c.sort_key,
-           coalesce(p.doc->>'name', '') as name,
-           nullif(p.doc->>'organization', '') as org,
-           nullif(p.doc->'toolclass'->>'name', '') as toolclass,
-           s.upstreams, s.exact_name, s.exact_alias, s.name_prefix, s.name_contains,
-           s.haystack,
-           coalesce((select array_agg(distinct upper(d) order by upper(d))
-                     from catalogue_versions cv
-                     join upstream_versions v on v.id = cv.upstream_version_id
-                     cross join lateral {_TYPES} d
-                     where cv.tool_id = c.id), '{{}}') as types
-    from catalogue_tools c
-    join upstream_tools p on p.id = c.primary_member_id
-    cross join lateral (
-        select array_agg(distinct u.name order by u.name) as upstreams,
-               coalesce(bool_or(lower(x.doc->>'name') = lower($1)), false) as exact_name,
-               coalesce(bool_or(exists (
-                   select 1 from jsonb_array_elements_text(
-                       case when jsonb_typeof(x.doc->'aliases') = 'array'
-                            then x.doc->'aliases' else '[]'::jsonb end) a
-                   where lower(a) = lower($1))), false) as exact_alias,
-               coalesce(bool_or(starts_with(lower(x.doc->>'name'), lower($1))), false)
-                   as name_prefix,
-               coalesce(bool_or(strpos(lower(x.doc->>'name'), lower($1)) > 0), false)
-                   as name_contains,
-               lower(string_agg(concat_ws(' ', x.external_id, x.doc->>'name',
-                                          x.doc->>'organization', x.doc->>'description',
-                                          x.doc->>'aliases'), ' ')) as haystack
-        from catalogue_members m
-        join upstream_tools x on x.id = m.upstream_tool_id
-        join upstreams u on u.id = x.upstream_id
-        where m.tool_id = c.id
-    ) s
-),
-matched as (
-    select t.*,
-           case when t.id = (select id from resolved) then 0
-                when t.exact_name then 1
-                when t.exact_alias then 2
-                when t.name_prefix then 3
-                when t.name_contains then 4
-                else 5 end as rank
-    from tools t
-    where ($1::text is null
-           or t.id = (select id from resolved)
-           or not exists (select 1 from unnest($2::text[]) w where strpos(t.haystack, w) = 0))
-      and ($3::text is null or $3 = any(t.upstreams))
-      and ($4::text is null or $4 = any(t.types))
-      and ($5::text is null or lower(t.toolclass) = lower($5))
-      and ($6::text is null or lower(t.org) = lower($6))
-      and (not $7::boolean or cardinality(t.upstreams) >= 2)
-      and ($8::text is null or t.upstreams = array[$8])
+# One row per catalogue tool matching the query, with what the facets and the ranking need.
+# $1 the query text (null: every tool), $2 it with typos corrected, $3 the prefix query
+# ("w1:* & w2:*", or null), $4-$8 the filters, $9 "in two or more registries" only. {found}
+# is the ids of the tools the text finds (through the indexes), or every tool's.
+_MATCHED_OF: Final = """
+with t as (select websearch_to_tsquery('simple', $1) || websearch_to_tsquery('english', $1)
+                  || websearch_to_tsquery('simple', $2)
+                  || coalesce(to_tsquery('simple', $3), ''::tsquery) as query),
+resolved as (select catalogue_resolve($1) as id),
+matched as materialized (
+    select d.tool_id as id, d.sort_key, d.name, nullif(d.organization, '') as org,
+           nullif(d.toolclass, '') as toolclass, d.upstreams, d.descriptor_types as types,
+           case when $1::text is null then 5
+                when d.tool_id = (select id from resolved) then 0
+                when lower(d.name) = lower($1) then 1
+                when strpos(' ' || lower(d.names) || ' ', ' ' || lower($1) || ' ') > 0 then 2
+                when starts_with(lower(d.name), lower($1)) then 3
+                when strpos(lower(d.names), lower($1)) > 0 then 4
+                else 5 end as rank,
+           case when $1::text is null then 0 else ts_rank(d.document, t.query) end as score
+    from ({found}) as f
+    join search_docs d on d.tool_id = f.tool_id
+    cross join t
+    where ($4::text is null or d.upstreams @> array[$4::text])
+      and ($5::text is null or d.descriptor_types @> array[$5::text])
+      and ($6::text is null or lower(d.toolclass) = lower($6))
+      and ($7::text is null or lower(d.organization) = lower($7))
+      and ($8::text is null or d.upstreams = array[$8::text])
+      and (not $9::boolean or cardinality(d.upstreams) >= 2)
 )
 """
+_FOUND_BY_TEXT: Final = """
+select d.tool_id from search_docs d, t where d.document @@ t.query
+union select id from resolved where id is not null"""
+_EVERY_TOOL: Final = "select tool_id from search_docs"
 
-_PAGE: Final = (
-    _MATCHED
-    + """
-select id, name, org, toolclass, upstreams, types, rank, count(*) over () as total
-from matched
-order by rank, sort_key
-limit $9 offset $10
-"""
-)
-
-_FACETS: Final = (
-    _MATCHED
-    + """
-select facet, value, n from (
+# The page of hits $10 long from $11, with the total and the facet counts of every match
+# ($12 values per facet, and the chosen values $13 always), in one statement.
+_PAGE: Final = """,
+counts as (
     select facet, value, n,
            row_number() over (partition by facet order by n desc, value) as place
     from (
@@ -116,11 +87,24 @@ select facet, value, n from (
         union all
         select 'only', upstreams[1], count(*) from matched
         where cardinality(upstreams) = 1 group by upstreams[1]
-    ) f
-) ranked
-where place <= $9 or value = any($10::text[])
-order by facet, n desc, value
+    ) f),
+page as (
+    select id, name, org, toolclass, upstreams, types, rank, score, sort_key from matched
+    order by rank, score desc, sort_key
+    limit $10 offset $11)
+select (select count(*) from matched) as total,
+       (select coalesce(jsonb_agg(jsonb_build_array(facet, value, n)
+                                  order by facet, n desc, value), '[]')
+        from counts where place <= $12 or value = any($13::text[])) as facets,
+       page.*
+from (select) as one left join page on true
+order by page.rank, page.score desc, page.sort_key
 """
+
+# The search's settings, for the rest of the (read-only) transaction the page renders in: the
+# typo threshold, and no JIT compilation (as db.search).
+_SETTINGS: Final = (
+    f"set local pg_trgm.similarity_threshold = {TYPO_SIMILARITY}; set local jit = off"
 )
 
 
@@ -146,19 +130,20 @@ class Search:
     multi: bool = False
     only: str | None = None
 
-    def args(self) -> list[Any]:
-        """The query arguments $1-$8."""
-        text = self.text.strip() if self.text else None
-        words = [w for w in (text or "").lower().split() if w]
+    async def args(self, conn: Any) -> list[Any]:
+        """The query arguments $1-$9 (the typo correction asks the database)."""
+        text = sanitise(self.text or "") or None
+        words = _PREFIX_WORD.findall(text.lower()) if text else []
         return [
-            text or None,
-            words,
+            text,
+            await corrected(conn, text) if text else None,
+            " & ".join(f"{w}:*" for w in words) or None,
             self.upstream,
             self.descriptor_type.upper() if self.descriptor_type else None,
             self.toolclass,
             self.organization,
-            self.multi,
             self.only,
+            self.multi,
         ]
 
 
@@ -190,17 +175,19 @@ class SearchPage:
 
 
 async def search(conn: Conn, query: Search, *, offset: int, limit: int) -> SearchPage:
-    """The tools matching *query*, best first, rows [offset, offset + limit), with facets."""
-    args = query.args()
-    rows = await conn.fetch(_PAGE, *args, limit, offset)
-    total = int(rows[0]["total"]) if rows else 0
-    if not rows and offset:
-        total = int(await conn.fetchval(_MATCHED + "select count(*) from matched", *args))
+    """The tools matching *query*, best first, rows [offset, offset + limit), with facets.
+
+    *conn* is a connection inside a transaction: the search's settings last until its end.
+    """
+    await conn.execute(_SETTINGS)
+    args = await query.args(conn)
+    matched = _MATCHED_OF.format(found=_FOUND_BY_TEXT if args[0] else _EVERY_TOOL)
     chosen = [v for v in (query.upstream, query.descriptor_type, query.toolclass) if v]
     chosen += [v for v in (query.organization, query.only) if v]
+    rows = await conn.fetch(matched + _PAGE, *args, limit, offset, FACET_VALUES, chosen)
     facets: dict[str, list[tuple[str, int]]] = {}
-    for r in await conn.fetch(_FACETS, *args, FACET_VALUES, chosen):
-        facets.setdefault(r["facet"], []).append((r["value"], int(r["n"])))
+    for facet, value, n in rows[0]["facets"]:
+        facets.setdefault(facet, []).append((value, int(n)))
     hits = [
         Hit(
             r["id"],
@@ -212,8 +199,9 @@ async def search(conn: Conn, query: Search, *, offset: int, limit: int) -> Searc
             r["rank"] <= 1,
         )
         for r in rows
+        if r["id"] is not None
     ]
-    return SearchPage(hits, total, facets)
+    return SearchPage(hits, int(rows[0]["total"]), facets)
 
 
 async def catalogue_upstream_names(conn: Conn) -> list[str]:

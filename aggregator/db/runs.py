@@ -6,13 +6,17 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
+import structlog
 
+from aggregator.db.locks import try_harvest_lock
 from aggregator.trs.conformance import error_kind
 
 if TYPE_CHECKING:
     from aggregator.db.pool import Connection, Executor
 
 MAX_ERROR_SAMPLES: Final = 20
+
+log = structlog.get_logger()
 
 
 def storable(message: str) -> str:
@@ -140,6 +144,28 @@ async def abandon_stale_runs(conn: Connection, upstream_id: int) -> int:
     if ids:
         await delete_staged(conn, ids)
     return len(ids)
+
+
+_RUNNING_UPSTREAMS: Final = "select distinct upstream_id from harvest_runs where status = 'running'"
+
+
+async def abandon_orphaned_runs(pool: asyncpg.Pool[Any]) -> int:
+    """Mark abandoned every run left 'running' by a process that is gone (cut off by an
+    outage, killed), whatever upstream it harvested; return how many.
+
+    A live run's process holds its upstream's harvest lock, so a run whose upstream's lock can
+    be taken has no process left. Workers call this at each poll, so such runs do not stay
+    'running' until their upstream's next run.
+    """
+    abandoned = 0
+    async with pool.acquire() as conn:
+        for row in await conn.fetch(_RUNNING_UPSTREAMS):
+            async with try_harvest_lock(conn, row["upstream_id"]) as taken:
+                if taken:
+                    abandoned += await abandon_stale_runs(conn, row["upstream_id"])
+    if abandoned:
+        log.info("orphaned_runs_abandoned", runs=abandoned)
+    return abandoned
 
 
 _ABANDON_RUN: Final = """

@@ -151,21 +151,29 @@ async def search(
         )
 
 
+_CORRECTIONS: Final = """
+select q.w, (select l.word from search_lexicon l where l.word % q.w
+             order by similarity(l.word, q.w) desc, l.word limit 1) as fix
+from unnest($1::text[]) as q(w)
+where not exists (select 1 from search_lexicon l where l.word = q.w)
+"""
+_INDEX_ONLY: Final = "set local enable_seqscan = off"
+_SCANS_AGAIN: Final = "set local enable_seqscan = on"
+
+
 async def corrected(conn: Any, text: str) -> str:
     """*text* with each word that is no name word of the catalogue replaced by the most
-    similar one that is (unchanged when there is none)."""
+    similar one that is (unchanged when there is none). Runs inside the caller's transaction."""
     # The lexicon holds words with a letter; a number (``104`` of ``lab-104``) is never a
     # typo of one, and would share trigrams with thousands of ids.
     words = sorted({w.lower() for w in _WORD.findall(text) if any(c.isalpha() for c in w)})
     if not words:
         return text
-    rows = await conn.fetch(
-        """select q.w, (select l.word from search_lexicon l where l.word % q.w
-                        order by similarity(l.word, q.w) desc, l.word limit 1) as fix
-           from unnest($1::text[]) as q(w)
-           where not exists (select 1 from search_lexicon l where l.word = q.w)""",
-        words,
-    )
+    # The planner prices the trigram index above reading the whole word list (96 ms for 60,000
+    # words, against 2 ms through the index): the index is asked for, for this statement only.
+    await conn.execute(_INDEX_ONLY)
+    rows = await conn.fetch(_CORRECTIONS, words)
+    await conn.execute(_SCANS_AGAIN)
     fixes = {r["w"]: r["fix"] for r in rows if r["fix"]}
     if not fixes:
         return text

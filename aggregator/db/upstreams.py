@@ -265,16 +265,6 @@ select u.id, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled, u
        last.error as last_run_error,
        ok.id as last_success_id, ok.started_at as last_success_started_at,
        ok.finished_at as last_success_finished_at,
-       (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)) as tools,
-       (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and t.tombstoned_at is not null
-          and upstream_tool_live(t.missed_listings, $2)) as tools_tombstoned,
-       (select count(*) from upstream_tools t
-        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)
-          and t.last_confirmed < now() - make_interval(secs => $3)) as tools_stale,
-       (select count(*) from upstream_versions v join upstream_tools t on t.id = v.upstream_tool_id
-        where t.upstream_id = u.id and upstream_tool_live(t.missed_listings, $2)) as versions,
        (select count(*) from harvest_requests r
         where r.upstream_id = u.id and r.served_at is null) as pending_requests,
        u.paused, u.paused_at, u.paused_by, u.removed_at,
@@ -293,12 +283,78 @@ where $1::text is null or u.name = $1
 order by u.priority, u.name
 """
 
+# One upstream's record counts, in one pass over its records (and one over their versions),
+# and when the next fresh record turns stale.
+_RECORD_COUNTS: Final = """
+with t as (
+    select id, tombstoned_at, last_confirmed,
+           upstream_tool_live(missed_listings, $2) as live,
+           last_confirmed < now() - make_interval(secs => $3) as stale
+    from upstream_tools where upstream_id = $1)
+select count(*) filter (where live) as tools,
+       count(*) filter (where live and tombstoned_at is not null) as tools_tombstoned,
+       count(*) filter (where live and stale) as tools_stale,
+       min(last_confirmed) filter (where live and not stale)
+           + make_interval(secs => $3) as next_stale_at,
+       (select count(*) from upstream_versions v join t on t.id = v.upstream_tool_id
+        where t.live) as versions
+from t
+"""
+
+_COUNT_KEYS: Final = ("tools", "tools_tombstoned", "tools_stale", "versions")
+#: The longest a process reuses an upstream's record counts (a safety net: they change only
+#: when a run of it publishes, it is removed or restored, or a record turns stale — each of
+#: which the cache key or its expiry covers).
+COUNTS_MAX_AGE_S: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    key: tuple[Any, ...]
+    values: dict[str, int]
+    valid_until: dt.datetime
+
+
+#: upstream id -> its counts as last computed in this process.
+_counts: dict[int, _Counts] = {}
+
+
+async def _record_counts(
+    conn: Executor, row: asyncpg.Record, tombstone_after: int, stale_after_s: float
+) -> dict[str, int]:
+    """*row*'s upstream's record counts: live tools, missing (tombstoned but kept), stale, and
+    versions of live tools. Counting is a pass over every record of the upstream (seconds at a
+    million), so the answer is kept until a run of the upstream publishes, the upstream is
+    removed or restored, a record turns stale, or COUNTS_MAX_AGE_S pass."""
+    # The last publish's finish time tells one database's run from another's of the same id.
+    key = (
+        row["last_success_id"],
+        row["last_success_finished_at"],
+        row["last_run_id"],
+        row["removed_at"],
+        tombstone_after,
+        stale_after_s,
+    )
+    now: dt.datetime = row["now"]
+    kept = _counts.get(row["id"])
+    if kept is not None and kept.key == key and now < kept.valid_until:
+        return kept.values
+    counted = await conn.fetchrow(_RECORD_COUNTS, row["id"], tombstone_after, stale_after_s)
+    assert counted is not None
+    values = {k: int(counted[k]) for k in _COUNT_KEYS}
+    valid_until = now + dt.timedelta(seconds=COUNTS_MAX_AGE_S)
+    if counted["next_stale_at"] is not None:
+        valid_until = min(valid_until, counted["next_stale_at"])
+    _counts[row["id"]] = _Counts(key, values, valid_until)
+    return values
+
 
 async def list_upstreams(
     conn: Executor, *, tombstone_after: int, stale_after_s: float, name: str | None = None
-) -> list[asyncpg.Record]:
+) -> list[dict[str, Any]]:
     """Every upstream (or the one called *name*) with its last runs and record counts."""
-    return await conn.fetch(_LIST_UPSTREAMS, name, tombstone_after, stale_after_s)
+    rows = await conn.fetch(_LIST_UPSTREAMS, name)
+    return [dict(r) | await _record_counts(conn, r, tombstone_after, stale_after_s) for r in rows]
 
 
 _FETCH_UPSTREAM_ID: Final = "select id from upstreams where name = $1"

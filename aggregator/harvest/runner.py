@@ -28,6 +28,7 @@ from aggregator.harvest.aggregator import AggregatorCrawl
 from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.crawl import Crawl, RunOutcome
 from aggregator.harvest.static import StaticTreeClient
+from aggregator.ops.upstreams import stored_upstreams
 from aggregator.progress import NoProgress, Progress
 from aggregator.trs.conformance import run_conformance
 
@@ -48,6 +49,13 @@ def make_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
+def _no_token(variable: str) -> str:
+    return (
+        f"environment variable {variable} (token_env) is not set in this process: not "
+        "harvested without the upstream's credentials"
+    )
+
+
 async def harvest_upstreams(
     pool: asyncpg.Pool[Any],
     session: aiohttp.ClientSession,
@@ -65,8 +73,12 @@ async def harvest_upstreams(
         [config.upstream(n) for n in names] if names else [u for u in config.upstreams if u.enabled]
     )
     async with pool.acquire() as conn:
-        await db_upstreams.upsert_upstreams(conn, config.upstreams)
+        await db_upstreams.upsert_upstreams(conn, config.upstreams, keep_api_changes=True)
         await save_merge_rules(conn, config.merge.always, config.merge.never)
+        # What the database holds is what is harvested: an upstream changed through the admin
+        # API keeps that change while the file's entry is as it was.
+        stored = {u.name: u for u in await stored_upstreams(conn, removed=True)}
+    chosen = [stored.get(u.name, u) for u in chosen]
     harvester = Harvester(pool, session, config, progress=progress, environ=environ)
     results = await asyncio.gather(*(harvester.harvest(u) for u in chosen), return_exceptions=True)
     return isolate(chosen, results)
@@ -203,7 +215,14 @@ class Harvester:
                 self.pool, client, self.config, upstream, upstream_id, run_id, self.progress
             )
             try:
-                outcome = await crawl.execute()
+                if upstream.token_env and not token:
+                    # Harvested without its credentials, a private registry would list only
+                    # what it shows anyone, and the rest would be counted missing.
+                    outcome = crawl.result
+                    outcome.status, outcome.error = "failed", _no_token(upstream.token_env)
+                    crawl.error(outcome.error)
+                else:
+                    outcome = await crawl.execute()
             except asyncio.CancelledError:
                 await asyncio.shield(
                     db_runs.abandon_run(conn, run_id, "the worker stopped before the run ended")

@@ -20,6 +20,7 @@ from aggregator.db.operations import (
     upstreams_fingerprint,
 )
 from aggregator.db.pool import connect
+from aggregator.db.runs import abandon_orphaned_runs
 from aggregator.harvest.crawl import RunOutcome
 from aggregator.harvest.runner import Harvester
 from aggregator.harvest.scheduler import Worker
@@ -144,6 +145,7 @@ class LiveWorker(Worker):
                         await self.reload()
                     for name in await cancel_requested(self.pool):
                         self.harvester.cancel(name)
+                    await abandon_orphaned_runs(self.pool)
                 except Exception as e:  # noqa: BLE001 - logged; the next poll retries
                     log.warning("upstreams_unreadable", error=f"{type(e).__name__}: {e}")
                 with contextlib.suppress(TimeoutError):

@@ -200,13 +200,13 @@ async def _database_registry(pool: asyncpg.Pool[Any], config: Config) -> Collect
         circuit.labels(name).set(1 if is_open else 0)
         failures.labels(name).set(r["consecutive_failures"])
         paused.labels(name).set(1 if r["paused"] else 0)
-    for r in await db_metrics.scheduled_upstreams(pool):
+    for row in await db_metrics.scheduled_upstreams(pool):
         try:
-            seconds = _schedule_seconds(r)
+            seconds = _schedule_seconds(row)
         except ConfigError:  # a row no configuration accepts any more: no schedule to show
             continue
         if seconds is not None:
-            schedule.labels(r["name"]).set(seconds)
+            schedule.labels(row["name"]).set(seconds)
     for name, kind, n in await db_metrics.fetch_error_counts(pool):
         errors.labels(name, kind).inc(n)
     return registry
