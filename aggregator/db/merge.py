@@ -107,8 +107,22 @@ async def _load_rules(conn: Connection) -> tuple[Rules, dict[int, set[int]]]:
     return rules, partners
 
 
+# The merge reads and writes a few thousand rows of tables of millions by their indexes; at the
+# default cost of a random page the planner prefers scanning the whole tables. The merge's
+# tables are read over and over in one transaction, so their pages are in memory: it plans
+# with a random page costing about a sequential one, then puts the setting back.
+_PAGE_COST: Final = "select current_setting('random_page_cost')"
+_SET_PAGE_COST: Final = "select set_config('random_page_cost', $1, true)"
+MERGE_PAGE_COST: Final = "1.1"
 _ALL_TOOLS: Final = "select id from upstream_tools"
 _DIRTY_TOOLS: Final = "select upstream_tool_id as id from merge_queue"
+_CATALOGUE_HELD: Final = "select exists (select 1 from catalogue_members)"
+# The evidence's statistics are refreshed when the recomputed records are many and more than a
+# tenth of what the statistics last counted (a first publish; not 1% of a large catalogue,
+# which leaves them as they were).
+_EVIDENCE_COUNTED: Final = """
+select reltuples from pg_class where oid = 'tool_evidence'::regclass
+"""
 _ANALYZE_EVIDENCE: Final = "analyze tool_evidence"
 _CLEAR_DIRTY: Final = "delete from merge_queue where upstream_tool_id = any($1::bigint[])"
 
@@ -135,10 +149,15 @@ async def remerge(
         generation = await catalogue_generation(conn)
         log.info("merge_skipped", reason="nothing changed", generation=generation)
         return MergeStats(0, 0, 0, generation)
+    # A slice's records are held only by tools of the catalogue before the merge (the earlier
+    # slices wrote other records): a full merge into an empty catalogue replaces nothing.
+    replacing = not full or await conn.fetchval(_CATALOGUE_HELD)
+    page_cost = await conn.fetchval(_PAGE_COST)
+    await conn.execute(_SET_PAGE_COST, MERGE_PAGE_COST)
     rules, partners = await _load_rules(conn)
     await conn.execute(_CLOSURE_TABLES)
     await _refresh_evidence(conn, dirty, tombstone_after, keep_old=not full)
-    if len(dirty) >= ANALYZE_AFTER:
+    if len(dirty) >= ANALYZE_AFTER and len(dirty) * 10 >= await conn.fetchval(_EVIDENCE_COUNTED):
         await conn.execute(_ANALYZE_EVIDENCE)
     await conn.execute(_CLEAR_DIRTY, dirty)
     lap("evidence")
@@ -160,7 +179,7 @@ async def remerge(
     writer = _Writer(conn)
     nodes_seen = tools = 0
     for part in slices:
-        nodes, identifying = await _load_nodes(conn, part, tombstone_after)
+        nodes, identifying = await _load_nodes(conn, part, tombstone_after, judged=not full)
         if full:
             identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
         lap("load_nodes")
@@ -171,13 +190,14 @@ async def remerge(
         joined = [m.id for c in components if len(c.members) > 1 for m in c.members]
         versions = await _load_versions(conn, joined)
         lap("load_versions")
-        old_ids = await _tools_holding(conn, part)
+        old_ids = await _tools_holding(conn, part) if replacing else []
         await writer.write(components, versions, old_ids)
         nodes_seen += len(nodes)
         tools += len(components)
         del nodes, components, versions, old_ids
         lap("write")
     await writer.finish()
+    await conn.execute(_SET_PAGE_COST, page_cost)
     lap("write")
     generation = await advance_generation(conn)
     lap("generation")
@@ -468,20 +488,32 @@ cross join lateral (
     where e.upstream_tool_id = t.id) as e
 where t.id = any($2::bigint[]) and upstream_tool_live(t.missed_listings, $1)
 """
+# The same without the closure's judgement (a full merge judges the keys of each slice itself).
+_NODES_UNJUDGED: Final = """
+select t.id, u.name, u.priority, t.external_id,
+       coalesce(e.kinds, '{}') as kinds, coalesce(e.vals, '{}') as vals
+from upstream_tools t
+join upstreams u on u.id = t.upstream_id
+cross join lateral (
+    select array_agg(e.kind) as kinds, array_agg(e.value) as vals
+    from tool_evidence e where e.upstream_tool_id = t.id) as e
+where t.id = any($2::bigint[]) and upstream_tool_live(t.missed_listings, $1)
+"""
 
 
 async def _load_nodes(
-    conn: Connection, ids: list[int], tombstone_after: int
+    conn: Connection, ids: list[int], tombstone_after: int, *, judged: bool = True
 ) -> tuple[list[Node], set[Key]]:
-    """The live records among *ids*, and those of their keys ``merge_keys`` judged
-    identifying."""
-    rows = await conn.fetch(_NODES, tombstone_after, ids)
+    """The live records among *ids*, and (when *judged*) those of their keys ``merge_keys``
+    judged identifying."""
+    rows = await conn.fetch(_NODES if judged else _NODES_UNJUDGED, tombstone_after, ids)
     nodes = []
     identifying: set[Key] = set()
     for r in rows:
         keys = list(zip(r["kinds"], r["vals"], strict=True))
         nodes.append(Node(r["id"], r["name"], r["priority"], r["external_id"], frozenset(keys)))
-        identifying.update(k for k, judged in zip(keys, r["judged"], strict=True) if judged)
+        if judged:
+            identifying.update(k for k, j in zip(keys, r["judged"], strict=True) if j)
     return nodes, identifying
 
 
@@ -528,6 +560,8 @@ truncate merge_history
 _SAVE_HISTORY: Final = """
 insert into catalogue_id_history (id, upstream_tool_id, was_primary)
 select id, upstream_tool_id, was_primary from merge_history
+union all
+select tool_id, upstream_tool_id, true from merge_single
 on conflict (id, upstream_tool_id) do nothing
 """
 
@@ -575,32 +609,22 @@ async def _write(
     nodes = {m.id: m for comp in components for m in comp.members}
     tools, members, cat_versions, history, single = [], [], [], [], []
     for comp, tool_id in zip(components, ids, strict=True):
-        report: list[dict[str, Any]] = []
         if len(comp.members) == 1:
-            # Its versions, as they are, in their order: written in the server (_SINGLE_*).
-            single.append((comp.primary.id, tool_id))
-        else:
-            member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
-            merged, conflicts = merge_versions(comp, member_versions)
-            report += [
-                {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
-                for c in conflicts
-            ]
-            cat_versions += [
-                (tool_id, v.key, v.position, v.served.id, [s.id for s in v.sources], v.conflict)
-                for v in merged
-            ]
-        report += [
-            {
-                "kind": "join_refused",
-                "a": nodes[e.a].qualified,
-                "b": nodes[e.b].qualified,
-                "evidence": e.kind,
-                "value": e.value,
-                "reason": e.reason,
-            }
-            for e in comp.refused
+            # Its tool, member, history and version rows are written in the server
+            # (_SINGLE_*): only a refused join gives it more than its id to say.
+            single.append((comp.primary.id, tool_id, _refusals(comp, nodes) or None))
+            continue
+        member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
+        merged, conflicts = merge_versions(comp, member_versions)
+        report: list[dict[str, Any]] = [
+            {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
+            for c in conflicts
         ]
+        cat_versions += [
+            (tool_id, v.key, v.position, v.served.id, [s.id for s in v.sources], v.conflict)
+            for v in merged
+        ]
+        report += _refusals(comp, nodes)
         tools.append((tool_id, tool_id, comp.primary.id, report))
         for m in comp.members:
             joined = [
@@ -612,14 +636,16 @@ async def _write(
             history.append((tool_id, m.id, m is comp.primary))
     await conn.execute(_SINGLE_TABLE)
     await conn.copy_records_to_table(
-        "merge_single", records=single, columns=["upstream_tool_id", "tool_id"]
+        "merge_single", records=single, columns=["upstream_tool_id", "tool_id", "conflicts"]
     )
     inserted = 0
     if released or renames:
-        await _replace(conn, tools, members, cat_versions, released=released, renames=renames)
+        await _replace(
+            conn, tools, members, cat_versions, ids=ids, released=released, renames=renames
+        )
     else:  # none of these tools is in the catalogue yet (a first merge, a new upstream)
         await _insert(conn, tools, members, cat_versions)
-        inserted = len(members)
+        inserted = len(members) + len(single)
     # The ids each tool had, so they keep resolving after its members change.
     await conn.execute(_HISTORY_TABLE)
     await conn.copy_records_to_table(
@@ -637,6 +663,21 @@ join upstreams u on u.id = t.upstream_id
 where t.external_id = any($1::text[]) and c.id <> all($2::text[])
 """
 _RENAME: Final = "update catalogue_tools set id = $2, sort_key = $2 where id = $1"
+
+
+def _refusals(comp: Component, nodes: dict[int, Node]) -> list[dict[str, Any]]:
+    """The joins refused to *comp*, as its report lists them."""
+    return [
+        {
+            "kind": "join_refused",
+            "a": nodes[e.a].qualified,
+            "b": nodes[e.b].qualified,
+            "evidence": e.kind,
+            "value": e.value,
+            "reason": e.reason,
+        }
+        for e in comp.refused
+    ]
 
 
 def _join_record(other: Node, node: Node, kind: str, value: str) -> dict[str, Any]:
@@ -687,12 +728,30 @@ async def _assign_ids(
     return ids, renames
 
 
-# The tools of one record (merge_single): each serves its record's versions as they are, under
-# their keys, in the order merge_versions gives them (position, then key).
+# The tools of one record (merge_single): each is its record, joined by nothing (its conflicts
+# are the joins refused to it, when there are any), and serves its record's versions as they
+# are, under their keys, in the order merge_versions gives them (position, then key).
 _SINGLE_TABLE: Final = """
-create temporary table if not exists merge_single (upstream_tool_id bigint, tool_id text);
+create temporary table if not exists merge_single (
+    upstream_tool_id bigint, tool_id text, conflicts jsonb);
 truncate merge_single
 """
+_SINGLE_TOOLS: Final = """
+select tool_id, tool_id, upstream_tool_id, coalesce(conflicts, '[]') from merge_single
+"""
+_SINGLE_MEMBERS: Final = "select upstream_tool_id, tool_id, '[]'::jsonb from merge_single"
+_INSERT_SINGLE: Final = (
+    "insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)"
+    + _SINGLE_TOOLS
+    + ";\ninsert into catalogue_members (upstream_tool_id, tool_id, joined_by)"
+    + _SINGLE_MEMBERS
+)
+_STAGE_SINGLE: Final = (
+    "insert into merge_new_tools (id, sort_key, primary_member_id, conflicts)"
+    + _SINGLE_TOOLS
+    + ";\ninsert into merge_new_members (upstream_tool_id, tool_id, joined_by)"
+    + _SINGLE_MEMBERS
+)
 _SINGLE_VERSIONS: Final = """
 select s.tool_id, v.key,
        (row_number() over (partition by v.upstream_tool_id
@@ -732,6 +791,7 @@ async def _insert(
     await conn.copy_records_to_table(
         "catalogue_versions", records=versions, columns=_VERSION_COLUMNS
     )
+    await conn.execute(_INSERT_SINGLE)
     await conn.execute(_INSERT_SINGLE_VERSIONS)
 
 
@@ -755,7 +815,10 @@ truncate merge_new_tools, merge_new_members, merge_new_versions
 # them); then, after the renames, tools, members and versions are updated where they differ,
 # inserted where new, and removed where the merge no longer has them. Inserts skip existing
 # rows by their unique index (an anti-join against the table being filled can turn quadratic).
-_ANALYZE_NEW: Final = "analyze merge_new_tools, merge_new_members, merge_new_versions"
+_ANALYZE_NEW: Final = """
+analyze merge_new_tools (id), merge_new_members (upstream_tool_id, tool_id),
+        merge_new_versions (tool_id, key)
+"""
 _DROP_RELEASED: Final = """
 delete from catalogue_tools c where c.id = any($1::text[])
   and not exists (select 1 from merge_new_tools n where n.id = c.id)
@@ -810,26 +873,27 @@ async def _replace(
     members: list[tuple[Any, ...]],
     versions: list[tuple[Any, ...]],
     *,
+    ids: list[str],
     released: list[str],
     renames: list[tuple[str, str]],
 ) -> None:
-    """Make the catalogue hold *tools* (with their members and versions) in place of the
-    *released* tools, after renaming other tools as *renames* says, writing only the rows that
-    differ from what is there."""
+    """Make the catalogue hold the tools *ids*: *tools* (with their members and versions) and
+    those of ``merge_single``, in place of the *released* tools, after renaming other tools as
+    *renames* says, writing only the rows that differ from what is there."""
     await conn.execute(_REPLACE_TABLES)
     await conn.copy_records_to_table("merge_new_tools", records=tools, columns=_TOOL_COLUMNS)
     await conn.copy_records_to_table("merge_new_members", records=members, columns=_MEMBER_COLUMNS)
     await conn.copy_records_to_table(
         "merge_new_versions", records=versions, columns=_VERSION_COLUMNS
     )
+    await conn.execute(_STAGE_SINGLE)
     await conn.execute(_STAGE_SINGLE_VERSIONS)
     await conn.execute(_ANALYZE_NEW)
     await conn.execute(_DROP_RELEASED, released)
     for current, wanted in renames:
         await conn.execute(_RENAME, current, wanted)
     await conn.execute(_WRITE_TOOLS)
-    new_ids = [t[0] for t in tools]
-    await conn.execute(_DELETE_MEMBERS, new_ids)
+    await conn.execute(_DELETE_MEMBERS, ids)
     await conn.execute(_WRITE_MEMBERS)
-    await conn.execute(_DELETE_VERSIONS, new_ids)
+    await conn.execute(_DELETE_VERSIONS, ids)
     await conn.execute(_WRITE_VERSIONS)

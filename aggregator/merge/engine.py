@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Final
 
 from aggregator.merge.identity import JOINING, Key
@@ -36,6 +37,10 @@ QUALIFIED_PREFIX: Final = "#upstream/"
 _WORKFLOWHUB: Final = "10.48546/workflowhub.workflow."
 SAME_UPSTREAM: Final = "both tools come from one upstream"
 OPERATOR_NEVER: Final = "operator rule: never"
+
+
+# Node.order, read without building a tuple in Python for each comparison.
+_ORDER: Final = attrgetter("priority", "upstream", "external_id")
 
 
 def qualified_id(upstream: str, external_id: str) -> str:
@@ -214,7 +219,7 @@ def merge(
     when *nodes* is a closed subset of a larger catalogue, whose counts decide). *rules* are
     the operator's always/never pairs, by qualified id.
     """
-    ordered = sorted(nodes, key=lambda n: n.order)
+    ordered = sorted(nodes, key=_ORDER)
     if identifying is None:
         identifying = identifying_keys(ordered, max_per_upstream=max_per_upstream)
     joiner = _Joiner(ordered, rules or Rules())
@@ -236,9 +241,10 @@ class _Joiner:
         self.ordered = ordered
         self.rules = rules
         self.parent = list(range(len(ordered)))
-        self.upstreams: list[set[str]] = [{n.upstream} for n in ordered]
-        self.joins: list[list[Edge]] = [[] for _ in ordered]
-        self.refused: list[list[Edge]] = [[] for _ in ordered]
+        # Per root of more than one record (or with a refusal): its upstreams, joins, refusals.
+        self.upstreams: dict[int, set[str]] = {}
+        self.joins: dict[int, list[Edge]] = {}
+        self.refused: dict[int, list[Edge]] = {}
         self.never: dict[int, set[int]] = defaultdict(set)
         self.index: dict[str, int] = {}
         if rules.always or rules.never:
@@ -271,10 +277,13 @@ class _Joiner:
                 guarded[root] = [root]
         return guarded.get(root)
 
+    def upstreams_of(self, root: int) -> set[str]:
+        """The upstreams of *root*'s component."""
+        return self.upstreams.get(root) or {self.ordered[root].upstream}
+
     def blocker(self, ra: int, rb: int, *, forced: bool) -> str | None:
         """Why the components of roots *ra* and *rb* cannot be one, or None."""
-        upstreams = self.upstreams
-        if not forced and upstreams[ra] & upstreams[rb]:
+        if not forced and not self.upstreams_of(ra).isdisjoint(self.upstreams_of(rb)):
             return SAME_UPSTREAM
         guards = self.guards
         ga, gb = guards(ra), guards(rb)
@@ -301,16 +310,22 @@ class _Joiner:
         if moved:
             self.guarded.setdefault(keep, []).extend(moved)
         self.parent[gone] = keep
-        self.upstreams[keep] |= self.upstreams[gone]
-        self.joins[keep] += [*self.joins[gone], edge]
-        self.refused[keep] += self.refused[gone]
+        upstreams = self.upstreams.get(keep)
+        if upstreams is None:
+            upstreams = self.upstreams[keep] = {self.ordered[keep].upstream}
+        upstreams |= self.upstreams.pop(gone, set()) or {self.ordered[gone].upstream}
+        joins = self.joins.setdefault(keep, [])
+        joins += self.joins.pop(gone, ())
+        joins.append(edge)
+        if gone in self.refused:
+            self.refused.setdefault(keep, []).extend(self.refused.pop(gone))
 
     def refuse(self, ia: int, ib: int, edge: Edge) -> None:
         """Report refused *edge* on both sides."""
         ra, rb = self.find(ia), self.find(ib)
-        self.refused[ra].append(edge)
+        self.refused.setdefault(ra, []).append(edge)
         if rb != ra:
-            self.refused[rb].append(edge)
+            self.refused.setdefault(rb, []).append(edge)
 
     def apply_always(self) -> None:
         """Join the operator's always pairs, unless a never pair forbids it."""
@@ -347,14 +362,18 @@ class _Joiner:
 
     def components(self) -> list[Component]:
         """The components, sorted by their primary's order."""
+        # A component first appears at its best-ordered member, its primary: the components
+        # come out sorted by their primary's order.
         groups: dict[int, Component] = {}
         for i, n in enumerate(self.ordered):
             root = self.find(i)
             comp = groups.get(root)
             if comp is None:
-                comp = groups[root] = Component([], self.joins[root], self.refused[root])
+                comp = groups[root] = Component(
+                    [], self.joins.get(root, []), self.refused.get(root, [])
+                )
             comp.members.append(n)
-        return sorted(groups.values(), key=lambda c: c.primary.order)
+        return list(groups.values())
 
 
 @dataclass(frozen=True, slots=True)
