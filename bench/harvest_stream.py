@@ -433,7 +433,7 @@ concurrency = {args.concurrency}
     cmd += ["-m", "aggregator", "harvest", "--config", str(config)]
     first_s, first_rss, out, phases = run_timed(cmd, env, cwd=tree, sample=(admin, db))
     if profile:
-        cmd[3] = profile + ".again"
+        cmd[4] = profile + ".again"
     again_s, again_rss, out2, _ = run_timed(cmd, env, cwd=tree)
     return {
         "harvest_s": first_s,

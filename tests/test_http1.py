@@ -1,13 +1,16 @@
 """The lean HTTP/1.1 client against real servers on loopback that answer byte by byte as each
 test scripts them: framing, decompression, limits, broken and hostile answers, keep-alive.
 
-Every test runs on asyncio's own event loop and on uvloop (the harvest's)."""
+Every test runs on asyncio's own event loop and on uvloop (the harvest's); TLS uses a
+certificate made with the openssl command."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import socket
+import ssl
+import subprocess
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -17,7 +20,9 @@ import aiohttp
 import pytest
 import uvloop
 
+from aggregator.config import UpstreamConfig
 from aggregator.errors import InvalidUpstreamData
+from aggregator.harvest.client import UpstreamClient
 from aggregator.harvest.http1 import (
     Answer,
     CannotConnect,
@@ -25,6 +30,7 @@ from aggregator.harvest.http1 import (
     MalformedAnswer,
     OriginClient,
     SlowBody,
+    default_tls,
 )
 
 LIMITS = Limits(timeout_s=10, connect_timeout_s=5, max_body_bytes=65536)
@@ -46,15 +52,18 @@ def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, None]],
 @dataclass
 class Server:
     """A loopback server that reads each request's head and answers it with *script*, called
-    with the writer and the request's number (0, 1, …) on its connection."""
+    with the writer and the request's number (0, 1, …) on its connection; over TLS with the
+    *served* context, which the client's *trusted* context verifies."""
 
     script: Script
+    served: ssl.SSLContext | None = None
+    trusted: ssl.SSLContext | None = None
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
 
     async def __aenter__(self) -> OriginClient:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.served)
         port = self.server.sockets[0].getsockname()[1]
         self.client = OriginClient(
             "127.0.0.1",
@@ -62,6 +71,7 @@ class Server:
             host_header=f"127.0.0.1:{port}",
             headers={"User-Agent": "test-agent"},
             max_idle=4,
+            tls=self.trusted,
         )
         return self.client
 
@@ -455,5 +465,70 @@ def test_header_values_cannot_end_the_line(run: Any) -> None:
             with pytest.raises(ValueError, match="Newline"):
                 await client.get("/x", {"If-None-Match": '"a"\r\nX-Evil: 1'}, LIMITS, url="x")
         assert server.requests == []
+
+    run(go())
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (files), made with openssl."""
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_origin(run: Any, certificate: tuple[str, str]) -> None:
+    """Over TLS, answers come back whole over one kept connection; a certificate the client
+    does not trust is refused before any request is sent."""
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def go() -> None:
+        trusted = ssl.create_default_context(cafile=cert)
+        server = Server(always(answer(b"secret")), served=served, trusted=trusted)
+        async with server as client:
+            for _ in range(3):
+                assert (await get(client)).body == b"secret"
+        assert server.connections == 1 and len(server.requests) == 3
+        untrusted = Server(always(answer(b"secret")), served=served, trusted=default_tls())
+        async with untrusted as client:
+            with pytest.raises(CannotConnect, match="certificate verify failed"):
+                await get(client)
+        assert untrusted.requests == []
+
+    run(go())
+
+
+def test_upstream_client_over_tls(run: Any, certificate: tuple[str, str]) -> None:
+    """An HTTPS upstream's own origin is read through this client: the token goes with the
+    request, the answer is counted."""
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def go() -> None:
+        server = Server(always(answer(b'{"id": "t"}')), served=served)
+        async with server, aiohttp.ClientSession() as session:
+            assert server.server is not None
+            port = server.server.sockets[0].getsockname()[1]
+            upstream = UpstreamConfig(name="tls", url=f"https://127.0.0.1:{port}/ga4gh/trs/v2")
+            client = UpstreamClient(
+                session, upstream, "tok", tls=ssl.create_default_context(cafile=cert)
+            )
+            got = await client.get_json(f"{upstream.url}/tools/t")
+            await client.close()
+        assert got is not None and got[0] == {"id": "t"}
+        assert client.traffic.requests == 1 and client.traffic.bytes == 11
+        assert "\r\nAuthorization: Bearer tok\r\n" in server.requests[0].decode()
 
     run(go())

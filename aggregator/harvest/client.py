@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import errno
 import random
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,14 @@ from aggregator.harvest.egress import (
     Refused,
     RefusedAddress,
 )
-from aggregator.harvest.http1 import CannotConnect, Limits, MalformedAnswer, OriginClient, SlowBody
+from aggregator.harvest.http1 import (
+    CannotConnect,
+    Limits,
+    MalformedAnswer,
+    OriginClient,
+    SlowBody,
+    default_tls,
+)
 
 log = structlog.get_logger()
 
@@ -143,8 +151,8 @@ class UpstreamClient:
     Requests go where ``policy`` allows (see ``egress``): the token only to the upstream's own
     origin; hosts neither the upstream's nor listed by the operator are reached through a
     session of this client's own whose resolver keeps only public addresses. Requests to the
-    upstream's own origin over plain HTTP take the lean keep-alive client of ``http1``; all
-    others take aiohttp. ``close()`` releases this client's own connections.
+    upstream's own origin take the lean keep-alive client of ``http1``; all others take
+    aiohttp. ``close()`` releases this client's own connections.
 
     Attributes:
         session: The aiohttp session (owned by the caller).
@@ -153,6 +161,8 @@ class UpstreamClient:
         traffic: Requests, bytes and 304 answers are counted here.
         tripped: Why the breaker stopped this client, once it has.
         policy: Where requests may go, and with which credentials.
+        tls: The TLS context for an HTTPS upstream's own origin (default: the system's
+            trusted certificates).
     """
 
     session: aiohttp.ClientSession
@@ -160,6 +170,7 @@ class UpstreamClient:
     token: str | None = None
     traffic: Traffic = field(default_factory=Traffic)
     tripped: str | None = None
+    tls: ssl.SSLContext | None = None
     policy: EgressPolicy = field(init=False)
     _public_session: aiohttp.ClientSession | None = None
     _semaphore: asyncio.Semaphore = field(init=False)
@@ -192,13 +203,14 @@ class UpstreamClient:
             min_rate_after_s=u.min_rate_after_s,
         )
         origin = URL(u.url)
-        if origin.scheme == "http" and origin.raw_host:
+        if origin.scheme in ("http", "https") and origin.raw_host and origin.port:
             self._direct = OriginClient(
                 origin.raw_host,
-                origin.port or 80,
+                origin.port,
                 host_header=origin.host_port_subcomponent or origin.raw_host,
                 headers=self.session.headers,
                 max_idle=u.concurrency,
+                tls=(self.tls or default_tls()) if origin.scheme == "https" else None,
             )
 
     async def get(
@@ -372,7 +384,7 @@ class UpstreamClient:
                 if self.token and decision.credentials:
                     headers["Authorization"] = f"Bearer {self.token}"
                 if decision.credentials and self._direct is not None:
-                    # The upstream's own origin (the decision says so) over plain HTTP.
+                    # The upstream's own origin (the decision says so).
                     response = await self._get_direct(self._direct, url, params, headers)
                 else:
                     response = await self._get_aiohttp(url, params, headers, decision)

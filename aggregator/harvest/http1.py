@@ -5,7 +5,8 @@ general client spends most of a request's CPU on what those do not need (cookies
 tracing, streaming readers, middlewares). Here one asyncio Protocol per connection feeds
 httptools' parser (llhttp, Node.js's HTTP parser) and collects the whole answer: the body
 decompressed (gzip, deflate) and refused once it exceeds the size limit *as it is
-decompressed*, within a deadline for the whole request. Idle connections are kept for the
+decompressed*, within a deadline for the whole request. HTTPS origins are reached through
+asyncio's TLS transport, with the system's trusted certificates. Idle connections are kept for the
 next request; one that a server closed meanwhile is replaced once, transparently.
 
 Exceptions are aiohttp's where the meaning is the same, so that the client handles answers
@@ -14,7 +15,8 @@ from this path and from aiohttp's (other hosts, TLS) alike::
     TimeoutError                         the request took longer than its timeout
     aiohttp.ClientConnectionError
     ├── aiohttp.ConnectionTimeoutError   connecting took longer than the connect timeout
-    ├── CannotConnect                    the connection could not be made (``os_error``)
+    ├── CannotConnect                    the connection could not be made (``os_error``;
+    │                                    a certificate that does not verify, too)
     ├── aiohttp.ServerDisconnectedError  the server closed the connection before answering
     └── aiohttp.ClientOSError            the server reset the connection before answering
     aiohttp.ClientPayloadError           the body broke off, or cannot be decompressed
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import ssl
 import time
 import zlib
 from collections.abc import Mapping
@@ -360,8 +364,17 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
+@functools.cache
+def default_tls() -> ssl.SSLContext:
+    """The TLS context of HTTPS origins: the system's trusted certificates, host names
+    checked (made once: loading the certificates blocks)."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class OriginClient:
-    """Keep-alive connections to one origin (``http``, *host*, *port*), at most
+    """Keep-alive connections to one origin (*host*, *port*; over TLS with *tls*), at most
     *max_idle* kept idle between requests.
 
     *headers* are sent with every request (``Host`` and ``Accept-Encoding`` are added).
@@ -375,8 +388,10 @@ class OriginClient:
         host_header: str,
         headers: Mapping[str, str],
         max_idle: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.tls = tls
         self.max_idle = max_idle
         fixed = {"Host": host_header, **headers, "Accept-Encoding": "gzip, deflate"}
         self._fixed = "".join(f"{k}: {_checked(v)}\r\n" for k, v in fixed.items()).encode()
@@ -432,7 +447,11 @@ class OriginClient:
         try:
             async with asyncio.timeout(bound):
                 transport, conn = await loop.create_connection(
-                    lambda: _Connection(loop), self.host, self.port
+                    lambda: _Connection(loop),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host.rstrip(".") if self.tls else None,
                 )
         except TimeoutError:
             if bound < limits.connect_timeout_s:
