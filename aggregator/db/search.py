@@ -158,7 +158,9 @@ from unnest($1::text[]) as q(w)
 where not exists (select 1 from search_lexicon l where l.word = q.w)
 """
 _INDEX_ONLY: Final = "set local enable_seqscan = off"
-_SCANS_AGAIN: Final = "set local enable_seqscan = on"
+# Back to the configured value (server, database or role), not "on": an operator may have set
+# it otherwise.
+_SCANS_AGAIN: Final = "set local enable_seqscan to default"
 
 
 async def corrected(conn: Any, text: str) -> str:
