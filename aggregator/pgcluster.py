@@ -197,12 +197,14 @@ class LocalCluster:
 
     The server listens on a unix socket only (no TCP), trusts local connections and
     logs to ``server.log`` in the data directory.  ``fast=True`` turns off durability
-    (fsync, synchronous commit, full page writes) for throwaway test clusters.
+    (fsync, synchronous commit, full page writes) for throwaway test clusters; *settings*
+    are further server settings (name to value, as ``postgresql.conf`` spells them).
     """
 
     data_dir: Path
     fast: bool = False
     bindir: Path | None = None
+    settings: dict[str, str] = field(default_factory=dict)
     timeout: float = 60.0
     dsn: str | None = field(default=None, init=False)
 
@@ -426,6 +428,7 @@ class LocalCluster:
         ]
         if self.fast:
             lines += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+        lines += [f"{name} = {_conf_quote(value)}" for name, value in self.settings.items()]
         path = self.data_dir / _CONF_NAME
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         if owner is not None:

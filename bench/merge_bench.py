@@ -5,6 +5,11 @@ incremental. Run by hand; results go to docs/benchmarks.md.
     python bench/merge_bench.py db --tools 1000000      # on a private PostgreSQL cluster
     python bench/merge_bench.py db --tools 1000000 --dsn postgresql://postgres@127.0.0.1/postgres
 
+``--sized`` starts the private cluster with settings sized for the catalogue and this machine
+(24 GB, 2 cores, SSD) as PGTune gives them for a mixed workload, where PostgreSQL's defaults
+(128 MB of shared buffers, 1 GB of WAL between checkpoints) are sized for a small database;
+``--setting NAME=VALUE`` (repeatable) adds or overrides one.
+
 ``--no-capture`` disables, in the benchmark's database only, the trigger that records the
 change feed and search index at the generation bump (migration 0010), to time the merge's
 own phases apart from it (``merge_finished`` logs the seconds of each).
@@ -29,6 +34,19 @@ from aggregator.db.migrate import migrate
 from aggregator.db.pool import connect
 from aggregator.merge.engine import Node, identifying_keys, merge
 
+# PGTune (mixed workload, PostgreSQL 15, 24 GB, 2 cores, SSD).
+SIZED: dict[str, str] = {
+    "shared_buffers": "6GB",
+    "effective_cache_size": "18GB",
+    "maintenance_work_mem": "1536MB",
+    "checkpoint_completion_target": "0.9",
+    "wal_buffers": "16MB",
+    "random_page_cost": "1.1",
+    "effective_io_concurrency": "200",
+    "work_mem": "31457kB",
+    "min_wal_size": "1GB",
+    "max_wal_size": "4GB",
+}
 UPSTREAMS = ("dockstore", "workflowhub", "biocontainers", "yevis", "private")
 
 
@@ -164,7 +182,13 @@ def main() -> None:
     parser.add_argument(
         "--no-capture", action="store_true", help="db: without the change-feed capture trigger"
     )
+    parser.add_argument("--sized", action="store_true", help="db: PGTune's settings (see above)")
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="NAME=VALUE", help="db: a server setting"
+    )
     args = parser.parse_args()
+    settings = dict(SIZED) if args.sized else {}
+    settings.update(s.split("=", 1) for s in args.setting)
     if args.what == "pure":
         bench_pure(args.tools)
     elif args.dsn:
@@ -177,7 +201,7 @@ def main() -> None:
 
         work = Path(tempfile.mkdtemp(prefix="trsagg-merge-bench-"))
         work.chmod(0o755)  # the server runs as postgres when we are root
-        cluster = LocalCluster(work / "pg")  # durable, as a real database is
+        cluster = LocalCluster(work / "pg", settings=settings)  # durable, as a real database is
         try:
             asyncio.run(bench_db(args.tools, cluster.start(), capture=not args.no_capture))
         finally:
