@@ -75,15 +75,22 @@ async def snapshot(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[st
 
 
 async def full_merge_snapshot(
-    pool: asyncpg.Pool[Any], config: Config, slice_records: int = sys.maxsize
+    pool: asyncpg.Pool[Any],
+    config: Config,
+    slice_records: int = sys.maxsize,
+    *,
+    empty: bool = False,
 ) -> dict[str, Any]:
-    """What a full re-merge (in one piece, unless *slice_records* says otherwise) would
-    publish, computed in a transaction that is rolled back."""
+    """What a full re-merge (in one piece, unless *slice_records* says otherwise; into an
+    emptied catalogue when *empty*, as a first merge is) would publish, computed in a
+    transaction that is rolled back."""
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
         try:
             await conn.execute("select 1 from catalogue_state for update")
+            if empty:
+                await conn.execute("delete from catalogue_tools")
             stats = await remerge(
                 conn,
                 tombstone_after=config.harvest.tombstone_after,
@@ -268,6 +275,9 @@ async def test_incremental_merge_publishes_what_a_full_merge_would(
         if slice_records:
             sliced = await full_merge_snapshot(pool, config, slice_records)
             assert published == sliced, round_
+            # Into an empty catalogue, slice after slice while the server writes the last.
+            first = await full_merge_snapshot(pool, config, slice_records, empty=True)
+            assert published == first, round_
         # Every live upstream version is a source of exactly one served version.
         assert (
             await pool.fetchval(

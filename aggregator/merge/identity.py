@@ -109,6 +109,7 @@ DISTINCTIVE_MIN_RARE_TOKENS: Final = 2
 COMMON_ZIPF: Final = 3.0
 
 
+@functools.lru_cache(maxsize=16384)
 def classify(value: str) -> Key | None:
     """The key *value* (an id, alias or identifier, as an upstream spells it) stands for."""
     v = value.strip()
