@@ -812,58 +812,74 @@ truncate merge_new_tools, merge_new_members, merge_new_versions
 """
 
 # In order: the replaced tools the merge no longer has go (their members and versions with
-# them); then, after the renames, tools, members and versions are updated where they differ,
-# inserted where new, and removed where the merge no longer has them. Inserts skip existing
-# rows by their unique index (an anti-join against the table being filled can turn quadratic).
-_ANALYZE_NEW: Final = """
-analyze merge_new_tools (id), merge_new_members (upstream_tool_id, tool_id),
-        merge_new_versions (tool_id, key)
-"""
+# them); then, after the renames, each table's rows that the merged tools may replace are read
+# once by their index, with their row addresses, and in the same statement the rows that differ
+# are updated and the rows the merge no longer has deleted, both by address, and the new rows
+# inserted. (Reading the old rows again for each of an update, an insert that skips existing
+# rows and a delete cost three index probes per row; the merged rows' temporary tables are
+# small and joined by hash.)
 _DROP_RELEASED: Final = """
 delete from catalogue_tools c where c.id = any($1::text[])
   and not exists (select 1 from merge_new_tools n where n.id = c.id)
 """
+# The tools the merge writes: those of its ids the catalogue holds are updated where they
+# differ, the others inserted. (sort_key is the id: an update never moves it.)
 _WRITE_TOOLS: Final = """
-update catalogue_tools c
-set sort_key = n.sort_key, primary_member_id = n.primary_member_id, conflicts = n.conflicts
-from merge_new_tools n
-where c.id = n.id and (c.sort_key, c.primary_member_id, c.conflicts)
-                      is distinct from (n.sort_key, n.primary_member_id, n.conflicts);
+with old as materialized (
+    select c.ctid as tid, c.id, c.sort_key, c.primary_member_id, c.conflicts
+    from catalogue_tools c where c.id = any($1::text[])),
+updated as (
+    update catalogue_tools c
+    set sort_key = n.sort_key, primary_member_id = n.primary_member_id, conflicts = n.conflicts
+    from old o join merge_new_tools n on n.id = o.id
+    where c.ctid = o.tid
+      and (o.sort_key, o.primary_member_id, o.conflicts)
+          is distinct from (n.sort_key, n.primary_member_id, n.conflicts))
 insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
 select n.id, n.sort_key, n.primary_member_id, n.conflicts from merge_new_tools n
-on conflict (id) do nothing;
+where not exists (select 1 from old o where o.id = n.id)
 """
-_DELETE_MEMBERS: Final = """
-delete from catalogue_members m
-where m.tool_id = any($1::text[])
-  and not exists (select 1 from merge_new_members n where n.upstream_tool_id = m.upstream_tool_id)
-"""
+# The members of the tools the merge writes or replaces ($1): every merged record that is a
+# member already is one of them (a replaced tool holds it), so the others are inserted.
 _WRITE_MEMBERS: Final = """
-update catalogue_members m set tool_id = n.tool_id, joined_by = n.joined_by
-from merge_new_members n
-where m.upstream_tool_id = n.upstream_tool_id
-  and (m.tool_id, m.joined_by) is distinct from (n.tool_id, n.joined_by);
+with old as materialized (
+    select m.ctid as tid, m.upstream_tool_id, m.tool_id, m.joined_by
+    from catalogue_members m where m.tool_id = any($1::text[])),
+gone as (
+    delete from catalogue_members m using old o
+    where m.ctid = o.tid
+      and not exists (select 1 from merge_new_members n
+                      where n.upstream_tool_id = o.upstream_tool_id)),
+updated as (
+    update catalogue_members m set tool_id = n.tool_id, joined_by = n.joined_by
+    from old o join merge_new_members n on n.upstream_tool_id = o.upstream_tool_id
+    where m.ctid = o.tid and (o.tool_id, o.joined_by) is distinct from (n.tool_id, n.joined_by))
 insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
 select n.upstream_tool_id, n.tool_id, n.joined_by from merge_new_members n
-on conflict (upstream_tool_id) do nothing;
-"""
-_DELETE_VERSIONS: Final = """
-delete from catalogue_versions v
-where v.tool_id = any($1::text[])
-  and not exists (select 1 from merge_new_versions n where n.tool_id = v.tool_id and n.key = v.key)
+where not exists (select 1 from old o where o.upstream_tool_id = n.upstream_tool_id)
 """
 _WRITE_VERSIONS: Final = """
-update catalogue_versions v
-set position = n.position, upstream_version_id = n.upstream_version_id,
-    source_ids = n.source_ids, conflict = n.conflict
-from merge_new_versions n
-where v.tool_id = n.tool_id and v.key = n.key
-  and (v.position, v.upstream_version_id, v.source_ids, v.conflict)
-      is distinct from (n.position, n.upstream_version_id, n.source_ids, n.conflict);
+with old as materialized (
+    select v.ctid as tid, v.tool_id, v.key, v.position, v.upstream_version_id, v.source_ids,
+           v.conflict
+    from catalogue_versions v where v.tool_id = any($1::text[])),
+gone as (
+    delete from catalogue_versions v using old o
+    where v.ctid = o.tid
+      and not exists (select 1 from merge_new_versions n
+                      where n.tool_id = o.tool_id and n.key = o.key)),
+updated as (
+    update catalogue_versions v
+    set position = n.position, upstream_version_id = n.upstream_version_id,
+        source_ids = n.source_ids, conflict = n.conflict
+    from old o join merge_new_versions n on n.tool_id = o.tool_id and n.key = o.key
+    where v.ctid = o.tid
+      and (o.position, o.upstream_version_id, o.source_ids, o.conflict)
+          is distinct from (n.position, n.upstream_version_id, n.source_ids, n.conflict))
 insert into catalogue_versions (tool_id, key, position, upstream_version_id, source_ids, conflict)
 select n.tool_id, n.key, n.position, n.upstream_version_id, n.source_ids, n.conflict
 from merge_new_versions n
-on conflict (tool_id, key) do nothing;
+where not exists (select 1 from old o where o.tool_id = n.tool_id and o.key = n.key)
 """
 
 
@@ -888,12 +904,9 @@ async def _replace(
     )
     await conn.execute(_STAGE_SINGLE)
     await conn.execute(_STAGE_SINGLE_VERSIONS)
-    await conn.execute(_ANALYZE_NEW)
     await conn.execute(_DROP_RELEASED, released)
     for current, wanted in renames:
         await conn.execute(_RENAME, current, wanted)
-    await conn.execute(_WRITE_TOOLS)
-    await conn.execute(_DELETE_MEMBERS, ids)
-    await conn.execute(_WRITE_MEMBERS)
-    await conn.execute(_DELETE_VERSIONS, ids)
-    await conn.execute(_WRITE_VERSIONS)
+    await conn.execute(_WRITE_TOOLS, ids)
+    await conn.execute(_WRITE_MEMBERS, sorted(set(ids) | set(released)))
+    await conn.execute(_WRITE_VERSIONS, ids)
