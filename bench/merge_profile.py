@@ -144,7 +144,7 @@ async def run(dsn: str, n: int, *, explain: bool, capture: bool) -> None:
     finally:
         await tr.rollback()
         await conn.close()
-    print(f"incremental: {total:.2f}s, dirty {stats.dirty}, {stats.nodes} nodes, {stats.tools} tools")
+    print(f"incremental: {total:.2f}s, dirty {stats.dirty}, {stats.nodes} nodes, {stats.tools}")
     rows = sorted(((sum(v), len(v), k) for k, v in timed.times.items()), reverse=True)
     print(f"SQL total {sum(r[0] for r in rows):.3f}s")
     for s, c, k in rows:
