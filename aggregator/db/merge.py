@@ -849,11 +849,16 @@ delete from catalogue_tools c where c.id = any($1::text[])
   and not exists (select 1 from merge_new_tools n where n.id = c.id)
 """
 # The tools the merge writes: those of its ids the catalogue holds are updated where they
-# differ, the others inserted. (sort_key is the id: an update never moves it.)
+# differ, the others inserted. (sort_key is the id: an update never moves it.) Without
+# renames, the replaced tools are read with them ($1 holds both) and those the merge no longer
+# has are deleted here, in place of _DROP_RELEASED.
 _WRITE_TOOLS: Final = """
 with old as materialized (
     select c.ctid as tid, c.id, c.sort_key, c.primary_member_id, c.conflicts
     from catalogue_tools c where c.id = any($1::text[])),
+dropped as (
+    delete from catalogue_tools c using old o
+    where c.ctid = o.tid and not exists (select 1 from merge_new_tools n where n.id = o.id)),
 updated as (
     update catalogue_tools c
     set sort_key = n.sort_key, primary_member_id = n.primary_member_id, conflicts = n.conflicts
@@ -933,9 +938,12 @@ async def _replace(
     )
     await conn.execute(_STAGE_SINGLE)
     await conn.execute(_STAGE_SINGLE_VERSIONS)
-    await conn.execute(_DROP_RELEASED, released)
-    for current, wanted in renames:
-        await conn.execute(_RENAME, current, wanted)
-    await conn.execute(_WRITE_TOOLS, ids)
+    if renames:  # the replaced tools go before the renames, which may take their ids
+        await conn.execute(_DROP_RELEASED, released)
+        for current, wanted in renames:
+            await conn.execute(_RENAME, current, wanted)
+        await conn.execute(_WRITE_TOOLS, ids)
+    else:
+        await conn.execute(_WRITE_TOOLS, sorted(set(ids) | set(released)))
     await conn.execute(_WRITE_MEMBERS, sorted(set(ids) | set(released)))
     await conn.execute(_WRITE_VERSIONS, ids)
