@@ -372,7 +372,9 @@ reached as (
         select m.upstream_tool_id from catalogue_members m where m.tool_id = h.tool_id offset 0)
         as m),
 added as (
-    insert into merge_affected (id) select id from reached on conflict do nothing returning id)
+    insert into merge_affected (id)
+    select r.id from reached r where not exists (select 1 from merge_affected a where a.id = r.id)
+    on conflict do nothing returning id)
 select coalesce(array_agg(id), '{}') from added
 """
 # The tools sharing any joining key the seeds (in merge_frontier) hold or held.
