@@ -115,9 +115,21 @@ async def _load_rules(conn: Connection) -> tuple[Rules, dict[int, set[int]]]:
 # with a random page costing about a sequential one, then puts the setting back. An
 # incremental merge's statements also run without JIT compilation: they look up thousands of
 # rows, and compiling cost 15-55 ms a statement at a million records for nothing measurable.
-_PLAN_SETTINGS: Final = "select current_setting('random_page_cost'), current_setting('jit')"
-_SET_PLAN: Final = "select set_config('random_page_cost', $1, true), set_config('jit', $2, true)"
+# Every statement is planned for its own parameters (plan_cache_mode): after five runs of a
+# prepared statement PostgreSQL may switch to a generic plan, in which an array parameter is
+# not a constant, so `x <> all($1)` over the 25,000 ids of a slice is tested element by
+# element for each row instead of by hash (the plain-id claimants went from 0.1 s to 2.4 s a
+# slice, 60 s more for a full merge of a million records).
+_PLAN_SETTINGS: Final = """
+select current_setting('random_page_cost'), current_setting('jit'),
+       current_setting('plan_cache_mode')
+"""
+_SET_PLAN: Final = """
+select set_config('random_page_cost', $1, true), set_config('jit', $2, true),
+       set_config('plan_cache_mode', $3, true)
+"""
 MERGE_PAGE_COST: Final = "1.1"
+MERGE_PLAN_CACHE: Final = "force_custom_plan"
 _ALL_TOOLS: Final = "select id from upstream_tools"
 _DIRTY_TOOLS: Final = "select upstream_tool_id as id from merge_queue"
 _CATALOGUE_HELD: Final = "select exists (select 1 from catalogue_members)"
@@ -156,8 +168,8 @@ async def remerge(
     # A slice's records are held only by tools of the catalogue before the merge (the earlier
     # slices wrote other records): a full merge into an empty catalogue replaces nothing.
     replacing = not full or await conn.fetchval(_CATALOGUE_HELD)
-    page_cost, jit = await conn.fetchrow(_PLAN_SETTINGS) or ("", "")
-    await conn.execute(_SET_PLAN, MERGE_PAGE_COST, jit if full else "off")
+    page_cost, jit, plan_cache = await conn.fetchrow(_PLAN_SETTINGS) or ("", "", "")
+    await conn.execute(_SET_PLAN, MERGE_PAGE_COST, jit if full else "off", MERGE_PLAN_CACHE)
     rules, partners = await _load_rules(conn)
     await conn.execute(_CLOSURE_TABLES)
     await _refresh_evidence(conn, dirty, tombstone_after, keep_old=not full)
@@ -205,7 +217,7 @@ async def remerge(
             full=full,
             lap=lap,
         )
-    await conn.execute(_SET_PLAN, page_cost, jit)
+    await conn.execute(_SET_PLAN, page_cost, jit, plan_cache)
     lap("write")
     generation = await advance_generation(conn)
     lap("generation")
