@@ -5,7 +5,7 @@ the capture's functions run on the same rows. Run by hand.
     python bench/capture_freeze.py build --tools 200000 --dsn postgresql://postgres@127.0.0.1/postgres
     python bench/capture_freeze.py time --db cap_inc --dsn ... [--sql variant.sql] [--explain]
 
-``build`` makes two databases: ``cap_full`` (the first full merge written, its touches recorded,
+``build`` makes two databases: ``cap_full`` (``--prefix``) (the first full merge written, its touches recorded,
 the bump not yet run) and ``cap_inc`` (that bump committed, then a 1% change merged, the bump not
 yet run). ``time`` runs, in one transaction each, the optional SQL (new function definitions),
 the bump, and a rollback; ``--explain`` prints each statement's plan inside the trigger
@@ -46,12 +46,12 @@ async def _merge(conn: asyncpg.Connection, *, full: bool, capture: bool) -> None
     await conn.execute("alter table catalogue_state enable trigger catalogue_state_capture")
 
 
-async def build(n: int, dsn: str) -> None:
+async def build(n: int, dsn: str, prefix: str) -> None:
     admin = await asyncpg.connect(dsn)
-    for name in ("cap_full", "cap_inc"):
+    for name in (f"{prefix}_full", f"{prefix}_inc"):
         await admin.execute(f"drop database if exists {name}")
-    await admin.execute("create database cap_full")
-    full = _db(dsn, "cap_full")
+    await admin.execute(f"create database {prefix}_full")
+    full = _db(dsn, f"{prefix}_full")
     await migrate(full)
     conn = await connect(full)
     for i, name in enumerate(UPSTREAMS):
@@ -83,8 +83,8 @@ async def build(n: int, dsn: str) -> None:
     await _merge(conn, full=True, capture=False)
     print("touched rows:", await conn.fetchval("select count(*) from catalogue_touched"))
     await conn.close()
-    await admin.execute("create database cap_inc template cap_full")
-    conn = await connect(_db(dsn, "cap_inc"))
+    await admin.execute(f"create database {prefix}_inc template {prefix}_full")
+    conn = await connect(_db(dsn, f"{prefix}_inc"))
     t = time.perf_counter()
     await conn.execute(BUMP)
     print(f"first bump committed in {time.perf_counter() - t:.1f}s")
@@ -148,12 +148,13 @@ def main() -> None:
     parser.add_argument("--tools", type=int, default=200_000)
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1/postgres")
     parser.add_argument("--db", default="cap_inc")
+    parser.add_argument("--prefix", default="cap", help="build: the databases' name prefix")
     parser.add_argument("--sql", action="append", default=[])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--explain", choices=["analyze", "light"])
     args = parser.parse_args()
     if args.what == "build":
-        asyncio.run(build(args.tools, args.dsn))
+        asyncio.run(build(args.tools, args.dsn, args.prefix))
     else:
         asyncio.run(time_bump(args.dsn, args.db, args.sql, args.repeat, args.explain))
 

@@ -14,12 +14,23 @@
 --            digest order, one sort for all tools, instead of one sort per tool and aggregate.
 -- Created: 2026-12-01
 
--- The digests of each part of the catalogue tools listed in capture_tools, from the catalogue:
--- the values of catalogue_parts (migration 0011; same expressions, same orders), which stays
--- as it is for callers that list tools in capture_ids alone. For a tool of one record an
--- aggregate of its one value is that value.
+-- Arrays concatenated (the descriptor types of a tool's versions, gathered version by version).
+create or replace aggregate capture_array_cat(anycompatiblearray) (
+    sfunc = array_cat, stype = anycompatiblearray);
+
+-- For the catalogue tools listed in capture_tools, from the catalogue: the digest of each part
+-- (the values of catalogue_parts, migration 0011: same expressions, same orders; that function
+-- stays as it is for callers that list tools in capture_ids alone) and what their search rows
+-- are made of (the values search_refresh of migration 0014 computed), in one pass over their
+-- records and versions. A tool of one record (its primary record and no other) is computed
+-- from that record: an aggregate of one value is that value. The versions are read in digest
+-- order (a subquery with an order is run as it is, and aggregates take their input in the
+-- order it comes): one sort for all tools instead of one per tool and aggregate.
 create or replace function capture_parts() returns table (
-    tool_id text, member_ids bigint[], metadata text, versions text, files text, sources text)
+    tool_id text, member_ids bigint[], metadata text, versions text, files text, sources text,
+    primary_doc jsonb, names text, descriptions text, organizations_text text, upstreams text[],
+    toolclasses text[], organizations text[], has_checker boolean, authors text,
+    descriptor_types text[])
 language plpgsql stable as $$
 #variable_conflict use_column
 begin
@@ -31,78 +42,8 @@ begin
                    order by t.id <> i.primary_member_id, u.priority, u.name, t.external_id), ''))
                    as metadata,
                coalesce(string_agg(u.name || '/' || t.external_id, E'\x1f'
-                   order by u.name, t.external_id), '') as names
-        from capture_tools i
-        join catalogue_members m on m.tool_id = i.id
-        join upstream_tools t on t.id = m.upstream_tool_id
-        join upstreams u on u.id = t.upstream_id
-        where not i.single
-        group by i.id
-        union all
-        select i.id, array[t.id], md5(coalesce(t.doc::text, '')),
-               coalesce(u.name || '/' || t.external_id, '')
-        from capture_tools i
-        join upstream_tools t on t.id = i.primary_member_id
-        join upstreams u on u.id = t.upstream_id
-        where i.single),
-    ver as (
-        -- A version whose upstream row is missing adds nothing to the digest of versions
-        -- (its element is null) but still counts among the sources, as before. The rows come
-        -- in digest order (a subquery with an order is run as it is, and aggregates take
-        -- their input in the order it comes).
-        select s.tool_id,
-               md5(coalesce(string_agg(s.part, E'\x1e'), '')) as versions,
-               coalesce(string_agg(s.source, E'\x1f'), '') as sources
-        from (select cv.tool_id,
-                     cv.key || E'\x1f' || cv.position || E'\x1f' || cv.conflict || E'\x1f'
-                     || v.doc::text as part,
-                     cv.key || '=' || cv.source_ids::text as source
-              from capture_tools i
-              join catalogue_versions cv on cv.tool_id = i.id
-              left join upstream_versions v on v.id = cv.upstream_version_id
-              order by cv.tool_id, cv.key) s
-        group by s.tool_id),
-    fil as (
-        select s.tool_id, md5(coalesce(string_agg(s.part, E'\x1e'), '')) as files
-        from (select cv.tool_id,
-                     cv.key || E'\x1f' || f.descriptor_type || E'\x1f' || f.path || E'\x1f'
-                     || f.file_type || E'\x1f' || coalesce(f.sha256, '') || E'\x1f'
-                     || coalesce(f.url, '') as part
-              from capture_tools i
-              join catalogue_versions cv on cv.tool_id = i.id
-              join upstream_files f on f.upstream_version_id = cv.upstream_version_id
-              order by cv.tool_id, cv.key, f.descriptor_type, f.path) s
-        group by s.tool_id)
-    select i.id, mem.member_ids,
-           coalesce(mem.metadata, md5('')),
-           coalesce(ver.versions, md5('')),
-           coalesce(fil.files, md5('')),
-           md5(coalesce(mem.names, '') || E'\x1e' || coalesce(ver.sources, ''))
-    from capture_tools i
-    left join mem on mem.id = i.id
-    left join ver on ver.tool_id = i.id
-    left join fil on fil.tool_id = i.id;
-end $$;
-
--- Rebuild the search rows of the catalogue tools listed in capture_tools (those of capture_ids
--- still in the catalogue).
-create or replace function search_refresh() returns void language plpgsql as $$
-declare
-    tools bigint := (select count(*) from capture_ids);
-    -- A first publish: the index is built after it is filled.
-    bulk boolean := tools >= 1000 and not exists (select 1 from search_docs);
-    indexes text[];
-begin
-    if bulk then
-        indexes := capture_drop_indexes('search_docs');
-    else
-        delete from search_docs where tool_id in (select tool_id from capture_ids);
-    end if;
-    insert into search_docs (tool_id, sort_key, name, organization, description, toolclass, names,
-                             document, upstreams, descriptor_types, toolclasses, organizations,
-                             has_checker)
-    with mem as (
-        select i.id,
+                   order by u.name, t.external_id), '') as source_names,
+               null::jsonb as primary_doc,
                i.id || ' ' || string_agg(
                    t.external_id || ' ' || coalesce(t.doc->>'name', '') || ' '
                    || coalesce(t.doc->>'toolname', '') || ' '
@@ -136,8 +77,9 @@ begin
         where not i.single
         group by i.id
         union all
-        -- A tool of one record: each aggregate above of its one value.
-        select i.id,
+        select i.id, array[t.id], md5(coalesce(t.doc::text, '')),
+               coalesce(u.name || '/' || t.external_id, ''),
+               t.doc,
                i.id || ' ' || (
                    t.external_id || ' ' || coalesce(t.doc->>'name', '') || ' '
                    || coalesce(t.doc->>'toolname', '') || ' '
@@ -164,61 +106,120 @@ begin
         join upstreams u on u.id = t.upstream_id
         where i.single),
     ver as (
-        select cv.tool_id, cv.key, v.doc
-        from capture_tools i
-        join catalogue_versions cv on cv.tool_id = i.id
-        join upstream_versions v on v.id = cv.upstream_version_id),
-    authors as (
-        select ver.tool_id, string_agg(a.a, ' ' order by ver.key, a.n) as authors
-        from ver
-        cross join lateral jsonb_array_elements_text(search_json_array(ver.doc->'author'))
-            with ordinality as a(a, n)
-        where jsonb_typeof(ver.doc->'author') in ('array', 'string')
-        group by ver.tool_id),
-    types as (
-        select ver.tool_id, array_agg(distinct upper(d)) as types
-        from ver
-        cross join lateral jsonb_array_elements_text(search_json_array(ver.doc->'descriptor_type'))
-            as d
-        where jsonb_typeof(ver.doc->'descriptor_type') in ('array', 'string')
-        group by ver.tool_id)
-    select i.id, i.sort_key,
-           coalesce(p.doc->>'name', ''), coalesce(p.doc->>'organization', ''),
-           coalesce(p.doc->>'description', ''), p.doc->'toolclass'->>'name',
-           x.names,
-           setweight(to_tsvector('simple', search_words(x.names)), 'A')
-           || case when btrim(x.organizations_text || ' ' || coalesce(a.authors, '')) = ''
-                   then ''::tsvector
-                   else setweight(to_tsvector('simple', search_words(
-                            x.organizations_text || ' ' || coalesce(a.authors, ''))), 'B') end
-           || case when btrim(x.descriptions) = '' then ''::tsvector
-                   else setweight(to_tsvector('english', x.descriptions), 'C') end,
-           x.upstreams, coalesce(y.types, '{}'), x.toolclasses, x.organizations, x.has_checker
+        -- A version whose upstream row is missing adds nothing to the digest of versions
+        -- (its element is null) nor to the search row, but still counts among the sources.
+        -- Authors: every value of every version, in the order of the keys and then of the
+        -- values. Descriptor types: the distinct values of every version, in upper case.
+        select s.tool_id,
+               md5(coalesce(string_agg(s.part, E'\x1e'), '')) as versions,
+               coalesce(string_agg(s.source, E'\x1f'), '') as sources,
+               string_agg(s.authors, ' ') as authors,
+               capture_array_cat(s.types) as types
+        from (select cv.tool_id,
+                     cv.key || E'\x1f' || cv.position || E'\x1f' || cv.conflict || E'\x1f'
+                     || v.doc::text as part,
+                     cv.key || '=' || cv.source_ids::text as source,
+                     case when jsonb_typeof(v.doc->'author') in ('array', 'string') then
+                         (select string_agg(a, ' ')
+                          from jsonb_array_elements_text(search_json_array(v.doc->'author'))
+                              as a) end as authors,
+                     case when jsonb_typeof(v.doc->'descriptor_type') in ('array', 'string') then
+                         array(select upper(d) from jsonb_array_elements_text(
+                                   search_json_array(v.doc->'descriptor_type')) as d) end
+                         as types
+              from capture_tools i
+              join catalogue_versions cv on cv.tool_id = i.id
+              left join upstream_versions v on v.id = cv.upstream_version_id
+              order by cv.tool_id, cv.key) s
+        group by s.tool_id),
+    fil as (
+        select s.tool_id, md5(coalesce(string_agg(s.part, E'\x1e'), '')) as files
+        from (select cv.tool_id,
+                     cv.key || E'\x1f' || f.descriptor_type || E'\x1f' || f.path || E'\x1f'
+                     || f.file_type || E'\x1f' || coalesce(f.sha256, '') || E'\x1f'
+                     || coalesce(f.url, '') as part
+              from capture_tools i
+              join catalogue_versions cv on cv.tool_id = i.id
+              join upstream_files f on f.upstream_version_id = cv.upstream_version_id
+              order by cv.tool_id, cv.key, f.descriptor_type, f.path) s
+        group by s.tool_id)
+    select i.id, mem.member_ids,
+           coalesce(mem.metadata, md5('')),
+           coalesce(ver.versions, md5('')),
+           coalesce(fil.files, md5('')),
+           md5(coalesce(mem.source_names, '') || E'\x1e' || coalesce(ver.sources, '')),
+           coalesce(mem.primary_doc, p.doc),
+           mem.names, mem.descriptions, mem.organizations_text, mem.upstreams, mem.toolclasses,
+           mem.organizations, mem.has_checker, ver.authors,
+           case when ver.types is not null then
+               array(select distinct d from unnest(ver.types) as d order by d) end
     from capture_tools i
-    join upstream_tools p on p.id = i.primary_member_id
-    join mem x on x.id = i.id
-    left join authors a on a.tool_id = i.id
-    left join types y on y.tool_id = i.id;
+    left join mem on mem.id = i.id
+    left join upstream_tools p on p.id = i.primary_member_id and not i.single
+    left join ver on ver.tool_id = i.id
+    left join fil on fil.tool_id = i.id;
+end $$;
+
+-- Rebuild the search rows of the catalogue tools listed in capture_tools (those of capture_ids
+-- still in the catalogue), from what capture_parts gave in capture_new.
+create or replace function search_refresh() returns void language plpgsql as $$
+declare
+    tools bigint := (select count(*) from capture_ids);
+    -- A first publish: the index is built after it is filled (and so is the lexicon).
+    bulk boolean := tools >= 1000 and not exists (select 1 from search_docs);
+    bulk_words boolean := tools >= 1000 and not exists (select 1 from search_lexicon);
+    indexes text[];
+    word_indexes text[];
+begin
     if bulk then
-        perform capture_build_indexes(indexes);
+        indexes := capture_drop_indexes('search_docs');
+    else
+        delete from search_docs where tool_id in (select tool_id from capture_ids);
     end if;
-    -- The name words are the document's lexemes of weight A (read from it, not parsed again).
-    bulk := tools >= 1000 and not exists (select 1 from search_lexicon);
-    if bulk then
-        indexes := capture_drop_indexes('search_lexicon');
+    if bulk_words then
+        word_indexes := capture_drop_indexes('search_lexicon');
     end if;
+    -- The lexicon takes the name words of the rows written: the document's lexemes of weight A
+    -- (read from it, not parsed again), each word looked up once.
+    with written as (
+        insert into search_docs (tool_id, sort_key, name, organization, description, toolclass,
+                                 names, document, upstreams, descriptor_types, toolclasses,
+                                 organizations, has_checker)
+        select i.id, i.sort_key,
+               coalesce(x.primary_doc->>'name', ''), coalesce(x.primary_doc->>'organization', ''),
+               coalesce(x.primary_doc->>'description', ''), x.primary_doc->'toolclass'->>'name',
+               x.names,
+               setweight(to_tsvector('simple', search_words(x.names)), 'A')
+               || case when btrim(x.organizations_text || ' ' || coalesce(x.authors, '')) = ''
+                       then ''::tsvector
+                       else setweight(to_tsvector('simple', search_words(
+                                x.organizations_text || ' ' || coalesce(x.authors, ''))), 'B')
+                       end
+               || case when btrim(x.descriptions) = '' then ''::tsvector
+                       else setweight(to_tsvector('english', x.descriptions), 'C') end,
+               x.upstreams, coalesce(x.descriptor_types, '{}'), x.toolclasses, x.organizations,
+               x.has_checker
+        from capture_tools i
+        join capture_new x on x.tool_id = i.id
+        where x.member_ids is not null and x.primary_doc is not null
+        returning document),
+    words as (
+        select distinct w
+        from written d
+        cross join lateral unnest(tsvector_to_array(ts_filter(d.document, '{a}'))) as w
+        where length(w) between 3 and 60 and w ~ '[[:alpha:]]')
     insert into search_lexicon (word)
-    select distinct w
-    from search_docs d
-    cross join lateral unnest(tsvector_to_array(ts_filter(d.document, '{a}'))) as w
-    where d.tool_id in (select tool_id from capture_ids)
-      and length(w) between 3 and 60 and w ~ '[[:alpha:]]'
-      and not exists (select 1 from search_lexicon l where l.word = w)
+    select w from words
+    where not exists (select 1 from search_lexicon l where l.word = words.w)
     on conflict do nothing;
     if bulk then
         perform capture_build_indexes(indexes);
     end if;
+    if bulk_words then
+        perform capture_build_indexes(word_indexes);
+    end if;
 end $$;
+
 -- Compare the catalogue tools in capture_ids with their snapshot; record the differences in
 -- catalogue_changes at *gen* and bring the snapshot and the search index up to date.
 create or replace function catalogue_diff(gen bigint) returns void language plpgsql as $$
@@ -259,7 +260,9 @@ begin
     end if;
     create temporary table if not exists capture_new (
         tool_id text, member_ids bigint[], metadata text, versions text, files text,
-        sources text) on commit drop;
+        sources text, primary_doc jsonb, names text, descriptions text,
+        organizations_text text, upstreams text[], toolclasses text[], organizations text[],
+        has_checker boolean, authors text, descriptor_types text[]) on commit drop;
     truncate capture_new;
     insert into capture_new select * from capture_parts();
 
@@ -353,8 +356,8 @@ begin
                 and (n.member_ids, n.metadata, n.versions, n.files, n.sources)
                     is not distinct from (o.member_ids, o.metadata, o.versions, o.files, o.sources));
     end if;
-    insert into catalogue_snapshot
-    select n.* from capture_new n
+    insert into catalogue_snapshot (tool_id, member_ids, metadata, versions, files, sources)
+    select n.tool_id, n.member_ids, n.metadata, n.versions, n.files, n.sources from capture_new n
     where not exists (
         select 1 from capture_old o
         where o.tool_id = n.tool_id
