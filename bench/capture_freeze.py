@@ -5,11 +5,14 @@ the capture's functions run on the same rows. Run by hand.
     python bench/capture_freeze.py build --tools 200000 --dsn postgresql://postgres@127.0.0.1/postgres
     python bench/capture_freeze.py time --db cap_inc --dsn ... [--sql variant.sql] [--explain]
 
-``build`` makes two databases: ``cap_full`` (``--prefix``) (the first full merge written, its touches recorded,
-the bump not yet run) and ``cap_inc`` (that bump committed, then a 1% change merged, the bump not
-yet run). ``time`` runs, in one transaction each, the optional SQL (new function definitions),
-the bump, and a rollback; ``--explain`` prints each statement's plan inside the trigger
-(auto_explain, nested statements, with timings).
+``build`` makes two databases (names prefixed by ``--prefix``, default ``cap``): ``cap_full``
+(the first full merge written, its touches recorded, the bump not yet run) and ``cap_inc`` (that
+bump committed, then a 1% change merged, the bump not yet run). ``time`` runs, in one
+transaction each, the optional SQL (``--sql``: new function definitions), the bump, and a
+rollback, then vacuums what the rollback left; ``--explain light`` prints each statement's
+duration inside the trigger (auto_explain, nested statements), ``--explain analyze`` its plan
+with row counts, timings and buffers. The databases are on the server of ``--dsn``: at
+1,000,000 records, take the heavy-work lock.
 """
 
 from __future__ import annotations
@@ -115,13 +118,13 @@ async def time_bump(dsn: str, db: str, sql: list[str], repeat: int, explain: str
             for path in sql:
                 await conn.execute(Path(path).read_text())
             if explain:
+                analyze = "on" if explain == "analyze" else "off"
                 await conn.execute(
                     "load 'auto_explain';"
                     "set local auto_explain.log_min_duration = 0;"
                     "set local auto_explain.log_nested_statements = on;"
-                    "set local auto_explain.log_analyze = " + ("on;" if explain == "analyze" else "off;")
-                    + ("set local auto_explain.log_buffers = on;" if explain == "analyze" else "")
-                    +
+                    f"set local auto_explain.log_analyze = {analyze};"
+                    f"set local auto_explain.log_buffers = {analyze};"
                     "set local auto_explain.log_level = notice;"
                 )
             t = time.perf_counter()
