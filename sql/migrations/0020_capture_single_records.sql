@@ -160,14 +160,43 @@ begin
     left join fil on fil.tool_id = i.id;
 end $$;
 
--- Rebuild the search rows of the catalogue tools listed in capture_tools (those of capture_ids
--- still in the catalogue), from what capture_parts gave in capture_new.
+-- Write the search rows of the catalogue tools listed in capture_tools (those of capture_ids
+-- still in the catalogue), from what capture_parts gave in capture_new; return their documents.
+-- (Its work tables exist only during a capture: the body is checked when it runs.)
+set local check_function_bodies = off;
+create or replace function search_write() returns setof tsvector language sql as $$
+    insert into search_docs (tool_id, sort_key, name, organization, description, toolclass,
+                             names, document, upstreams, descriptor_types, toolclasses,
+                             organizations, has_checker)
+    select i.id, i.sort_key,
+           coalesce(x.primary_doc->>'name', ''), coalesce(x.primary_doc->>'organization', ''),
+           coalesce(x.primary_doc->>'description', ''), x.primary_doc->'toolclass'->>'name',
+           x.names,
+           setweight(to_tsvector('simple', search_words(x.names)), 'A')
+           || case when btrim(x.organizations_text || ' ' || coalesce(x.authors, '')) = ''
+                   then ''::tsvector
+                   else setweight(to_tsvector('simple', search_words(
+                            x.organizations_text || ' ' || coalesce(x.authors, ''))), 'B') end
+           || case when btrim(x.descriptions) = '' then ''::tsvector
+                   else setweight(to_tsvector('english', x.descriptions), 'C') end,
+           x.upstreams, coalesce(x.descriptor_types, '{}'), x.toolclasses, x.organizations,
+           x.has_checker
+    from capture_tools i
+    join capture_new x on x.tool_id = i.id
+    where x.member_ids is not null and x.primary_doc is not null
+    returning document
+$$;
+reset check_function_bodies;
+
+-- Rebuild the search rows of the catalogue tools in capture_ids, and add their name words to
+-- the lexicon.
 create or replace function search_refresh() returns void language plpgsql as $$
 declare
     tools bigint := (select count(*) from capture_ids);
     -- A first publish: the index is built after it is filled (and so is the lexicon).
     bulk boolean := tools >= 1000 and not exists (select 1 from search_docs);
-    bulk_words boolean := tools >= 1000 and not exists (select 1 from search_lexicon);
+    empty_lexicon boolean := not exists (select 1 from search_lexicon);
+    bulk_words boolean := tools >= 1000 and empty_lexicon;
     indexes text[];
     word_indexes text[];
 begin
@@ -180,38 +209,25 @@ begin
         word_indexes := capture_drop_indexes('search_lexicon');
     end if;
     -- The lexicon takes the name words of the rows written: the document's lexemes of weight A
-    -- (read from it, not parsed again), each word looked up once.
-    with written as (
-        insert into search_docs (tool_id, sort_key, name, organization, description, toolclass,
-                                 names, document, upstreams, descriptor_types, toolclasses,
-                                 organizations, has_checker)
-        select i.id, i.sort_key,
-               coalesce(x.primary_doc->>'name', ''), coalesce(x.primary_doc->>'organization', ''),
-               coalesce(x.primary_doc->>'description', ''), x.primary_doc->'toolclass'->>'name',
-               x.names,
-               setweight(to_tsvector('simple', search_words(x.names)), 'A')
-               || case when btrim(x.organizations_text || ' ' || coalesce(x.authors, '')) = ''
-                       then ''::tsvector
-                       else setweight(to_tsvector('simple', search_words(
-                                x.organizations_text || ' ' || coalesce(x.authors, ''))), 'B')
-                       end
-               || case when btrim(x.descriptions) = '' then ''::tsvector
-                       else setweight(to_tsvector('english', x.descriptions), 'C') end,
-               x.upstreams, coalesce(x.descriptor_types, '{}'), x.toolclasses, x.organizations,
-               x.has_checker
-        from capture_tools i
-        join capture_new x on x.tool_id = i.id
-        where x.member_ids is not null and x.primary_doc is not null
-        returning document),
-    words as (
+    -- (read from it, not parsed again), each word looked up once, and not at all in an empty
+    -- lexicon (without its index, a lookup would read the table).
+    if empty_lexicon then
+        insert into search_lexicon (word)
         select distinct w
-        from written d
+        from search_write() as d(document)
         cross join lateral unnest(tsvector_to_array(ts_filter(d.document, '{a}'))) as w
-        where length(w) between 3 and 60 and w ~ '[[:alpha:]]')
-    insert into search_lexicon (word)
-    select w from words
-    where not exists (select 1 from search_lexicon l where l.word = words.w)
-    on conflict do nothing;
+        where length(w) between 3 and 60 and w ~ '[[:alpha:]]';
+    else
+        with words as (
+            select distinct w
+            from search_write() as d(document)
+            cross join lateral unnest(tsvector_to_array(ts_filter(d.document, '{a}'))) as w
+            where length(w) between 3 and 60 and w ~ '[[:alpha:]]')
+        insert into search_lexicon (word)
+        select w from words
+        where not exists (select 1 from search_lexicon l where l.word = words.w)
+        on conflict do nothing;
+    end if;
     if bulk then
         perform capture_build_indexes(indexes);
     end if;
