@@ -74,6 +74,41 @@ async def snapshot(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[st
     }
 
 
+async def catalogue_rows(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[str, Any]:
+    """Every column of the catalogue's rows the merge writes (record ids replaced by names):
+    what an incremental write must leave exactly as a full merge's would."""
+    name = "(select u.name || '/' || t.external_id from upstream_tools t join upstreams u"
+    name += " on u.id = t.upstream_id where t.id = {})"
+    version = "(select {} || '@' || v.key from upstream_versions v where v.id = {})".format(
+        name.format("v.upstream_tool_id"), "{}"
+    )
+    tools = await conn.fetch(
+        f"""select c.id, c.sort_key, {name.format("c.primary_member_id")}, c.conflicts::text
+            from catalogue_tools c order by c.id"""
+    )
+    members = await conn.fetch(
+        f"""select m.tool_id, {name.format("m.upstream_tool_id")} as member, m.joined_by::text
+            from catalogue_members m order by 1, 2"""
+    )
+    versions = await conn.fetch(
+        f"""select cv.tool_id, cv.key, cv.position, {version.format("cv.upstream_version_id")},
+                   array(select {version.format("s.id")}
+                         from unnest(cv.source_ids) with ordinality as s(id, n) order by s.n),
+                   cv.conflict
+            from catalogue_versions cv order by 1, 2"""
+    )
+    return {
+        "tools": [tuple(r) for r in tools],
+        "members": [tuple(r) for r in members],
+        "versions": [tuple(r) for r in versions],
+    }
+
+
+async def published_rows(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> dict[str, Any]:
+    """The snapshot and every column of the catalogue rows."""
+    return await snapshot(conn) | {"rows": await catalogue_rows(conn)}
+
+
 async def full_merge_snapshot(
     pool: asyncpg.Pool[Any], config: Config, slice_records: int = sys.maxsize
 ) -> dict[str, Any]:
@@ -91,7 +126,7 @@ async def full_merge_snapshot(
                 slice_records=slice_records,
             )
             assert stats.slices == 1 or slice_records < stats.nodes
-            return await snapshot(conn)
+            return await published_rows(conn)
         finally:
             await tx.rollback()
 
@@ -263,7 +298,7 @@ async def test_incremental_merge_publishes_what_a_full_merge_would(
         for n in changed:
             servers[n].app[STATE].catalogue = random_catalogue(n)
         await harvest(pool, config, list(changed))
-        published = await snapshot(pool)
+        published = await published_rows(pool)
         assert published == await full_merge_snapshot(pool, config), round_
         if slice_records:
             sliced = await full_merge_snapshot(pool, config, slice_records)
@@ -312,7 +347,7 @@ async def test_merge_does_not_depend_on_harvest_order(
     config = config_for(db_dsn, {"red": red, "blue": blue})
     for name in order:
         await harvest(pool, config, [name])
-    got = await snapshot(pool)
+    got = await published_rows(pool)
     assert [t[0] for t in got["tools"]] == ["#upstream/red/x", "b1", "x"]
     assert got == await full_merge_snapshot(pool, config)
 
@@ -418,7 +453,7 @@ async def test_operator_rules_override_evidence_and_show_in_provenance(
         ]
     )
     await harvest(pool, dataclasses.replace(config, merge=rules), ["two"])
-    assert await snapshot(pool) == await full_merge_snapshot(pool, config)
+    assert await published_rows(pool) == await full_merge_snapshot(pool, config)
     assert await pool.fetchval("select catalogue_resolve('other')") == "lonely"
 
     # Without the rules, the next merge follows the evidence again.

@@ -110,9 +110,11 @@ async def _load_rules(conn: Connection) -> tuple[Rules, dict[int, set[int]]]:
 # The merge reads and writes a few thousand rows of tables of millions by their indexes; at the
 # default cost of a random page the planner prefers scanning the whole tables. The merge's
 # tables are read over and over in one transaction, so their pages are in memory: it plans
-# with a random page costing about a sequential one, then puts the setting back.
-_PAGE_COST: Final = "select current_setting('random_page_cost')"
-_SET_PAGE_COST: Final = "select set_config('random_page_cost', $1, true)"
+# with a random page costing about a sequential one, then puts the setting back. An
+# incremental merge's statements also run without JIT compilation: they look up thousands of
+# rows, and compiling cost 15-55 ms a statement at a million records for nothing measurable.
+_PLAN_SETTINGS: Final = "select current_setting('random_page_cost'), current_setting('jit')"
+_SET_PLAN: Final = "select set_config('random_page_cost', $1, true), set_config('jit', $2, true)"
 MERGE_PAGE_COST: Final = "1.1"
 _ALL_TOOLS: Final = "select id from upstream_tools"
 _DIRTY_TOOLS: Final = "select upstream_tool_id as id from merge_queue"
@@ -152,8 +154,8 @@ async def remerge(
     # A slice's records are held only by tools of the catalogue before the merge (the earlier
     # slices wrote other records): a full merge into an empty catalogue replaces nothing.
     replacing = not full or await conn.fetchval(_CATALOGUE_HELD)
-    page_cost = await conn.fetchval(_PAGE_COST)
-    await conn.execute(_SET_PAGE_COST, MERGE_PAGE_COST)
+    page_cost, jit = await conn.fetchrow(_PLAN_SETTINGS) or ("", "")
+    await conn.execute(_SET_PLAN, MERGE_PAGE_COST, jit if full else "off")
     rules, partners = await _load_rules(conn)
     await conn.execute(_CLOSURE_TABLES)
     await _refresh_evidence(conn, dirty, tombstone_after, keep_old=not full)
@@ -190,14 +192,19 @@ async def remerge(
         joined = [m.id for c in components if len(c.members) > 1 for m in c.members]
         versions = await _load_versions(conn, joined)
         lap("load_versions")
-        old_ids = await _tools_holding(conn, part) if replacing else []
+        # In one slice of an incremental merge, the closure saw the tools holding its records.
+        old_ids = (
+            await _tools_holding(conn, part, held=not full and len(slices) == 1)
+            if replacing
+            else []
+        )
         await writer.write(components, versions, old_ids)
         nodes_seen += len(nodes)
         tools += len(components)
         del nodes, components, versions, old_ids
         lap("write")
     await writer.finish()
-    await conn.execute(_SET_PAGE_COST, page_cost)
+    await conn.execute(_SET_PLAN, page_cost, jit)
     lap("write")
     generation = await advance_generation(conn)
     lap("generation")
@@ -317,57 +324,70 @@ create temporary table if not exists merge_keys (kind text, value text, identify
                                                  primary key (kind, value));
 create temporary table if not exists merge_old_keys (kind text, value text,
                                                      primary key (kind, value));
-truncate merge_affected, merge_frontier, merge_keys, merge_old_keys
+create temporary table if not exists merge_held (tool_id text);
+truncate merge_affected, merge_frontier, merge_keys, merge_old_keys, merge_held
 """
 
 # One step of the closure, all in the server: the frontier's keys not yet judged are judged
 # (identifying when no upstream has more than $2 live holders and, for a repository root,
 # no holder names a workflow path in that repository; corroborating kinds $3 never), then the
 # holders of its identifying keys and the members of the catalogue tools holding it join the
-# affected set; the newly affected are returned (the next frontier).
+# affected set (those tools are kept in merge_held); the newly affected are returned (the next
+# frontier). A key's holders are looked up once, by the index on (kind, value) (OFFSET 0 keeps
+# the lookup a nested loop: the planner otherwise hashes the whole evidence table).
 _CLOSURE_STEP: Final = """
 with fresh as (
     select distinct e.kind, e.value
     from merge_frontier f join tool_evidence e on e.upstream_tool_id = f.id
     where e.kind <> all($3::text[])
       and not exists (select 1 from merge_keys k where k.kind = e.kind and k.value = e.value)),
+holders as materialized (
+    select fr.kind, fr.value, h.upstream_tool_id as id
+    from fresh fr cross join lateral (
+        select e.upstream_tool_id from tool_evidence e
+        where e.kind = fr.kind and e.value = fr.value offset 0) as h),
 judged as (
     insert into merge_keys (kind, value, identifying)
     select x.kind, x.value, max(x.c) <= $2 and not bool_or(x.pathed)
-    from (select fr.kind, fr.value, t.upstream_id, count(*) as c,
-                 bool_or(fr.kind = 'repo' and strpos(fr.value, '#') = 0 and exists (
+    from (select h.kind, h.value, t.upstream_id, count(*) as c,
+                 bool_or(h.kind = 'repo' and strpos(h.value, '#') = 0 and exists (
                      select 1 from tool_evidence p
-                     where p.upstream_tool_id = e.upstream_tool_id and p.kind = 'repo'
-                       and starts_with(p.value, fr.value || '#'))) as pathed
-          from fresh fr
-          join tool_evidence e on e.kind = fr.kind and e.value = fr.value
-          join upstream_tools t on t.id = e.upstream_tool_id
-                                and upstream_tool_live(t.missed_listings, $1)
-          group by fr.kind, fr.value, t.upstream_id) as x
+                     where p.upstream_tool_id = h.id and p.kind = 'repo'
+                       and starts_with(p.value, h.value || '#'))) as pathed
+          from holders h
+          join upstream_tools t on t.id = h.id and upstream_tool_live(t.missed_listings, $1)
+          group by h.kind, h.value, t.upstream_id) as x
     group by x.kind, x.value
     returning kind, value, identifying),
+held as materialized (
+    select distinct m.tool_id
+    from merge_frontier f join catalogue_members m on m.upstream_tool_id = f.id),
+kept as (insert into merge_held (tool_id) select tool_id from held),
 reached as (
-    select e.upstream_tool_id as id
-    from judged j join tool_evidence e on e.kind = j.kind and e.value = j.value
+    select h.id from judged j join holders h on h.kind = j.kind and h.value = j.value
     where j.identifying
     union
-    select m2.upstream_tool_id
-    from merge_frontier f
-    join catalogue_members m on m.upstream_tool_id = f.id
-    join catalogue_members m2 on m2.tool_id = m.tool_id),
+    select m.upstream_tool_id
+    from held h cross join lateral (
+        select m.upstream_tool_id from catalogue_members m where m.tool_id = h.tool_id offset 0)
+        as m),
 added as (
-    insert into merge_affected (id) select id from reached on conflict do nothing returning id)
+    insert into merge_affected (id)
+    select r.id from reached r where not exists (select 1 from merge_affected a where a.id = r.id)
+    on conflict do nothing returning id)
 select coalesce(array_agg(id), '{}') from added
 """
 # The tools sharing any joining key the seeds (in merge_frontier) hold or held.
 _SEED_HOLDERS: Final = """
-select coalesce(array_agg(distinct e.upstream_tool_id), '{}')
+select coalesce(array_agg(distinct h.upstream_tool_id), '{}')
 from (select kind, value from merge_old_keys
       union
       select s.kind, s.value from merge_frontier f
       join tool_evidence s on s.upstream_tool_id = f.id
       where s.kind <> all($1::text[])) as k
-join tool_evidence e on e.kind = k.kind and e.value = k.value
+cross join lateral (
+    select e.upstream_tool_id from tool_evidence e
+    where e.kind = k.kind and e.value = k.value offset 0) as h
 """
 _TRUNCATE_FRONTIER: Final = "truncate merge_frontier"
 
@@ -540,15 +560,17 @@ async def _load_versions(conn: Connection, member_ids: list[int]) -> dict[int, l
     return out
 
 
+_HELD: Final = "select distinct tool_id from merge_held"
 _TOOLS_HOLDING: Final = """
 select distinct m.tool_id from catalogue_members m where m.upstream_tool_id = any($1::bigint[])
 """
 
 
-async def _tools_holding(conn: Connection, affected: list[int]) -> list[str]:
+async def _tools_holding(conn: Connection, affected: list[int], *, held: bool) -> list[str]:
     """The ids of the catalogue tools holding any affected upstream tool: what the merge
-    rewrites."""
-    rows = await conn.fetch(_TOOLS_HOLDING, affected)
+    rewrites. When *held*, the affected records are all the closure's (one slice), and the
+    closure already found those tools (``merge_held``)."""
+    rows = await conn.fetch(_HELD) if held else await conn.fetch(_TOOLS_HOLDING, affected)
     return [r["tool_id"] for r in rows]
 
 
@@ -655,12 +677,17 @@ async def _write(
     return inserted
 
 
+# The catalogue tools outside the merged ones whose primary has one of the plain ids $1: not
+# the tools replaced ($2), nor any whose primary is merged here ($3; its tool is replaced).
+# Each record is looked up by its external id, its tool by the primary's index (OFFSET 0 keeps
+# that a lookup: the planner otherwise scans the catalogue).
 _CLAIMANTS: Final = """
 select c.id, t.external_id, u.name, u.priority
 from upstream_tools t
-join catalogue_tools c on c.primary_member_id = t.id
 join upstreams u on u.id = t.upstream_id
-where t.external_id = any($1::text[]) and c.id <> all($2::text[])
+cross join lateral (
+    select c.id from catalogue_tools c where c.primary_member_id = t.id offset 0) as c
+where t.external_id = any($1::text[]) and t.id <> all($3::bigint[]) and c.id <> all($2::text[])
 """
 _RENAME: Final = "update catalogue_tools set id = $2, sort_key = $2 where id = $1"
 
@@ -706,7 +733,8 @@ async def _assign_ids(
         if not p.external_id.startswith(QUALIFIED_PREFIX):
             claims[p.external_id].append((p.order, i))
     contested = set(claims) | {r for r in released if not r.startswith(QUALIFIED_PREFIX)}
-    others = await conn.fetch(_CLAIMANTS, list(contested), released)
+    merged = [m.id for comp in components for m in comp.members]
+    others = await conn.fetch(_CLAIMANTS, list(contested), released, merged)
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         claims[r["external_id"]].append(((r["priority"], r["name"], r["external_id"]), None))
@@ -812,58 +840,82 @@ truncate merge_new_tools, merge_new_members, merge_new_versions
 """
 
 # In order: the replaced tools the merge no longer has go (their members and versions with
-# them); then, after the renames, tools, members and versions are updated where they differ,
-# inserted where new, and removed where the merge no longer has them. Inserts skip existing
-# rows by their unique index (an anti-join against the table being filled can turn quadratic).
-_ANALYZE_NEW: Final = """
-analyze merge_new_tools (id), merge_new_members (upstream_tool_id, tool_id),
-        merge_new_versions (tool_id, key)
-"""
+# them); then, after the renames, each table's rows that the merged tools may replace are read
+# once by their index, with their row addresses, and in the same statement the rows that differ
+# are updated and the rows the merge no longer has deleted, both by address, and the new rows
+# inserted. (Reading the old rows again for each of an update, an insert that skips existing
+# rows and a delete cost three index probes per row; the merged rows' temporary tables are
+# small and joined by hash.)
 _DROP_RELEASED: Final = """
 delete from catalogue_tools c where c.id = any($1::text[])
   and not exists (select 1 from merge_new_tools n where n.id = c.id)
 """
+# The tools the merge writes: those of its ids the catalogue holds are updated where they
+# differ, the others inserted. (sort_key is the id: an update never moves it.) Without
+# renames, the replaced tools are read with them ($1 holds both) and those the merge no longer
+# has are deleted here, in place of _DROP_RELEASED.
 _WRITE_TOOLS: Final = """
-update catalogue_tools c
-set sort_key = n.sort_key, primary_member_id = n.primary_member_id, conflicts = n.conflicts
-from merge_new_tools n
-where c.id = n.id and (c.sort_key, c.primary_member_id, c.conflicts)
-                      is distinct from (n.sort_key, n.primary_member_id, n.conflicts);
+with old as materialized (
+    select c.ctid as tid, c.id, c.sort_key, c.primary_member_id, c.conflicts
+    from catalogue_tools c where c.id = any($1::text[])),
+dropped as (
+    delete from catalogue_tools c using old o
+    where c.ctid = o.tid and not exists (select 1 from merge_new_tools n where n.id = o.id)),
+updated as (
+    update catalogue_tools c
+    set sort_key = n.sort_key, primary_member_id = n.primary_member_id, conflicts = n.conflicts
+    from old o join merge_new_tools n on n.id = o.id
+    where c.ctid = o.tid
+      and (o.sort_key, o.primary_member_id, o.conflicts)
+          is distinct from (n.sort_key, n.primary_member_id, n.conflicts))
 insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
 select n.id, n.sort_key, n.primary_member_id, n.conflicts from merge_new_tools n
-on conflict (id) do nothing;
+where not exists (select 1 from old o where o.id = n.id)
 """
-_DELETE_MEMBERS: Final = """
-delete from catalogue_members m
-where m.tool_id = any($1::text[])
-  and not exists (select 1 from merge_new_members n where n.upstream_tool_id = m.upstream_tool_id)
-"""
+# The members of the tools the merge writes or replaces ($1): every merged record that is a
+# member already is one of them (a replaced tool holds it), so the others are inserted (one
+# held elsewhere all the same is moved, as an update would).
 _WRITE_MEMBERS: Final = """
-update catalogue_members m set tool_id = n.tool_id, joined_by = n.joined_by
-from merge_new_members n
-where m.upstream_tool_id = n.upstream_tool_id
-  and (m.tool_id, m.joined_by) is distinct from (n.tool_id, n.joined_by);
+with old as materialized (
+    select m.ctid as tid, m.upstream_tool_id, m.tool_id, m.joined_by
+    from catalogue_members m where m.tool_id = any($1::text[])),
+gone as (
+    delete from catalogue_members m using old o
+    where m.ctid = o.tid
+      and not exists (select 1 from merge_new_members n
+                      where n.upstream_tool_id = o.upstream_tool_id)),
+updated as (
+    update catalogue_members m set tool_id = n.tool_id, joined_by = n.joined_by
+    from old o join merge_new_members n on n.upstream_tool_id = o.upstream_tool_id
+    where m.ctid = o.tid and (o.tool_id, o.joined_by) is distinct from (n.tool_id, n.joined_by))
 insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
 select n.upstream_tool_id, n.tool_id, n.joined_by from merge_new_members n
-on conflict (upstream_tool_id) do nothing;
-"""
-_DELETE_VERSIONS: Final = """
-delete from catalogue_versions v
-where v.tool_id = any($1::text[])
-  and not exists (select 1 from merge_new_versions n where n.tool_id = v.tool_id and n.key = v.key)
+where not exists (select 1 from old o where o.upstream_tool_id = n.upstream_tool_id)
+on conflict (upstream_tool_id) do update set tool_id = excluded.tool_id,
+                                             joined_by = excluded.joined_by
 """
 _WRITE_VERSIONS: Final = """
-update catalogue_versions v
-set position = n.position, upstream_version_id = n.upstream_version_id,
-    source_ids = n.source_ids, conflict = n.conflict
-from merge_new_versions n
-where v.tool_id = n.tool_id and v.key = n.key
-  and (v.position, v.upstream_version_id, v.source_ids, v.conflict)
-      is distinct from (n.position, n.upstream_version_id, n.source_ids, n.conflict);
+with old as materialized (
+    select v.ctid as tid, v.tool_id, v.key, v.position, v.upstream_version_id, v.source_ids,
+           v.conflict
+    from catalogue_versions v where v.tool_id = any($1::text[])),
+gone as (
+    delete from catalogue_versions v using old o
+    where v.ctid = o.tid
+      and not exists (select 1 from merge_new_versions n
+                      where n.tool_id = o.tool_id and n.key = o.key)),
+updated as (
+    update catalogue_versions v
+    set position = n.position, upstream_version_id = n.upstream_version_id,
+        source_ids = n.source_ids, conflict = n.conflict
+    from old o join merge_new_versions n on n.tool_id = o.tool_id and n.key = o.key
+    where v.ctid = o.tid
+      and (o.position, o.upstream_version_id, o.source_ids, o.conflict)
+          is distinct from (n.position, n.upstream_version_id, n.source_ids, n.conflict))
 insert into catalogue_versions (tool_id, key, position, upstream_version_id, source_ids, conflict)
 select n.tool_id, n.key, n.position, n.upstream_version_id, n.source_ids, n.conflict
 from merge_new_versions n
-on conflict (tool_id, key) do nothing;
+where not exists (select 1 from old o where o.tool_id = n.tool_id and o.key = n.key)
 """
 
 
@@ -888,12 +940,12 @@ async def _replace(
     )
     await conn.execute(_STAGE_SINGLE)
     await conn.execute(_STAGE_SINGLE_VERSIONS)
-    await conn.execute(_ANALYZE_NEW)
-    await conn.execute(_DROP_RELEASED, released)
-    for current, wanted in renames:
-        await conn.execute(_RENAME, current, wanted)
-    await conn.execute(_WRITE_TOOLS)
-    await conn.execute(_DELETE_MEMBERS, ids)
-    await conn.execute(_WRITE_MEMBERS)
-    await conn.execute(_DELETE_VERSIONS, ids)
-    await conn.execute(_WRITE_VERSIONS)
+    if renames:  # the replaced tools go before the renames, which may take their ids
+        await conn.execute(_DROP_RELEASED, released)
+        for current, wanted in renames:
+            await conn.execute(_RENAME, current, wanted)
+        await conn.execute(_WRITE_TOOLS, ids)
+    else:
+        await conn.execute(_WRITE_TOOLS, sorted(set(ids) | set(released)))
+    await conn.execute(_WRITE_MEMBERS, sorted(set(ids) | set(released)))
+    await conn.execute(_WRITE_VERSIONS, ids)
