@@ -167,6 +167,14 @@ STEPS: Sequence[tuple[str, str]] = (
              and substr(id, 2)::bigint < 500""",
     ),
     ("removed", "delete from upstream_tools where id % 41 = 0"),
+    # Tools of one record whose primary is another tool's record: they are not tools of one
+    # record for the capture (it computes those from the primary record alone).
+    (
+        "primary not a member",
+        """update catalogue_tools set primary_member_id = primary_member_id + 1
+           where id like 's%' and substr(id, 2)::bigint % 10 = 5
+             and substr(id, 2)::bigint < 400""",
+    ),
     # Records that moved to another tool without the catalogue's triggers seeing it, then were
     # touched: the tool that held them is found through the snapshot (a probe per record for a
     # few records, a pass over the snapshot for many).

@@ -1,0 +1,166 @@
+"""Capture harness: the merge benchmark's catalogue frozen just before the generation bump,
+and the bump (the capture trigger) timed in a transaction that is rolled back, so variants of
+the capture's functions run on the same rows. Run by hand.
+
+    python bench/capture_freeze.py build --tools 200000 --dsn postgresql://postgres@127.0.0.1/postgres
+    python bench/capture_freeze.py time --db cap_inc --dsn ... [--sql variant.sql] [--explain]
+
+``build`` makes two databases (names prefixed by ``--prefix``, default ``cap``): ``cap_full``
+(the first full merge written, its touches recorded, the bump not yet run) and ``cap_inc`` (that
+bump committed, then a 1% change merged, the bump not yet run). ``time`` runs, in one
+transaction each, the optional SQL (``--sql``: new function definitions), the bump, and a
+rollback, then vacuums what the rollback left; ``--explain light`` prints each statement's
+duration inside the trigger (auto_explain, nested statements), ``--explain analyze`` its plan
+with row counts, timings and buffers. The databases are on the server of ``--dsn``: at
+1,000,000 records, take the heavy-work lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import asyncpg
+
+from aggregator.db.merge import remerge
+from aggregator.db.migrate import migrate
+from aggregator.db.pool import connect
+
+UPSTREAMS = ("dockstore", "workflowhub", "biocontainers", "yevis", "private")
+BUMP = "update catalogue_state set generation = generation + 1, published_at = now()"
+
+
+def _db(dsn: str, name: str) -> str:
+    base, sep, query = dsn.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + sep + query
+
+
+async def _merge(conn: asyncpg.Connection, *, full: bool, capture: bool) -> None:
+    if not capture:
+        await conn.execute("alter table catalogue_state disable trigger catalogue_state_capture")
+    async with conn.transaction():
+        await conn.execute("select 1 from catalogue_state for update")
+        await remerge(conn, tombstone_after=3, full=full)
+    await conn.execute("alter table catalogue_state enable trigger catalogue_state_capture")
+
+
+async def build(n: int, dsn: str, prefix: str) -> None:
+    admin = await asyncpg.connect(dsn)
+    for name in (f"{prefix}_full", f"{prefix}_inc"):
+        await admin.execute(f"drop database if exists {name}")
+    await admin.execute(f"create database {prefix}_full")
+    full = _db(dsn, f"{prefix}_full")
+    await migrate(full)
+    conn = await connect(full)
+    for i, name in enumerate(UPSTREAMS):
+        await conn.execute(
+            "insert into upstreams (name, url, kind, mode, priority) "
+            "values ($1, $2, 'trs', 'index', $3)",
+            name,
+            f"https://{name}.test",
+            i,
+        )
+    await conn.execute(
+        """insert into upstream_tools (upstream_id, external_id, doc, doc_hash)
+           select 1 + i % 5, 't' || i,
+                  jsonb_build_object('id', 't' || i, 'aliases',
+                      case when i % 3 = 0 then jsonb_build_array(
+                               '#workflow/github.com/org/repo' || (i / 7))
+                           when i % 3 = 1 then jsonb_build_array('kelmor-tavisu-' || (i / 11))
+                           else '[]'::jsonb end),
+                  md5(i::text)
+           from generate_series(0, $1 - 1) as i""",
+        n,
+    )
+    await conn.execute(
+        """insert into upstream_versions (upstream_tool_id, key, external_id, position, doc)
+           select id, '1.0', '1.0', 0, '{"id": "1.0", "name": "1.0"}' from upstream_tools"""
+    )
+    await conn.execute("insert into merge_queue select id from upstream_tools")
+    await conn.execute("vacuum analyze")
+    await _merge(conn, full=True, capture=False)
+    print("touched rows:", await conn.fetchval("select count(*) from catalogue_touched"))
+    await conn.close()
+    await admin.execute(f"create database {prefix}_inc template {prefix}_full")
+    conn = await connect(_db(dsn, f"{prefix}_inc"))
+    t = time.perf_counter()
+    await conn.execute(BUMP)
+    print(f"first bump committed in {time.perf_counter() - t:.1f}s")
+    await conn.execute("vacuum analyze")
+    await conn.execute(
+        """with changed as (
+               update upstream_tools
+               set doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
+               where id in (select id from upstream_tools order by random() limit $1)
+               returning id)
+           insert into merge_queue select id from changed""",
+        n // 100,
+    )
+    await _merge(conn, full=False, capture=False)
+    print("touched rows:", await conn.fetchval("select count(*) from catalogue_touched"))
+    await conn.close()
+    await admin.close()
+
+
+async def time_bump(dsn: str, db: str, sql: list[str], repeat: int, explain: str | None) -> None:
+    conn = await asyncpg.connect(_db(dsn, db))
+    if explain:
+        conn.add_log_listener(lambda _c, msg: print(msg.message))
+    for _ in range(repeat):
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            for path in sql:
+                await conn.execute(Path(path).read_text())
+            if explain:
+                analyze = "on" if explain == "analyze" else "off"
+                await conn.execute(
+                    "load 'auto_explain';"
+                    "set local auto_explain.log_min_duration = 0;"
+                    "set local auto_explain.log_nested_statements = on;"
+                    f"set local auto_explain.log_analyze = {analyze};"
+                    f"set local auto_explain.log_buffers = {analyze};"
+                    "set local auto_explain.log_level = notice;"
+                )
+            t = time.perf_counter()
+            await conn.execute(BUMP)
+            took = time.perf_counter() - t
+            feed = await conn.fetchval(
+                "select count(*) from catalogue_changes where generation = "
+                "(select generation from catalogue_state)"
+            )
+            print(f"{db} {' '.join(sql) or 'as migrated'}: bump {took:.2f}s, {feed} entries")
+        finally:
+            await tr.rollback()
+        # The rolled-back rows leave dead tuples (and GIN pending-list entries) behind.
+        await conn.execute(
+            "vacuum catalogue_touched, catalogue_snapshot, catalogue_changes, search_docs,"
+            " search_lexicon"
+        )
+    await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["build", "time"])
+    parser.add_argument("--tools", type=int, default=200_000)
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1/postgres")
+    parser.add_argument("--db", default="cap_inc")
+    parser.add_argument("--prefix", default="cap", help="build: the databases' name prefix")
+    parser.add_argument("--sql", action="append", default=[])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--explain", choices=["analyze", "light"])
+    args = parser.parse_args()
+    if args.what == "build":
+        asyncio.run(build(args.tools, args.dsn, args.prefix))
+    else:
+        asyncio.run(time_bump(args.dsn, args.db, args.sql, args.repeat, args.explain))
+
+
+if __name__ == "__main__":
+    main()

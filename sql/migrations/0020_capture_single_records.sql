@@ -1,0 +1,473 @@
+-- 0020_capture_single_records.sql
+-- Purpose: the capture at the generation bump (migrations 0010, 0011, 0014) costs less per
+--          tool. What it produces is unchanged: the same feed entries and digests, snapshot,
+--          search rows and lexicon.
+--
+--          - The touched rows are taken in one pass (deleted and reduced to distinct tool ids,
+--            records and versions), not copied whole into a work table and read again: a first
+--            publish touches millions of rows, several per tool.
+--          - The tools of the capture are listed once, with whether each is a tool of one record
+--            (its primary record and no other), and that list is analysed when it is long: the
+--            part digests and the search rows of a tool of one record are computed from its
+--            record, without aggregating; only tools of several records are aggregated.
+--          - The digests of the versions and files are aggregated over rows read in their
+--            digest order, one sort for all tools, instead of one sort per tool and aggregate.
+-- Created: 2026-12-01
+
+-- Arrays concatenated (the descriptor types of a tool's versions, gathered version by version).
+create or replace aggregate capture_array_cat(anycompatiblearray) (
+    sfunc = array_cat, stype = anycompatiblearray);
+
+-- For the catalogue tools listed in capture_tools, from the catalogue: the digest of each part
+-- (the values of catalogue_parts, migration 0011: same expressions, same orders; that function
+-- stays as it is for callers that list tools in capture_ids alone) and what their search rows
+-- are made of (the values search_refresh of migration 0014 computed), in one pass over their
+-- records and versions. A tool of one record (its primary record and no other) is computed
+-- from that record: an aggregate of one value is that value. The versions are read in digest
+-- order (a subquery with an order is run as it is, and aggregates take their input in the
+-- order it comes): one sort for all tools instead of one per tool and aggregate.
+create or replace function capture_parts() returns table (
+    tool_id text, member_ids bigint[], metadata text, versions text, files text, sources text,
+    primary_doc jsonb, names text, descriptions text, organizations_text text, upstreams text[],
+    toolclasses text[], organizations text[], has_checker boolean, authors text,
+    descriptor_types text[])
+language plpgsql stable as $$
+#variable_conflict use_column
+begin
+    return query
+    with mem as (
+        select i.id,
+               array_agg(m.upstream_tool_id order by m.upstream_tool_id) as member_ids,
+               md5(coalesce(string_agg(t.doc::text, E'\x1f'
+                   order by t.id <> i.primary_member_id, u.priority, u.name, t.external_id), ''))
+                   as metadata,
+               coalesce(string_agg(u.name || '/' || t.external_id, E'\x1f'
+                   order by u.name, t.external_id), '') as source_names,
+               null::jsonb as primary_doc,
+               i.id || ' ' || string_agg(
+                   t.external_id || ' ' || coalesce(t.doc->>'name', '') || ' '
+                   || coalesce(t.doc->>'toolname', '') || ' '
+                   || case jsonb_typeof(t.doc->'aliases')
+                          when 'string' then t.doc->>'aliases'
+                          when 'array' then case jsonb_array_length(t.doc->'aliases')
+                              when 0 then ''
+                              when 1 then coalesce(t.doc->'aliases'->>0, '')
+                              else coalesce((select string_agg(a, ' ')
+                                             from jsonb_array_elements_text(t.doc->'aliases')
+                                                 as a), '') end
+                          else '' end, ' '
+                   order by u.name, t.external_id) as names,
+               string_agg(coalesce(t.doc->>'description', ''), ' '
+                   order by u.name, t.external_id) as descriptions,
+               string_agg(coalesce(t.doc->>'organization', ''), ' '
+                   order by u.name, t.external_id) as organizations_text,
+               array_agg(distinct u.name) as upstreams,
+               coalesce(array_agg(distinct t.doc->'toolclass'->>'name')
+                        filter (where t.doc->'toolclass'->>'name' is not null), '{}')
+                   as toolclasses,
+               coalesce(array_agg(distinct lower(t.doc->>'organization'))
+                        filter (where t.doc->>'organization' is not null), '{}')
+                   as organizations,
+               bool_or(coalesce(t.doc->>'has_checker', '') = 'true'
+                       or coalesce(t.doc->>'checker_url', '') <> '') as has_checker
+        from capture_tools i
+        join catalogue_members m on m.tool_id = i.id
+        join upstream_tools t on t.id = m.upstream_tool_id
+        join upstreams u on u.id = t.upstream_id
+        where not i.single
+        group by i.id
+        union all
+        select i.id, array[t.id], md5(coalesce(t.doc::text, '')),
+               coalesce(u.name || '/' || t.external_id, ''),
+               t.doc,
+               i.id || ' ' || (
+                   t.external_id || ' ' || coalesce(t.doc->>'name', '') || ' '
+                   || coalesce(t.doc->>'toolname', '') || ' '
+                   || case jsonb_typeof(t.doc->'aliases')
+                          when 'string' then t.doc->>'aliases'
+                          when 'array' then case jsonb_array_length(t.doc->'aliases')
+                              when 0 then ''
+                              when 1 then coalesce(t.doc->'aliases'->>0, '')
+                              else coalesce((select string_agg(a, ' ')
+                                             from jsonb_array_elements_text(t.doc->'aliases')
+                                                 as a), '') end
+                          else '' end),
+               coalesce(t.doc->>'description', ''),
+               coalesce(t.doc->>'organization', ''),
+               array[u.name],
+               case when t.doc->'toolclass'->>'name' is null then '{}'::text[]
+                    else array[t.doc->'toolclass'->>'name'] end,
+               case when t.doc->>'organization' is null then '{}'::text[]
+                    else array[lower(t.doc->>'organization')] end,
+               coalesce(t.doc->>'has_checker', '') = 'true'
+               or coalesce(t.doc->>'checker_url', '') <> ''
+        from capture_tools i
+        join upstream_tools t on t.id = i.primary_member_id
+        join upstreams u on u.id = t.upstream_id
+        where i.single),
+    ver as (
+        -- A version whose upstream row is missing adds nothing to the digest of versions
+        -- (its element is null) nor to the search row, but still counts among the sources.
+        -- Authors: every value of every version, in the order of the keys and then of the
+        -- values. Descriptor types: the distinct values of every version, in upper case.
+        select s.tool_id,
+               md5(coalesce(string_agg(s.part, E'\x1e'), '')) as versions,
+               coalesce(string_agg(s.source, E'\x1f'), '') as sources,
+               string_agg(s.authors, ' ') as authors,
+               capture_array_cat(s.types) as types
+        from (select cv.tool_id,
+                     cv.key || E'\x1f' || cv.position || E'\x1f' || cv.conflict || E'\x1f'
+                     || v.doc::text as part,
+                     cv.key || '=' || cv.source_ids::text as source,
+                     case when jsonb_typeof(v.doc->'author') in ('array', 'string') then
+                         (select string_agg(a, ' ')
+                          from jsonb_array_elements_text(search_json_array(v.doc->'author'))
+                              as a) end as authors,
+                     case when jsonb_typeof(v.doc->'descriptor_type') in ('array', 'string') then
+                         array(select upper(d) from jsonb_array_elements_text(
+                                   search_json_array(v.doc->'descriptor_type')) as d) end
+                         as types
+              from capture_tools i
+              join catalogue_versions cv on cv.tool_id = i.id
+              left join upstream_versions v on v.id = cv.upstream_version_id
+              order by cv.tool_id, cv.key) s
+        group by s.tool_id),
+    fil as (
+        select s.tool_id, md5(coalesce(string_agg(s.part, E'\x1e'), '')) as files
+        from (select cv.tool_id,
+                     cv.key || E'\x1f' || f.descriptor_type || E'\x1f' || f.path || E'\x1f'
+                     || f.file_type || E'\x1f' || coalesce(f.sha256, '') || E'\x1f'
+                     || coalesce(f.url, '') as part
+              from capture_tools i
+              join catalogue_versions cv on cv.tool_id = i.id
+              join upstream_files f on f.upstream_version_id = cv.upstream_version_id
+              order by cv.tool_id, cv.key, f.descriptor_type, f.path) s
+        group by s.tool_id)
+    select i.id, mem.member_ids,
+           coalesce(mem.metadata, md5('')),
+           coalesce(ver.versions, md5('')),
+           coalesce(fil.files, md5('')),
+           md5(coalesce(mem.source_names, '') || E'\x1e' || coalesce(ver.sources, '')),
+           coalesce(mem.primary_doc, p.doc),
+           mem.names, mem.descriptions, mem.organizations_text, mem.upstreams, mem.toolclasses,
+           mem.organizations, mem.has_checker, ver.authors,
+           case when ver.types is not null then
+               array(select distinct d from unnest(ver.types) as d order by d) end
+    from capture_tools i
+    left join mem on mem.id = i.id
+    left join upstream_tools p on p.id = i.primary_member_id and not i.single
+    left join ver on ver.tool_id = i.id
+    left join fil on fil.tool_id = i.id;
+end $$;
+
+-- Write the search rows of the catalogue tools listed in capture_tools (those of capture_ids
+-- still in the catalogue), from what capture_parts gave in capture_new; return their documents.
+-- (Its work tables exist only during a capture: the body is checked when it runs.)
+set local check_function_bodies = off;
+create or replace function search_write() returns setof tsvector language sql as $$
+    insert into search_docs (tool_id, sort_key, name, organization, description, toolclass,
+                             names, document, upstreams, descriptor_types, toolclasses,
+                             organizations, has_checker)
+    select i.id, i.sort_key,
+           coalesce(x.primary_doc->>'name', ''), coalesce(x.primary_doc->>'organization', ''),
+           coalesce(x.primary_doc->>'description', ''), x.primary_doc->'toolclass'->>'name',
+           x.names,
+           setweight(to_tsvector('simple', search_words(x.names)), 'A')
+           || case when btrim(x.organizations_text || ' ' || coalesce(x.authors, '')) = ''
+                   then ''::tsvector
+                   else setweight(to_tsvector('simple', search_words(
+                            x.organizations_text || ' ' || coalesce(x.authors, ''))), 'B') end
+           || case when btrim(x.descriptions) = '' then ''::tsvector
+                   else setweight(to_tsvector('english', x.descriptions), 'C') end,
+           x.upstreams, coalesce(x.descriptor_types, '{}'), x.toolclasses, x.organizations,
+           x.has_checker
+    from capture_tools i
+    join capture_new x on x.tool_id = i.id
+    where x.member_ids is not null and x.primary_doc is not null
+    returning document
+$$;
+reset check_function_bodies;
+
+-- Rebuild the search rows of the catalogue tools in capture_ids, and add their name words to
+-- the lexicon.
+create or replace function search_refresh() returns void language plpgsql as $$
+declare
+    tools bigint := (select count(*) from capture_ids);
+    -- A first publish: the index is built after it is filled (and so is the lexicon).
+    bulk boolean := tools >= 1000 and not exists (select 1 from search_docs);
+    empty_lexicon boolean := not exists (select 1 from search_lexicon);
+    bulk_words boolean := tools >= 1000 and empty_lexicon;
+    indexes text[];
+    word_indexes text[];
+begin
+    if bulk then
+        indexes := capture_drop_indexes('search_docs');
+    else
+        delete from search_docs where tool_id in (select tool_id from capture_ids);
+    end if;
+    if bulk_words then
+        word_indexes := capture_drop_indexes('search_lexicon');
+    end if;
+    -- The lexicon takes the name words of the rows written: the document's lexemes of weight A
+    -- (read from it, not parsed again), each word looked up once, and not at all in an empty
+    -- lexicon (without its index, a lookup would read the table).
+    if empty_lexicon then
+        insert into search_lexicon (word)
+        select distinct w
+        from search_write() as d(document)
+        cross join lateral unnest(tsvector_to_array(ts_filter(d.document, '{a}'))) as w
+        where length(w) between 3 and 60 and w ~ '[[:alpha:]]';
+    else
+        with words as (
+            select distinct w
+            from search_write() as d(document)
+            cross join lateral unnest(tsvector_to_array(ts_filter(d.document, '{a}'))) as w
+            where length(w) between 3 and 60 and w ~ '[[:alpha:]]')
+        insert into search_lexicon (word)
+        select w from words
+        where not exists (select 1 from search_lexicon l where l.word = words.w)
+        on conflict do nothing;
+    end if;
+    if bulk then
+        perform capture_build_indexes(indexes);
+    end if;
+    if bulk_words then
+        perform capture_build_indexes(word_indexes);
+    end if;
+end $$;
+
+-- Compare the catalogue tools in capture_ids with their snapshot; record the differences in
+-- catalogue_changes at *gen* and bring the snapshot and the search index up to date.
+create or replace function catalogue_diff(gen bigint) returns void language plpgsql as $$
+declare
+    tools bigint := (select count(*) from capture_ids);
+    large boolean := tools >= 500;
+    known real := (select c.reltuples from pg_class c where c.oid = 'catalogue_tools'::regclass);
+    bulk boolean;
+    indexes text[];
+begin
+    if large then
+        analyze capture_ids;
+    end if;
+    -- The joins below are planned from the catalogue's statistics: refreshed when they describe
+    -- a catalogue much smaller than this capture (after a first publish), not otherwise.
+    if large and tools > 2 * greatest(known, 0) then
+        analyze catalogue_tools;
+        analyze catalogue_members;
+        analyze catalogue_versions;
+    end if;
+    -- The tools still in the catalogue, and whether each is a tool of one record (its primary
+    -- record and no other): its digests and search row are computed from that record alone.
+    create temporary table if not exists capture_tools (
+        id text, sort_key text collate "C", primary_member_id bigint, single boolean)
+        on commit drop;
+    truncate capture_tools;
+    insert into capture_tools
+    select c.id, c.sort_key, c.primary_member_id,
+           coalesce(k.members = 1 and k.first = c.primary_member_id, false)
+    from capture_ids i
+    join catalogue_tools c on c.id = i.tool_id
+    left join (select m.tool_id, count(*) as members, min(m.upstream_tool_id) as first
+               from catalogue_members m
+               where m.tool_id in (select tool_id from capture_ids)
+               group by m.tool_id) k on k.tool_id = c.id;
+    if large then
+        analyze capture_tools;
+    end if;
+    create temporary table if not exists capture_new (
+        tool_id text, member_ids bigint[], metadata text, versions text, files text,
+        sources text, primary_doc jsonb, names text, descriptions text,
+        organizations_text text, upstreams text[], toolclasses text[], organizations text[],
+        has_checker boolean, authors text, descriptor_types text[]) on commit drop;
+    truncate capture_new;
+    insert into capture_new select * from capture_parts();
+
+    create temporary table if not exists capture_old (
+        tool_id text, member_ids bigint[], metadata text, versions text, files text,
+        sources text) on commit drop;
+    truncate capture_old;
+    insert into capture_old
+    select s.* from catalogue_snapshot s where s.tool_id in (select tool_id from capture_ids);
+    if large then
+        analyze capture_new;
+        analyze capture_old;
+    end if;
+
+    -- Where the records of each old tool are now: the new tools holding them, and whether
+    -- those hold exactly the same records and are not themselves old tools.
+    create temporary table if not exists capture_dest (
+        tool_id text, dest text[], same_members boolean) on commit drop;
+    truncate capture_dest;
+    insert into capture_dest
+    select o.tool_id,
+           array_agg(distinct m.tool_id order by m.tool_id),
+           bool_and(n.member_ids = o.member_ids and o2.tool_id is null)
+    from capture_old o
+    cross join lateral unnest(o.member_ids) as r(upstream_tool_id)
+    join catalogue_members m on m.upstream_tool_id = r.upstream_tool_id
+    join capture_new n on n.tool_id = m.tool_id
+    left join capture_old o2 on o2.tool_id = m.tool_id
+    group by o.tool_id;
+
+    -- Tools that are gone: removed, merged into one other tool, split into several, or renamed.
+    -- (A consumer drops them; a tool that keeps its id after a split is announced as changed
+    -- below, after this.)
+    insert into catalogue_changes (generation, kind, tool_id, related_ids, digest)
+    select gen,
+           case when d.dest is null then 'removed'
+                when cardinality(d.dest) > 1 then 'split'
+                when d.same_members then 'id_changed'
+                else 'merged' end,
+           case when d.dest is not null and cardinality(d.dest) = 1 and d.same_members
+                then d.dest[1] else o.tool_id end,
+           case when d.dest is not null and cardinality(d.dest) = 1 and d.same_members
+                then array[o.tool_id] else coalesce(d.dest, '{}') end,
+           case when d.dest is not null and cardinality(d.dest) = 1 and d.same_members
+                then md5(n.metadata || n.versions || n.files || n.sources) end
+    from capture_old o
+    left join capture_dest d on d.tool_id = o.tool_id
+    left join capture_new n on n.tool_id = d.dest[1]
+    left join capture_new self on self.tool_id = o.tool_id
+    where self.tool_id is null
+       -- or its records all moved, together, to a tool that is new: it was renamed (and
+       -- another tool took its id).
+       or (d.same_members and cardinality(d.dest) = 1 and d.dest[1] <> o.tool_id)
+       -- or its records went to several tools (it may keep its id with some of them).
+       or cardinality(d.dest) > 1
+    order by o.tool_id;
+
+    -- Tools that are new (unless announced above under their previous id).
+    insert into catalogue_changes (generation, kind, tool_id, digest)
+    select gen, 'added', n.tool_id, md5(n.metadata || n.versions || n.files || n.sources)
+    from capture_new n
+    where not exists (select 1 from capture_old o where o.tool_id = n.tool_id)
+      and n.tool_id not in (select ch.tool_id from catalogue_changes ch
+                            where ch.generation = gen and ch.kind = 'id_changed')
+    order by n.tool_id;
+
+    -- Tools that changed.
+    insert into catalogue_changes (generation, kind, tool_id, parts, digest)
+    select gen, 'changed', n.tool_id,
+           array_remove(array[
+               case when n.metadata <> o.metadata then 'metadata' end,
+               case when n.versions <> o.versions then 'versions' end,
+               case when n.files <> o.files then 'files' end,
+               case when n.sources <> o.sources then 'sources' end], null),
+           md5(n.metadata || n.versions || n.files || n.sources)
+    from capture_new n join capture_old o on o.tool_id = n.tool_id
+    where (n.metadata, n.versions, n.files, n.sources)
+          is distinct from (o.metadata, o.versions, o.files, o.sources)
+    order by n.tool_id;
+
+    -- The snapshot takes the new rows; a row that is the same as before stays as it is.
+    bulk := tools >= 1000 and not exists (select 1 from catalogue_snapshot);
+    if bulk then
+        indexes := capture_drop_indexes('catalogue_snapshot');
+    else
+        delete from catalogue_snapshot s using capture_old o
+        where s.tool_id = o.tool_id
+          and not exists (
+              select 1 from capture_new n
+              where n.tool_id = o.tool_id
+                and (n.member_ids, n.metadata, n.versions, n.files, n.sources)
+                    is not distinct from (o.member_ids, o.metadata, o.versions, o.files, o.sources));
+    end if;
+    insert into catalogue_snapshot (tool_id, member_ids, metadata, versions, files, sources)
+    select n.tool_id, n.member_ids, n.metadata, n.versions, n.files, n.sources from capture_new n
+    where not exists (
+        select 1 from capture_old o
+        where o.tool_id = n.tool_id
+          and (n.member_ids, n.metadata, n.versions, n.files, n.sources)
+              is not distinct from (o.member_ids, o.metadata, o.versions, o.files, o.sources));
+    if bulk then
+        perform capture_build_indexes(indexes);
+    end if;
+    delete from capture_ids c
+    using capture_new n join capture_old o using (tool_id)
+    where n.tool_id = c.tool_id
+      and (n.metadata, n.versions, n.files, n.sources)
+          = (o.metadata, o.versions, o.files, o.sources);
+    delete from capture_tools c
+    using capture_new n join capture_old o using (tool_id)
+    where n.tool_id = c.id
+      and (n.metadata, n.versions, n.files, n.sources)
+          = (o.metadata, o.versions, o.files, o.sources);
+    perform search_refresh();
+end $$;
+
+-- At every generation bump: the catalogue tools touched since the last one, directly or
+-- through their upstream records, are compared with their snapshot.
+create or replace function catalogue_capture() returns trigger language plpgsql as $$
+declare
+    records bigint;
+    pages bigint;
+begin
+    -- The work tables have no index: each is read whole, or probed from the catalogue's side,
+    -- and one index more per row written is a quarter of what a large capture costs.
+    create temporary table if not exists capture_ids (tool_id text) on commit drop;
+    truncate capture_ids;
+    create temporary table if not exists capture_records (upstream_tool_id bigint)
+        on commit drop;
+    truncate capture_records;
+    create temporary table if not exists capture_touched_versions (upstream_version_id bigint)
+        on commit drop;
+    truncate capture_touched_versions;
+    -- What was touched is taken as it is deleted (a touch committed meanwhile by another
+    -- transaction stays for the next capture), in one pass: the distinct tools, records and
+    -- versions (a first publish touches each tool and record several times).
+    with taken as (
+        delete from catalogue_touched
+        returning tool_id, upstream_tool_id, upstream_version_id),
+    tools as (
+        insert into capture_ids select distinct tool_id from taken where tool_id is not null),
+    versions as (
+        insert into capture_touched_versions
+        select distinct upstream_version_id from taken where upstream_version_id is not null)
+    insert into capture_records
+    select distinct upstream_tool_id from taken where upstream_tool_id is not null;
+    insert into capture_records
+    select distinct v.upstream_tool_id from upstream_versions v
+    where v.id in (select upstream_version_id from capture_touched_versions)
+      and not exists (select 1 from capture_records r
+                      where r.upstream_tool_id = v.upstream_tool_id);
+    select count(*) into records from capture_records;
+    if records >= 500 then
+        analyze capture_records;
+        analyze capture_ids;
+    end if;
+    insert into capture_ids
+    select distinct m.tool_id
+    from catalogue_members m join capture_records r using (upstream_tool_id)
+    where not exists (select 1 from capture_ids i where i.tool_id = m.tool_id);
+    -- The tools that held those records when last described: found by a probe of the
+    -- snapshot's index per record (a few microseconds each), or by one pass over the snapshot
+    -- when the records are many for its size (a pass costs about as much as a probe per seven
+    -- rows).
+    pages := pg_relation_size('catalogue_snapshot') / current_setting('block_size')::bigint;
+    if records > 0 and records < 5 * pages then
+        insert into capture_ids
+        select distinct s.tool_id
+        from capture_records r
+        join catalogue_snapshot s on s.member_ids && array[r.upstream_tool_id]
+        where not exists (select 1 from capture_ids i where i.tool_id = s.tool_id);
+    elsif records > 0 then
+        insert into capture_ids
+        select distinct s.tool_id
+        from catalogue_snapshot s cross join lateral unnest(s.member_ids) as r(upstream_tool_id)
+        where r.upstream_tool_id in (select upstream_tool_id from capture_records)
+          and not exists (select 1 from capture_ids i where i.tool_id = s.tool_id);
+    end if;
+    perform catalogue_diff(new.generation);
+    return null;
+end $$;
+
+-- As in 0014 (create or replace drops a function's settings): sorts and hashes of a whole
+-- catalogue in memory, and no JIT compilation. And: probes by tool id cost what they do in a
+-- catalogue kept in memory (the default of 4 is for a disk that seeks), and an index is built
+-- with room to sort.
+alter function catalogue_capture() set work_mem = '64MB';
+alter function catalogue_capture() set jit = off;
+alter function catalogue_capture() set random_page_cost = 1.1;
+alter function catalogue_capture() set maintenance_work_mem = '256MB';
+-- Aggregates read rows in the order a subquery gives them (capture_parts): no parallel plan.
+alter function catalogue_capture() set max_parallel_workers_per_gather = 0;
