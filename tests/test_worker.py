@@ -308,3 +308,86 @@ async def test_a_worker_abandons_runs_whose_process_is_gone(
 
 async def _is(value: Awaitable[str], expected: str) -> bool:
     return await value == expected
+
+
+async def test_a_harvest_lock_let_go_a_moment_later_is_taken_by_a_patient_run(
+    pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
+    """A process killed mid-run holds its harvest lock until the server notices, a moment
+    later: a run that starts then waits for it (``patience_s``) instead of being skipped as
+    already running; without patience, or while the lock stays held, it is not taken."""
+    upstream_id = 4242
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        async with pool.acquire() as other:
+            async with try_harvest_lock(holder, upstream_id) as held:
+                assert held
+                async with try_harvest_lock(other, upstream_id) as taken:
+                    assert not taken
+                async with try_harvest_lock(other, upstream_id, patience_s=0.3) as taken:
+                    assert not taken  # still held after waiting
+            async with try_harvest_lock(holder, upstream_id) as held:
+                assert held
+
+                async def let_go_soon() -> None:
+                    await asyncio.sleep(0.2)
+                    holder.terminate()  # as a dead client's session ends
+
+                closing = asyncio.create_task(let_go_soon())
+                async with try_harvest_lock(other, upstream_id, patience_s=5.0) as taken:
+                    assert taken
+                await closing
+    finally:
+        holder.terminate()
+
+
+async def test_a_run_takes_over_from_a_process_that_died_a_moment_ago_not_from_a_live_one(
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
+    """While another session holds an upstream's harvest lock with a run recorded as running,
+    a harvest waits a moment: when that session ends without finishing its run (a process
+    killed mid-run, its connection closed a moment later), the harvest takes over and the
+    dead run is abandoned; when the run was finished first, the harvest is skipped as already
+    running."""
+    server = await aiohttp_server(make_registry_app(catalogue([cwl_tool("t")])))
+    config = Config(
+        database=DatabaseConfig(url=db_dsn),
+        upstreams=(UpstreamConfig(name="up", url=str(server.make_url(TRS))),),
+    )
+    async with pool.acquire() as conn:
+        upstream_id = (await upsert_upstreams(conn, config.upstreams))["up"]
+
+    async def hold_then(end: Callable[[asyncpg.Connection[Any], int], Awaitable[None]]) -> Any:
+        holder = await asyncpg.connect(db_dsn)
+        try:
+            async with try_harvest_lock(holder, upstream_id) as taken:
+                assert taken
+                run = await insert_run(holder, upstream_id)
+
+                async def later() -> None:
+                    await asyncio.sleep(0.3)
+                    await end(holder, run)
+
+                ending = asyncio.create_task(later())
+                outcome = (await harvest(pool, config))["up"]
+                await ending
+                return run, outcome
+        finally:
+            holder.terminate()
+
+    async def dies(holder: asyncpg.Connection[Any], run: int) -> None:
+        holder.terminate()
+
+    async def finishes(holder: asyncpg.Connection[Any], run: int) -> None:
+        await holder.execute(
+            "update harvest_runs set status = 'succeeded', finished_at = now() where id = $1", run
+        )
+        await holder.execute("select pg_advisory_unlock_all()")
+
+    dead, outcome = await hold_then(dies)
+    assert outcome.status == "succeeded"
+    assert await pool.fetchval("select status from harvest_runs where id = $1", dead) == (
+        "abandoned"
+    )
+    _, outcome = await hold_then(finishes)
+    assert (outcome.status, outcome.error) == ("skipped", "already running")

@@ -34,12 +34,19 @@ _UNLOCK_MIGRATE: Final = "select pg_advisory_unlock($1)"
 
 
 @contextlib.asynccontextmanager
-async def try_harvest_lock(conn: Connection, upstream_id: int) -> AsyncIterator[bool]:
-    """Try to take *upstream_id*'s harvest lock on *conn*; yield whether it was taken.
+async def try_harvest_lock(
+    conn: Connection, upstream_id: int, *, patience_s: float = 0.0
+) -> AsyncIterator[bool]:
+    """Try to take *upstream_id*'s harvest lock on *conn*, again every 0.1 s for up to
+    *patience_s*; yield whether it was taken.
 
     A taken lock is released when the block ends, even when the block is cancelled.
     """
     taken: bool = await conn.fetchval(_TRY_HARVEST, HARVEST_LOCK, upstream_id)
+    give_up = asyncio.get_running_loop().time() + patience_s
+    while not taken and asyncio.get_running_loop().time() < give_up:
+        await asyncio.sleep(0.1)
+        taken = await conn.fetchval(_TRY_HARVEST, HARVEST_LOCK, upstream_id)
     try:
         yield taken
     finally:

@@ -146,6 +146,24 @@ async def abandon_stale_runs(conn: Connection, upstream_id: int) -> int:
     return len(ids)
 
 
+_RUNNING_RUN: Final = """
+select id from harvest_runs where upstream_id = $1 and status = 'running' order by id desc limit 1
+"""
+_UNFINISHED: Final = "select status in ('running', 'abandoned') from harvest_runs where id = $1"
+
+
+async def running_run(conn: Connection, upstream_id: int) -> int | None:
+    """The id of *upstream_id*'s latest run recorded as running, if any."""
+    run_id: int | None = await conn.fetchval(_RUNNING_RUN, upstream_id)
+    return run_id
+
+
+async def unfinished(conn: Connection, run_id: int) -> bool:
+    """Whether run *run_id* is still recorded as running, or was abandoned (its process
+    stopped before it ended)."""
+    return bool(await conn.fetchval(_UNFINISHED, run_id))
+
+
 _RUNNING_UPSTREAMS: Final = "select distinct upstream_id from harvest_runs where status = 'running'"
 
 

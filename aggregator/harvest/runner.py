@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import socket
 import time
@@ -40,6 +41,8 @@ log = structlog.get_logger()
 
 #: Names this process in run records.
 WORKER_ID: Final = f"{socket.gethostname()}:{os.getpid()}"
+# How long a run waits for the harvest lock of a run that may have died a moment ago.
+LOCK_PATIENCE_S: Final = 2.0
 
 
 def make_session(config: Config) -> aiohttp.ClientSession:
@@ -175,24 +178,35 @@ class Harvester:
                 (upstream_id,) = (
                     await db_upstreams.upsert_upstreams(lock_conn, [upstream])
                 ).values()
+            locked = functools.partial(
+                self._locked,
+                lock_conn,
+                upstream,
+                upstream_id,
+                trigger=trigger,
+                next_due=next_due,
+                slack_s=slack_s,
+                started=started,
+            )
             async with try_harvest_lock(lock_conn, upstream_id) as taken:
-                if not taken:
-                    log.info(
-                        "harvest_skipped",
-                        upstream=upstream.name,
-                        trigger=trigger,
-                        reason="already running",
-                    )
-                    return RunOutcome(upstream.name, "skipped", error="already running")
-                return await self._locked(
-                    lock_conn,
-                    upstream,
-                    upstream_id,
-                    trigger=trigger,
-                    next_due=next_due,
-                    slack_s=slack_s,
-                    started=started,
-                )
+                if taken:
+                    return await locked()
+                running = await db_runs.running_run(lock_conn, upstream_id)
+            if running is not None:
+                # A process killed mid-run holds its lock until the server notices that its
+                # connection is gone, a moment later. Its run is then still recorded as
+                # running (or abandoned by a worker's sweep meanwhile): this run waits that
+                # moment and takes over (a worker restarted at once). A run that ended
+                # meanwhile was a live one: this run is skipped.
+                async with try_harvest_lock(
+                    lock_conn, upstream_id, patience_s=LOCK_PATIENCE_S
+                ) as taken:
+                    if taken and await db_runs.unfinished(lock_conn, running):
+                        return await locked()
+            log.info(
+                "harvest_skipped", upstream=upstream.name, trigger=trigger, reason="already running"
+            )
+            return RunOutcome(upstream.name, "skipped", error="already running")
         finally:
             await asyncio.shield(lock_conn.close())
 
