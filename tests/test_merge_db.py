@@ -110,15 +110,22 @@ async def published_rows(conn: asyncpg.Connection[Any] | asyncpg.Pool[Any]) -> d
 
 
 async def full_merge_snapshot(
-    pool: asyncpg.Pool[Any], config: Config, slice_records: int = sys.maxsize
+    pool: asyncpg.Pool[Any],
+    config: Config,
+    slice_records: int = sys.maxsize,
+    *,
+    empty: bool = False,
 ) -> dict[str, Any]:
-    """What a full re-merge (in one piece, unless *slice_records* says otherwise) would
-    publish, computed in a transaction that is rolled back."""
+    """What a full re-merge (in one piece, unless *slice_records* says otherwise; into an
+    emptied catalogue when *empty*, as a first merge is) would publish, computed in a
+    transaction that is rolled back."""
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
         try:
             await conn.execute("select 1 from catalogue_state for update")
+            if empty:
+                await conn.execute("delete from catalogue_tools")
             stats = await remerge(
                 conn,
                 tombstone_after=config.harvest.tombstone_after,
@@ -260,6 +267,36 @@ async def test_one_upstream_is_never_merged_with_itself(
     assert refused[0]["reason"] == "both tools come from one upstream"
 
 
+async def test_merge_plans_each_statement_for_its_parameters_and_restores_the_settings(
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a merge runs, its statements are planned for their own ids (a generic plan tests
+    `<> all($1)` element by element), and the session's settings come back after it."""
+    server = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool(f"t{i}", aliases=[f"kelmor tavisu {i}"]) for i in range(9)])
+        )
+    )
+    config = config_for(db_dsn, {"one": server})
+    await harvest(pool, config)
+    seen: list[str] = []
+    assign_ids = merge_db._assign_ids
+
+    async def watched(conn: Any, *args: Any) -> Any:
+        seen.append(await conn.fetchval("select current_setting('plan_cache_mode')"))
+        return await assign_ids(conn, *args)
+
+    monkeypatch.setattr(merge_db, "_assign_ids", watched)
+    settings = "select current_setting('plan_cache_mode'), current_setting('random_page_cost')"
+    async with pool.acquire() as conn:
+        before = tuple(await conn.fetchrow(settings))
+        async with conn.transaction():
+            await conn.execute("select 1 from catalogue_state for update")
+            await remerge(conn, tombstone_after=3, full=True, slice_records=4)
+            assert tuple(await conn.fetchrow(settings)) == before
+    assert len(seen) > 1 and set(seen) == {"force_custom_plan"}
+
+
 @pytest.mark.parametrize("slice_records", [None, 4], ids=["one", "sliced"])
 async def test_incremental_merge_publishes_what_a_full_merge_would(
     aiohttp_server: Any,
@@ -303,6 +340,9 @@ async def test_incremental_merge_publishes_what_a_full_merge_would(
         if slice_records:
             sliced = await full_merge_snapshot(pool, config, slice_records)
             assert published == sliced, round_
+            # Into an empty catalogue, slice after slice while the server writes the last.
+            first = await full_merge_snapshot(pool, config, slice_records, empty=True)
+            assert published == first, round_
         # Every live upstream version is a source of exactly one served version.
         assert (
             await pool.fetchval(

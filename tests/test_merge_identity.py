@@ -226,3 +226,15 @@ class TestContent:
     def test_evidence_takes_content_keys(self) -> None:
         """Content checksums the caller found identity-carrying become content keys."""
         assert evidence("x", {}, ["ab" * 32]) == {("content", "ab" * 32)}
+
+
+def test_classification_is_the_same_for_values_kept_and_not_kept() -> None:
+    """Short values are classified once and kept; long ones every time; the key is the same."""
+    from aggregator.merge import identity
+
+    short = "https://github.com/Lab/Tool/tree/main/workflows/x"
+    long = "https://github.com/Lab/Tool/tree/main/" + "/".join(["deep"] * 80)
+    assert len(long) > identity.CLASSIFY_CACHED_LENGTH >= len(short)
+    for value in (short, long, short, long):
+        assert classify(value) == identity._classify(value)
+    assert classify(long) == ("repo", "github.com/lab/tool#" + "/".join(["deep"] * 80))

@@ -7,11 +7,13 @@ as a full re-merge (tested), which ``full=True`` performs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -113,9 +115,21 @@ async def _load_rules(conn: Connection) -> tuple[Rules, dict[int, set[int]]]:
 # with a random page costing about a sequential one, then puts the setting back. An
 # incremental merge's statements also run without JIT compilation: they look up thousands of
 # rows, and compiling cost 15-55 ms a statement at a million records for nothing measurable.
-_PLAN_SETTINGS: Final = "select current_setting('random_page_cost'), current_setting('jit')"
-_SET_PLAN: Final = "select set_config('random_page_cost', $1, true), set_config('jit', $2, true)"
+# Every statement is planned for its own parameters (plan_cache_mode): after five runs of a
+# prepared statement PostgreSQL may switch to a generic plan, in which an array parameter is
+# not a constant, so `x <> all($1)` over the 25,000 ids of a slice is tested element by
+# element for each row instead of by hash (the plain-id claimants went from 0.1 s to 2.4 s a
+# slice, 60 s more for a full merge of a million records).
+_PLAN_SETTINGS: Final = """
+select current_setting('random_page_cost'), current_setting('jit'),
+       current_setting('plan_cache_mode')
+"""
+_SET_PLAN: Final = """
+select set_config('random_page_cost', $1, true), set_config('jit', $2, true),
+       set_config('plan_cache_mode', $3, true)
+"""
 MERGE_PAGE_COST: Final = "1.1"
+MERGE_PLAN_CACHE: Final = "force_custom_plan"
 _ALL_TOOLS: Final = "select id from upstream_tools"
 _DIRTY_TOOLS: Final = "select upstream_tool_id as id from merge_queue"
 _CATALOGUE_HELD: Final = "select exists (select 1 from catalogue_members)"
@@ -154,8 +168,8 @@ async def remerge(
     # A slice's records are held only by tools of the catalogue before the merge (the earlier
     # slices wrote other records): a full merge into an empty catalogue replaces nothing.
     replacing = not full or await conn.fetchval(_CATALOGUE_HELD)
-    page_cost, jit = await conn.fetchrow(_PLAN_SETTINGS) or ("", "")
-    await conn.execute(_SET_PLAN, MERGE_PAGE_COST, jit if full else "off")
+    page_cost, jit, plan_cache = await conn.fetchrow(_PLAN_SETTINGS) or ("", "", "")
+    await conn.execute(_SET_PLAN, MERGE_PAGE_COST, jit if full else "off", MERGE_PLAN_CACHE)
     rules, partners = await _load_rules(conn)
     await conn.execute(_CLOSURE_TABLES)
     await _refresh_evidence(conn, dirty, tombstone_after, keep_old=not full)
@@ -176,8 +190,64 @@ async def remerge(
     dirty_count = len(dirty)
     del dirty
     size = SLICE_RECORDS if slice_records is None else slice_records
-    slices = await _slices(conn, affected, partners, size, restricted=not full)
+    joinable: list[list[int]] = []
+    slices = await _slices(
+        conn, affected, partners, size, restricted=not full, joinable=joinable if full else None
+    )
     lap("closure")
+    if full and len(slices) > 1:
+        nodes_seen, tools = await _merge_overlapped(
+            conn,
+            slices,
+            joinable,
+            rules=rules,
+            tombstone_after=tombstone_after,
+            max_per_upstream=max_per_upstream,
+            replacing=bool(replacing),
+            lap=lap,
+        )
+    else:
+        nodes_seen, tools = await _merge_slices(
+            conn,
+            slices,
+            rules=rules,
+            tombstone_after=tombstone_after,
+            max_per_upstream=max_per_upstream,
+            replacing=bool(replacing),
+            full=full,
+            lap=lap,
+        )
+    await conn.execute(_SET_PLAN, page_cost, jit, plan_cache)
+    lap("write")
+    generation = await advance_generation(conn)
+    lap("generation")
+    stats = MergeStats(dirty_count, nodes_seen, tools, generation, len(slices))
+    log.info(
+        "merge_finished",
+        dirty=stats.dirty,
+        nodes=stats.nodes,
+        tools=stats.tools,
+        slices=stats.slices,
+        generation=generation,
+        full=full,
+        seconds=lap.seconds,
+    )
+    return stats
+
+
+async def _merge_slices(
+    conn: Connection,
+    slices: list[list[int]],
+    *,
+    rules: Rules,
+    tombstone_after: int,
+    max_per_upstream: int,
+    replacing: bool,
+    full: bool,
+    lap: _Laps,
+) -> tuple[int, int]:
+    """Merge and write the *slices* one after the other; return the records merged and the
+    tools written."""
     writer = _Writer(conn)
     nodes_seen = tools = 0
     for part in slices:
@@ -204,22 +274,64 @@ async def remerge(
         del nodes, components, versions, old_ids
         lap("write")
     await writer.finish()
-    await conn.execute(_SET_PLAN, page_cost, jit)
+    return nodes_seen, tools
+
+
+async def _merge_overlapped(
+    conn: Connection,
+    slices: list[list[int]],
+    joinable: list[list[int]],
+    *,
+    rules: Rules,
+    tombstone_after: int,
+    max_per_upstream: int,
+    replacing: bool,
+    lap: _Laps,
+) -> tuple[int, int]:
+    """Merge and write the *slices* of a full merge, Python's work on one slice beside the
+    server's on the previous one: the statements that only the server works on (the tools of
+    one record, their versions, the id history) are sent, and the next slice is merged while
+    they run. For that the next slice's records and versions are read before those statements
+    (they do not touch what is read), and the versions read are those of every record that
+    shares a joining key or rule with another (*joinable*), not only of those the merge joined.
+    Return the records merged and the tools written."""
+    writer = _Writer(conn, defer_history=True)
+    nodes_seen = tools = 0
+
+    async def load(k: int) -> tuple[list[Any], dict[int, list[VersionNode]]]:
+        records = await conn.fetch(_NODES_UNJUDGED, tombstone_after, slices[k])
+        lap("load_nodes")
+        versions = await _load_versions(conn, joinable[k])
+        lap("load_versions")
+        return records, versions
+
+    try:
+        following = await load(0)
+        for k, part in enumerate(slices):
+            records, versions = following
+            nodes = _nodes_of(records)
+            del records
+            identifying = identifying_keys(nodes, max_per_upstream=max_per_upstream)
+            components = merge(nodes, identifying=identifying, rules=rules)
+            nodes_seen += len(nodes)
+            tools += len(components)
+            del nodes, identifying
+            lap("merge")
+            await writer.settle()
+            released = await _tools_holding(conn, part, held=False) if replacing else []
+            await writer.write(components, versions, released, defer=True)
+            del components, versions
+            lap("write")
+            if k + 1 < len(slices):
+                following = await load(k + 1)
+            await writer.send()
+    except Exception:
+        await writer.abandon()
+        raise
+    await writer.settle()
+    await writer.finish()
     lap("write")
-    generation = await advance_generation(conn)
-    lap("generation")
-    stats = MergeStats(dirty_count, nodes_seen, tools, generation, len(slices))
-    log.info(
-        "merge_finished",
-        dirty=stats.dirty,
-        nodes=stats.nodes,
-        tools=stats.tools,
-        slices=stats.slices,
-        generation=generation,
-        full=full,
-        seconds=lap.seconds,
-    )
-    return stats
+    return nodes_seen, tools
 
 
 class _Laps:
@@ -453,10 +565,13 @@ async def _slices(
     size: int,
     *,
     restricted: bool,
+    joinable: list[list[int]] | None = None,
 ) -> list[list[int]]:
     """*affected* cut into slices of about *size* records, none splitting a component of
     records joined by a joining key (among the affected records when *restricted*, else among
-    all) or an always rule: each slice merges alone as it would with the rest."""
+    all) or an always rule: each slice merges alone as it would with the rest. When there are
+    several slices and *joinable* is given, it receives, per slice, the records that share a
+    component with another (the only ones the merge can put in a tool of several records)."""
     if len(affected) <= size:
         return [sorted(affected)]
     low, high = min(affected), max(affected)
@@ -492,6 +607,14 @@ async def _slices(
         current.append(i)
         last = root
     slices.append(current)
+    if joinable is not None:
+        # A record alone in its component (no joining key shared, no always rule) is a tool
+        # of one record whatever the merge decides.
+        for part in slices:
+            sizes: dict[int, int] = defaultdict(int)
+            for i in part:
+                sizes[find(i - low)] += 1
+            joinable.append([i for i in part if sizes[find(i - low)] > 1])
     return slices
 
 
@@ -514,9 +637,10 @@ select t.id, u.name, u.priority, t.external_id,
        coalesce(e.kinds, '{}') as kinds, coalesce(e.vals, '{}') as vals
 from upstream_tools t
 join upstreams u on u.id = t.upstream_id
-cross join lateral (
-    select array_agg(e.kind) as kinds, array_agg(e.value) as vals
-    from tool_evidence e where e.upstream_tool_id = t.id) as e
+left join (
+    select e.upstream_tool_id, array_agg(e.kind) as kinds, array_agg(e.value) as vals
+    from tool_evidence e where e.upstream_tool_id = any($2::bigint[])
+    group by e.upstream_tool_id) as e on e.upstream_tool_id = t.id
 where t.id = any($2::bigint[]) and upstream_tool_live(t.missed_listings, $1)
 """
 
@@ -527,14 +651,20 @@ async def _load_nodes(
     """The live records among *ids*, and (when *judged*) those of their keys ``merge_keys``
     judged identifying."""
     rows = await conn.fetch(_NODES if judged else _NODES_UNJUDGED, tombstone_after, ids)
+    if not judged:
+        return _nodes_of(rows), set()
     nodes = []
     identifying: set[Key] = set()
     for r in rows:
         keys = list(zip(r["kinds"], r["vals"], strict=True))
         nodes.append(Node(r["id"], r["name"], r["priority"], r["external_id"], frozenset(keys)))
-        if judged:
-            identifying.update(k for k, j in zip(keys, r["judged"], strict=True) if j)
+        identifying.update(k for k, j in zip(keys, r["judged"], strict=True) if j)
     return nodes, identifying
+
+
+def _nodes_of(rows: list[Any]) -> list[Node]:
+    """The records of ``_NODES_UNJUDGED`` rows."""
+    return [Node(r[0], r[1], r[2], r[3], frozenset(zip(r[4], r[5], strict=True))) for r in rows]
 
 
 _VERSIONS: Final = """
@@ -586,36 +716,167 @@ union all
 select tool_id, upstream_tool_id, true from merge_single
 on conflict (id, upstream_tool_id) do nothing
 """
+# A merge of many slices stages the id history of all of them and saves it once at the end, in
+# the order of its key: one pass over the history's index instead of one per slice (nothing in
+# the merge reads the history).
+_HISTORY_ALL_TABLE: Final = """
+create temporary table if not exists merge_history_all (
+    id text, upstream_tool_id bigint, was_primary boolean);
+truncate merge_history_all
+"""
+_STAGE_SINGLE_HISTORY: Final = """
+insert into merge_history_all (id, upstream_tool_id, was_primary)
+select tool_id, upstream_tool_id, true from merge_single
+"""
+_SAVE_HISTORY_ALL: Final = """
+insert into catalogue_id_history (id, upstream_tool_id, was_primary)
+select id, upstream_tool_id, was_primary from merge_history_all
+order by id, upstream_tool_id
+on conflict (id, upstream_tool_id) do nothing;
+truncate merge_history_all
+"""
 
 
 class _Writer:
     """Writes the merged tools slice after slice. After a large insert the catalogue's
     statistics are refreshed (the next statements, and the next merge, are planned on them):
     once after the first slice that inserts many rows, so the planner knows the rows' size,
-    and once at the end."""
+    and once at the end. With *defer_history* (a merge of many slices), the id history of every
+    slice is saved once, at the end."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, *, defer_history: bool = False) -> None:
         self.conn = conn
         self.inserted = 0  # member rows inserted since the statistics were refreshed
         self.refreshed = False
+        self.defer_history = defer_history
+        self.staged = False
+        self.script: str | None = None  # statements kept to be sent (``send``)
+        self.running: asyncio.Task[str] | None = None
 
     async def write(
         self,
         components: list[Component],
         versions: dict[int, list[VersionNode]],
         released: list[str],
+        *,
+        defer: bool = False,
     ) -> None:
-        """Write *components* in place of the *released* tools."""
-        self.inserted += await _write(self.conn, components, versions, released)
+        """Write *components* in place of the *released* tools. With *defer*, the statements
+        the server alone works on are kept for :meth:`send`; until :meth:`settle`, the
+        connection may then run other statements first, that do not read what they write."""
+        await self.settle()
+        ids, renames = await _assign_ids(self.conn, components, released)
+        rows = _build(components, versions, ids, renames)
+        if self.defer_history and not self.staged:
+            await self.conn.execute(_HISTORY_ALL_TABLE)
+            self.staged = True
+        kept: list[str] | None = [] if defer else None
+        self.inserted += await _store(
+            self.conn, rows, released, defer_history=self.defer_history, deferred=kept
+        )
+        if kept:
+            self.script = ";\n".join(kept)
+        else:
+            await self._settled()
+
+    async def send(self) -> None:
+        """Send the kept statements, to run in the server while Python works on something
+        else; :meth:`settle` waits for them (nothing else may use the connection until then)."""
+        if self.script is not None:
+            self.running = asyncio.create_task(self.conn.execute(self.script))
+            self.script = None
+            await asyncio.sleep(0)  # the task sends them and waits for the server
+
+    async def settle(self) -> None:
+        """Wait for (or run) the kept statements."""
+        if self.running is not None:
+            running, self.running = self.running, None
+            await running
+        elif self.script is not None:
+            script, self.script = self.script, None
+            await self.conn.execute(script)
+        else:
+            return
+        await self._settled()
+
+    async def abandon(self) -> None:
+        """Wait for the statements sent, whatever becomes of them (the transaction fails)."""
+        if self.running is not None:
+            running, self.running = self.running, None
+            with contextlib.suppress(Exception):
+                await running
+
+    async def _settled(self) -> None:
         if not self.refreshed and self.inserted >= ANALYZE_AFTER:
-            await self.finish()
+            await self.analyze()
             self.refreshed = True
 
-    async def finish(self) -> None:
+    async def analyze(self) -> None:
         """Refresh the statistics if many rows were inserted since they were refreshed."""
         if self.inserted >= ANALYZE_AFTER:
             await self.conn.execute(_ANALYZE_CATALOGUE)
             self.inserted = 0
+
+    async def finish(self) -> None:
+        """Save the staged id history; refresh the statistics."""
+        await self.settle()
+        if self.staged:
+            await self.conn.execute(_SAVE_HISTORY_ALL)
+            self.staged = False
+        await self.analyze()
+
+
+@dataclass(slots=True)
+class _Rows:
+    """The catalogue rows of merged tools (:func:`_build`)."""
+
+    ids: list[str]  # each component's tool id
+    renames: list[tuple[str, str]]  # of other tools, as _assign_ids gives them
+    # (record, tool id, its refused joins or None): a tool of one record (merge_single).
+    single: list[tuple[int, str, list[dict[str, Any]] | None]] = field(default_factory=list)
+    tools: list[tuple[str, str, int, list[dict[str, Any]]]] = field(default_factory=list)
+    members: list[tuple[int, str, list[dict[str, Any]]]] = field(default_factory=list)
+    versions: list[tuple[str, str, int, int, list[int], bool]] = field(default_factory=list)
+    history: list[tuple[str, int, bool]] = field(default_factory=list)
+
+
+def _build(
+    components: list[Component],
+    versions: dict[int, list[VersionNode]],
+    ids: list[str],
+    renames: list[tuple[str, str]],
+) -> _Rows:
+    """The rows of *components* under *ids*, *versions* holding the versions of every member
+    of a tool of several records."""
+    rows = _Rows(ids, renames)
+    nodes = {m.id: m for comp in components for m in comp.members}
+    for comp, tool_id in zip(components, ids, strict=True):
+        if len(comp.members) == 1:
+            # Its tool, member, history and version rows are written in the server
+            # (_SINGLE_*): only a refused join gives it more than its id to say.
+            rows.single.append((comp.primary.id, tool_id, _refusals(comp, nodes) or None))
+            continue
+        member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
+        merged, conflicts = merge_versions(comp, member_versions)
+        report: list[dict[str, Any]] = [
+            {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
+            for c in conflicts
+        ]
+        rows.versions += [
+            (tool_id, v.key, v.position, v.served.id, [s.id for s in v.sources], v.conflict)
+            for v in merged
+        ]
+        report += _refusals(comp, nodes)
+        rows.tools.append((tool_id, tool_id, comp.primary.id, report))
+        for m in comp.members:
+            joined = [
+                _join_record(nodes[e.b if e.a == m.id else e.a], m, e.kind, e.value)
+                for e in comp.joins
+                if m.id in (e.a, e.b)
+            ]
+            rows.members.append((m.id, tool_id, joined))
+            rows.history.append((tool_id, m.id, m is comp.primary))
+    return rows
 
 
 async def _write(
@@ -628,50 +889,56 @@ async def _write(
     the rest of the catalogue; return the member rows inserted into a catalogue that held none
     of these tools (0 when rows were compared and replaced)."""
     ids, renames = await _assign_ids(conn, components, released)
-    nodes = {m.id: m for comp in components for m in comp.members}
-    tools, members, cat_versions, history, single = [], [], [], [], []
-    for comp, tool_id in zip(components, ids, strict=True):
-        if len(comp.members) == 1:
-            # Its tool, member, history and version rows are written in the server
-            # (_SINGLE_*): only a refused join gives it more than its id to say.
-            single.append((comp.primary.id, tool_id, _refusals(comp, nodes) or None))
-            continue
-        member_versions = [v for m in comp.members for v in versions.get(m.id, ())]
-        merged, conflicts = merge_versions(comp, member_versions)
-        report: list[dict[str, Any]] = [
-            {"kind": "version", "version": c.name, "keys": c.keys, "reason": c.reason}
-            for c in conflicts
-        ]
-        cat_versions += [
-            (tool_id, v.key, v.position, v.served.id, [s.id for s in v.sources], v.conflict)
-            for v in merged
-        ]
-        report += _refusals(comp, nodes)
-        tools.append((tool_id, tool_id, comp.primary.id, report))
-        for m in comp.members:
-            joined = [
-                _join_record(nodes[e.b if e.a == m.id else e.a], m, e.kind, e.value)
-                for e in comp.joins
-                if m.id in (e.a, e.b)
-            ]
-            members.append((m.id, tool_id, joined))
-            history.append((tool_id, m.id, m is comp.primary))
+    return await _store(conn, _build(components, versions, ids, renames), released)
+
+
+async def _store(
+    conn: Connection,
+    rows: _Rows,
+    released: list[str],
+    *,
+    defer_history: bool = False,
+    deferred: list[str] | None = None,
+) -> int:
+    """Write *rows* in place of the *released* tools, as :func:`_write` does. When
+    *defer_history*, the id history is only staged (``merge_history_all``, saved by
+    ``_SAVE_HISTORY_ALL``). When *deferred* is a list and the tools are new to the catalogue,
+    the statements without parameters that follow the copies are appended to it instead of
+    being run."""
+    ids, renames = rows.ids, rows.renames
     await conn.execute(_SINGLE_TABLE)
     await conn.copy_records_to_table(
-        "merge_single", records=single, columns=["upstream_tool_id", "tool_id", "conflicts"]
+        "merge_single", records=rows.single, columns=["upstream_tool_id", "tool_id", "conflicts"]
     )
     inserted = 0
     if released or renames:
         await _replace(
-            conn, tools, members, cat_versions, ids=ids, released=released, renames=renames
+            conn,
+            rows.tools,
+            rows.members,
+            rows.versions,
+            ids=ids,
+            released=released,
+            renames=renames,
         )
     else:  # none of these tools is in the catalogue yet (a first merge, a new upstream)
-        await _insert(conn, tools, members, cat_versions)
-        inserted = len(members) + len(single)
+        await _insert(conn, rows.tools, rows.members, rows.versions, deferred=deferred)
+        inserted = len(rows.members) + len(rows.single)
     # The ids each tool had, so they keep resolving after its members change.
+    if defer_history:
+        await conn.copy_records_to_table(
+            "merge_history_all",
+            records=rows.history,
+            columns=["id", "upstream_tool_id", "was_primary"],
+        )
+        if deferred is not None and not (released or renames):
+            deferred.append(_STAGE_SINGLE_HISTORY)
+        else:
+            await conn.execute(_STAGE_SINGLE_HISTORY)
+        return inserted
     await conn.execute(_HISTORY_TABLE)
     await conn.copy_records_to_table(
-        "merge_history", records=history, columns=["id", "upstream_tool_id", "was_primary"]
+        "merge_history", records=rows.history, columns=["id", "upstream_tool_id", "was_primary"]
     )
     await conn.execute(_SAVE_HISTORY)
     return inserted
@@ -815,13 +1082,19 @@ async def _insert(
     tools: list[tuple[Any, ...]],
     members: list[tuple[Any, ...]],
     versions: list[tuple[Any, ...]],
+    *,
+    deferred: list[str] | None = None,
 ) -> None:
-    """Write tools none of whose ids or members the catalogue holds yet."""
+    """Write tools none of whose ids or members the catalogue holds yet (those of
+    ``merge_single`` by statements appended to *deferred*, when given, instead of run)."""
     await conn.copy_records_to_table("catalogue_tools", records=tools, columns=_TOOL_COLUMNS)
     await conn.copy_records_to_table("catalogue_members", records=members, columns=_MEMBER_COLUMNS)
     await conn.copy_records_to_table(
         "catalogue_versions", records=versions, columns=_VERSION_COLUMNS
     )
+    if deferred is not None:
+        deferred += [_INSERT_SINGLE, _INSERT_SINGLE_VERSIONS]
+        return
     await conn.execute(_INSERT_SINGLE)
     await conn.execute(_INSERT_SINGLE_VERSIONS)
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Final
+from typing import Final, NamedTuple
 
 from aggregator.merge.identity import JOINING, Key
 
@@ -48,9 +48,12 @@ def qualified_id(upstream: str, external_id: str) -> str:
     return f"{QUALIFIED_PREFIX}{upstream}/{external_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One upstream tool, as the merge sees it."""
+class Node(NamedTuple):
+    """One upstream tool, as the merge sees it.
+
+    A named tuple: a full merge makes a million of them, and a tuple is built three times
+    faster than a frozen dataclass.
+    """
 
     id: int
     upstream: str
@@ -229,7 +232,9 @@ def merge(
         for k in n.keys:
             if k in identifying:
                 holders[k].append(i)
-    for key in sorted(holders, key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):
+    # A key of one holder joins nothing.
+    shared = [k for k, held in holders.items() if len(held) > 1]
+    for key in sorted(shared, key=lambda k: (KIND_ORDER.get(k[0], 9), k[1])):
         joiner.join_holders(key, holders[key])
     return joiner.components()
 

@@ -109,8 +109,20 @@ DISTINCTIVE_MIN_RARE_TOKENS: Final = 2
 COMMON_ZIPF: Final = 3.0
 
 
+# Values seen recently, classified: the records of one tool in several registries, and the
+# records a full merge reads in a row, repeat them. Only short values are kept (an upstream
+# chooses their length).
+CLASSIFY_CACHED_LENGTH: Final = 256
+
+
 def classify(value: str) -> Key | None:
     """The key *value* (an id, alias or identifier, as an upstream spells it) stands for."""
+    if len(value) <= CLASSIFY_CACHED_LENGTH:
+        return _classify_cached(value)
+    return _classify(value)
+
+
+def _classify(value: str) -> Key | None:
     v = value.strip()
     low = v.lower()
     if "." not in low and ":" not in low:
@@ -142,6 +154,9 @@ def classify(value: str) -> Key | None:
     if len(segments) >= 2 and _HOST.match(segments[0].lower()):
         return ("cite", stripped.strip("/").lower())
     return None
+
+
+_classify_cached: Final = functools.lru_cache(maxsize=16384)(_classify)
 
 
 def _doi(low: str) -> str | None:
