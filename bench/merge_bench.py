@@ -111,18 +111,10 @@ def bench_pure(n: int) -> None:
     )
 
 
-async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
-    admin = await asyncpg.connect(dsn)
-    await admin.execute("drop database if exists trs_merge_bench")
-    await admin.execute("create database trs_merge_bench")
-    await admin.close()
-    base, sep, query = dsn.partition("?")
-    db = base.rsplit("/", 1)[0] + "/trs_merge_bench" + sep + query
-    await migrate(db)
-    conn = await connect(db)
-    if not capture:
-        await conn.execute("alter table catalogue_state disable trigger catalogue_state_capture")
-    t0 = time.perf_counter()
+async def load_records(conn: asyncpg.Connection, n: int) -> None:
+    """*n* records over the five upstreams, stored directly, one version each, a third with a
+    Dockstore-style alias and a third with a distinctive plain alias; queued for the merge, as
+    a publish queues new records."""
     for i, name in enumerate(UPSTREAMS):
         await conn.execute(
             "insert into upstreams (name, url, kind, mode, priority) "
@@ -149,6 +141,21 @@ async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
     )
     # Queued for the merge, as a publish queues new records.
     await conn.execute("insert into merge_queue select id from upstream_tools")
+
+
+async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
+    admin = await asyncpg.connect(dsn)
+    await admin.execute("drop database if exists trs_merge_bench")
+    await admin.execute("create database trs_merge_bench")
+    await admin.close()
+    base, sep, query = dsn.partition("?")
+    db = base.rsplit("/", 1)[0] + "/trs_merge_bench" + sep + query
+    await migrate(db)
+    conn = await connect(db)
+    if not capture:
+        await conn.execute("alter table catalogue_state disable trigger catalogue_state_capture")
+    t0 = time.perf_counter()
+    await load_records(conn, n)
     await conn.execute("vacuum analyze")
     print(f"db n={n}: loaded in {time.perf_counter() - t0:.1f}s")
     for label, full, change in (("full", True, 0), ("incremental 1%", False, n // 100)):

@@ -28,8 +28,7 @@ from aggregator.db.merge import remerge
 from aggregator.db.migrate import migrate
 from aggregator.db.pool import connect
 from aggregator.pgcluster import LocalCluster
-
-UPSTREAMS = ("dockstore", "workflowhub", "biocontainers", "yevis", "private")
+from bench.merge_bench import load_records
 
 
 class Timed:
@@ -66,31 +65,7 @@ async def setup(dsn: str, n: int) -> None:
     await migrate(db)
     conn = await connect(db)
     await conn.execute("alter table catalogue_state disable trigger catalogue_state_capture")
-    for i, name in enumerate(UPSTREAMS):
-        await conn.execute(
-            "insert into upstreams (name, url, kind, mode, priority) "
-            "values ($1, $2, 'trs', 'index', $3)",
-            name,
-            f"https://{name}.test",
-            i,
-        )
-    await conn.execute(
-        """insert into upstream_tools (upstream_id, external_id, doc, doc_hash)
-           select 1 + i % 5, 't' || i,
-                  jsonb_build_object('id', 't' || i, 'aliases',
-                      case when i % 3 = 0 then jsonb_build_array(
-                               '#workflow/github.com/org/repo' || (i / 7))
-                           when i % 3 = 1 then jsonb_build_array('kelmor-tavisu-' || (i / 11))
-                           else '[]'::jsonb end),
-                  md5(i::text)
-           from generate_series(0, $1 - 1) as i""",
-        n,
-    )
-    await conn.execute(
-        """insert into upstream_versions (upstream_tool_id, key, external_id, position, doc)
-           select id, '1.0', '1.0', 0, '{"id": "1.0", "name": "1.0"}' from upstream_tools"""
-    )
-    await conn.execute("insert into merge_queue select id from upstream_tools")
+    await load_records(conn, n)
     await conn.execute("vacuum analyze")
     t = time.perf_counter()
     async with conn.transaction():
