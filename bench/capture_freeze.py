@@ -30,7 +30,7 @@ import asyncpg
 from aggregator.db.merge import remerge
 from aggregator.db.migrate import migrate
 from aggregator.db.pool import connect
-from bench.merge_bench import load_records
+from bench.merge_bench import change_records, load_records
 
 BUMP = "update catalogue_state set generation = generation + 1, published_at = now()"
 
@@ -68,15 +68,7 @@ async def build(n: int, dsn: str, prefix: str) -> None:
     await conn.execute(BUMP)
     print(f"first bump committed in {time.perf_counter() - t:.1f}s")
     await conn.execute("vacuum analyze")
-    await conn.execute(
-        """with changed as (
-               update upstream_tools
-               set doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
-               where id in (select id from upstream_tools order by random() limit $1)
-               returning id)
-           insert into merge_queue select id from changed""",
-        n // 100,
-    )
+    await change_records(conn, n // 100)
     await _merge(conn, full=False, capture=False)
     print("touched rows:", await conn.fetchval("select count(*) from catalogue_touched"))
     await conn.close()

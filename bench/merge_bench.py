@@ -143,6 +143,20 @@ async def load_records(conn: asyncpg.Connection, n: int) -> None:
     await conn.execute("insert into merge_queue select id from upstream_tools")
 
 
+async def change_records(conn: asyncpg.Connection, count: int) -> None:
+    """Give *count* records chosen at random a new alias of their own (which moves most of them
+    out of their groups), and queue them for the merge."""
+    await conn.execute(
+        """with changed as (
+               update upstream_tools
+               set doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
+               where id in (select id from upstream_tools order by random() limit $1)
+               returning id)
+           insert into merge_queue select id from changed""",
+        count,
+    )
+
+
 async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
     admin = await asyncpg.connect(dsn)
     await admin.execute("drop database if exists trs_merge_bench")
@@ -160,15 +174,7 @@ async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
     print(f"db n={n}: loaded in {time.perf_counter() - t0:.1f}s")
     for label, full, change in (("full", True, 0), ("incremental 1%", False, n // 100)):
         if change:
-            await conn.execute(
-                """with changed as (
-                       update upstream_tools
-                       set doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
-                       where id in (select id from upstream_tools order by random() limit $1)
-                       returning id)
-                   insert into merge_queue select id from changed""",
-                change,
-            )
+            await change_records(conn, change)
         t = time.perf_counter()
         async with conn.transaction():
             await conn.execute("select 1 from catalogue_state for update")

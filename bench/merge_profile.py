@@ -28,7 +28,7 @@ from aggregator.db.merge import remerge
 from aggregator.db.migrate import migrate
 from aggregator.db.pool import connect
 from aggregator.pgcluster import LocalCluster
-from bench.merge_bench import load_records
+from bench.merge_bench import change_records, load_records
 
 
 class Timed:
@@ -96,15 +96,7 @@ async def run(dsn: str, n: int, *, explain: bool, capture: bool) -> None:
     await tr.start()
     try:
         await conn.execute("select setseed(0.5)")
-        await conn.execute(
-            """with changed as (
-                   update upstream_tools
-                   set doc = jsonb_set(doc, '{aliases}', jsonb_build_array('changed-' || id))
-                   where id in (select id from upstream_tools order by random() limit $1)
-                   returning id)
-               insert into merge_queue select id from changed""",
-            n // 100,
-        )
+        await change_records(conn, n // 100)
         if explain:
             await conn.execute(
                 "load 'auto_explain'; set auto_explain.log_min_duration = 0;"
