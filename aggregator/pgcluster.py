@@ -204,8 +204,8 @@ class LocalCluster:
     data_dir: Path
     fast: bool = False
     bindir: Path | None = None
-    settings: dict[str, str] = field(default_factory=dict)
     timeout: float = 60.0
+    settings: dict[str, str] = field(default_factory=dict)
     dsn: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:

@@ -173,6 +173,17 @@ async def test_long_data_dir_path_gets_short_socket_dir(short_tmp: Path) -> None
         assert await _fetchval(first, "select 1") == 1
 
 
+async def test_settings_are_given_to_the_server(short_tmp: Path) -> None:
+    """*settings* reach the server's configuration, quoted (a value may hold a quote)."""
+    settings = {"work_mem": "12345kB", "application_name": "it's the bench"}
+    with LocalCluster(short_tmp / "data", fast=True, settings=settings) as cluster:
+        assert cluster.dsn is not None
+        assert await _fetchval(cluster.dsn, "show work_mem") == "12345kB"
+        assert await _fetchval(cluster.dsn, "show fsync") == "off"
+        conf = (short_tmp / "data" / "trs_aggregator.conf").read_text()
+        assert "application_name = 'it''s the bench'" in conf
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to 'postgres'")
 def test_root_reports_unreachable_data_dir(short_tmp: Path) -> None:
     """As root, a data dir the postgres user cannot traverse to is a clear error."""
