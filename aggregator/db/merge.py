@@ -295,7 +295,7 @@ async def _merge_overlapped(
     (they do not touch what is read), and the versions read are those of every record that
     shares a joining key or rule with another (*joinable*), not only of those the merge joined.
     Return the records merged and the tools written."""
-    writer = _Writer(conn, defer_history=True)
+    writer = _Writer(conn)
     nodes_seen = tools = 0
 
     async def load(k: int) -> tuple[list[Any], dict[int, list[VersionNode]]]:
@@ -704,21 +704,9 @@ async def _tools_holding(conn: Connection, affected: list[int], *, held: bool) -
     return [r["tool_id"] for r in rows]
 
 
-_HISTORY_TABLE: Final = """
-create temporary table if not exists merge_history (
-    id text, upstream_tool_id bigint, was_primary boolean);
-truncate merge_history
-"""
-_SAVE_HISTORY: Final = """
-insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-select id, upstream_tool_id, was_primary from merge_history
-union all
-select tool_id, upstream_tool_id, true from merge_single
-on conflict (id, upstream_tool_id) do nothing
-"""
-# A merge of many slices stages the id history of all of them and saves it once at the end, in
-# the order of its key: one pass over the history's index instead of one per slice (nothing in
-# the merge reads the history).
+# The id history of every slice is staged and saved once at the end, in the order of its key:
+# one pass over the history's index instead of one per slice (nothing in the merge reads the
+# history).
 _HISTORY_ALL_TABLE: Final = """
 create temporary table if not exists merge_history_all (
     id text, upstream_tool_id bigint, was_primary boolean);
@@ -741,14 +729,12 @@ class _Writer:
     """Writes the merged tools slice after slice. After a large insert the catalogue's
     statistics are refreshed (the next statements, and the next merge, are planned on them):
     once after the first slice that inserts many rows, so the planner knows the rows' size,
-    and once at the end. With *defer_history* (a merge of many slices), the id history of every
-    slice is saved once, at the end."""
+    and once at the end. The id history of every slice is staged and saved once, at the end."""
 
-    def __init__(self, conn: Connection, *, defer_history: bool = False) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.inserted = 0  # member rows inserted since the statistics were refreshed
         self.refreshed = False
-        self.defer_history = defer_history
         self.staged = False
         self.script: str | None = None  # statements kept to be sent (``send``)
         self.running: asyncio.Task[str] | None = None
@@ -767,13 +753,11 @@ class _Writer:
         await self.settle()
         ids, renames = await _assign_ids(self.conn, components, released)
         rows = _build(components, versions, ids, renames)
-        if self.defer_history and not self.staged:
+        if not self.staged:
             await self.conn.execute(_HISTORY_ALL_TABLE)
             self.staged = True
         kept: list[str] | None = [] if defer else None
-        self.inserted += await _store(
-            self.conn, rows, released, defer_history=self.defer_history, deferred=kept
-        )
+        self.inserted += await _store(self.conn, rows, released, deferred=kept)
         if kept:
             self.script = ";\n".join(kept)
         else:
@@ -879,30 +863,18 @@ def _build(
     return rows
 
 
-async def _write(
-    conn: Connection,
-    components: list[Component],
-    versions: dict[int, list[VersionNode]],
-    released: list[str],
-) -> int:
-    """Write the merged tools in place of the *released* ones, settling plain-id claims against
-    the rest of the catalogue; return the member rows inserted into a catalogue that held none
-    of these tools (0 when rows were compared and replaced)."""
-    ids, renames = await _assign_ids(conn, components, released)
-    return await _store(conn, _build(components, versions, ids, renames), released)
-
-
 async def _store(
     conn: Connection,
     rows: _Rows,
     released: list[str],
     *,
-    defer_history: bool = False,
     deferred: list[str] | None = None,
 ) -> int:
-    """Write *rows* in place of the *released* tools, as :func:`_write` does. When
-    *defer_history*, the id history is only staged (``merge_history_all``, saved by
-    ``_SAVE_HISTORY_ALL``). When *deferred* is a list and the tools are new to the catalogue,
+    """Write *rows* (their ids settled by :func:`_assign_ids`) in place of the *released*
+    tools; return the member rows inserted into a catalogue that held none of these tools (0
+    when rows were compared and replaced). The id history is only staged
+    (``merge_history_all``, saved by ``_SAVE_HISTORY_ALL`` in ``_Writer.finish``). When
+    *deferred* is a list and the tools are new to the catalogue,
     the statements without parameters that follow the copies are appended to it instead of
     being run."""
     ids, renames = rows.ids, rows.renames
@@ -924,23 +896,14 @@ async def _store(
     else:  # none of these tools is in the catalogue yet (a first merge, a new upstream)
         await _insert(conn, rows.tools, rows.members, rows.versions, deferred=deferred)
         inserted = len(rows.members) + len(rows.single)
-    # The ids each tool had, so they keep resolving after its members change.
-    if defer_history:
-        await conn.copy_records_to_table(
-            "merge_history_all",
-            records=rows.history,
-            columns=["id", "upstream_tool_id", "was_primary"],
-        )
-        if deferred is not None and not (released or renames):
-            deferred.append(_STAGE_SINGLE_HISTORY)
-        else:
-            await conn.execute(_STAGE_SINGLE_HISTORY)
-        return inserted
-    await conn.execute(_HISTORY_TABLE)
+    # The ids each tool had, so they keep resolving after its members change: staged.
     await conn.copy_records_to_table(
-        "merge_history", records=rows.history, columns=["id", "upstream_tool_id", "was_primary"]
+        "merge_history_all", records=rows.history, columns=["id", "upstream_tool_id", "was_primary"]
     )
-    await conn.execute(_SAVE_HISTORY)
+    if deferred is not None and not (released or renames):
+        deferred.append(_STAGE_SINGLE_HISTORY)
+    else:
+        await conn.execute(_STAGE_SINGLE_HISTORY)
     return inserted
 
 
