@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from aggregator.app import create_app
 from aggregator.config import Config, MergeConfig
 from aggregator.db import merge as merge_db
+from aggregator.db import merge_write
 from aggregator.db.merge import remerge, save_merge_rules
 from aggregator.demo.registry import STATE, make_registry_app
 from tests.static_trs import make_static_app
@@ -280,13 +281,13 @@ async def test_merge_plans_each_statement_for_its_parameters_and_restores_the_se
     config = config_for(db_dsn, {"one": server})
     await harvest(pool, config)
     seen: list[str] = []
-    assign_ids = merge_db._assign_ids
+    assign_ids = merge_write.assign_ids
 
     async def watched(conn: Any, *args: Any) -> Any:
         seen.append(await conn.fetchval("select current_setting('plan_cache_mode')"))
         return await assign_ids(conn, *args)
 
-    monkeypatch.setattr(merge_db, "_assign_ids", watched)
+    monkeypatch.setattr(merge_write, "assign_ids", watched)
     settings = "select current_setting('plan_cache_mode'), current_setting('random_page_cost')"
     async with pool.acquire() as conn:
         before = tuple(await conn.fetchrow(settings))
