@@ -10,6 +10,12 @@ incremental. Run by hand; results go to docs/benchmarks.md.
 (128 MB of shared buffers, 1 GB of WAL between checkpoints) are sized for a small database;
 ``--setting NAME=VALUE`` (repeatable) adds or overrides one.
 
+Each step also prints the processor time it took: the benchmark's own process (the merge's
+Python) and the database server (every process of the cluster: the connection's backend, its
+parallel workers, the background writers), read from ``/proc``; on this machine's two cores
+their sum over two is the least wall time the step could take with both kept busy. (With
+``--dsn``, the server's figure includes whatever else that server runs.)
+
 ``--no-capture`` disables, in the benchmark's database only, the trigger that records the
 change feed and search index at the generation bump (migration 0010), to time the merge's
 own phases apart from it (``merge_finished`` logs the seconds of each).
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import resource
 import sys
@@ -157,6 +164,38 @@ async def change_records(conn: asyncpg.Connection, count: int) -> None:
     )
 
 
+def _proc_cpu(pid: int, *, children: bool = False) -> float:
+    """User and system seconds of process *pid* (and of its children it has waited for)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:  # it has exited
+        return 0.0
+    used = int(fields[11]) + int(fields[12])
+    if children:
+        used += int(fields[13]) + int(fields[14])
+    return used / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(backend: int) -> float:
+    """Processor seconds used so far by the PostgreSQL server of *backend* (a local server's
+    backend process): its postmaster, every process it started that still runs, and those
+    that have exited (the postmaster's children's times)."""
+    with open(f"/proc/{backend}/stat") as f:
+        postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
+    total = _proc_cpu(postmaster, children=True)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) != postmaster:
+                        continue
+            except (OSError, ValueError, IndexError):
+                continue
+            total += _proc_cpu(int(entry.name))
+    return total
+
+
 async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
     admin = await asyncpg.connect(dsn)
     await admin.execute("drop database if exists trs_merge_bench")
@@ -172,17 +211,21 @@ async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
     await load_records(conn, n)
     await conn.execute("vacuum analyze")
     print(f"db n={n}: loaded in {time.perf_counter() - t0:.1f}s")
+    backend = await conn.fetchval("select pg_backend_pid()")
     for label, full, change in (("full", True, 0), ("incremental 1%", False, n // 100)):
         if change:
             await change_records(conn, change)
-        t = time.perf_counter()
+        t, own, server = time.perf_counter(), time.process_time(), server_cpu(backend)
         async with conn.transaction():
             await conn.execute("select 1 from catalogue_state for update")
             stats = await remerge(conn, tombstone_after=3, full=full)
+        wall, own = time.perf_counter() - t, time.process_time() - own
+        server = server_cpu(backend) - server
         print(
-            f"db {label}: {time.perf_counter() - t:.2f}s, dirty {stats.dirty}, "
+            f"db {label}: {wall:.2f}s, dirty {stats.dirty}, "
             f"re-merged {stats.nodes} records into {stats.tools} tools, "
-            f"peak RSS {rss_mb():.0f} MB"
+            f"peak RSS {rss_mb():.0f} MB; processor: merge {own:.2f}s, server {server:.2f}s, "
+            f"(merge + server) / 2 = {(own + server) / 2:.2f}s"
         )
     await conn.close()
 
