@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import random
 import sys
 from pathlib import Path
@@ -296,6 +297,52 @@ async def test_merge_plans_each_statement_for_its_parameters_and_restores_the_se
             await remerge(conn, tombstone_after=3, full=True, slice_records=4)
             assert tuple(await conn.fetchrow(settings)) == before
     assert len(seen) > 1 and set(seen) == {"force_custom_plan"}
+
+
+async def test_merge_pauses_the_garbage_collector_and_resumes_it_after(
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's cyclic collector is off while a merge runs and back on after it, also after a
+    merge that failed; one that was off before the merge stays off."""
+    server = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool(f"t{i}", aliases=[f"kelmor tavisu {i}"]) for i in range(9)])
+        )
+    )
+    config = config_for(db_dsn, {"one": server})
+    await harvest(pool, config)
+    seen: list[bool] = []
+    assign_ids = merge_write.assign_ids
+    failing = False
+
+    async def watched(conn: Any, *args: Any) -> Any:
+        seen.append(gc.isenabled())
+        if failing:
+            raise RuntimeError("write failed")
+        return await assign_ids(conn, *args)
+
+    monkeypatch.setattr(merge_write, "assign_ids", watched)
+
+    async def full_merge() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("select 1 from catalogue_state for update")
+            await remerge(conn, tombstone_after=3, full=True, slice_records=4)
+
+    assert gc.isenabled()
+    await full_merge()
+    assert len(seen) > 1 and set(seen) == {False}
+    assert gc.isenabled()
+    failing = True
+    with pytest.raises(RuntimeError, match="write failed"):
+        await full_merge()
+    assert gc.isenabled()
+    failing = False
+    gc.disable()
+    try:
+        await full_merge()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("slice_records", [None, 4], ids=["one", "sliced"])

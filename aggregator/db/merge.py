@@ -9,9 +9,11 @@ as a full re-merge (tested), which ``full=True`` performs.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -164,7 +166,65 @@ async def remerge(
 
     More than *slice_records* (default ``SLICE_RECORDS``) affected records are merged in
     slices of whole components (closed under shared evidence), one after the other in the
-    same transaction: the result is the same, and memory holds one slice at a time."""
+    same transaction: the result is the same, and memory holds one slice at a time.
+
+    The cyclic garbage collector is paused meanwhile (:func:`collector_paused`)."""
+    with collector_paused():
+        return await _remerge(
+            conn,
+            tombstone_after=tombstone_after,
+            max_per_upstream=max_per_upstream,
+            full=full,
+            slice_records=slice_records,
+        )
+
+
+@dataclass(slots=True)
+class _Pause:
+    """The merges of this process running with the collector paused, and whether it ran
+    before the first."""
+
+    depth: int = 0
+    resume: bool = False
+
+
+_PAUSE: Final = _Pause()
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector inside the block (when blocks nest, or two
+    merges of one process overlap, it resumes as the last ends, if it ran before the first).
+
+    A merge builds millions of short-lived containers (rows, records, keys, catalogue rows)
+    and holds a slice's worth of them alive; every collection of the oldest generation walks
+    all of them, and CPython starts one each time the objects that survived the younger
+    collections grow by a quarter: 48 of them took 7.0 s of the 11.5 s of Python in a full
+    merge of 200,000 records. What the merge builds holds no reference cycles (reference
+    counting frees it), so the collector has nothing to find there; the cycles the rest of
+    the process makes meanwhile are collected once it resumes.
+    """
+    if _PAUSE.depth == 0:
+        _PAUSE.resume = gc.isenabled()
+        gc.disable()
+    _PAUSE.depth += 1
+    try:
+        yield
+    finally:
+        _PAUSE.depth -= 1
+        if _PAUSE.depth == 0 and _PAUSE.resume:
+            gc.enable()
+
+
+async def _remerge(
+    conn: Connection,
+    *,
+    tombstone_after: int,
+    max_per_upstream: int,
+    full: bool,
+    slice_records: int | None,
+) -> MergeStats:
+    """:func:`remerge`, with the collector paused."""
     lap = _Laps()
     dirty = [r["id"] for r in await conn.fetch(_ALL_TOOLS if full else _DIRTY_TOOLS)]
     if not dirty:
