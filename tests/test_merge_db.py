@@ -345,6 +345,47 @@ async def test_merge_pauses_the_garbage_collector_and_resumes_it_after(
         gc.enable()
 
 
+async def test_a_cancelled_full_merge_leaves_its_connection_free(
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full merge cancelled while the server runs the statements it sent for one slice waits
+    for them, so its transaction rolls back and the connection serves the next query."""
+    server = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool(f"t{i}", aliases=[f"kelmor tavisu {i}"]) for i in range(9)])
+        )
+    )
+    config = config_for(db_dsn, {"one": server})
+    await harvest(pool, config)
+    before = await published_rows(pool)
+    send = merge_write.Writer.send
+
+    async def cancelled_after_send(self: merge_write.Writer) -> None:
+        await send(self)
+        if self.running is not None:  # the statements are with the server: cancel now
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(merge_write.Writer, "send", cancelled_after_send)
+
+    async def first_merge(conn: Any) -> None:
+        async with conn.transaction():
+            await conn.execute("delete from catalogue_tools")
+            await remerge(conn, tombstone_after=3, full=True, slice_records=4)
+
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncio.CancelledError):
+            await first_merge(conn)
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("select count(*) from catalogue_tools") == len(before["tools"])
+    assert await published_rows(pool) == before
+
+
 @pytest.mark.parametrize("slice_records", [None, 4], ids=["one", "sliced"])
 async def test_incremental_merge_publishes_what_a_full_merge_would(
     aiohttp_server: Any,

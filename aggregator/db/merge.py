@@ -389,7 +389,7 @@ async def _merge_overlapped(
             if k + 1 < len(slices):
                 following = await load(k + 1)
             await writer.send()
-    except Exception:
+    except BaseException:  # also when cancelled: the statements sent must end first
         await writer.abandon()
         raise
     await writer.settle()

@@ -4,7 +4,6 @@ differ from what is there."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -107,11 +106,14 @@ class Writer:
         await self._settled()
 
     async def abandon(self) -> None:
-        """Wait for the statements sent, whatever becomes of them (the transaction fails)."""
+        """Wait for the statements sent, whatever becomes of them (the transaction fails), so
+        that the connection is free for the rollback; also when the merge was cancelled (the
+        statements are waited for, not cancelled with it)."""
         if self.running is not None:
             running, self.running = self.running, None
-            with contextlib.suppress(Exception):
-                await running
+            await asyncio.wait([running])
+            if not running.cancelled():
+                running.exception()  # retrieved: the merge's own exception is the one raised
 
     async def _settled(self) -> None:
         if not self.refreshed and self.inserted >= ANALYZE_AFTER:
