@@ -8,6 +8,11 @@ word of its names, ids or aliases (so a half-typed name finds it). Exact matches
 tool the query names, then the tool named exactly the query, then tools with a name, alias or id
 that is exactly the query, then names starting with it, names containing it, and last the
 others by full-text rank.
+
+A search without words (the home page, filters alone) reads no text and no search rows for its
+counts: its total and facets are sums over ``search_facet_groups`` (the catalogue's tools
+counted by every value a facet shows or a filter reads, kept exact at every publish by
+migration 0025), and its page is read from an index in sort-key order.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ _PREFIX_WORD: Final = re.compile(r"[^\W_]+")
 # One row per catalogue tool matching the query, with what the facets and the ranking need.
 # $1 the query text (null: every tool), $2 it with typos corrected, $3 the prefix query
 # ("w1:* & w2:*", or null), $4-$8 the filters, $9 "in two or more registries" only. {found}
-# is the ids of the tools the text finds (through the indexes), or every tool's.
+# is the ids of the tools the text finds (through the indexes).
 _MATCHED_OF: Final = """
 with t as (select websearch_to_tsquery('simple', $1) || websearch_to_tsquery('english', $1)
                   || websearch_to_tsquery('simple', $2)
@@ -64,7 +69,6 @@ matched as materialized (
 _FOUND_BY_TEXT: Final = """
 select d.tool_id from search_docs d, t where d.document @@ t.query
 union select id from resolved where id is not null"""
-_EVERY_TOOL: Final = "select tool_id from search_docs"
 
 # The page of hits $10 long from $11, with the total and the facet counts of every match
 # ($12 values per facet, and the chosen values $13 always), in one statement.
@@ -76,7 +80,7 @@ counts as (
         select 'upstream' as facet, u as value, count(*) as n
         from matched, unnest(upstreams) u group by u
         union all
-        select 'type', d, count(*) from matched, unnest(types) d group by d
+        select 'type', d, count(*) from matched, unnest(types) d where d is not null group by d
         union all
         select 'toolclass', toolclass, count(*) from matched
         where toolclass is not null group by toolclass
@@ -180,8 +184,10 @@ async def search(conn: Conn, query: Search, *, offset: int, limit: int) -> Searc
     *conn* is a connection inside a transaction: the search's settings last until its end.
     """
     await conn.execute(_SETTINGS)
+    if not sanitise(query.text or ""):
+        return await _browse(conn, query, offset=offset, limit=limit)
     args = await query.args(conn)
-    matched = _MATCHED_OF.format(found=_FOUND_BY_TEXT if args[0] else _EVERY_TOOL)
+    matched = _MATCHED_OF.format(found=_FOUND_BY_TEXT)
     chosen = [v for v in (query.upstream, query.descriptor_type, query.toolclass) if v]
     chosen += [v for v in (query.organization, query.only) if v]
     rows = await conn.fetch(matched + _PAGE, *args, limit, offset, FACET_VALUES, chosen)
@@ -202,6 +208,101 @@ async def search(conn: Conn, query: Search, *, offset: int, limit: int) -> Searc
         if r["id"] is not None
     ]
     return SearchPage(hits, int(rows[0]["total"]), facets)
+
+
+# The counts of a search without words: per facet, its values with the tools of each, from the
+# groups of search_facet_groups that pass the filters ({where}); $1 values per facet, and the
+# chosen values $2 always.
+_GROUP_COUNTS: Final = """
+with g as materialized (
+    select d.upstreams, d.descriptor_types as types, nullif(d.toolclass, '') as toolclass,
+           nullif(d.organization, '') as org, d.tools
+    from search_facet_groups d where {where}),
+counts as (
+    select facet, value, n,
+           row_number() over (partition by facet order by n desc, value) as place
+    from (
+        select 'upstream' as facet, u as value, sum(tools) as n
+        from g, unnest(upstreams) u group by u
+        union all
+        select 'type', t, sum(tools) from g, unnest(types) t where t is not null group by t
+        union all
+        select 'toolclass', toolclass, sum(tools) from g
+        where toolclass is not null group by toolclass
+        union all
+        select 'org', org, sum(tools) from g where org is not null group by org
+        union all
+        select 'multi', 'yes', coalesce(sum(tools), 0) from g where cardinality(upstreams) >= 2
+        union all
+        select 'only', upstreams[1], sum(tools) from g
+        where cardinality(upstreams) = 1 group by upstreams[1]
+    ) f)
+select (select coalesce(sum(tools), 0) from g) as total,
+       (select coalesce(jsonb_agg(jsonb_build_array(facet, value, n)
+                                  order by facet, n desc, value), '[]')
+        from counts where place <= $1 or value = any($2::text[])) as facets
+"""
+# The page of a search without words: sort-key order, rows [$1 + 1, $1 + $2].
+_BROWSE_PAGE: Final = """
+select d.tool_id as id, d.name, nullif(d.organization, '') as org,
+       nullif(d.toolclass, '') as toolclass, d.upstreams, d.descriptor_types as types
+from search_docs d where {where}
+order by d.sort_key offset $1 limit $2
+"""
+
+
+def _filters(query: Search, args: list[Any]) -> str:
+    """The filters of *query* on ``d`` (search rows, or their groups: the same columns);
+    their values are appended to *args*."""
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    clauses = []
+    if query.upstream:
+        clauses.append(f"d.upstreams @> array[{arg(query.upstream)}::text]")
+    if query.descriptor_type:
+        clauses.append(f"d.descriptor_types @> array[{arg(query.descriptor_type.upper())}::text]")
+    if query.toolclass:
+        clauses.append(f"lower(d.toolclass) = lower({arg(query.toolclass)}::text)")
+    if query.organization:
+        clauses.append(f"lower(d.organization) = lower({arg(query.organization)}::text)")
+    if query.only:
+        clauses.append(f"d.upstreams = array[{arg(query.only)}::text]")
+    if query.multi:
+        clauses.append("cardinality(d.upstreams) >= 2")
+    return " and ".join(clauses) or "true"
+
+
+async def _browse(conn: Conn, query: Search, *, offset: int, limit: int) -> SearchPage:
+    """A search without words: the counts from the facet groups, the page from the index."""
+    chosen = [v for v in (query.upstream, query.descriptor_type, query.toolclass) if v]
+    chosen += [v for v in (query.organization, query.only) if v]
+    args: list[Any] = [FACET_VALUES, chosen]
+    counted = await conn.fetchrow(_GROUP_COUNTS.format(where=_filters(query, args)), *args)
+    assert counted is not None  # aggregates: one row
+    facets: dict[str, list[tuple[str, int]]] = {}
+    for facet, value, n in counted["facets"]:
+        facets.setdefault(facet, []).append((value, int(n)))
+    total = int(counted["total"])
+    if offset >= total:
+        return SearchPage([], total, facets)
+    args = [offset, limit]
+    rows = await conn.fetch(_BROWSE_PAGE.format(where=_filters(query, args)), *args)
+    hits = [
+        Hit(
+            r["id"],
+            r["name"],
+            r["org"],
+            r["toolclass"],
+            list(r["upstreams"]),
+            list(r["types"]),
+            exact=False,
+        )
+        for r in rows
+    ]
+    return SearchPage(hits, total, facets)
 
 
 async def catalogue_upstream_names(conn: Conn) -> list[str]:

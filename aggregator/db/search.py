@@ -2,7 +2,9 @@
 
 The index is maintained by the database itself at every publish; this module only reads it.
 Names, aliases and ids weigh most, then organisation and authors, then descriptions; a name
-within a typo or two of the query (``pg_trgm`` word similarity) matches too.
+within a typo or two of the query (``pg_trgm`` word similarity) matches too. A search without
+text (filters alone) reads its total and its facet counts, always exact, from
+``search_facet_groups`` (migration 0025) and its page in id order from the primary key.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ if TYPE_CHECKING:
 MAX_QUERY_CHARS: Final = 200
 #: How much of a query word must match a name, in shared trigrams, to count as a typo of it.
 TYPO_SIMILARITY: Final = 0.4
-#: Facets are counted over every hit up to this many hits; past it, over a sample of about
-#: this many (chosen by a hash of the tool id, so independent of order and of every filter),
-#: scaled to the total, and the answer says they are estimates.
+#: Facets of a search with text are counted over every hit up to this many hits; past it,
+#: over a sample of about this many (chosen by a hash of the tool id, so independent of order
+#: and of every filter), scaled to the total, and the answer says they are estimates. Those of
+#: a search without text are exact at any size.
 FACET_EXACT_LIMIT: Final = 1000
 FACETS: Final = ("upstream", "descriptor_type", "toolclass", "organization", "has_checker")
 
@@ -106,16 +109,20 @@ _HEADLINE: Final = "StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=2
 _WORD: Final = re.compile(r"[^\W_]{3,}")
 
 # The counts of each filter value among the hits counted (s: all hits, or a sample of them),
-# as one JSON object.
+# as one JSON object (a null in a list of values, as an upstream may send, is no value).
 _FACETS: Final = """jsonb_build_object(
     'upstream', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select u as k, count(*) as n from s, unnest(s.upstreams) u group by u) x),
+                 (select u as k, count(*) as n from s, unnest(s.upstreams) u
+                  where u is not null group by u) x),
     'descriptor_type', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select t as k, count(*) as n from s, unnest(s.descriptor_types) t group by t) x),
+                 (select t as k, count(*) as n from s, unnest(s.descriptor_types) t
+                  where t is not null group by t) x),
     'toolclass', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select c as k, count(*) as n from s, unnest(s.toolclasses) c group by c) x),
+                 (select c as k, count(*) as n from s, unnest(s.toolclasses) c
+                  where c is not null group by c) x),
     'organization', (select coalesce(jsonb_object_agg(k, n), '{}') from
-                 (select o as k, count(*) as n from s, unnest(s.organizations) o group by o) x),
+                 (select o as k, count(*) as n from s, unnest(s.organizations) o
+                  where o is not null group by o) x),
     'has_checker', (select coalesce(jsonb_object_agg(k, n), '{}') from
                  (select s.has_checker::text as k, count(*) as n from s group by 1) x))"""
 
@@ -182,6 +189,81 @@ async def corrected(conn: Any, text: str) -> str:
     return _WORD.sub(lambda m: fixes.get(m.group(0).lower(), m.group(0)), text)
 
 
+# A search without text: its total and, when {facets}, the counts of each filter value, summed
+# over the groups of search_facet_groups that pass the filters ({where}).
+_GROUP_TOTALS: Final = """
+with g as materialized (select * from search_facet_groups d where {where})
+select (select coalesce(sum(tools), 0) from g) as total, {facets} as facets"""
+_GROUP_FACETS: Final = """jsonb_build_object(
+    'upstream', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select u as k, sum(tools) as n from g, unnest(g.upstreams) u
+                  where u is not null group by u) x),
+    'descriptor_type', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select t as k, sum(tools) as n from g, unnest(g.descriptor_types) t
+                  where t is not null group by t) x),
+    'toolclass', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select c as k, sum(tools) as n from g, unnest(g.toolclasses) c
+                  where c is not null group by c) x),
+    'organization', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select o as k, sum(tools) as n from g, unnest(g.organizations) o
+                  where o is not null group by o) x),
+    'has_checker', (select coalesce(jsonb_object_agg(k, n), '{}') from
+                 (select g.has_checker::text as k, sum(tools) as n from g group by 1) x))"""
+# Its page: every hit scores 0, so the order is the tools' ids.
+_BROWSE_PAGE: Final = """
+select d.tool_id, d.name, d.organization, d.toolclass, d.upstreams, d.descriptor_types,
+       d.has_checker
+from search_docs d where {where} order by d.tool_id limit {limit}"""
+
+
+async def _browse(
+    conn: Any,
+    query: SearchQuery,
+    *,
+    limit: int,
+    after: tuple[float, str] | None,
+    facets: bool,
+) -> SearchResult:
+    args: list[Any] = []
+    where = " and ".join(query.where(args)) or "true"
+    counted = await conn.fetchrow(
+        _GROUP_TOTALS.format(where=where, facets=_GROUP_FACETS if facets else "null::jsonb"),
+        *args,
+    )
+    result = SearchResult(total=int(counted["total"]), hits=[])
+    if facets:
+        found = counted["facets"]
+        result.facets = {name: {str(k): int(v) for k, v in found[name].items()} for name in FACETS}
+    if after is not None:
+        # As the keyset of a search with text reads it, every score being 0.
+        args += [after[0], after[1]]
+        n = len(args)
+        where += (
+            f" and (0 < round(${n - 1}::float8::numeric, 6) or "
+            f"(0 = round(${n - 1}::float8::numeric, 6) and d.tool_id > ${n}))"
+        )
+    args.append(limit + 1)
+    if result.total:
+        rows = await conn.fetch(_BROWSE_PAGE.format(where=where, limit=f"${len(args)}"), *args)
+        result.hits = [
+            Hit(
+                r["tool_id"],
+                0.0,
+                r["name"],
+                r["organization"],
+                r["toolclass"],
+                list(r["upstreams"]),
+                list(r["descriptor_types"]),
+                r["has_checker"],
+                {},
+            )
+            for r in rows[:limit]
+        ]
+        if len(rows) > limit and result.hits:
+            result.next_after = (0.0, result.hits[-1].id)
+    return result
+
+
 async def _search(
     conn: Any,
     query: SearchQuery,
@@ -193,29 +275,26 @@ async def _search(
 ) -> SearchResult:
     args: list[Any] = []
     text = sanitise(query.text)
+    if not text:
+        return await _browse(conn, query, limit=limit, after=after, facets=facets)
     clauses = query.where(args)
-    if text:
-        fixed = await corrected(conn, text)
-        args += [text, fixed]
-        q, c = f"${len(args) - 1}", f"${len(args)}"
-        # The websearch form (quotes, or, -word) read as plain words (names and ids) and as
-        # English (descriptions), and again with typos in name words corrected.
-        tsquery = f"websearch_to_tsquery('simple', {q}) || websearch_to_tsquery('english', {q})" + (
-            f" || websearch_to_tsquery('simple', {c})" if fixed != text else ""
-        )
-        source = f"search_docs d cross join (select {tsquery} as query) as t"
-        clauses.append("d.document @@ t.query")
-        score = "round(ts_rank(d.document, t.query)::numeric, 6)"
-        headline = f"""ts_headline('english', p.description,
-                           websearch_to_tsquery('english', {q})
-                           || websearch_to_tsquery('english', {c}), '{_HEADLINE}')
-                       as hl_description,
-                       ts_headline('simple', p.name, websearch_to_tsquery('simple', {q})
-                           || websearch_to_tsquery('simple', {c}), '{_HEADLINE}') as hl_name"""
-    else:
-        source = "search_docs d"
-        score = "0::numeric"
-        headline = "null as hl_description, null as hl_name"
+    fixed = await corrected(conn, text)
+    args += [text, fixed]
+    q, c = f"${len(args) - 1}", f"${len(args)}"
+    # The websearch form (quotes, or, -word) read as plain words (names and ids) and as
+    # English (descriptions), and again with typos in name words corrected.
+    tsquery = f"websearch_to_tsquery('simple', {q}) || websearch_to_tsquery('english', {q})" + (
+        f" || websearch_to_tsquery('simple', {c})" if fixed != text else ""
+    )
+    source = f"search_docs d cross join (select {tsquery} as query) as t"
+    clauses.append("d.document @@ t.query")
+    score = "round(ts_rank(d.document, t.query)::numeric, 6)"
+    headline = f"""ts_headline('english', p.description,
+                       websearch_to_tsquery('english', {q})
+                       || websearch_to_tsquery('english', {c}), '{_HEADLINE}')
+                   as hl_description,
+                   ts_headline('simple', p.name, websearch_to_tsquery('simple', {q})
+                       || websearch_to_tsquery('simple', {c}), '{_HEADLINE}') as hl_name"""
     where = " and ".join(clauses) or "true"
     keyset = ""
     if after is not None:
