@@ -21,11 +21,13 @@ async def catalogue_size(conn: Executor) -> tuple[int, int]:
     return int(row["generation"]), int(row["tools"])
 
 
+# Each upstream's newest finished run: the greatest id in the index of its finished runs, then
+# that run (not every run of every upstream read and sorted).
 _LAST_DURATIONS: Final = """
-select distinct on (upstream_id) u.name as upstream,
-       extract(epoch from r.finished_at - r.started_at)::float8 as seconds
-from harvest_runs r join upstreams u on u.id = r.upstream_id
-where r.finished_at is not null order by upstream_id, r.id desc
+select u.name as upstream, extract(epoch from r.finished_at - r.started_at)::float8 as seconds
+from upstreams u
+join harvest_runs r on r.id = (select max(x.id) from harvest_runs x
+                               where x.upstream_id = u.id and x.finished_at is not null)
 """
 
 

@@ -257,6 +257,10 @@ async def pending_requests(conn: Executor) -> list[str]:
     return [r["name"] for r in rows]
 
 
+# An upstream's last run and last success are found as the greatest id in an index of its
+# own runs (by status for the success), then read by id: asked for "its newest run", the
+# planner walks the primary key from the newest run of all, through every newer run of every
+# other upstream when this one has not run for a while.
 _LIST_UPSTREAMS: Final = """
 select u.id, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled, u.source,
        u.next_harvest_at, u.consecutive_failures, u.circuit_open_until, now() as now,
@@ -274,11 +278,15 @@ select u.id, u.name, u.url, u.kind, u.mode, u.priority, u.schedule, u.enabled, u
               where r.upstream_id = u.id and r.conformance <> '{}'
               order by r.id desc limit 10) c) as conformance_runs
 from upstreams u
-left join lateral (select * from harvest_runs r where r.upstream_id = u.id
-                   order by r.id desc limit 1) last on true
 left join lateral (select * from harvest_runs r
-                   where r.upstream_id = u.id and r.status in ('succeeded', 'partial')
-                   order by r.id desc limit 1) ok on true
+                   where r.id = (select max(x.id) from harvest_runs x
+                                 where x.upstream_id = u.id)) last on true
+left join lateral (select * from harvest_runs r
+                   where r.id = greatest((select max(x.id) from harvest_runs x
+                                          where x.upstream_id = u.id and x.status = 'succeeded'),
+                                         (select max(x.id) from harvest_runs x
+                                          where x.upstream_id = u.id and x.status = 'partial')))
+                  ok on true
 where $1::text is null or u.name = $1
 order by u.priority, u.name
 """
