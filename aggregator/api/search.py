@@ -251,7 +251,8 @@ SCHEMAS: Final[dict[str, Any]] = {
             "facets": {
                 "type": "object",
                 "description": "Per filter (`upstream`, `descriptor_type`, `toolclass`, "
-                "`organization`, `has_checker`), how many hits have each value: exact up to "
+                "`organization`, `has_checker`), how many hits have each value. Without `q`: "
+                "exact, whatever the number of hits. With `q`: exact up to "
                 f"{FACET_EXACT_LIMIT:,} hits; above that, estimated from a sample of about "
                 f"{FACET_EXACT_LIMIT:,} hits (chosen by a hash of the tool id) scaled to the "
                 "total, and a value no sampled hit has is left out (see `facets_estimated`).",
@@ -263,7 +264,8 @@ SCHEMAS: Final[dict[str, Any]] = {
             "facets_estimated": {
                 "type": "boolean",
                 "description": "Present with `facets`: true when the counts are estimates "
-                f"(more than {FACET_EXACT_LIMIT:,} hits), false when they are exact.",
+                f"(`q` given and more than {FACET_EXACT_LIMIT:,} hits), false when they are "
+                "exact.",
             },
             "next": {"type": "string", "nullable": True, "description": "The next page."},
         },
