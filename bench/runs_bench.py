@@ -1,6 +1,6 @@
 # ruff: noqa: SLF001 - the statements are explained as the code runs them: its own constants
-"""The frequent reads of the harvest runs over a long history: each query as the code runs it,
-EXPLAIN (ANALYZE, BUFFERS), with migration 0025's indexes and as it was before them.
+"""The frequent reads of the harvest runs and the audit log over a long history: each query as
+the code runs it, EXPLAIN (ANALYZE, BUFFERS), now and as it was before migration 0025.
 Run by hand; results go to docs/benchmarks.md.
 
     .venv/bin/python bench/runs_bench.py --runs 200000
@@ -8,10 +8,11 @@ Run by hand; results go to docs/benchmarks.md.
 Makes a scratch database on the server of ``--admin-dsn`` (migrated), five upstreams and
 ``--runs`` finished runs (every 50th failed, 20th partial, 97th abandoned, every 10th with fetch
 errors, all of them the first upstream's: the four others conform), two runs still running,
-and a sixth upstream whose 100 runs are older than all of those. Each query is explained three
+and a sixth upstream whose 100 runs are older than all of those; and as many rows of audit
+log (refusals without a token, one row per minute). Each query is explained three
 times as it is now and three times as it was before (the statement of then, 0025's indexes
 dropped in a transaction that is rolled back), interleaved; the report gives the median
-execution time, the plan's scans of harvest_runs and the buffers it touched.
+execution time, the plan's scans of harvest_runs and audit_log and the buffers it touched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import uuid
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg
 
-from aggregator.db import console, metrics, runs, upstreams
+from aggregator.db import console, metrics, operations, runs, upstreams
 from aggregator.db.migrate import migrate
 from aggregator.db.pool import connect
 
@@ -54,6 +56,11 @@ select (select min(id) from upstreams) + g % 5,
 from generate_series(1, $1) g;
 insert into harvest_runs (upstream_id, status)
 select id, 'running' from upstreams where name in ('u2', 'u4');
+-- The audit log: as many rows, one refusal without a token counted per minute.
+insert into audit_log (at, actor, action, outcome, status, detail)
+select now() - ($1 - g) * interval '1 minute', 'anonymous', 'pause', 'refused', 401,
+       '{"count": 3}'
+from generate_series(1, $1) g;
 """
 
 #: The statements as they were before migration 0025 (where they changed with it).
@@ -88,6 +95,16 @@ left join lateral (select * from harvest_runs r
 where $1::text is null or u.name = $1
 order by u.priority, u.name
 """
+COUNT_REFUSAL_BEFORE = """
+update audit_log set detail = detail || jsonb_build_object(
+        'count', coalesce((detail ->> 'count')::bigint, 1) + 1,
+        'last_at', now(), 'last_target', $2::text, 'last_remote', $3::text)
+where id = (select id from audit_log
+            where actor = 'anonymous' and action = $1 and outcome = 'refused'
+              and at > now() - interval '1 minute'
+            order by id desc limit 1)
+returning id
+"""
 RUN_INDEXES = (
     "harvest_runs_running_idx",
     "harvest_runs_conformance_idx",
@@ -111,6 +128,12 @@ QUERIES: list[tuple[str, str, str | None, list[Any]]] = [
     ),
     ("metrics: last run durations", metrics._LAST_DURATIONS, LAST_DURATIONS_BEFORE, []),
     ("metrics: fetch errors of every run", metrics._FETCH_ERRORS, None, []),
+    (
+        "audit: a refusal without a token counted (rolled back)",
+        operations._COUNT_ANONYMOUS_REFUSAL,
+        COUNT_REFUSAL_BEFORE,
+        ["cancel", "x", None, operations.AUDIT_RECENT],
+    ),
     (
         "console: run status counts",
         "select status, count(*) from harvest_runs where upstream_id = $1 group by status",
@@ -142,10 +165,15 @@ async def explain(conn: asyncpg.Connection[Any], sql: str, args: list[Any]) -> d
     return plan
 
 
+def max_param(sql: str) -> int:
+    """The highest $n of *sql*."""
+    return max(int(n) for n in re.findall(r"\$(\d+)", sql))
+
+
 def scans(node: dict[str, Any]) -> list[str]:
     """The scans of a plan, e.g. ``Index Scan harvest_runs_running_idx``."""
     found = []
-    if "Scan" in node["Node Type"] and node.get("Relation Name") == "harvest_runs":
+    if "Scan" in node["Node Type"] and node.get("Relation Name") in {"harvest_runs", "audit_log"}:
         found.append(f"{node['Node Type']} {node.get('Index Name', '')}".strip())
     for child in node.get("Plans", []):
         found += scans(child)
@@ -168,9 +196,9 @@ async def main_async(args: argparse.Namespace) -> None:
             values = {"up": up, "last": last}
             print(
                 f"{args.runs:,} finished runs of five upstreams, 2 running; a sixth upstream's "
-                "100 runs, older\n"
+                f"100 runs, older; {args.runs:,} rows of audit log\n"
             )
-            print("| query | now: ms, scans of harvest_runs, buffers | before 0025 |")
+            print("| query | now: ms, scans, buffers | before |")
             print("| --- | --- | --- |")
             for label, sql, before, raw in QUERIES:
                 bound = [values.get(a, a) if isinstance(a, str) else a for a in raw]
@@ -185,7 +213,9 @@ async def main_async(args: argparse.Namespace) -> None:
                             try:
                                 for index in RUN_INDEXES:
                                     await conn.execute(f"drop index {index}")
-                                seen[False].append(await explain(conn, before or sql, bound))
+                                then = before or sql
+                                then_args = bound[: max_param(then)] if "$" in then else bound
+                                seen[False].append(await explain(conn, then, then_args))
                             finally:
                                 await tr.rollback()
                 cells = []

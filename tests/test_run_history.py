@@ -1,7 +1,8 @@
 """The reads of the harvest runs over a history of many runs of several upstreams (migration
 0025's indexes): the runs still running, each upstream's last run, last success, last
 conformance findings, last finished run and its runs by status are those the history holds,
-for an upstream that ran last long ago too."""
+for an upstream that ran last long ago too. And the audit log's row of the last minute that
+counts refusals without a token, over a long log."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from aggregator.db import console, metrics, runs
+from aggregator.db import console, metrics, operations, runs
 from aggregator.db.pool import create_pool
 from aggregator.db.upstreams import list_upstreams
 
@@ -145,3 +146,35 @@ async def test_orphaned_runs_are_abandoned_and_only_they(
     async with pool.acquire() as conn:
         assert await runs.running_run(conn, b) is None
     assert await runs.abandon_orphaned_runs(pool) == 0
+
+
+async def test_refusals_without_a_token_share_a_row_per_action_and_minute(db_dsn: str) -> None:
+    """Over a long audit log: a refusal is counted on its action's row of the last minute,
+    after admin actions written since too; a row older than a minute, or another action's,
+    is not used."""
+    pool = await create_pool(db_dsn)
+    try:
+        await pool.execute(
+            "insert into audit_log (at, actor, action, outcome, status, detail) "
+            "select now() - interval '2 minutes' - g * interval '1 minute', 'anonymous', "
+            "'pause', 'refused', 401, '{\"count\": 3}' from generate_series(1, 5000) g"
+        )
+        first = await operations.audit_anonymous_refusal(
+            pool, action="pause", target="a", remote="192.0.2.1"
+        )
+        for i in range(20):
+            await operations.audit(
+                pool, actor="token:ops", role="admin", action="apply", target=str(i), outcome="ok"
+            )
+        again = await operations.audit_anonymous_refusal(
+            pool, action="pause", target="b", remote="192.0.2.2"
+        )
+        other = await operations.audit_anonymous_refusal(
+            pool, action="cancel", target="a", remote=None
+        )
+        assert again == first and other != first
+        detail = await pool.fetchval("select detail from audit_log where id = $1", first)
+        assert detail["count"] == 2 and detail["last_target"] == "b"
+        assert await pool.fetchval("select count(*) from audit_log") == 5000 + 20 + 2
+    finally:
+        await pool.close()

@@ -155,15 +155,21 @@ async def audit(
 
 
 # Refusals of requests without a valid token are counted on one row per action and minute
-# rather than written one by one: nobody can grow the audit log faster than that.
+# rather than written one by one: nobody can grow the audit log faster than that. The row of
+# the last minute is looked for among the newest AUDIT_RECENT rows (the log holds one such row
+# per action and minute, and admin actions): every request without a token would otherwise
+# read the whole log, which only grows.
+AUDIT_RECENT: Final = 1000
 _COUNT_ANONYMOUS_REFUSAL: Final = """
 update audit_log set detail = detail || jsonb_build_object(
         'count', coalesce((detail ->> 'count')::bigint, 1) + 1,
         'last_at', now(), 'last_target', $2::text, 'last_remote', $3::text)
-where id = (select id from audit_log
-            where actor = 'anonymous' and action = $1 and outcome = 'refused'
-              and at > now() - interval '1 minute'
-            order by id desc limit 1)
+where id = (select r.id
+            from (select id, actor, action, outcome, at from audit_log
+                  order by id desc limit $4) as r
+            where r.actor = 'anonymous' and r.action = $1 and r.outcome = 'refused'
+              and r.at > now() - interval '1 minute'
+            order by r.id desc limit 1)
 returning id
 """
 
@@ -173,7 +179,9 @@ async def audit_anonymous_refusal(
 ) -> int:
     """Record that a request for *action* came without a valid token (401); return the id of
     the audit record, which counts such refusals for a minute."""
-    audit_id: int | None = await conn.fetchval(_COUNT_ANONYMOUS_REFUSAL, action, target, remote)
+    audit_id: int | None = await conn.fetchval(
+        _COUNT_ANONYMOUS_REFUSAL, action, target, remote, AUDIT_RECENT
+    )
     if audit_id is not None:
         return audit_id
     return await audit(
