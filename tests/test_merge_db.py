@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from aggregator.app import create_app
 from aggregator.config import Config, MergeConfig
 from aggregator.db import merge as merge_db
-from aggregator.db import merge_write
+from aggregator.db import merge_evidence, merge_write
 from aggregator.db.merge import remerge, save_merge_rules
 from aggregator.demo.registry import STATE, make_registry_app
 from tests.static_trs import make_static_app
@@ -384,6 +384,32 @@ async def test_a_cancelled_full_merge_leaves_its_connection_free(
         assert not conn.is_in_transaction()
         assert await conn.fetchval("select count(*) from catalogue_tools") == len(before["tools"])
     assert await published_rows(pool) == before
+
+
+async def test_full_merge_recomputes_every_records_evidence(
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full merge replaces all the evidence at once by what the records hold now: a key no
+    record holds any more is gone, every record's keys are back, in several batches too."""
+    server = await aiohttp_server(
+        make_registry_app(
+            catalogue([cwl_tool(f"t{i}", aliases=[f"kelmor tavisu {i}"]) for i in range(9)])
+        )
+    )
+    config = config_for(db_dsn, {"one": server})
+    await harvest(pool, config)
+    evidence = "select upstream_tool_id, kind, value from tool_evidence order by 1, 2, 3"
+    before = [tuple(r) for r in await pool.fetch(evidence)]
+    assert len(before) == 9
+    await pool.execute(
+        "insert into tool_evidence (upstream_tool_id, kind, value)"
+        " select min(id), 'alias', 'stale-key-nobody-holds' from upstream_tools"
+    )
+    monkeypatch.setattr(merge_evidence, "EVIDENCE_BATCH", 4)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("select 1 from catalogue_state for update")
+        await remerge(conn, tombstone_after=3, full=True)
+    assert [tuple(r) for r in await pool.fetch(evidence)] == before
 
 
 @pytest.mark.parametrize("slice_records", [None, 4], ids=["one", "sliced"])

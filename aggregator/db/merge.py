@@ -238,7 +238,7 @@ async def _remerge(
     await conn.execute(_SET_PLAN, MERGE_PAGE_COST, jit if full else "off", MERGE_PLAN_CACHE)
     rules, partners = await _load_rules(conn)
     await conn.execute(CLOSURE_TABLES)
-    await refresh_evidence(conn, dirty, tombstone_after, keep_old=not full)
+    await refresh_evidence(conn, dirty, tombstone_after, keep_old=not full, every=full)
     if len(dirty) >= ANALYZE_AFTER and len(dirty) * 10 >= await conn.fetchval(_EVIDENCE_COUNTED):
         await conn.execute(_ANALYZE_EVIDENCE)
     await conn.execute(_CLEAR_DIRTY, dirty)

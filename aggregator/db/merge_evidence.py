@@ -3,8 +3,10 @@ whose merge can change after some records changed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from typing import TYPE_CHECKING, Final
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -21,6 +23,7 @@ EVIDENCE_BATCH: Final = 25_000
 
 
 _DELETE_EVIDENCE: Final = "delete from tool_evidence where upstream_tool_id = any($1::bigint[])"
+_DELETE_ALL_EVIDENCE: Final = "delete from tool_evidence"
 # The keys the records held before, kept for the closure (the tools sharing any of them).
 _DELETE_EVIDENCE_KEEP: Final = """
 with gone as (
@@ -52,27 +55,49 @@ where fc.sha256 = x.sha256
 
 
 async def refresh_evidence(
-    conn: Connection, ids: list[int], tombstone_after: int, *, keep_old: bool
+    conn: Connection, ids: list[int], tombstone_after: int, *, keep_old: bool, every: bool = False
 ) -> None:
     """Recompute the evidence of tools *ids* (none for tools no longer live), a batch at a
-    time; when *keep_old*, the joining keys they held before go to ``merge_old_keys``."""
+    time; when *keep_old*, the joining keys they held before go to ``merge_old_keys``. When
+    *every*, *ids* are all the upstream tools (a full merge): the old evidence goes at once.
+
+    Each batch's rows are computed as ``COPY`` takes them (:func:`_evidence_rows`): the server
+    stores one part while Python computes the next."""
+    if every:
+        await conn.execute(_DELETE_ALL_EVIDENCE)
     for start in range(0, len(ids), EVIDENCE_BATCH):
         batch = ids[start : start + EVIDENCE_BATCH]
         if keep_old:
             await conn.execute(_DELETE_EVIDENCE_KEEP, batch, sorted(CORROBORATING))
-        else:
+        elif not every:
             await conn.execute(_DELETE_EVIDENCE, batch)
         tools = await conn.fetch(_LIVE_IDENTIFIERS, batch, tombstone_after)
         content = await _descriptor_content(conn, batch)
-        rows = []
-        for t in tools:
-            doc = {"aliases": t["aliases"], "identifiers": t["identifiers"]}
-            for kind, value in evidence(t["external_id"], doc, content.get(t["id"], ())):
-                rows.append((t["id"], kind, value))
-        if rows:
+        if tools:
             await conn.copy_records_to_table(
-                "tool_evidence", records=rows, columns=["upstream_tool_id", "kind", "value"]
+                "tool_evidence",
+                records=_evidence_rows(tools, content),
+                columns=["upstream_tool_id", "kind", "value"],
             )
+
+
+# Records whose evidence is computed between two turns of the event loop, in which the rows
+# already encoded (asyncpg sends them 512 KB at a time) reach the server.
+_EVIDENCE_TURN: Final = 2_000
+
+
+async def _evidence_rows(
+    tools: list[Any], content: dict[int, set[str]]
+) -> AsyncIterator[tuple[int, str, str]]:
+    """The evidence rows of *tools* (``_LIVE_IDENTIFIERS`` rows), yielding to the event loop
+    every ``_EVIDENCE_TURN`` records so that what is ready goes to the server meanwhile."""
+    for n, t in enumerate(tools, 1):
+        doc = {"aliases": t["aliases"], "identifiers": t["identifiers"]}
+        tool_id = t["id"]
+        for kind, value in evidence(t["external_id"], doc, content.get(tool_id, ())):
+            yield (tool_id, kind, value)
+        if n % _EVIDENCE_TURN == 0:
+            await asyncio.sleep(0)
 
 
 async def _descriptor_content(conn: Connection, ids: list[int]) -> dict[int, set[str]]:
