@@ -284,9 +284,9 @@ async def test_merge_plans_each_statement_for_its_parameters_and_restores_the_se
     seen: list[str] = []
     assign_ids = merge_write.assign_ids
 
-    async def watched(conn: Any, *args: Any) -> Any:
+    async def watched(conn: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(await conn.fetchval("select current_setting('plan_cache_mode')"))
-        return await assign_ids(conn, *args)
+        return await assign_ids(conn, *args, **kwargs)
 
     monkeypatch.setattr(merge_write, "assign_ids", watched)
     settings = "select current_setting('plan_cache_mode'), current_setting('random_page_cost')"
@@ -315,11 +315,11 @@ async def test_merge_pauses_the_garbage_collector_and_resumes_it_after(
     assign_ids = merge_write.assign_ids
     failing = False
 
-    async def watched(conn: Any, *args: Any) -> Any:
+    async def watched(conn: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(gc.isenabled())
         if failing:
             raise RuntimeError("write failed")
-        return await assign_ids(conn, *args)
+        return await assign_ids(conn, *args, **kwargs)
 
     monkeypatch.setattr(merge_write, "assign_ids", watched)
 
@@ -410,6 +410,30 @@ async def test_full_merge_recomputes_every_records_evidence(
         await conn.execute("select 1 from catalogue_state for update")
         await remerge(conn, tombstone_after=3, full=True)
     assert [tuple(r) for r in await pool.fetch(evidence)] == before
+
+
+async def test_first_merge_in_slices_settles_plain_ids_two_upstreams_hold(
+    aiohttp_server: Any, pool: asyncpg.Pool[Any], db_dsn: str
+) -> None:
+    """A full merge into an empty catalogue, slice after slice, gives a plain id that records
+    of two upstreams hold to the better-ranked one even when the other's tool was written by
+    an earlier slice (it steps aside to its qualified id), as the published catalogue has it;
+    ids only one record holds are not looked up."""
+    ids = [f"x{i}" for i in range(6)]
+    red = await aiohttp_server(
+        make_registry_app(catalogue([cwl_tool(i, marker="red") for i in [*ids, "red-only"]]))
+    )
+    blue = await aiohttp_server(
+        make_registry_app(catalogue([cwl_tool(i, marker="blue") for i in [*ids, "blue-only"]]))
+    )
+    config = with_priority(config_for(db_dsn, {"red": red, "blue": blue}), "blue", 5)
+    await harvest(pool, config)
+    published = await published_rows(pool)
+    plain = {t[0]: t[1] for t in published["tools"] if not t[0].startswith("#")}
+    assert plain == {i: f"blue/{i}" for i in ids} | {"red-only": "red/red-only"} | {
+        "blue-only": "blue/blue-only"
+    }
+    assert await full_merge_snapshot(pool, config, 4, empty=True) == published
 
 
 @pytest.mark.parametrize("slice_records", [None, 4], ids=["one", "sliced"])

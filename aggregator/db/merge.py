@@ -21,6 +21,7 @@ import structlog
 
 from aggregator.db.generation import advance_generation, catalogue_generation
 from aggregator.db.merge_evidence import CLOSURE_TABLES, closure, refresh_evidence
+from aggregator.db.merge_ids import shared_ids
 from aggregator.db.merge_read import (
     NODES_UNJUDGED,
     cut_slices,
@@ -359,7 +360,9 @@ async def _merge_overlapped(
     (they do not touch what is read), and the versions read are those of every record that
     shares a joining key or rule with another (*joinable*), not only of those the merge joined.
     Return the records merged and the tools written."""
-    writer = Writer(conn)
+    # Into an empty catalogue, a tool's plain id can only be claimed by a tool of an earlier
+    # slice whose primary holds the same id: ids that one live record holds are not looked up.
+    writer = Writer(conn, shared=None if replacing else await shared_ids(conn, tombstone_after))
     nodes_seen = tools = 0
 
     async def load(k: int) -> tuple[list[Any], dict[int, list[VersionNode]]]:

@@ -26,21 +26,43 @@ where t.external_id = any($1::text[])
 """
 
 
+# The plain ids that two live records or more hold.
+_SHARED_IDS: Final = """
+select external_id from upstream_tools
+where upstream_tool_live(missed_listings, $1)
+group by external_id having count(*) > 1
+"""
+
+
+async def shared_ids(conn: Connection, tombstone_after: int) -> set[str]:
+    """The plain ids that two live records or more hold: in a merge into an empty catalogue,
+    the only ones a tool can find claimed by another (one written by an earlier slice)."""
+    return {r["external_id"] for r in await conn.fetch(_SHARED_IDS, tombstone_after)}
+
+
 async def assign_ids(
-    conn: Connection, components: list[Component], released: list[str]
+    conn: Connection,
+    components: list[Component],
+    released: list[str],
+    *,
+    shared: set[str] | None = None,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
     the same id (then the qualified id); and the renames (current id, new id) of tools
     elsewhere in the catalogue that lose or regain a plain id, losers first. The *released*
-    tools are the ones the components replace."""
+    tools are the ones the components replace. When the catalogue held nothing before this
+    merge, *shared* (:func:`shared_ids`) names the only ids the catalogue may hold a claimant
+    of: the others are not looked up."""
     claims: dict[str, list[tuple[tuple[int, str, str], int | None]]] = defaultdict(list)
     for i, comp in enumerate(components):
         p = comp.primary
         if not p.external_id.startswith(QUALIFIED_PREFIX):
             claims[p.external_id].append((p.order, i))
     contested = set(claims) | {r for r in released if not r.startswith(QUALIFIED_PREFIX)}
+    if shared is not None:
+        contested &= shared
     replaced = set(released)
-    others = await conn.fetch(_CLAIMANTS, list(contested))
+    others = await conn.fetch(_CLAIMANTS, list(contested)) if contested else []
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         if r["id"] in replaced:

@@ -53,8 +53,9 @@ class Writer:
     once after the first slice that inserts many rows, so the planner knows the rows' size,
     and once at the end. The id history of every slice is staged and saved once, at the end."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, *, shared: set[str] | None = None) -> None:
         self.conn = conn
+        self.shared = shared  # into an empty catalogue: the plain ids others may claim
         self.inserted = 0  # member rows inserted since the statistics were refreshed
         self.refreshed = False
         self.staged = False
@@ -73,7 +74,7 @@ class Writer:
         the server alone works on are kept for :meth:`send`; until :meth:`settle`, the
         connection may then run other statements first, that do not read what they write."""
         await self.settle()
-        ids, renames = await assign_ids(self.conn, components, released)
+        ids, renames = await assign_ids(self.conn, components, released, shared=self.shared)
         rows = _build(components, versions, ids, renames)
         if not self.staged:
             await self.conn.execute(_HISTORY_ALL_TABLE)
