@@ -383,11 +383,15 @@ async def _merge_overlapped(
             nodes_seen += len(nodes)
             tools += len(components)
             del nodes, identifying
-            lap("merge")
-            await writer.settle()
-            released = await tools_holding(conn, part, held=False) if replacing else []
-            await writer.write(components, versions, released, defer=True)
+            released: list[str] = []
+            if replacing:
+                await writer.settle()
+                released = await tools_holding(conn, part, held=False)
+            rows = await writer.prepare(components, versions, released)
             del components, versions
+            lap("merge")
+            await writer.store(rows, defer=True)
+            del rows
             lap("write")
             if k + 1 < len(slices):
                 following = await load(k + 1)

@@ -4,6 +4,7 @@ tool claims the same id; other tools of the catalogue lose or regain a plain id 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from aggregator.merge.engine import QUALIFIED_PREFIX, Component, qualified_id
@@ -46,13 +47,15 @@ async def assign_ids(
     released: list[str],
     *,
     shared: set[str] | None = None,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
     the same id (then the qualified id); and the renames (current id, new id) of tools
     elsewhere in the catalogue that lose or regain a plain id, losers first. The *released*
     tools are the ones the components replace. When the catalogue held nothing before this
     merge, *shared* (:func:`shared_ids`) names the only ids the catalogue may hold a claimant
-    of: the others are not looked up."""
+    of: the others are not looked up. *settle*, when given, is awaited before a look-up (the
+    connection may still run statements sent before)."""
     claims: dict[str, list[tuple[tuple[int, str, str], int | None]]] = defaultdict(list)
     for i, comp in enumerate(components):
         p = comp.primary
@@ -62,7 +65,11 @@ async def assign_ids(
     if shared is not None:
         contested &= shared
     replaced = set(released)
-    others = await conn.fetch(_CLAIMANTS, list(contested)) if contested else []
+    others = []
+    if contested:
+        if settle is not None:
+            await settle()
+        others = await conn.fetch(_CLAIMANTS, list(contested))
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         if r["id"] in replaced:

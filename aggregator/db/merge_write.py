@@ -70,17 +70,34 @@ class Writer:
         *,
         defer: bool = False,
     ) -> None:
-        """Write *components* in place of the *released* tools. With *defer*, the statements
-        the server alone works on are kept for :meth:`send`; until :meth:`settle`, the
-        connection may then run other statements first, that do not read what they write."""
+        """Write *components* in place of the *released* tools (:meth:`prepare`, then
+        :meth:`store`)."""
+        await self.store(await self.prepare(components, versions, released), defer=defer)
+
+    async def prepare(
+        self,
+        components: list[Component],
+        versions: dict[int, list[VersionNode]],
+        released: list[str],
+    ) -> _Rows:
+        """The rows of *components*, to replace the *released* tools. The statements sent
+        before are waited for only if an id must be looked up in the catalogue: into an empty
+        catalogue, the rows are mostly built while the server runs them."""
+        ids, renames = await assign_ids(
+            self.conn, components, released, shared=self.shared, settle=self.settle
+        )
+        return _build(components, versions, ids, renames, released)
+
+    async def store(self, rows: _Rows, *, defer: bool = False) -> None:
+        """Write *rows* (:meth:`prepare`). With *defer*, the statements the server alone works
+        on are kept for :meth:`send`; until :meth:`settle`, the connection may then run other
+        statements first, that do not read what they write."""
         await self.settle()
-        ids, renames = await assign_ids(self.conn, components, released, shared=self.shared)
-        rows = _build(components, versions, ids, renames)
         if not self.staged:
             await self.conn.execute(_HISTORY_ALL_TABLE)
             self.staged = True
         kept: list[str] | None = [] if defer else None
-        self.inserted += await _store(self.conn, rows, released, deferred=kept)
+        self.inserted += await _store(self.conn, rows, deferred=kept)
         if kept:
             self.script = ";\n".join(kept)
         else:
@@ -142,6 +159,7 @@ class _Rows:
 
     ids: list[str]  # each component's tool id
     renames: list[tuple[str, str]]  # of other tools, as assign_ids gives them
+    released: list[str]  # the catalogue tools these replace
     # (record, tool id, its refused joins or None): a tool of one record (merge_single).
     single: list[tuple[int, str, list[dict[str, Any]] | None]] = field(default_factory=list)
     tools: list[tuple[str, str, int, list[dict[str, Any]]]] = field(default_factory=list)
@@ -155,10 +173,11 @@ def _build(
     versions: dict[int, list[VersionNode]],
     ids: list[str],
     renames: list[tuple[str, str]],
+    released: list[str],
 ) -> _Rows:
-    """The rows of *components* under *ids*, *versions* holding the versions of every member
-    of a tool of several records."""
-    rows = _Rows(ids, renames)
+    """The rows of *components* under *ids* in place of the *released* tools, *versions*
+    holding the versions of every member of a tool of several records."""
+    rows = _Rows(ids, renames, released)
     nodes = {m.id: m for comp in components for m in comp.members}
     for comp, tool_id in zip(components, ids, strict=True):
         if len(comp.members) == 1:
@@ -192,18 +211,17 @@ def _build(
 async def _store(
     conn: Connection,
     rows: _Rows,
-    released: list[str],
     *,
     deferred: list[str] | None = None,
 ) -> int:
-    """Write *rows* (their ids settled by :func:`assign_ids`) in place of the *released*
-    tools; return the member rows inserted into a catalogue that held none of these tools (0
+    """Write *rows* (their ids settled by :func:`assign_ids`) in place of the tools they
+    release; return the member rows inserted into a catalogue that held none of these tools (0
     when rows were compared and replaced). The id history is only staged
     (``merge_history_all``, saved by ``_SAVE_HISTORY_ALL`` in ``Writer.finish``). When
     *deferred* is a list and the tools are new to the catalogue,
     the statements without parameters that follow the copies are appended to it instead of
     being run."""
-    ids, renames = rows.ids, rows.renames
+    ids, renames, released = rows.ids, rows.renames, rows.released
     await conn.execute(_SINGLE_TABLE)
     await conn.copy_records_to_table(
         "merge_single", records=rows.single, columns=["upstream_tool_id", "tool_id", "conflicts"]
@@ -323,21 +341,49 @@ async def _insert(
     *,
     deferred: list[str] | None = None,
 ) -> None:
-    """Write tools none of whose ids or members the catalogue holds yet (those of
-    ``merge_single`` by statements appended to *deferred*, when given, instead of run)."""
+    """Write tools none of whose ids or members the catalogue holds yet. When *deferred* is
+    given, their rows are only copied into temporary tables, and the statements that insert
+    them (and those of ``merge_single``) are appended to it instead of run: the server
+    updates the catalogue's indexes while Python works on the next slice."""
+    if deferred is not None:
+        await conn.execute(_STAGED_TABLES)
+        await conn.copy_records_to_table("merge_staged_tools", records=tools)
+        await conn.copy_records_to_table("merge_staged_members", records=members)
+        await conn.copy_records_to_table("merge_staged_versions", records=versions)
+        deferred += [_INSERT_STAGED, _INSERT_SINGLE, _INSERT_SINGLE_VERSIONS]
+        return
     await conn.copy_records_to_table("catalogue_tools", records=tools, columns=_TOOL_COLUMNS)
     await conn.copy_records_to_table("catalogue_members", records=members, columns=_MEMBER_COLUMNS)
     await conn.copy_records_to_table(
         "catalogue_versions", records=versions, columns=_VERSION_COLUMNS
     )
-    if deferred is not None:
-        deferred += [_INSERT_SINGLE, _INSERT_SINGLE_VERSIONS]
-        return
     await conn.execute(_INSERT_SINGLE)
     await conn.execute(_INSERT_SINGLE_VERSIONS)
 
 
 _ANALYZE_CATALOGUE: Final = "analyze catalogue_tools, catalogue_members, catalogue_versions"
+
+# The rows of a slice's tools of several records, copied here (no index, no WAL) and inserted
+# into the catalogue by _INSERT_STAGED while Python works on the next slice.
+_STAGED_TABLES: Final = """
+create temporary table if not exists merge_staged_tools (
+    id text, sort_key text collate "C", primary_member_id bigint, conflicts jsonb);
+create temporary table if not exists merge_staged_members (
+    upstream_tool_id bigint, tool_id text, joined_by jsonb);
+create temporary table if not exists merge_staged_versions (
+    tool_id text, key text, position integer, upstream_version_id bigint, source_ids bigint[],
+    conflict boolean);
+truncate merge_staged_tools, merge_staged_members, merge_staged_versions
+"""
+_INSERT_STAGED: Final = """
+insert into catalogue_tools (id, sort_key, primary_member_id, conflicts)
+select id, sort_key, primary_member_id, conflicts from merge_staged_tools;
+insert into catalogue_members (upstream_tool_id, tool_id, joined_by)
+select upstream_tool_id, tool_id, joined_by from merge_staged_members;
+insert into catalogue_versions (tool_id, key, position, upstream_version_id, source_ids, conflict)
+select tool_id, key, position, upstream_version_id, source_ids, conflict
+from merge_staged_versions
+"""
 
 
 # The merged rows are loaded into these, then only the catalogue rows that differ are written.
