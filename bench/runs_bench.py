@@ -1,6 +1,6 @@
 # ruff: noqa: SLF001 - the statements are explained as the code runs them: its own constants
 """The frequent reads of the harvest runs and the audit log over a long history: each query as
-the code runs it, EXPLAIN (ANALYZE, BUFFERS), now and as it was before migration 0025.
+the code runs it, EXPLAIN (ANALYZE, BUFFERS), now and as it was before migrations 0025 and 0027.
 Run by hand; results go to docs/benchmarks.md.
 
     .venv/bin/python bench/runs_bench.py --runs 200000
@@ -11,8 +11,9 @@ errors, all of them the first upstream's: the four others conform), two runs sti
 and a sixth upstream whose 100 runs are older than all of those; and as many rows of audit
 log (refusals without a token, one row per minute). Each query is explained three
 times as it is now and three times as it was before (the statement of then, 0025's indexes
-dropped in a transaction that is rolled back), interleaved; the report gives the median
-execution time, the plan's scans of harvest_runs and audit_log and the buffers it touched.
+and 0027's triggers dropped in a transaction that is rolled back), interleaved; the report
+gives the median execution time, the plan's scans of harvest_runs and audit_log and the
+buffers it touched.
 """
 
 from __future__ import annotations
@@ -105,6 +106,18 @@ where id = (select id from audit_log
             order by id desc limit 1)
 returning id
 """
+FETCH_ERRORS_BEFORE = """
+select u.name, e.key as kind, sum(e.value::bigint)::float8 as n
+from harvest_runs r join upstreams u on u.id = r.upstream_id,
+     jsonb_each_text(r.conformance -> 'fetch_errors') e
+where u.removed_at is null group by 1, 2
+"""
+#: Migration 0027's triggers keeping the fetch-error totals.
+TOTALS_TRIGGERS = (
+    "harvest_runs_fetch_errors_ins",
+    "harvest_runs_fetch_errors_upd",
+    "harvest_runs_fetch_errors_del",
+)
 RUN_INDEXES = (
     "harvest_runs_running_idx",
     "harvest_runs_conformance_idx",
@@ -127,7 +140,13 @@ QUERIES: list[tuple[str, str, str | None, list[Any]]] = [
         [None],
     ),
     ("metrics: last run durations", metrics._LAST_DURATIONS, LAST_DURATIONS_BEFORE, []),
-    ("metrics: fetch errors of every run", metrics._FETCH_ERRORS, None, []),
+    ("metrics: fetch errors of every run", metrics._FETCH_ERRORS, FETCH_ERRORS_BEFORE, []),
+    (
+        "a run's conformance figures saved (rolled back)",
+        operations._SAVE_CONFORMANCE,
+        None,
+        ["last", {"fetch_errors": {"timeout": 2, "http_5xx": 1}, "problems": []}],
+    ),
     (
         "audit: a refusal without a token counted (rolled back)",
         operations._COUNT_ANONYMOUS_REFUSAL,
@@ -213,6 +232,8 @@ async def main_async(args: argparse.Namespace) -> None:
                             try:
                                 for index in RUN_INDEXES:
                                     await conn.execute(f"drop index {index}")
+                                for trigger in TOTALS_TRIGGERS:
+                                    await conn.execute(f"drop trigger {trigger} on harvest_runs")
                                 then = before or sql
                                 then_args = bound[: max_param(then)] if "$" in then else bound
                                 seen[False].append(await explain(conn, then, then_args))

@@ -44,11 +44,12 @@ async def scheduled_upstreams(conn: Executor) -> list[asyncpg.Record]:
     return await conn.fetch(_SCHEDULED)
 
 
+# Kept as runs record their conformance figures (migration 0027): the sum of the fetch errors
+# of every run, not read from the runs at each scrape.
 _FETCH_ERRORS: Final = """
-select u.name, e.key as kind, sum(e.value::bigint)::float8 as n
-from harvest_runs r join upstreams u on u.id = r.upstream_id,
-     jsonb_each_text(r.conformance -> 'fetch_errors') e
-where u.removed_at is null group by 1, 2
+select u.name, t.kind, t.errors::float8 as n
+from upstream_fetch_errors t join upstreams u on u.id = t.upstream_id
+where u.removed_at is null
 """
 
 
