@@ -14,7 +14,8 @@ database functions and once through this tree's (``db.console.search``, ``db.sea
 bare asyncpg, no HTTP), each in a process of its own, alternating which goes first. The
 reference reads a database that also has this tree's table and indexes (they can only help
 it). Last, the cost of the facet triggers: the search rows written again into a scratch table
-with and without them, and a 1% change published with and without them (both rolled back).
+and a 1% change published, each with this tree's triggers, with the reference tree's trigger
+function and without triggers (all rolled back).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ async def run_bench(args: argparse.Namespace) -> None:
                     if totals.setdefault(key, total) != total:
                         raise AssertionError(f"{key}: {name} counted {total}, not {totals[key]}")
             print(f"round {r + 1} done, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
-        triggers = await trigger_cost(dsn)
+        triggers = await trigger_cost(dsn, args.reference)
         report(
             args,
             publish=publish,
@@ -184,23 +185,40 @@ async def run_bench(args: argparse.Namespace) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def trigger_cost(dsn: str) -> dict[str, list[float]]:
+def reference_count_function(reference: Path) -> str | None:
+    """The reference tree's last definition of the facet triggers' function (its migrations'
+    ``search_facet_groups_count``), as ``create or replace``; None when it has none."""
+    found = None
+    for path in sorted((reference / "sql" / "migrations").glob("*.sql")):
+        text = path.read_text()
+        at = text.find("function search_facet_groups_count()")
+        if at >= 0:
+            found = "create or replace " + text[at : text.index("end $$;", at) + len("end $$;")]
+    return found
+
+
+async def trigger_cost(dsn: str, reference: Path) -> dict[str, list[float]]:
     """What the facet triggers add: every search row written again into a scratch table (as
-    a first publish writes them) with and without them, and a publish of a 1% change with
-    and without them; interleaved, every change rolled back."""
+    a first publish writes them) and a publish of a 1% change, each with this tree's
+    triggers, with the reference's trigger function instead and without triggers;
+    interleaved, every change rolled back."""
     from aggregator.db.pool import connect
 
     conn = await connect(dsn)
     out: dict[str, list[float]] = {}
+    before = reference_count_function(reference)
+    variants = ["this tree", "none"] + (["reference"] if before else [])
     try:
         n = await conn.fetchval("select count(*) from upstream_tools")
         for r in range(2):
-            for on in (True, False) if r % 2 == 0 else (False, True):
+            for variant in variants if r % 2 == 0 else variants[::-1]:
                 tr = conn.transaction()
                 await tr.start()
                 try:
+                    if variant == "reference":
+                        await conn.execute(before)
                     await conn.execute("create table facet_scratch (like search_docs)")
-                    if on:
+                    if variant != "none":
                         await conn.execute(
                             "create trigger facet_scratch_ins after insert on facet_scratch "
                             "referencing new table as new_rows for each statement "
@@ -208,7 +226,7 @@ async def trigger_cost(dsn: str) -> dict[str, list[float]]:
                         )
                     t0 = time.perf_counter()
                     await conn.execute("insert into facet_scratch select * from search_docs")
-                    out.setdefault(f"all search rows written, triggers {on}", []).append(
+                    out.setdefault(f"all search rows written, triggers: {variant}", []).append(
                         time.perf_counter() - t0
                     )
                 finally:
@@ -216,9 +234,12 @@ async def trigger_cost(dsn: str) -> dict[str, list[float]]:
                 tr = conn.transaction()
                 await tr.start()
                 try:
-                    if not on:
+                    if variant == "reference":
+                        await conn.execute(before)
+                    if variant == "none":
                         await conn.execute(
                             "alter table search_docs disable trigger search_docs_facets_ins, "
+                            "disable trigger search_docs_facets_upd, "
                             "disable trigger search_docs_facets_del"
                         )
                     await conn.execute(
@@ -229,7 +250,7 @@ async def trigger_cost(dsn: str) -> dict[str, list[float]]:
                     )
                     t0 = time.perf_counter()
                     await conn.execute("update catalogue_state set generation = generation + 1")
-                    out.setdefault(f"1% change published, triggers {on}", []).append(
+                    out.setdefault(f"1% change published, triggers: {variant}", []).append(
                         time.perf_counter() - t0
                     )
                 finally:

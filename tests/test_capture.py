@@ -7,6 +7,7 @@ unchanged, and upstream values of every JSON shape."""
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -270,6 +271,31 @@ async def check_facet_groups(conn: asyncpg.Connection[Any]) -> None:
         )
     )
     assert [tuple(r) for r in kept] == [tuple(r) for r in counted]
+    if await conn.fetchval("select to_regclass('search_facet_values')") is not None:
+        values = await conn.fetch("select facet, value, tools from search_facet_values")
+        rows = await conn.fetch("select * from search_docs")
+        assert {(f, v): n for f, v, n in values} == facet_values(rows)
+
+
+def facet_values(rows: list[asyncpg.Record]) -> dict[tuple[str, str], int]:
+    """The search rows *rows* counted per value of each facet, as search_facet_values
+    (migration 0028) should hold them."""
+    found: Counter[tuple[str, str]] = Counter()
+    for r in rows:
+        found["total", ""] += 1
+        found.update(("upstreams", u) for u in r["upstreams"] if u is not None)
+        found.update(("descriptor_types", t) for t in r["descriptor_types"] if t is not None)
+        found.update(("toolclasses", c) for c in r["toolclasses"] if c is not None)
+        found.update(("organizations", o) for o in r["organizations"] if o is not None)
+        for column in ("toolclass", "organization"):
+            if r[column]:
+                found[column, r[column]] += 1
+        if len(r["upstreams"]) >= 2:
+            found["multi", "yes"] += 1
+        elif len(r["upstreams"]) == 1:
+            found["only", r["upstreams"][0]] += 1
+        found["has_checker", str(r["has_checker"]).lower()] += 1
+    return dict(found)
 
 
 INDEX_OIDS = """

@@ -1,7 +1,7 @@
 """Searches without words (the console's home page, filters alone, the search API with filters
-only) read their totals and facet counts from search_facet_groups (migration 0025): they must
-be what counting the search rows gives, after every publish, for every combination of
-filters, on an empty catalogue too."""
+only) read their totals and facet counts from search_facet_groups (migration 0025), or without
+filters from search_facet_values (migration 0028): they must be what counting the search rows
+gives, after every publish, for every combination of filters, on an empty catalogue too."""
 
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ from aggregator.db import search as db_search
 from aggregator.db.pool import connect, create_pool
 from tests.support import eventually
 from tests.test_api_cache import publish
-from tests.test_capture import BUMP, CATALOGUE_SQL, STEPS, UPSTREAMS, records_sql
+from tests.test_capture import (
+    BUMP,
+    CATALOGUE_SQL,
+    STEPS,
+    UPSTREAMS,
+    check_facet_groups,
+    records_sql,
+)
 
 Client = TestClient[Any, Any]
 
@@ -111,7 +118,9 @@ def counted_api(rows: list[asyncpg.Record], query: db_search.SearchQuery) -> Any
 
 
 async def check_searches(dsn: str, conn: asyncpg.Connection[Any]) -> int:
-    """Every search without words agrees with the search rows counted; return the tools."""
+    """Every search without words agrees with the search rows counted, and so do the groups
+    and the values they are read from; return the tools."""
+    await check_facet_groups(conn)
     rows = await conn.fetch("select * from search_docs order by tool_id")
     for filters in combinations(CONSOLE_FILTERS):
         query = db_console.Search(**filters)
@@ -194,6 +203,7 @@ async def test_counts_follow_every_publish(db_dsn: str, db: asyncpg.Connection[A
         await db.execute(BUMP)
     assert await check_searches(db_dsn, db) == 0
     assert await db.fetchval("select count(*) from search_facet_groups") == 0
+    assert await db.fetchval("select count(*) from search_facet_values") == 0
 
 
 async def test_search_rows_emptied_at_once_empty_the_groups(

@@ -12,7 +12,8 @@ others by full-text rank.
 A search without words (the home page, filters alone) reads no text and no search rows for its
 counts: its total and facets are sums over ``search_facet_groups`` (the catalogue's tools
 counted by every value a facet shows or a filter reads, kept exact at every publish by
-migration 0025), and its page is read from an index in sort-key order.
+migration 0025), or without filters from ``search_facet_values`` (the tools per value of each
+facet, migration 0028), and its page is read from an index in sort-key order.
 """
 
 from __future__ import annotations
@@ -242,6 +243,26 @@ select (select coalesce(sum(tools), 0) from g) as total,
                                   order by facet, n desc, value), '[]')
         from counts where place <= $1 or value = any($2::text[])) as facets
 """
+# The counts of the home page (no words, no filters): read from search_facet_values, a few
+# rows per facet value, as _GROUP_COUNTS would sum them over every group; $1 values per facet.
+_VALUE_COUNTS: Final = """
+with counts as (
+    select f.name as facet, v.value, v.tools as n,
+           row_number() over (partition by v.facet order by v.tools desc, v.value) as place
+    from search_facet_values v
+    join (values ('upstreams', 'upstream'), ('descriptor_types', 'type'),
+                 ('toolclass', 'toolclass'), ('organization', 'org'), ('only', 'only'))
+         as f (facet, name) on f.facet = v.facet
+    union all
+    select 'multi', 'yes',
+           coalesce((select tools from search_facet_values
+                     where facet = 'multi' and value = 'yes'), 0), 1)
+select coalesce((select tools from search_facet_values where facet = 'total' and value = ''),
+                0) as total,
+       (select coalesce(jsonb_agg(jsonb_build_array(facet, value, n)
+                                  order by facet, n desc, value), '[]')
+        from counts where place <= $1) as facets
+"""
 # The page of a search without words: sort-key order, rows [$1 + 1, $1 + $2].
 _BROWSE_PAGE: Final = """
 select d.tool_id as id, d.name, nullif(d.organization, '') as org,
@@ -280,7 +301,11 @@ async def _browse(conn: Conn, query: Search, *, offset: int, limit: int) -> Sear
     chosen = [v for v in (query.upstream, query.descriptor_type, query.toolclass) if v]
     chosen += [v for v in (query.organization, query.only) if v]
     args: list[Any] = [FACET_VALUES, chosen]
-    counted = await conn.fetchrow(_GROUP_COUNTS.format(where=_filters(query, args)), *args)
+    where = _filters(query, args)
+    if where == "true":
+        counted = await conn.fetchrow(_VALUE_COUNTS, FACET_VALUES)
+    else:
+        counted = await conn.fetchrow(_GROUP_COUNTS.format(where=where), *args)
     assert counted is not None  # aggregates: one row
     facets: dict[str, list[tuple[str, int]]] = {}
     for facet, value, n in counted["facets"]:

@@ -4,7 +4,8 @@ The index is maintained by the database itself at every publish; this module onl
 Names, aliases and ids weigh most, then organisation and authors, then descriptions; a name
 within a typo or two of the query (``pg_trgm`` word similarity) matches too. A search without
 text (filters alone) reads its total and its facet counts, always exact, from
-``search_facet_groups`` (migration 0025) and its page in id order from the primary key.
+``search_facet_groups`` (migration 0025), or without filters either from
+``search_facet_values`` (migration 0028), and its page in id order from the primary key.
 """
 
 from __future__ import annotations
@@ -209,6 +210,26 @@ _GROUP_FACETS: Final = """jsonb_build_object(
                   where o is not null group by o) x),
     'has_checker', (select coalesce(jsonb_object_agg(k, n), '{}') from
                  (select g.has_checker::text as k, sum(tools) as n from g group by 1) x))"""
+# A search without text and without filters: its total and facet counts read from
+# search_facet_values (the tools per value of each facet), as _GROUP_FACETS would sum them.
+_VALUE_TOTALS: Final = """
+select coalesce((select tools from search_facet_values where facet = 'total' and value = ''),
+                0) as total, {facets} as facets"""
+_VALUE_FACETS: Final = """(
+    select jsonb_build_object(
+        'upstream', coalesce(jsonb_object_agg(value, tools)
+                             filter (where facet = 'upstreams'), '{}'),
+        'descriptor_type', coalesce(jsonb_object_agg(value, tools)
+                                    filter (where facet = 'descriptor_types'), '{}'),
+        'toolclass', coalesce(jsonb_object_agg(value, tools)
+                              filter (where facet = 'toolclasses'), '{}'),
+        'organization', coalesce(jsonb_object_agg(value, tools)
+                                 filter (where facet = 'organizations'), '{}'),
+        'has_checker', coalesce(jsonb_object_agg(value, tools)
+                                filter (where facet = 'has_checker'), '{}'))
+    from search_facet_values
+    where facet in ('upstreams', 'descriptor_types', 'toolclasses', 'organizations',
+                    'has_checker'))"""
 # Its page: every hit scores 0, so the order is the tools' ids.
 _BROWSE_PAGE: Final = """
 select d.tool_id, d.name, d.organization, d.toolclass, d.upstreams, d.descriptor_types,
@@ -226,9 +247,10 @@ async def _browse(
 ) -> SearchResult:
     args: list[Any] = []
     where = " and ".join(query.where(args)) or "true"
+    # Without filters, from the tools per value; else summed over the groups passing them.
+    counts, by = (_VALUE_TOTALS, _VALUE_FACETS) if not args else (_GROUP_TOTALS, _GROUP_FACETS)
     counted = await conn.fetchrow(
-        _GROUP_TOTALS.format(where=where, facets=_GROUP_FACETS if facets else "null::jsonb"),
-        *args,
+        counts.format(where=where, facets=by if facets else "null::jsonb"), *args
     )
     result = SearchResult(total=int(counted["total"]), hits=[])
     if facets:
