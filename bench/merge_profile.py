@@ -2,6 +2,7 @@
 
     python bench/merge_profile.py setup --tools 1000000 --dir /tmp/merge-profile
     python bench/merge_profile.py run --dir /tmp/merge-profile [--repeat 3] [--explain]
+        [--checkpoint]
     python bench/merge_profile.py stop --dir /tmp/merge-profile
 
 ``setup`` starts a private durable cluster in *dir*, loads the records as
@@ -9,7 +10,10 @@
 benchmark's 1% change (the same records each time: the random choice is seeded) and runs the
 incremental merge inside a transaction that it rolls back, timing every call the merge makes on
 its connection; ``--explain`` also logs every statement's plan with its triggers' times
-(auto_explain) to the server log, printed after the run.
+(auto_explain) to the server log, printed after the run; ``--checkpoint`` runs a checkpoint
+before the change, so that the merge's first write to each page writes the whole page to the
+WAL, as it does in the benchmark right after a full merge (the repeated runs otherwise write
+pages already written since the last checkpoint).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def _db(dsn: str) -> str:
     return base.rsplit("/", 1)[0] + "/trs_merge_bench" + sep + query
 
 
-async def run(dsn: str, n: int, *, explain: bool, capture: bool) -> None:
+async def run(dsn: str, n: int, *, explain: bool, capture: bool, checkpoint: bool) -> None:
     conn = await connect(_db(dsn))
     if capture:
         await conn.execute("alter table catalogue_state enable trigger catalogue_state_capture")
@@ -91,6 +95,9 @@ async def run(dsn: str, n: int, *, explain: bool, capture: bool) -> None:
         "vacuum analyze catalogue_tools, catalogue_members, catalogue_versions,"
         " catalogue_id_history, tool_evidence, upstream_tools, merge_queue"
     )
+    if checkpoint:
+        # The next change to each page writes the whole page to the WAL, as after a full merge.
+        await conn.execute("checkpoint")
     timed = Timed(conn)
     tr = conn.transaction()
     await tr.start()
@@ -127,6 +134,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--capture", action="store_true")
+    parser.add_argument("--checkpoint", action="store_true")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     args.dir.chmod(0o755)
@@ -141,7 +149,9 @@ def main() -> None:
         return
     n = int((args.dir / "tools").read_text())
     for _ in range(args.repeat):
-        asyncio.run(run(dsn, n, explain=args.explain, capture=args.capture))
+        asyncio.run(
+            run(dsn, n, explain=args.explain, capture=args.capture, checkpoint=args.checkpoint)
+        )
 
 
 if __name__ == "__main__":
