@@ -317,6 +317,9 @@ async def _merge_slices(
     tools written."""
     writer = Writer(conn)
     nodes_seen = tools = 0
+    # In one slice of an incremental merge, the slice is the closure, which found the tools
+    # holding its records.
+    closed = not full and len(slices) == 1
     for part in slices:
         nodes, identifying = await load_nodes(conn, part, tombstone_after, judged=not full)
         if full:
@@ -329,11 +332,8 @@ async def _merge_slices(
         joined = [m.id for c in components if len(c.members) > 1 for m in c.members]
         versions = await load_versions(conn, joined)
         lap("load_versions")
-        # In one slice of an incremental merge, the closure saw the tools holding its records.
-        old_ids = (
-            await tools_holding(conn, part, held=not full and len(slices) == 1) if replacing else []
-        )
-        await writer.write(components, versions, old_ids)
+        old_ids = await tools_holding(conn, part, held=closed) if replacing else []
+        await writer.write(components, versions, old_ids, closed=closed)
         nodes_seen += len(nodes)
         tools += len(components)
         del nodes, components, versions, old_ids

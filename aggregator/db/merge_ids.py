@@ -25,6 +25,18 @@ cross join lateral (
     select c.id from catalogue_tools c where c.primary_member_id = t.id offset 0) as c
 where t.external_id = any($1::text[])
 """
+# The same, the records of the merge left out before their tools are looked up, when they are
+# those of merge_affected, which then holds every member of the tools replaced (the closure's
+# one slice): the tools the others hold are not replaced, and the ones they hold are.
+_CLAIMANTS_OUTSIDE: Final = """
+select c.id, t.external_id, u.name, u.priority
+from upstream_tools t
+join upstreams u on u.id = t.upstream_id
+cross join lateral (
+    select c.id from catalogue_tools c where c.primary_member_id = t.id offset 0) as c
+where t.external_id = any($1::text[])
+  and not exists (select 1 from merge_affected a where a.id = t.id)
+"""
 
 
 # The plain ids that two live records or more hold.
@@ -48,6 +60,7 @@ async def assign_ids(
     *,
     shared: set[str] | None = None,
     settle: Callable[[], Awaitable[None]] | None = None,
+    closed: bool = False,
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Each component's id: its primary's upstream id, unless a better-ranked tool claims
     the same id (then the qualified id); and the renames (current id, new id) of tools
@@ -55,7 +68,8 @@ async def assign_ids(
     tools are the ones the components replace. When the catalogue held nothing before this
     merge, *shared* (:func:`shared_ids`) names the only ids the catalogue may hold a claimant
     of: the others are not looked up. *settle*, when given, is awaited before a look-up (the
-    connection may still run statements sent before)."""
+    connection may still run statements sent before). When *closed*, ``merge_affected`` holds
+    the components' records and every member of the released tools, and nothing else."""
     claims: dict[str, list[tuple[tuple[int, str, str], int | None]]] = defaultdict(list)
     for i, comp in enumerate(components):
         p = comp.primary
@@ -69,7 +83,7 @@ async def assign_ids(
     if contested:
         if settle is not None:
             await settle()
-        others = await conn.fetch(_CLAIMANTS, list(contested))
+        others = await conn.fetch(_CLAIMANTS_OUTSIDE if closed else _CLAIMANTS, list(contested))
     outside: dict[str, tuple[str, str]] = {}
     for r in others:
         if r["id"] in replaced:

@@ -69,22 +69,33 @@ class Writer:
         released: list[str],
         *,
         defer: bool = False,
+        closed: bool = False,
     ) -> None:
         """Write *components* in place of the *released* tools (:meth:`prepare`, then
         :meth:`store`)."""
-        await self.store(await self.prepare(components, versions, released), defer=defer)
+        rows = await self.prepare(components, versions, released, closed=closed)
+        await self.store(rows, defer=defer)
 
     async def prepare(
         self,
         components: list[Component],
         versions: dict[int, list[VersionNode]],
         released: list[str],
+        *,
+        closed: bool = False,
     ) -> _Rows:
         """The rows of *components*, to replace the *released* tools. The statements sent
         before are waited for only if an id must be looked up in the catalogue: into an empty
-        catalogue, the rows are mostly built while the server runs them."""
+        catalogue, the rows are mostly built while the server runs them. *closed* says that
+        ``merge_affected`` holds the records of *components* and every member of the
+        *released* tools, and nothing else (one slice of an incremental merge)."""
         ids, renames = await assign_ids(
-            self.conn, components, released, shared=self.shared, settle=self.settle
+            self.conn,
+            components,
+            released,
+            shared=self.shared,
+            settle=self.settle,
+            closed=closed,
         )
         return _build(components, versions, ids, renames, released)
 
