@@ -347,8 +347,9 @@ async def test_a_run_takes_over_from_a_process_that_died_a_moment_ago_not_from_a
     """While another session holds an upstream's harvest lock with a run recorded as running,
     a harvest waits a moment: when that session ends without finishing its run (a process
     killed mid-run, its connection closed a moment later), the harvest takes over and the
-    dead run is abandoned; when the run was finished first, the harvest is skipped as already
-    running."""
+    dead run is abandoned (also when a worker's sweep abandoned it before the harvest looked);
+    when the run was finished first, or another run was made meanwhile, the harvest is skipped
+    as already running."""
     server = await aiohttp_server(make_registry_app(catalogue([cwl_tool("t")])))
     config = Config(
         database=DatabaseConfig(url=db_dsn),
@@ -357,12 +358,18 @@ async def test_a_run_takes_over_from_a_process_that_died_a_moment_ago_not_from_a
     async with pool.acquire() as conn:
         upstream_id = (await upsert_upstreams(conn, config.upstreams))["up"]
 
-    async def hold_then(end: Callable[[asyncpg.Connection[Any], int], Awaitable[None]]) -> Any:
+    async def hold_then(
+        end: Callable[[asyncpg.Connection[Any], int], Awaitable[None]], *, swept: bool = False
+    ) -> Any:
         holder = await asyncpg.connect(db_dsn)
         try:
             async with try_harvest_lock(holder, upstream_id) as taken:
                 assert taken
                 run = await insert_run(holder, upstream_id)
+                if swept:  # as a worker's sweep leaves it once the lock is let go
+                    await holder.execute(
+                        "update harvest_runs set status = 'abandoned' where id = $1", run
+                    )
 
                 async def later() -> None:
                     await asyncio.sleep(0.3)
@@ -390,4 +397,16 @@ async def test_a_run_takes_over_from_a_process_that_died_a_moment_ago_not_from_a
         "abandoned"
     )
     _, outcome = await hold_then(finishes)
+    assert (outcome.status, outcome.error) == ("skipped", "already running")
+
+    # The dead run already abandoned by a sweep when the harvest looks: it takes over too.
+    _, outcome = await hold_then(dies, swept=True)
+    assert outcome.status == "succeeded"
+
+    async def runs_anew(holder: asyncpg.Connection[Any], run: int) -> None:
+        again = await insert_run(holder, upstream_id)
+        await finishes(holder, again)
+
+    # After an abandoned run, a live process ran the upstream meanwhile: skipped.
+    _, outcome = await hold_then(runs_anew, swept=True)
     assert (outcome.status, outcome.error) == ("skipped", "already running")

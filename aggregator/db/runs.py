@@ -149,7 +149,11 @@ async def abandon_stale_runs(conn: Connection, upstream_id: int) -> int:
 _RUNNING_RUN: Final = """
 select id from harvest_runs where upstream_id = $1 and status = 'running' order by id desc limit 1
 """
-_UNFINISHED: Final = "select status in ('running', 'abandoned') from harvest_runs where id = $1"
+# The latest run of an upstream, by the index of its runs newest first.
+_LATEST_RUN: Final = """
+select id, status from harvest_runs where upstream_id = $1 order by id desc limit 1
+"""
+UNFINISHED: Final = frozenset({"running", "abandoned"})
 
 
 async def running_run(conn: Connection, upstream_id: int) -> int | None:
@@ -158,10 +162,11 @@ async def running_run(conn: Connection, upstream_id: int) -> int | None:
     return run_id
 
 
-async def unfinished(conn: Connection, run_id: int) -> bool:
-    """Whether run *run_id* is still recorded as running, or was abandoned (its process
-    stopped before it ended)."""
-    return bool(await conn.fetchval(_UNFINISHED, run_id))
+async def unfinished_run(conn: Connection, upstream_id: int) -> int | None:
+    """The id of *upstream_id*'s latest run when that run did not end: it is recorded as
+    running, or was abandoned (its process stopped before it ended)."""
+    row = await conn.fetchrow(_LATEST_RUN, upstream_id)
+    return row["id"] if row is not None and row["status"] in UNFINISHED else None
 
 
 _RUNNING_UPSTREAMS: Final = "select distinct upstream_id from harvest_runs where status = 'running'"

@@ -191,17 +191,18 @@ class Harvester:
             async with try_harvest_lock(lock_conn, upstream_id) as taken:
                 if taken:
                     return await locked()
-                running = await db_runs.running_run(lock_conn, upstream_id)
-            if running is not None:
+                unfinished = await db_runs.unfinished_run(lock_conn, upstream_id)
+            if unfinished is not None:
                 # A process killed mid-run holds its lock until the server notices that its
-                # connection is gone, a moment later. Its run is then still recorded as
-                # running (or abandoned by a worker's sweep meanwhile): this run waits that
-                # moment and takes over (a worker restarted at once). A run that ended
-                # meanwhile was a live one: this run is skipped.
+                # connection is gone, a moment later. Its run is then the upstream's latest,
+                # still recorded as running, or already abandoned by a worker's sweep that
+                # took the lock the moment it was let go: this run waits that moment and
+                # takes over (a worker restarted at once). When another run began meanwhile,
+                # or the run ended, a live process held the lock: this run is skipped.
                 async with try_harvest_lock(
                     lock_conn, upstream_id, patience_s=LOCK_PATIENCE_S
                 ) as taken:
-                    if taken and await db_runs.unfinished(lock_conn, running):
+                    if taken and await db_runs.unfinished_run(lock_conn, upstream_id) == unfinished:
                         return await locked()
             log.info(
                 "harvest_skipped", upstream=upstream.name, trigger=trigger, reason="already running"
