@@ -75,7 +75,20 @@ async def build(n: int, dsn: str, prefix: str) -> None:
     await admin.close()
 
 
-async def time_bump(dsn: str, db: str, sql: list[str], repeat: int, explain: str | None) -> None:
+#: What the capture wrote, as one digest per table (``--check``: variants must print the same).
+CHECKS = {
+    "feed": "select md5(string_agg(concat_ws('|', generation, kind, tool_id, related_ids, parts,"
+    " digest), E'\\n' order by seq)) from catalogue_changes",
+    "snapshot": "select md5(string_agg(s::text, E'\\n' order by tool_id))"
+    " from catalogue_snapshot s",
+    "search": "select md5(string_agg(s::text, E'\\n' order by tool_id)) from search_docs s",
+    "lexicon": "select md5(string_agg(word, E'\\n' order by word)) from search_lexicon",
+}
+
+
+async def time_bump(
+    dsn: str, db: str, sql: list[str], repeat: int, explain: str | None, *, check: bool = False
+) -> None:
     conn = await asyncpg.connect(_db(dsn, db))
     if explain:
         conn.add_log_listener(lambda _c, msg: print(msg.message))
@@ -103,6 +116,9 @@ async def time_bump(dsn: str, db: str, sql: list[str], repeat: int, explain: str
                 "(select generation from catalogue_state)"
             )
             print(f"{db} {' '.join(sql) or 'as migrated'}: bump {took:.2f}s, {feed} entries")
+            if check:
+                for name, query in CHECKS.items():
+                    print(f"  {name}: {await conn.fetchval(query)}")
         finally:
             await tr.rollback()
         # The rolled-back rows leave dead tuples (and GIN pending-list entries) behind.
@@ -123,11 +139,16 @@ def main() -> None:
     parser.add_argument("--sql", action="append", default=[])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--explain", choices=["analyze", "light"])
+    parser.add_argument(
+        "--check", action="store_true", help="print a digest of each table the capture writes"
+    )
     args = parser.parse_args()
     if args.what == "build":
         asyncio.run(build(args.tools, args.dsn, args.prefix))
     else:
-        asyncio.run(time_bump(args.dsn, args.db, args.sql, args.repeat, args.explain))
+        asyncio.run(
+            time_bump(args.dsn, args.db, args.sql, args.repeat, args.explain, check=args.check)
+        )
 
 
 if __name__ == "__main__":
