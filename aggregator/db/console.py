@@ -164,6 +164,19 @@ class Hit:
     descriptor_types: list[str]
     exact: bool
 
+    @classmethod
+    def of(cls, row: Any, *, exact: bool) -> Hit:
+        """The hit of a search row (id, name, org, toolclass, upstreams, types)."""
+        return cls(
+            row["id"],
+            row["name"],
+            row["org"],
+            row["toolclass"],
+            list(row["upstreams"] or []),
+            list(row["types"] or []),
+            exact,
+        )
+
 
 @dataclass(slots=True)
 class SearchPage:
@@ -195,19 +208,7 @@ async def search(conn: Conn, query: Search, *, offset: int, limit: int) -> Searc
     facets: dict[str, list[tuple[str, int]]] = {}
     for facet, value, n in rows[0]["facets"]:
         facets.setdefault(facet, []).append((value, int(n)))
-    hits = [
-        Hit(
-            r["id"],
-            r["name"],
-            r["org"],
-            r["toolclass"],
-            list(r["upstreams"] or []),
-            list(r["types"] or []),
-            r["rank"] <= 1,
-        )
-        for r in rows
-        if r["id"] is not None
-    ]
+    hits = [Hit.of(r, exact=r["rank"] <= 1) for r in rows if r["id"] is not None]
     return SearchPage(hits, int(rows[0]["total"]), facets)
 
 
@@ -315,18 +316,7 @@ async def _browse(conn: Conn, query: Search, *, offset: int, limit: int) -> Sear
         return SearchPage([], total, facets)
     args = [offset, limit]
     rows = await conn.fetch(_BROWSE_PAGE.format(where=_filters(query, args)), *args)
-    hits = [
-        Hit(
-            r["id"],
-            r["name"],
-            r["org"],
-            r["toolclass"],
-            list(r["upstreams"]),
-            list(r["types"]),
-            exact=False,
-        )
-        for r in rows
-    ]
+    hits = [Hit.of(r, exact=False) for r in rows]
     return SearchPage(hits, total, facets)
 
 
