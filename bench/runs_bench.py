@@ -130,8 +130,7 @@ RUN_INDEXES = (
 QUERIES: list[tuple[str, str, str | None, list[Any]]] = [
     ("abandon_orphaned_runs: upstreams with a running run", runs._RUNNING_UPSTREAMS, None, []),
     ("abandon_stale_runs (rolled back)", runs._ABANDON_STALE_RUNS, None, ["up"]),
-    ("running_run", runs._RUNNING_RUN, None, ["up"]),
-    ("unfinished (by id)", runs._UNFINISHED, None, ["last"]),
+    ("unfinished_run: the upstream's latest run", runs._LATEST_RUN, None, ["up"]),
     ("list_runs (newest 20)", runs._LIST_RUNS, None, ["up", None, 20]),
     (
         "list_upstreams (last run, last success, conformance)",

@@ -17,6 +17,8 @@ from aggregator.db import console, metrics, operations, runs
 from aggregator.db.pool import create_pool
 from aggregator.db.upstreams import list_upstreams
 
+_RUNNING_OF = "select max(id) from harvest_runs where upstream_id = $1 and status = 'running'"
+
 #: Per upstream, the statuses of its runs, oldest first; the histories of "a" and "b" are
 #: interleaved run by run after all of "old"'s.
 HISTORY: dict[str, list[str]] = {
@@ -137,14 +139,14 @@ async def test_orphaned_runs_are_abandoned_and_only_they(
     async with pool.acquire() as conn:
         b = await conn.fetchval("select id from upstreams where name = 'b'")
         running = [r["id"] for r in written if r["status"] == "running"]
-        assert await runs.running_run(conn, b) == running[-1]
+        assert await conn.fetchval(_RUNNING_OF, b) == running[-1]
     before = {r["id"]: r["status"] for r in await pool.fetch("select id, status from harvest_runs")}
     assert await runs.abandon_orphaned_runs(pool) == 2
     after = {r["id"]: r["status"] for r in await pool.fetch("select id, status from harvest_runs")}
     assert {i for i in after if after[i] != before[i]} == set(running)
     assert all(after[i] == "abandoned" for i in running)
     async with pool.acquire() as conn:
-        assert await runs.running_run(conn, b) is None
+        assert await conn.fetchval(_RUNNING_OF, b) is None
     assert await runs.abandon_orphaned_runs(pool) == 0
 
 

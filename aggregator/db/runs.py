@@ -146,20 +146,14 @@ async def abandon_stale_runs(conn: Connection, upstream_id: int) -> int:
     return len(ids)
 
 
-_RUNNING_RUN: Final = """
-select id from harvest_runs where upstream_id = $1 and status = 'running' order by id desc limit 1
-"""
-# The latest run of an upstream, by the index of its runs newest first.
+# The latest run of an upstream: the greatest id in the index of its runs, then that run (asked
+# for "its newest run", the planner may walk the primary key through every other upstream's
+# newer runs).
 _LATEST_RUN: Final = """
-select id, status from harvest_runs where upstream_id = $1 order by id desc limit 1
+select id, status from harvest_runs
+where id = (select max(x.id) from harvest_runs x where x.upstream_id = $1)
 """
 UNFINISHED: Final = frozenset({"running", "abandoned"})
-
-
-async def running_run(conn: Connection, upstream_id: int) -> int | None:
-    """The id of *upstream_id*'s latest run recorded as running, if any."""
-    run_id: int | None = await conn.fetchval(_RUNNING_RUN, upstream_id)
-    return run_id
 
 
 async def unfinished_run(conn: Connection, upstream_id: int) -> int | None:
