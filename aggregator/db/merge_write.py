@@ -68,13 +68,11 @@ class Writer:
         versions: dict[int, list[VersionNode]],
         released: list[str],
         *,
-        defer: bool = False,
         closed: bool = False,
     ) -> None:
         """Write *components* in place of the *released* tools (:meth:`prepare`, then
         :meth:`store`)."""
-        rows = await self.prepare(components, versions, released, closed=closed)
-        await self.store(rows, defer=defer)
+        await self.store(await self.prepare(components, versions, released, closed=closed))
 
     async def prepare(
         self,
