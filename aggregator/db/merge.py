@@ -150,6 +150,10 @@ select reltuples from pg_class where oid = 'tool_evidence'::regclass
 """
 _ANALYZE_EVIDENCE: Final = "analyze tool_evidence"
 _CLEAR_DIRTY: Final = "delete from merge_queue where upstream_tool_id = any($1::bigint[])"
+# A merge into an empty catalogue writes every tool afresh: the catalogue's touch triggers
+# record nothing meanwhile, and the capture at the generation bump describes every tool
+# (migration 0029; it puts the setting back, as does the merge after the bump).
+_CAPTURE_ALL: Final = "select set_config('aggregator.capture_all', $1, true)"
 
 
 async def remerge(
@@ -262,6 +266,8 @@ async def _remerge(
         conn, affected, partners, size, restricted=not full, joinable=joinable if full else None
     )
     lap("closure")
+    if not replacing:
+        await conn.execute(_CAPTURE_ALL, "on")
     if full and len(slices) > 1:
         nodes_seen, tools = await _merge_overlapped(
             conn,
@@ -287,6 +293,8 @@ async def _remerge(
     await conn.execute(_SET_PLAN, page_cost, jit, plan_cache)
     lap("write")
     generation = await advance_generation(conn)
+    if not replacing:
+        await conn.execute(_CAPTURE_ALL, "off")
     lap("generation")
     stats = MergeStats(dirty_count, nodes_seen, tools, generation, len(slices))
     log.info(

@@ -38,13 +38,7 @@ _STAGE_SINGLE_HISTORY: Final = """
 insert into merge_history_all (id, upstream_tool_id, was_primary)
 select tool_id, upstream_tool_id, true from merge_single
 """
-_SAVE_HISTORY_ALL: Final = """
-insert into catalogue_id_history (id, upstream_tool_id, was_primary)
-select id, upstream_tool_id, was_primary from merge_history_all
-order by id, upstream_tool_id
-on conflict (id, upstream_tool_id) do nothing;
-truncate merge_history_all
-"""
+_SAVE_HISTORY_ALL: Final = "select merge_save_history()"  # migration 0029
 
 
 class Writer:
