@@ -164,8 +164,8 @@ async def remerge(
     full: bool = False,
     slice_records: int | None = None,
 ) -> MergeStats:
-    """Re-merge what changed (or everything, when *full*), rewrite the affected catalogue
-    tools, and advance (and announce) the generation. Call inside the publishing transaction
+    """Re-merge what changed (or everything, when *full* or when the catalogue is empty),
+    rewrite the affected catalogue tools, and advance (and announce) the generation. Call inside the publishing transaction
     (``db.publish``). When nothing changed, the catalogue and its generation stay as they are,
     so caches stay warm.
 
@@ -236,9 +236,16 @@ async def _remerge(
         generation = await catalogue_generation(conn)
         log.info("merge_skipped", reason="nothing changed", generation=generation)
         return MergeStats(0, 0, 0, generation)
+    held = await conn.fetchval(_CATALOGUE_HELD)
+    if not full and not held:
+        # Into an empty catalogue (a first publish) every record is merged: the full merge's
+        # path does it with its evidence loaded at once, its slices written beside Python and
+        # no touches recorded, where the incremental path would follow every record's keys.
+        full = True
+        dirty = [r["id"] for r in await conn.fetch(_ALL_TOOLS)]
     # A slice's records are held only by tools of the catalogue before the merge (the earlier
     # slices wrote other records): a full merge into an empty catalogue replaces nothing.
-    replacing = not full or await conn.fetchval(_CATALOGUE_HELD)
+    replacing = not full or held
     page_cost, jit, plan_cache = await conn.fetchrow(_PLAN_SETTINGS) or ("", "", "")
     await conn.execute(_SET_PLAN, MERGE_PAGE_COST, jit if full else "off", MERGE_PLAN_CACHE)
     rules, partners = await _load_rules(conn)
