@@ -16,6 +16,9 @@ parallel workers, the background writers), read from ``/proc``; on this machine'
 their sum over two is the least wall time the step could take with both kept busy. (With
 ``--dsn``, the server's figure includes whatever else that server runs.)
 
+``--as-publish`` runs the first merge as a publish runs it (``remerge`` without ``full``, into
+the empty catalogue) instead of as ``trs-aggregator merge --full``.
+
 ``--no-capture`` disables, in the benchmark's database only, the trigger that records the
 change feed and search index at the generation bump (migration 0010), to time the merge's
 own phases apart from it (``merge_finished`` logs the seconds of each).
@@ -196,7 +199,7 @@ def server_cpu(backend: int) -> float:
     return total
 
 
-async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
+async def bench_db(n: int, dsn: str, *, capture: bool = True, as_publish: bool = False) -> None:
     admin = await asyncpg.connect(dsn)
     await admin.execute("drop database if exists trs_merge_bench")
     await admin.execute("create database trs_merge_bench")
@@ -212,7 +215,8 @@ async def bench_db(n: int, dsn: str, *, capture: bool = True) -> None:
     await conn.execute("vacuum analyze")
     print(f"db n={n}: loaded in {time.perf_counter() - t0:.1f}s")
     backend = await conn.fetchval("select pg_backend_pid()")
-    for label, full, change in (("full", True, 0), ("incremental 1%", False, n // 100)):
+    first = ("first publish", False, 0) if as_publish else ("full", True, 0)
+    for label, full, change in (first, ("incremental 1%", False, n // 100)):
         if change:
             await change_records(conn, change)
         t, own, server = time.perf_counter(), time.process_time(), server_cpu(backend)
@@ -238,6 +242,9 @@ def main() -> None:
     parser.add_argument(
         "--no-capture", action="store_true", help="db: without the change-feed capture trigger"
     )
+    parser.add_argument(
+        "--as-publish", action="store_true", help="db: the first merge as a publish runs it"
+    )
     parser.add_argument("--sized", action="store_true", help="db: PGTune's settings (see above)")
     parser.add_argument(
         "--setting", action="append", default=[], metavar="NAME=VALUE", help="db: a server setting"
@@ -248,7 +255,9 @@ def main() -> None:
     if args.what == "pure":
         bench_pure(args.tools)
     elif args.dsn:
-        asyncio.run(bench_db(args.tools, args.dsn, capture=not args.no_capture))
+        asyncio.run(
+            bench_db(args.tools, args.dsn, capture=not args.no_capture, as_publish=args.as_publish)
+        )
     else:
         import shutil
         import tempfile
@@ -259,7 +268,14 @@ def main() -> None:
         work.chmod(0o755)  # the server runs as postgres when we are root
         cluster = LocalCluster(work / "pg", settings=settings)  # durable, as a real database is
         try:
-            asyncio.run(bench_db(args.tools, cluster.start(), capture=not args.no_capture))
+            asyncio.run(
+                bench_db(
+                    args.tools,
+                    cluster.start(),
+                    capture=not args.no_capture,
+                    as_publish=args.as_publish,
+                )
+            )
         finally:
             cluster.stop()
             shutil.rmtree(work, ignore_errors=True)
