@@ -165,9 +165,9 @@ async def remerge(
     slice_records: int | None = None,
 ) -> MergeStats:
     """Re-merge what changed (or everything, when *full* or when the catalogue is empty),
-    rewrite the affected catalogue tools, and advance (and announce) the generation. Call inside the publishing transaction
-    (``db.publish``). When nothing changed, the catalogue and its generation stay as they are,
-    so caches stay warm.
+    rewrite the affected catalogue tools, and advance (and announce) the generation. Call
+    inside the publishing transaction (``db.publish``). When nothing changed, the catalogue and
+    its generation stay as they are, so caches stay warm.
 
     More than *slice_records* (default ``SLICE_RECORDS``) affected records are merged in
     slices of whole components (closed under shared evidence), one after the other in the
