@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import asyncpg
 import pytest
 
 from aggregator.db import merge as merge_db
