@@ -1,6 +1,6 @@
 """A merge into an empty catalogue (migration 0029): no touches recorded, every tool captured,
-the id history and the evidence loaded without their indexes — and the same outcome as the
-merge that records touches and inserts through the indexes."""
+the id history loaded without its indexes, the evidence emptied at once — and the same outcome
+as the merge that records touches, inserts through the indexes and deletes the evidence."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ select coalesce(sum(n_tup_ins), 0) from pg_stat_xact_user_tables where relname =
 """
 INDEX_OIDS: Final = """
 select array_agg(indexrelid order by indexrelid) from pg_index
-where indrelid in ('tool_evidence'::regclass, 'catalogue_id_history'::regclass)
+where indrelid = 'catalogue_id_history'::regclass
 """
 OUTCOME: Final = {
     "tools": "select id, primary_member_id, conflicts::text from catalogue_tools order by id",
@@ -149,7 +149,6 @@ async def test_a_first_merge_ends_as_the_merge_that_records_every_touch(
     merge after it are those of the merge that records touches and writes through indexes."""
     with monkeypatch.context() as patched:
         patched.setattr(merge_db, "_CAPTURE_ALL", "select $1::text")
-        patched.setattr(merge_evidence, "_DROP_EVIDENCE_INDEXES", "select '{}'::text[]")
         patched.setattr(merge_evidence, "_EMPTY_ALL_EVIDENCE", "delete from tool_evidence")
         expected = await publish_twice(reference_dsn, bulk=False)
     got = await publish_twice(db_dsn, bulk=True)
