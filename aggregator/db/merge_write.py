@@ -27,8 +27,9 @@ log = structlog.get_logger()
 ANALYZE_AFTER: Final = 500
 
 
-# one pass over the history's index instead of one per slice (nothing in the merge reads the
-# history).
+# A merge of many slices stages the id history of all of them and saves it once at the end, in
+# the order of its key: one pass over the history's index instead of one per slice (nothing in
+# the merge reads the history).
 _HISTORY_ALL_TABLE: Final = """
 create temporary table if not exists merge_history_all (
     id text, upstream_tool_id bigint, was_primary boolean);
