@@ -28,15 +28,8 @@ where t.external_id = any($1::text[])
 # The same, the records of the merge left out before their tools are looked up, when they are
 # those of merge_affected, which then holds every member of the tools replaced (the closure's
 # one slice): the tools the others hold are not replaced, and the ones they hold are.
-_CLAIMANTS_OUTSIDE: Final = """
-select c.id, t.external_id, u.name, u.priority
-from upstream_tools t
-join upstreams u on u.id = t.upstream_id
-cross join lateral (
-    select c.id from catalogue_tools c where c.primary_member_id = t.id offset 0) as c
-where t.external_id = any($1::text[])
-  and not exists (select 1 from merge_affected a where a.id = t.id)
-"""
+_NOT_AFFECTED: Final = "  and not exists (select 1 from merge_affected a where a.id = t.id)\n"
+_CLAIMANTS_OUTSIDE: Final = _CLAIMANTS + _NOT_AFFECTED
 
 
 # The plain ids that two live records or more hold.
