@@ -135,6 +135,12 @@ class Search:
     multi: bool = False
     only: str | None = None
 
+    @property
+    def chosen(self) -> list[str]:
+        """The values the filters choose (each facet lists its chosen value)."""
+        chosen = (self.upstream, self.descriptor_type, self.toolclass, self.organization, self.only)
+        return [v for v in chosen if v]
+
     async def args(self, conn: Any) -> list[Any]:
         """The query arguments $1-$9 (the typo correction asks the database)."""
         text = sanitise(self.text or "") or None
@@ -202,9 +208,7 @@ async def search(conn: Conn, query: Search, *, offset: int, limit: int) -> Searc
         return await _browse(conn, query, offset=offset, limit=limit)
     args = await query.args(conn)
     matched = _MATCHED_OF.format(found=_FOUND_BY_TEXT)
-    chosen = [v for v in (query.upstream, query.descriptor_type, query.toolclass) if v]
-    chosen += [v for v in (query.organization, query.only) if v]
-    rows = await conn.fetch(matched + _PAGE, *args, limit, offset, FACET_VALUES, chosen)
+    rows = await conn.fetch(matched + _PAGE, *args, limit, offset, FACET_VALUES, query.chosen)
     facets: dict[str, list[tuple[str, int]]] = {}
     for facet, value, n in rows[0]["facets"]:
         facets.setdefault(facet, []).append((value, int(n)))
@@ -299,9 +303,7 @@ def _filters(query: Search, args: list[Any]) -> str:
 
 async def _browse(conn: Conn, query: Search, *, offset: int, limit: int) -> SearchPage:
     """A search without words: the counts from the facet groups, the page from the index."""
-    chosen = [v for v in (query.upstream, query.descriptor_type, query.toolclass) if v]
-    chosen += [v for v in (query.organization, query.only) if v]
-    args: list[Any] = [FACET_VALUES, chosen]
+    args: list[Any] = [FACET_VALUES, query.chosen]
     where = _filters(query, args)
     if where == "true":
         counted = await conn.fetchrow(_VALUE_COUNTS, FACET_VALUES)
